@@ -1,0 +1,334 @@
+//! The async HTTP client of a KalamDB node: `POST /api/sql`, `GET /healthz`, `GET /readyz`.
+//!
+//! One [`KalamClient`] wraps one `reqwest::Client`, whose connection pool is shared by every
+//! clone, so a load tool can clone it into each task without opening new connections.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::wire::{ApiError, ErrorCode, SqlRequest, SqlResponse, SqlSuccess};
+
+/// How much of an unexpected body [`ClientError::Protocol`] keeps: enough to recognise an
+/// HTML error page or a proxy message, not so much that it floods a terminal.
+const SNIPPET_CHARS: usize = 200;
+
+/// Bounds only the TCP connect: statements themselves may legitimately run for long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything that can go wrong when talking to a node.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The base URL given to [`KalamClient::new`] is not an `http(s)://host[:port][/path]` URL.
+    #[error("invalid server URL {0}")]
+    InvalidUrl(String),
+    /// The request never got an answer: connection refused, reset, timeout, ...
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    /// The node answered with the error shape of `API.md`.
+    #[error("HTTP {status}: {error}")]
+    Api { status: u16, error: ApiError },
+    /// Something answered, but not with the JSON shape of `API.md` (a proxy, another service,
+    /// a wrong path prefix in the URL).
+    #[error("unexpected response (HTTP {status}), not a KalamDB answer: {body_snippet}")]
+    Protocol { status: u16, body_snippet: String },
+}
+
+impl ClientError {
+    /// The stable error code, for callers that branch on the kind of failure.
+    pub fn code(&self) -> Option<&ErrorCode> {
+        self.api_error().map(|e| &e.code)
+    }
+
+    /// The node's error object, when the node answered with one.
+    pub fn api_error(&self) -> Option<&ApiError> {
+        match self {
+            ClientError::Api { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// True when no connection to the node could be made (it is down, or the URL is wrong).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, ClientError::Http(e) if e.is_connect())
+    }
+
+    /// The message followed by its causes (`a: b: c`), because reqwest hides the useful part
+    /// ("Connection refused") in the source chain.
+    pub fn with_causes(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(inner) = cause {
+            let part = inner.to_string();
+            if !text.contains(&part) {
+                text.push_str(": ");
+                text.push_str(&part);
+            }
+            cause = std::error::Error::source(inner);
+        }
+        text
+    }
+
+    fn protocol(status: u16, body: &[u8]) -> Self {
+        ClientError::Protocol {
+            status,
+            body_snippet: String::from_utf8_lossy(body)
+                .chars()
+                .take(SNIPPET_CHARS)
+                .collect(),
+        }
+    }
+}
+
+/// A `POST /api/sql` answer kept as the JSON the node sent, for tools that print it verbatim
+/// (`kalam --json`). It has been checked to have the shape of `API.md`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawSqlResponse {
+    /// HTTP status of the answer.
+    pub status: u16,
+    /// The body, exactly as parsed (field order preserved).
+    pub body: serde_json::Value,
+}
+
+impl RawSqlResponse {
+    /// True for `{"status": "error", ...}`.
+    pub fn is_error(&self) -> bool {
+        self.body.get("status").and_then(serde_json::Value::as_str) == Some("error")
+    }
+}
+
+/// Async client of one KalamDB node. Cloning is cheap and shares the connection pool.
+#[derive(Clone)]
+pub struct KalamClient {
+    http: reqwest::Client,
+    base_url: String,
+    // Parsed once: a load tool sends many requests and should not re-parse the URL each time.
+    sql_url: reqwest::Url,
+    healthz_url: reqwest::Url,
+    readyz_url: reqwest::Url,
+    token: Option<String>,
+}
+
+impl KalamClient {
+    /// A client of the node at `base_url` (`http://127.0.0.1:8080`, optionally with a path
+    /// prefix when the node sits behind a proxy). A trailing `/` is ignored.
+    ///
+    /// This crate is built without TLS, so `https://` URLs are accepted here but fail when a
+    /// request is sent; put a TLS-terminating proxy in front of the node or use plain HTTP.
+    pub fn new(base_url: impl Into<String>) -> Result<Self, ClientError> {
+        let raw: String = base_url.into();
+        let base_url = raw.trim().trim_end_matches('/').to_string();
+        let parsed = reqwest::Url::parse(&base_url)
+            .map_err(|e| ClientError::InvalidUrl(format!("'{raw}': {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ClientError::InvalidUrl(format!(
+                "'{raw}': the scheme must be http or https"
+            )));
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(ClientError::InvalidUrl(format!("'{raw}': no host")));
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(ClientError::InvalidUrl(format!(
+                "'{raw}': a base URL takes no query or fragment"
+            )));
+        }
+        let endpoint = |path: &str| {
+            reqwest::Url::parse(&format!("{base_url}{path}"))
+                .map_err(|e| ClientError::InvalidUrl(format!("'{raw}': {e}")))
+        };
+        let sql_url = endpoint("/api/sql")?;
+        let healthz_url = endpoint("/healthz")?;
+        let readyz_url = endpoint("/readyz")?;
+
+        let http = reqwest::Client::builder()
+            // Small request/response pairs: Nagle's algorithm would add delay to every one.
+            .tcp_nodelay(true)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("kalam-client/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+
+        Ok(KalamClient {
+            http,
+            base_url,
+            sql_url,
+            healthz_url,
+            readyz_url,
+            token: None,
+        })
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every SQL request (a JWT from
+    /// `kalamdb token --user <id>` or from the application's own issuer).
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The base URL, without a trailing `/`.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The bearer token, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Runs one or more `;`-separated statements as the token's user.
+    pub async fn sql(&self, sql: &str) -> Result<SqlSuccess, ClientError> {
+        self.sql_as(sql, None).await
+    }
+
+    /// Runs statements on behalf of `as_user` (admin tokens only; `None` = the token's user).
+    pub async fn sql_as(
+        &self,
+        sql: &str,
+        as_user: Option<&str>,
+    ) -> Result<SqlSuccess, ClientError> {
+        self.execute(&build_request(sql, as_user)).await
+    }
+
+    /// Sends a prepared request; see [`KalamClient::sql`].
+    pub async fn execute(&self, request: &SqlRequest) -> Result<SqlSuccess, ClientError> {
+        let response = self.post_sql(request).await?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await?;
+        parse_sql_body(status, &body)
+    }
+
+    /// Like [`KalamClient::sql_as`], but keeps the JSON body as sent, success or error.
+    /// An error answer of the node is `Ok` here (see [`RawSqlResponse::is_error`]); only
+    /// transport failures and bodies that are not the `API.md` shape are `Err`.
+    pub async fn sql_raw(
+        &self,
+        sql: &str,
+        as_user: Option<&str>,
+    ) -> Result<RawSqlResponse, ClientError> {
+        let response = self.post_sql(&build_request(sql, as_user)).await?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|_| ClientError::protocol(status, &body))?;
+        // Validate the shape so that a proxy's JSON error page is not mistaken for an answer.
+        if SqlResponse::deserialize(&value).is_err() {
+            return Err(ClientError::protocol(status, &body));
+        }
+        Ok(RawSqlResponse {
+            status,
+            body: value,
+        })
+    }
+
+    /// `GET /healthz`: true when the process is up and answers 2xx.
+    pub async fn health(&self) -> Result<bool, ClientError> {
+        let response = self.http.get(self.healthz_url.clone()).send().await?;
+        Ok(response.status().is_success())
+    }
+
+    /// `GET /readyz`: true when the node has opened its storage and can take traffic.
+    pub async fn ready(&self) -> Result<bool, ClientError> {
+        let response = self.http.get(self.readyz_url.clone()).send().await?;
+        Ok(response.status().is_success())
+    }
+
+    async fn post_sql(&self, request: &SqlRequest) -> Result<reqwest::Response, ClientError> {
+        let mut builder = self.http.post(self.sql_url.clone()).json(request);
+        if let Some(token) = &self.token {
+            builder = builder.bearer_auth(token);
+        }
+        Ok(builder.send().await?)
+    }
+}
+
+// Hand-written so that the bearer token never ends up in a log line.
+impl fmt::Debug for KalamClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KalamClient")
+            .field("base_url", &self.base_url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+fn build_request(sql: &str, as_user: Option<&str>) -> SqlRequest {
+    SqlRequest {
+        sql: sql.to_owned(),
+        as_user: as_user.map(str::to_owned),
+    }
+}
+
+/// Reads a `/api/sql` body whatever the HTTP status: the node always answers with the JSON
+/// shape, so the body, not the status, says whether the request succeeded.
+fn parse_sql_body(status: u16, body: &[u8]) -> Result<SqlSuccess, ClientError> {
+    match serde_json::from_slice::<SqlResponse>(body) {
+        Ok(SqlResponse::Success(ok)) => Ok(ok),
+        Ok(SqlResponse::Error { error }) => Err(ClientError::Api { status, error }),
+        Err(_) => Err(ClientError::protocol(status, body)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_validates_and_trims_the_url() {
+        let c = KalamClient::new(" http://127.0.0.1:8080/ ").unwrap();
+        assert_eq!(c.base_url(), "http://127.0.0.1:8080");
+        assert_eq!(c.sql_url.as_str(), "http://127.0.0.1:8080/api/sql");
+        let c = KalamClient::new("http://proxy/kalam/").unwrap();
+        assert_eq!(c.readyz_url.as_str(), "http://proxy/kalam/readyz");
+        for bad in [
+            "127.0.0.1:8080",
+            "ftp://host",
+            "not a url",
+            "http://h/?x=1",
+            "",
+        ] {
+            assert!(
+                matches!(KalamClient::new(bad), Err(ClientError::InvalidUrl(_))),
+                "{bad} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn body_decides_success_or_error_whatever_the_status() {
+        let ok =
+            parse_sql_body(200, br#"{"status":"success","results":[],"took_ms":1.5}"#).unwrap();
+        assert_eq!(ok.took_ms, 1.5);
+
+        let err = parse_sql_body(
+            409,
+            br#"{"status":"error","error":{"code":"NAMESPACE_NOT_EMPTY","message":"m"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), Some(&ErrorCode::NamespaceNotEmpty));
+        assert!(matches!(err, ClientError::Api { status: 409, .. }));
+
+        let html = format!("<html>{}</html>", "x".repeat(500));
+        let err = parse_sql_body(502, html.as_bytes()).unwrap_err();
+        let ClientError::Protocol {
+            status,
+            body_snippet,
+        } = &err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!(*status, 502);
+        assert_eq!(body_snippet.chars().count(), SNIPPET_CHARS);
+        assert!(body_snippet.starts_with("<html>"));
+        assert_eq!(err.code(), None);
+    }
+
+    #[test]
+    fn raw_response_reports_errors() {
+        let raw = RawSqlResponse {
+            status: 401,
+            body: serde_json::json!({"status": "error", "error": {"code": "UNAUTHORIZED", "message": "m"}}),
+        };
+        assert!(raw.is_error());
+    }
+}

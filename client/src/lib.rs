@@ -1,0 +1,19 @@
+//! `kalam-client`: everything needed to talk to a KalamDB node from outside it.
+//!
+//! - [`wire`]: the serde types of the `POST /api/sql` contract (`API.md`), shared with the
+//!   node so the two sides cannot drift apart.
+//! - [`client`]: [`KalamClient`], a small async HTTP client over one pooled `reqwest::Client`,
+//!   cheap to clone and fit for latency benchmarks.
+//! - [`table`]: psql-style text rendering of results and errors, for people.
+//! - the `kalam` binary (`src/bin/kalam.rs`): a command-line client built on the above.
+//!
+//! The crate deliberately has no storage or query-engine dependencies (no RocksDB, no
+//! DataFusion): applications, the e2e suite and the load tool depend on it, and they should
+//! build in seconds.
+
+pub mod client;
+pub mod table;
+pub mod wire;
+
+pub use client::{ClientError, KalamClient, RawSqlResponse};
+pub use wire::*;

@@ -1,0 +1,226 @@
+//! The wire types of `API.md`: what `POST /api/sql` takes and returns.
+//!
+//! The node serialises its responses with these very types and the client parses them, so
+//! the two sides cannot drift apart.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Body of `POST /api/sql`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlRequest {
+    /// One or more statements separated by `;`.
+    pub sql: String,
+    /// Admin only: run the request on behalf of this user (USER tables resolve to their partition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_user: Option<String>,
+}
+
+/// A column of a result set: its name and its Arrow type as text (`Int64`, `Utf8`, `Json`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: String,
+}
+
+/// One row: column name to JSON value, in column order.
+pub type Row = serde_json::Map<String, serde_json::Value>;
+
+/// The result of one statement.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct QueryResult {
+    #[serde(default)]
+    pub columns: Vec<ColumnInfo>,
+    #[serde(default)]
+    pub rows: Vec<Row>,
+    #[serde(default)]
+    pub row_count: usize,
+    /// Rows inserted, updated or deleted by a DML statement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affected_rows: Option<u64>,
+    /// What a DDL statement did, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Server-side time spent on this statement.
+    #[serde(default)]
+    pub execution_time_ms: f64,
+}
+
+/// A successful `POST /api/sql` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SqlSuccess {
+    pub results: Vec<QueryResult>,
+    pub took_ms: f64,
+}
+
+/// The error object of every failed request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<String>,
+    /// Index of the statement that failed, for errors that belong to one statement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement_index: Option<usize>,
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)?;
+        if let Some(d) = &self.details {
+            write!(f, " ({d})")?;
+        }
+        if let Some(i) = self.statement_index {
+            write!(f, " [statement {i}]")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// Every response of `POST /api/sql`: `{"status": "success", ...}` or `{"status": "error", ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum SqlResponse {
+    Success(SqlSuccess),
+    Error { error: ApiError },
+}
+
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident => $text:literal, $status:literal;)*) => {
+        /// Stable, UPPER_SNAKE error codes clients can match on. A code this client does not
+        /// know yet (a newer server) parses as [`ErrorCode::Other`].
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)*
+            /// A code unknown to this version of the client.
+            Other(String),
+        }
+
+        impl ErrorCode {
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(ErrorCode::$variant => $text,)*
+                    ErrorCode::Other(s) => s,
+                }
+            }
+
+            /// The HTTP status the node answers with for this code.
+            pub fn http_status(&self) -> u16 {
+                match self {
+                    $(ErrorCode::$variant => $status,)*
+                    ErrorCode::Other(_) => 500,
+                }
+            }
+
+            fn parse(s: &str) -> Self {
+                match s {
+                    $($text => ErrorCode::$variant,)*
+                    other => ErrorCode::Other(other.to_string()),
+                }
+            }
+
+            /// Every code this version knows, for documentation and tests.
+            pub const ALL: &'static [&'static str] = &[$($text,)*];
+        }
+    };
+}
+
+error_codes! {
+    /// The request body is not valid JSON or lacks a field.
+    InvalidRequest => "INVALID_REQUEST", 400;
+    /// SQL that does not parse.
+    SqlParseError => "SQL_PARSE_ERROR", 400;
+    /// SQL that parses but cannot be planned or executed (unknown column, type mismatch, ...).
+    SqlPlanError => "SQL_PLAN_ERROR", 400;
+    /// A statement KalamDB does not support.
+    UnsupportedStatement => "UNSUPPORTED_STATEMENT", 400;
+    /// An identifier that is not `^[a-z][a-z0-9_]*$`, or a reserved name.
+    InvalidIdentifier => "INVALID_IDENTIFIER", 400;
+    /// A value that does not fit its column (NOT NULL, JSON, type).
+    InvalidValue => "INVALID_VALUE", 400;
+    /// A client tried to set `_updated` / `_deleted` or alter a system column.
+    SystemColumnReadonly => "SYSTEM_COLUMN_READONLY", 400;
+    /// A table definition that is not valid (primary key type, option value, ...).
+    InvalidTableDefinition => "INVALID_TABLE_DEFINITION", 400;
+    /// An option KalamDB does not know, or a bad option value.
+    InvalidOption => "INVALID_OPTION", 400;
+    /// Missing, malformed, expired or wrongly signed token, or a bad user id.
+    Unauthorized => "UNAUTHORIZED", 401;
+    /// The caller's role may not do this.
+    Forbidden => "FORBIDDEN", 403;
+    NamespaceNotFound => "NAMESPACE_NOT_FOUND", 404;
+    TableNotFound => "TABLE_NOT_FOUND", 404;
+    NamespaceAlreadyExists => "NAMESPACE_ALREADY_EXISTS", 409;
+    TableAlreadyExists => "TABLE_ALREADY_EXISTS", 409;
+    NamespaceNotEmpty => "NAMESPACE_NOT_EMPTY", 409;
+    /// An INSERT of a key that already holds a live row.
+    PrimaryKeyViolation => "PRIMARY_KEY_VIOLATION", 409;
+    /// The request body is over the configured limit.
+    PayloadTooLarge => "PAYLOAD_TOO_LARGE", 413;
+    /// A result set over the configured `max_result_rows`: refused, never truncated.
+    ResultTooLarge => "RESULT_TOO_LARGE", 413;
+    /// A bug or an unexpected storage failure; details stay in the server log.
+    InternalError => "INTERNAL_ERROR", 500;
+    /// The node is starting up or its storage is unavailable.
+    NotReady => "NOT_READY", 503;
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(ErrorCode::parse(&s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_round_trips_with_api_md_shape() {
+        let text = r#"{"status":"success","results":[{"columns":[{"name":"id","type":"Int64"}],
+            "rows":[{"id":1}],"row_count":1,"execution_time_ms":0.42},
+            {"affected_rows":3,"row_count":0,"rows":[],"columns":[],"execution_time_ms":0.31}],
+            "took_ms":0.9}"#;
+        let parsed: SqlResponse = serde_json::from_str(text).unwrap();
+        let SqlResponse::Success(ok) = &parsed else { panic!("not success: {parsed:?}") };
+        assert_eq!(ok.results[0].columns[0].data_type, "Int64");
+        assert_eq!(ok.results[1].affected_rows, Some(3));
+        let again: SqlResponse =
+            serde_json::from_str(&serde_json::to_string(&parsed).unwrap()).unwrap();
+        assert_eq!(again, parsed);
+    }
+
+    #[test]
+    fn error_shape_and_unknown_codes() {
+        let text = r#"{"status":"error","error":{"code":"NAMESPACE_NOT_EMPTY",
+            "message":"m","details":"tables: a","statement_index":0}}"#;
+        let SqlResponse::Error { error } = serde_json::from_str(text).unwrap() else {
+            panic!("not an error")
+        };
+        assert_eq!(error.code, ErrorCode::NamespaceNotEmpty);
+        assert_eq!(error.code.http_status(), 409);
+        let future: ApiError =
+            serde_json::from_str(r#"{"code":"SOMETHING_NEW","message":"x"}"#).unwrap();
+        assert_eq!(future.code, ErrorCode::Other("SOMETHING_NEW".into()));
+        assert_eq!(serde_json::to_value(&future.code).unwrap(), "SOMETHING_NEW");
+    }
+}

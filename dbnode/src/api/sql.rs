@@ -1,0 +1,115 @@
+//! `POST /api/sql`: authenticate, read the body within the limit, parse the statements, run
+//! them in order, and answer with one result per statement or the first error (naming its
+//! statement). A panic inside a statement becomes a 500 for that request, never a dead node.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::FutureExt;
+use kalam_client::wire::{SqlRequest, SqlResponse, SqlSuccess};
+use tracing::Instrument;
+
+use super::error_response;
+use crate::auth::Principal;
+use crate::error::KalamError;
+use crate::ids::UserId;
+use crate::node::Node;
+use crate::sql::parser::parse_statements;
+use crate::sql::provider::RequestContext;
+
+fn bearer(headers: &HeaderMap) -> Result<&str, KalamError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| KalamError::Unauthorized("missing Authorization: Bearer <token> header".into()))?;
+    let value = value.to_str().map_err(|_| KalamError::Unauthorized("malformed Authorization header".into()))?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(token.trim()),
+        _ => Err(KalamError::Unauthorized("Authorization must be 'Bearer <token>'".into())),
+    }
+}
+
+pub async fn handle(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let principal = match bearer(&headers).and_then(|t| node.auth.verify(t)) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let limit = node.config.max_request_bytes;
+    let bytes = match to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => return KalamError::PayloadTooLarge(limit).into_response(),
+    };
+    let request: SqlRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return KalamError::InvalidRequest(format!("the body must be JSON {{\"sql\": \"...\"}}: {e}")).into_response()
+        }
+    };
+    let ctx = match context(principal, request.as_user.as_deref()) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return e.into_response(),
+    };
+    let span = tracing::info_span!("sql", user = %ctx.principal.user_id, as_user = request.as_user.as_deref());
+    let run = run_statements(&node, &ctx, &request.sql).instrument(span);
+    match AssertUnwindSafe(run).catch_unwind().await {
+        Ok(Ok(mut ok)) => {
+            ok.took_ms = started.elapsed().as_secs_f64() * 1000.0;
+            (StatusCode::OK, Json(SqlResponse::Success(ok))).into_response()
+        }
+        Ok(Err(api_error)) => error_response(api_error),
+        Err(_) => {
+            tracing::error!("a statement panicked; the request was answered with INTERNAL_ERROR");
+            KalamError::Internal("statement panicked".into()).into_response()
+        }
+    }
+}
+
+/// Resolves who the request runs as: the caller, or for an admin the `as_user` user.
+fn context(principal: Principal, as_user: Option<&str>) -> Result<RequestContext, KalamError> {
+    let user = match as_user {
+        None => principal.user_id.clone(),
+        Some(_) if !principal.is_admin() => {
+            return Err(KalamError::Forbidden("as_user requires an admin token".into()))
+        }
+        Some(u) => UserId::new(u)
+            .map_err(|_| KalamError::InvalidRequest("as_user must match ^[A-Za-z0-9_.@-]{1,128}$".into()))?,
+    };
+    Ok(RequestContext { principal, user })
+}
+
+async fn run_statements(
+    node: &Node,
+    ctx: &Arc<RequestContext>,
+    sql: &str,
+) -> Result<SqlSuccess, kalam_client::wire::ApiError> {
+    let (statements, parse_error) = parse_statements(sql);
+    let mut results = Vec::with_capacity(statements.len());
+    for (index, stmt) in statements.into_iter().enumerate() {
+        let kind = stmt.kind();
+        let started = Instant::now();
+        let outcome = node.executor.execute(ctx, stmt).await;
+        let seconds = started.elapsed().as_secs_f64();
+        node.metrics.statement(kind, outcome.is_ok(), seconds);
+        match outcome {
+            Ok(mut result) => {
+                result.execution_time_ms = seconds * 1000.0;
+                results.push(result);
+            }
+            Err(e) => {
+                tracing::debug!(kind, index, code = %e.code(), "statement failed");
+                return Err(e.to_api(Some(index)));
+            }
+        }
+    }
+    if let Some(e) = parse_error {
+        node.metrics.statement("invalid", false, 0.0);
+        return Err(e.to_api(Some(results.len())));
+    }
+    Ok(SqlSuccess { results, took_ms: 0.0 })
+}

@@ -1,0 +1,389 @@
+//! The catalog: namespaces and table definitions with their schema versions.
+//!
+//! Layout under `<data_dir>/catalog`:
+//! ```text
+//! {namespace}/namespace.json
+//! {namespace}/{table}/schema_v{N}.json   one file per schema version (the columns)
+//! {namespace}/{table}/manifest.json      the table; names the current schema version
+//! ```
+//! Every file is written to a temporary name, synced and renamed, so a crash leaves either the
+//! old or the new file. `namespace.json` and `manifest.json` are the commit points: a
+//! directory without one is the leftover of an interrupted create or drop and is removed at
+//! start-up. The in-memory state is the cache every query reads.
+
+mod model;
+
+pub use model::*;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{KalamError, Result};
+use crate::ids::{NamespaceId, TableId, TableName, SYSTEM_NAMESPACE};
+
+const NAMESPACE_FILE: &str = "namespace.json";
+const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Debug, Default)]
+struct NamespaceEntry {
+    def: Option<NamespaceDef>,
+    tables: BTreeMap<TableName, Arc<TableDef>>,
+}
+
+/// `manifest.json`: the table without its columns, which live in `schema_v{N}.json`.
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    #[serde(flatten)]
+    table: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SchemaFile {
+    schema_version: u32,
+    columns: Vec<ColumnDef>,
+}
+
+#[derive(Debug)]
+pub struct Catalog {
+    root: PathBuf,
+    state: RwLock<BTreeMap<NamespaceId, NamespaceEntry>>,
+    /// Serialises DDL: file writes and the cache update happen as one step.
+    ddl: Mutex<()>,
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> KalamError {
+    KalamError::CatalogIo(format!("{}: {e}", path.display()))
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().ok_or_else(|| io_err(path, "no parent directory"))?;
+    fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| io_err(&tmp, e))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, e))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let bytes = fs::read(path).map_err(|e| io_err(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| io_err(path, e))
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(v).map_err(KalamError::internal)
+}
+
+impl Catalog {
+    /// Loads every namespace and table, removing leftovers of interrupted DDL.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(|e| io_err(&root, e))?;
+        let mut state = BTreeMap::new();
+        for ns_dir in subdirs(&root)? {
+            if !ns_dir.join(NAMESPACE_FILE).exists() {
+                tracing::warn!(dir = %ns_dir.display(), "removing catalog directory of an interrupted namespace DDL");
+                fs::remove_dir_all(&ns_dir).map_err(|e| io_err(&ns_dir, e))?;
+                continue;
+            }
+            let def: NamespaceDef = read_json(&ns_dir.join(NAMESPACE_FILE))?;
+            let mut entry = NamespaceEntry { def: Some(def.clone()), tables: BTreeMap::new() };
+            for table_dir in subdirs(&ns_dir)? {
+                match Self::load_table(&table_dir)? {
+                    Some(t) => {
+                        entry.tables.insert(t.name.clone(), Arc::new(t));
+                    }
+                    None => {
+                        tracing::warn!(dir = %table_dir.display(), "removing catalog directory of an interrupted table DDL");
+                        fs::remove_dir_all(&table_dir).map_err(|e| io_err(&table_dir, e))?;
+                    }
+                }
+            }
+            state.insert(def.name.clone(), entry);
+        }
+        Ok(Self { root, state: RwLock::new(state), ddl: Mutex::new(()) })
+    }
+
+    fn load_table(dir: &Path) -> Result<Option<TableDef>> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        if !manifest_path.exists() {
+            return Ok(None);
+        }
+        let Manifest { table: mut value } = read_json(&manifest_path)?;
+        let version = value
+            .get("schema_version")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| io_err(&manifest_path, "no schema_version"))?;
+        let schema: SchemaFile = read_json(&dir.join(format!("schema_v{version}.json")))?;
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("columns".into(), serde_json::to_value(schema.columns).map_err(KalamError::internal)?);
+        }
+        serde_json::from_value(value).map(Some).map_err(|e| io_err(&manifest_path, e))
+    }
+
+    fn ns_dir(&self, ns: &NamespaceId) -> PathBuf {
+        self.root.join(ns.as_str())
+    }
+
+    fn table_dir(&self, id: &TableId) -> PathBuf {
+        self.ns_dir(&id.namespace).join(id.table.as_str())
+    }
+
+    fn reserved(ns: &NamespaceId) -> Result<()> {
+        if ns.as_str() == SYSTEM_NAMESPACE {
+            return Err(KalamError::InvalidIdentifier(format!(
+                "namespace '{SYSTEM_NAMESPACE}' is reserved for the node's own tables"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every namespace with its table count.
+    pub fn namespaces(&self) -> Vec<(NamespaceDef, usize)> {
+        self.state
+            .read()
+            .values()
+            .filter_map(|e| e.def.clone().map(|d| (d, e.tables.len())))
+            .collect()
+    }
+
+    pub fn namespace(&self, ns: &NamespaceId) -> Option<NamespaceDef> {
+        self.state.read().get(ns).and_then(|e| e.def.clone())
+    }
+
+    /// Creates a namespace; `Ok(false)` when it exists and `if_not_exists` is set.
+    pub fn create_namespace(&self, def: NamespaceDef, if_not_exists: bool) -> Result<bool> {
+        Self::reserved(&def.name)?;
+        let _ddl = self.ddl.lock();
+        if self.state.read().contains_key(&def.name) {
+            return if if_not_exists {
+                Ok(false)
+            } else {
+                Err(KalamError::NamespaceAlreadyExists(def.name.to_string()))
+            };
+        }
+        write_atomic(&self.ns_dir(&def.name).join(NAMESPACE_FILE), &to_json(&def)?)?;
+        self.state
+            .write()
+            .insert(def.name.clone(), NamespaceEntry { def: Some(def), tables: BTreeMap::new() });
+        Ok(true)
+    }
+
+    /// Merges `options` into the namespace's options (a JSON `null` removes a key).
+    pub fn alter_namespace_options(
+        &self,
+        ns: &NamespaceId,
+        options: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<NamespaceDef> {
+        let _ddl = self.ddl.lock();
+        let mut def =
+            self.namespace(ns).ok_or_else(|| KalamError::NamespaceNotFound(ns.to_string()))?;
+        for (k, v) in options {
+            if v.is_null() {
+                def.options.remove(&k);
+            } else {
+                def.options.insert(k, v);
+            }
+        }
+        write_atomic(&self.ns_dir(ns).join(NAMESPACE_FILE), &to_json(&def)?)?;
+        if let Some(e) = self.state.write().get_mut(ns) {
+            e.def = Some(def.clone());
+        }
+        Ok(def)
+    }
+
+    /// Drops an empty namespace; `Ok(false)` when missing and `if_exists` is set.
+    pub fn drop_namespace(&self, ns: &NamespaceId, if_exists: bool) -> Result<bool> {
+        Self::reserved(ns)?;
+        let _ddl = self.ddl.lock();
+        {
+            let state = self.state.read();
+            match state.get(ns) {
+                None if if_exists => return Ok(false),
+                None => return Err(KalamError::NamespaceNotFound(ns.to_string())),
+                Some(e) if !e.tables.is_empty() => {
+                    return Err(KalamError::NamespaceNotEmpty {
+                        namespace: ns.to_string(),
+                        tables: e.tables.keys().map(|t| t.to_string()).collect(),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        let dir = self.ns_dir(ns);
+        let commit = dir.join(NAMESPACE_FILE);
+        fs::remove_file(&commit).map_err(|e| io_err(&commit, e))?;
+        sync_dir(&dir)?;
+        fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        self.state.write().remove(ns);
+        Ok(true)
+    }
+
+    pub fn table(&self, id: &TableId) -> Option<Arc<TableDef>> {
+        self.state.read().get(&id.namespace).and_then(|e| e.tables.get(&id.table).cloned())
+    }
+
+    /// Tables of one namespace, or of all, ordered by namespace then name.
+    pub fn tables(&self, ns: Option<&NamespaceId>) -> Vec<Arc<TableDef>> {
+        let state = self.state.read();
+        state
+            .iter()
+            .filter(|(name, _)| ns.is_none_or(|n| n == *name))
+            .flat_map(|(_, e)| e.tables.values().cloned())
+            .collect()
+    }
+
+    /// Persists a new table. Returns `None` when it exists and `if_not_exists` is set.
+    pub fn create_table(&self, def: TableDef, if_not_exists: bool) -> Result<Option<Arc<TableDef>>> {
+        Self::reserved(&def.namespace)?;
+        let _ddl = self.ddl.lock();
+        {
+            let state = self.state.read();
+            let entry = state
+                .get(&def.namespace)
+                .ok_or_else(|| KalamError::NamespaceNotFound(def.namespace.to_string()))?;
+            if entry.tables.contains_key(&def.name) {
+                return if if_not_exists {
+                    Ok(None)
+                } else {
+                    Err(KalamError::TableAlreadyExists(def.id().to_string()))
+                };
+            }
+        }
+        let dir = self.table_dir(&def.id());
+        if dir.exists() {
+            // A leftover of a drop that crashed after its commit point: not a live table.
+            fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        }
+        let schema = SchemaFile { schema_version: def.schema_version, columns: def.columns.clone() };
+        write_atomic(&dir.join(format!("schema_v{}.json", def.schema_version)), &to_json(&schema)?)?;
+        let mut manifest = serde_json::to_value(&def).map_err(KalamError::internal)?;
+        if let Some(obj) = manifest.as_object_mut() {
+            obj.remove("columns");
+        }
+        write_atomic(&dir.join(MANIFEST_FILE), &to_json(&Manifest { table: manifest })?)?;
+        let def = Arc::new(def);
+        if let Some(e) = self.state.write().get_mut(&def.namespace) {
+            e.tables.insert(def.name.clone(), def.clone());
+        }
+        Ok(Some(def))
+    }
+
+    /// Removes a table's definition (the commit point), then its directory.
+    pub fn drop_table(&self, id: &TableId) -> Result<Arc<TableDef>> {
+        let _ddl = self.ddl.lock();
+        let def = self.table(id).ok_or_else(|| KalamError::TableNotFound(id.to_string()))?;
+        let dir = self.table_dir(id);
+        let commit = dir.join(MANIFEST_FILE);
+        fs::remove_file(&commit).map_err(|e| io_err(&commit, e))?;
+        sync_dir(&dir)?;
+        fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        if let Some(e) = self.state.write().get_mut(&id.namespace) {
+            e.tables.remove(&id.table);
+        }
+        Ok(def)
+    }
+}
+
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
+        let entry = entry.map_err(|e| io_err(dir, e))?;
+        if entry.file_type().map_err(|e| io_err(dir, e))?.is_dir() {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ColumnName;
+    use chrono::Utc;
+
+    fn ns(name: &str) -> NamespaceDef {
+        NamespaceDef { name: NamespaceId::new(name).unwrap(), created_at: Utc::now(), options: Default::default() }
+    }
+
+    fn table(name: &str) -> TableDef {
+        TableDef {
+            namespace: NamespaceId::new("app").unwrap(),
+            name: TableName::new(name).unwrap(),
+            kind: TableKind::User,
+            uid: "u1".into(),
+            created_at: Utc::now(),
+            schema_version: 1,
+            columns: vec![ColumnDef {
+                id: 1,
+                name: ColumnName::new("id").unwrap(),
+                data_type: KalamType::BigInt,
+                nullable: false,
+                default: Some("SNOWFLAKE_ID()".into()),
+            }],
+            primary_key: ColumnName::new("id").unwrap(),
+            location: LocationSpec::Default,
+            flush_policy: FlushPolicy::default(),
+            deleted_retention_secs: None,
+            stream: None,
+        }
+    }
+
+    #[test]
+    fn survives_reopen_and_enforces_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Catalog::open(dir.path()).unwrap();
+            assert!(c.create_namespace(ns("app"), false).unwrap());
+            assert!(!c.create_namespace(ns("app"), true).unwrap());
+            assert!(matches!(c.create_namespace(ns("app"), false), Err(KalamError::NamespaceAlreadyExists(_))));
+            assert!(c.create_namespace(ns("system"), false).is_err());
+            c.create_table(table("messages"), false).unwrap();
+            let err = c.drop_namespace(&NamespaceId::new("app").unwrap(), false).unwrap_err();
+            assert!(matches!(err, KalamError::NamespaceNotEmpty { ref tables, .. } if tables == &["messages"]));
+        }
+        let c = Catalog::open(dir.path()).unwrap();
+        let t = c.table(&table("messages").id()).unwrap();
+        assert_eq!(*t, table("messages").clone_with_created(t.created_at));
+        c.drop_table(&t.id()).unwrap();
+        assert!(c.drop_namespace(&NamespaceId::new("app").unwrap(), false).unwrap());
+        assert!(Catalog::open(dir.path()).unwrap().namespaces().is_empty());
+    }
+
+    #[test]
+    fn interrupted_ddl_is_cleaned_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        c.create_namespace(ns("app"), false).unwrap();
+        // A table whose schema file was written but whose manifest never was.
+        fs::create_dir_all(dir.path().join("app/half")).unwrap();
+        fs::write(dir.path().join("app/half/schema_v1.json"), "{}").unwrap();
+        // A namespace directory without namespace.json.
+        fs::create_dir_all(dir.path().join("ghost")).unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        assert_eq!(c.namespaces().len(), 1);
+        assert!(c.tables(None).is_empty());
+        assert!(!dir.path().join("app/half").exists());
+        assert!(!dir.path().join("ghost").exists());
+    }
+
+    impl TableDef {
+        fn clone_with_created(mut self, at: chrono::DateTime<Utc>) -> Self {
+            self.created_at = at;
+            self
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! What the catalog holds: namespace and table definitions, column types, table options.
+//! These are persisted as JSON, so every change here must stay readable from older files.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ColumnName, NamespaceId, TableId, TableName};
+
+/// Name of the system column with the time of a row's last change.
+pub const UPDATED_COLUMN: &str = "_updated";
+/// Name of the soft-delete flag column.
+pub const DELETED_COLUMN: &str = "_deleted";
+/// Arrow field metadata key marking a `Utf8` field as a JSON column.
+pub const JSON_METADATA_KEY: &str = "kalamdb.type";
+/// Time zone of every TIMESTAMP column: values are instants, shown in UTC.
+pub const TIMESTAMP_TZ: &str = "UTC";
+
+/// The three kinds of tables of API.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableKind {
+    User,
+    Shared,
+    Stream,
+}
+
+impl TableKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableKind::User => "user",
+            TableKind::Shared => "shared",
+            TableKind::Stream => "stream",
+        }
+    }
+
+    /// USER and SHARED tables carry `_updated` and `_deleted`; STREAM tables do not.
+    pub fn has_system_columns(self) -> bool {
+        !matches!(self, TableKind::Stream)
+    }
+}
+
+/// The SQL types of API.md, with their Arrow representation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum KalamType {
+    Boolean,
+    SmallInt,
+    Int,
+    BigInt,
+    Float,
+    Double,
+    Decimal { precision: u8, scale: i8 },
+    Text,
+    Bytes,
+    Date,
+    Timestamp,
+    Json,
+}
+
+impl KalamType {
+    pub fn arrow(self) -> DataType {
+        match self {
+            KalamType::Boolean => DataType::Boolean,
+            KalamType::SmallInt => DataType::Int16,
+            KalamType::Int => DataType::Int32,
+            KalamType::BigInt => DataType::Int64,
+            KalamType::Float => DataType::Float32,
+            KalamType::Double => DataType::Float64,
+            KalamType::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
+            KalamType::Text | KalamType::Json => DataType::Utf8,
+            KalamType::Bytes => DataType::Binary,
+            KalamType::Date => DataType::Date32,
+            KalamType::Timestamp => {
+                DataType::Timestamp(TimeUnit::Microsecond, Some(TIMESTAMP_TZ.into()))
+            }
+        }
+    }
+
+    /// The SQL spelling, for DESCRIBE and information about a table.
+    pub fn sql_name(self) -> String {
+        match self {
+            KalamType::Boolean => "BOOLEAN".into(),
+            KalamType::SmallInt => "SMALLINT".into(),
+            KalamType::Int => "INT".into(),
+            KalamType::BigInt => "BIGINT".into(),
+            KalamType::Float => "FLOAT".into(),
+            KalamType::Double => "DOUBLE".into(),
+            KalamType::Decimal { precision, scale } => format!("DECIMAL({precision},{scale})"),
+            KalamType::Text => "TEXT".into(),
+            KalamType::Bytes => "BYTES".into(),
+            KalamType::Date => "DATE".into(),
+            KalamType::Timestamp => "TIMESTAMP".into(),
+            KalamType::Json => "JSON".into(),
+        }
+    }
+
+    /// Types a primary key may have: they have an exact, order-preserving key encoding.
+    pub fn can_be_primary_key(self) -> bool {
+        matches!(self, KalamType::SmallInt | KalamType::Int | KalamType::BigInt | KalamType::Text)
+    }
+}
+
+/// One user column of a table schema version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnDef {
+    /// Stable across schema versions, so a renamed or re-added column is never confused.
+    pub id: u32,
+    pub name: ColumnName,
+    pub data_type: KalamType,
+    pub nullable: bool,
+    /// The DEFAULT expression as SQL text (`SNOWFLAKE_ID()`, `NOW()`, `'normal'`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+}
+
+/// When hot rows are flushed to Parquet (enforced by the cold tier).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_secs: Option<u64>,
+}
+
+impl Default for FlushPolicy {
+    fn default() -> Self {
+        Self { rows: Some(10_000), interval_secs: Some(300) }
+    }
+}
+
+impl std::fmt::Display for FlushPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(r) = self.rows {
+            parts.push(format!("ROWS {r}"));
+        }
+        if let Some(s) = self.interval_secs {
+            parts.push(format!("INTERVAL '{}'", human_duration(s)));
+        }
+        f.write_str(&parts.join(" "))
+    }
+}
+
+/// `300` -> `5 minutes`, `30` -> `30s`: the spelling people wrote.
+pub fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{} minutes", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Where a table's Parquet files go (resolved and enforced by the cold tier).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "value")]
+pub enum LocationSpec {
+    /// The node's default filesystem location under its data directory.
+    #[default]
+    Default,
+    /// `LOCATION '<path or url>'`.
+    Path(String),
+    /// `LOCATION REFERENCE '<name>'`: a row of `system.storage_locations`.
+    Reference(String),
+}
+
+impl std::fmt::Display for LocationSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LocationSpec::Default => f.write_str("default"),
+            LocationSpec::Path(p) => f.write_str(p),
+            LocationSpec::Reference(r) => write!(f, "reference:{r}"),
+        }
+    }
+}
+
+/// Options of a STREAM table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamOptions {
+    pub retention_secs: u64,
+    pub ephemeral: bool,
+    pub max_buffer: u64,
+}
+
+/// A table as the catalog stores it (`manifest.json` + `schema_v{N}.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableDef {
+    pub namespace: NamespaceId,
+    pub name: TableName,
+    pub kind: TableKind,
+    /// Unique per creation: names the RocksDB column family, so a table dropped and created
+    /// again never meets the old one's data.
+    pub uid: String,
+    pub created_at: DateTime<Utc>,
+    pub schema_version: u32,
+    pub columns: Vec<ColumnDef>,
+    pub primary_key: ColumnName,
+    #[serde(default)]
+    pub location: LocationSpec,
+    #[serde(default)]
+    pub flush_policy: FlushPolicy,
+    /// Seconds soft-deleted rows are kept before cleanup; `None` is `'off'`.
+    #[serde(default)]
+    pub deleted_retention_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamOptions>,
+}
+
+impl TableDef {
+    pub fn id(&self) -> TableId {
+        TableId::new(self.namespace.clone(), self.name.clone())
+    }
+
+    /// RocksDB column family holding this table's hot rows.
+    pub fn cf_name(&self) -> String {
+        format!("t_{}_{}_{}", self.namespace, self.name, self.uid)
+    }
+
+    pub fn column(&self, name: &str) -> Option<&ColumnDef> {
+        self.columns.iter().find(|c| c.name.as_str() == name)
+    }
+
+    pub fn primary_key_index(&self) -> usize {
+        self.columns
+            .iter()
+            .position(|c| c.name == self.primary_key)
+            .unwrap_or_default()
+    }
+
+    /// The Arrow schema queries see: user columns, then `_updated` and `_deleted`.
+    pub fn arrow_schema(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = self
+            .columns
+            .iter()
+            .map(|c| {
+                let f = Field::new(c.name.as_str(), c.data_type.arrow(), c.nullable);
+                if c.data_type == KalamType::Json {
+                    f.with_metadata([(JSON_METADATA_KEY.to_string(), "json".to_string())].into())
+                } else {
+                    f
+                }
+            })
+            .collect();
+        if self.kind.has_system_columns() {
+            fields.push(Field::new(UPDATED_COLUMN, KalamType::Timestamp.arrow(), false));
+            fields.push(Field::new(DELETED_COLUMN, DataType::Boolean, false));
+        }
+        Arc::new(Schema::new(fields))
+    }
+
+    pub fn deleted_retention_text(&self) -> String {
+        self.deleted_retention_secs.map(human_duration).unwrap_or_else(|| "off".into())
+    }
+}
+
+/// A namespace as the catalog stores it (`namespace.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamespaceDef {
+    pub name: NamespaceId,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub options: serde_json::Map<String, serde_json::Value>,
+}

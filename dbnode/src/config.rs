@@ -1,0 +1,188 @@
+//! Server settings: defaults, then `server.toml`, then `KALAMDB_*` environment variables,
+//! then command-line flags. Every field is documented in `docs/configuration.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP server binds (`/api/sql`, `/ws`, health, metrics).
+    pub listen: SocketAddr,
+    /// Where RocksDB, the catalog and the generated JWT secret live.
+    pub data_dir: PathBuf,
+    /// This node's name in `system.jobs`, `system.live_queries` and snowflake ids.
+    pub node_id: String,
+    /// HS256 secret for tokens. When unset, a random one is generated in
+    /// `<data_dir>/jwt_secret` (mode 0600) on first start.
+    pub jwt_secret: Option<String>,
+    /// fsync the RocksDB WAL on every write: survives power loss, not only a process crash.
+    pub sync_writes: bool,
+    /// Largest `/api/sql` body accepted; larger ones get 413.
+    pub max_request_bytes: usize,
+    /// Largest result set returned; larger ones are refused with RESULT_TOO_LARGE, never cut.
+    pub max_result_rows: usize,
+    /// Origins allowed by CORS; `["*"]` allows any.
+    pub cors_allowed_origins: Vec<String>,
+    /// `text` for people, `json` for log pipelines.
+    pub log_format: LogFormat,
+    /// A `tracing` filter such as `info` or `kalam_dbnode=debug,info`.
+    pub log_level: String,
+    /// Memory shared by all tables' RocksDB memtables (one column family per table).
+    pub rocksdb_write_buffer_bytes: usize,
+    /// Most files RocksDB keeps open at once.
+    pub rocksdb_max_open_files: i32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./kalamdb-data"),
+            node_id: "local".to_string(),
+            jwt_secret: None,
+            sync_writes: false,
+            max_request_bytes: 16 * 1024 * 1024,
+            max_result_rows: 1_000_000,
+            cors_allowed_origins: vec!["*".to_string()],
+            log_format: LogFormat::Text,
+            log_level: "info".to_string(),
+            rocksdb_write_buffer_bytes: 256 * 1024 * 1024,
+            rocksdb_max_open_files: 1024,
+        }
+    }
+}
+
+/// Values given on the command line; they win over the file and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Every setting's key, as written in `server.toml` and (upper-cased) after `KALAMDB_`.
+    pub const KEYS: &'static [&'static str] = &[
+        "listen",
+        "data_dir",
+        "node_id",
+        "jwt_secret",
+        "sync_writes",
+        "max_request_bytes",
+        "max_result_rows",
+        "cors_allowed_origins",
+        "log_format",
+        "log_level",
+        "rocksdb_write_buffer_bytes",
+        "rocksdb_max_open_files",
+    ];
+
+    /// Loads settings in the documented order of precedence.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        // Only known keys: an unrelated KALAMDB_* variable must not stop the node.
+        fig = fig.merge(Env::prefixed("KALAMDB_").filter(|k| Self::KEYS.contains(&k.as_str())));
+        let mut cfg: Config =
+            fig.extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(l) = overrides.listen {
+            cfg.listen = l;
+        }
+        if let Some(d) = &overrides.data_dir {
+            cfg.data_dir = d.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id.is_empty() || self.node_id.len() > 63 {
+            return Err(ConfigError::Invalid("node_id must be 1 to 63 characters".into()));
+        }
+        if self.max_request_bytes < 1024 {
+            return Err(ConfigError::Invalid("max_request_bytes must be at least 1024".into()));
+        }
+        if self.max_result_rows == 0 {
+            return Err(ConfigError::Invalid("max_result_rows must be at least 1".into()));
+        }
+        if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
+            return Err(ConfigError::Invalid(
+                "jwt_secret must be at least 16 bytes long".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_then_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "server.toml",
+                "node_id = \"from-file\"\nmax_result_rows = 5\nlisten = \"127.0.0.1:9000\"\n",
+            )?;
+            jail.set_env("KALAMDB_NODE_ID", "from-env");
+            jail.set_env("KALAMDB_SYNC_WRITES", "true");
+            let flags = Overrides {
+                listen: Some("127.0.0.1:9100".parse().unwrap()),
+                data_dir: None,
+            };
+            let cfg = Config::load(Some(Path::new("server.toml")), &flags).unwrap();
+            assert_eq!(cfg.node_id, "from-env");
+            assert_eq!(cfg.max_result_rows, 5);
+            assert!(cfg.sync_writes);
+            assert_eq!(cfg.listen.port(), 9100);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn keys_list_matches_the_struct() {
+        let value = serde_json::to_value(Config::default()).unwrap();
+        let mut fields: Vec<&str> = value.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut keys = Config::KEYS.to_vec();
+        fields.sort_unstable();
+        keys.sort_unstable();
+        assert_eq!(fields, keys);
+    }
+
+    #[test]
+    fn unknown_keys_and_short_secrets_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("server.toml", "no_such_setting = 1\n")?;
+            assert!(Config::load(Some(Path::new("server.toml")), &Overrides::default()).is_err());
+            jail.create_file("short.toml", "jwt_secret = \"abc\"\n")?;
+            assert!(Config::load(Some(Path::new("short.toml")), &Overrides::default()).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,186 @@
+//! The node's data state: the catalog, the hot tier, and one runtime per table (its store,
+//! Arrow schema and compiled DEFAULT expressions). DDL goes through here so that the catalog
+//! and RocksDB never disagree for longer than a crash; `open` repairs what a crash left.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::{lit, Expr};
+use parking_lot::RwLock;
+
+use crate::catalog::{
+    Catalog, ColumnDef, KalamType, LocationSpec, TableDef, TableKind, DELETED_COLUMN,
+    UPDATED_COLUMN,
+};
+use crate::config::Config;
+use crate::error::{KalamError, Result};
+use crate::ids::{ColumnName, NamespaceId, Role, TableId, TableName, UserId, SYSTEM_NAMESPACE};
+use crate::sql::functions::SnowflakeGenerator;
+use crate::storage::table::{RowValidator, TableStore};
+use crate::storage::{Storage, StorageOptions, Value};
+
+/// A table ready for queries: its store, schema and the DEFAULT expressions INSERT uses.
+#[derive(Debug)]
+pub struct TableRuntime {
+    pub store: Arc<TableStore>,
+    pub schema: SchemaRef,
+    /// Column name -> DEFAULT, including `_updated`/`_deleted` placeholders the sink replaces.
+    pub defaults: HashMap<String, Expr>,
+}
+
+impl TableRuntime {
+    pub fn def(&self) -> &Arc<TableDef> {
+        self.store.def()
+    }
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    pub catalog: Catalog,
+    pub storage: Arc<Storage>,
+    pub snowflake: Arc<SnowflakeGenerator>,
+    tables: RwLock<HashMap<TableId, Arc<TableRuntime>>>,
+    users: Arc<TableRuntime>,
+}
+
+/// `system.users`: a SHARED table of the node's own, written by admins.
+fn users_table_def() -> Result<TableDef> {
+    let col = |id: u32, name: &str, data_type, nullable, default: Option<&str>| -> Result<ColumnDef> {
+        Ok(ColumnDef { id, name: ColumnName::new(name)?, data_type, nullable, default: default.map(String::from) })
+    };
+    Ok(TableDef {
+        namespace: NamespaceId::new(SYSTEM_NAMESPACE)?,
+        name: TableName::new("users")?,
+        kind: TableKind::Shared,
+        uid: "builtin".into(),
+        created_at: chrono::DateTime::UNIX_EPOCH,
+        schema_version: 1,
+        columns: vec![
+            col(1, "user_id", KalamType::Text, false, None)?,
+            col(2, "username", KalamType::Text, true, None)?,
+            col(3, "email", KalamType::Text, true, None)?,
+            col(4, "role", KalamType::Text, false, Some("'user'"))?,
+            col(5, "created_at", KalamType::Timestamp, false, Some("NOW()"))?,
+        ],
+        primary_key: ColumnName::new("user_id")?,
+        location: LocationSpec::Default,
+        flush_policy: Default::default(),
+        deleted_retention_secs: None,
+        stream: None,
+    })
+}
+
+/// `system.users` rows: a valid user id and a known role.
+fn validate_user_row(_: &TableDef, values: &[Value]) -> Result<()> {
+    if let Some(Value::Text(id)) = values.first() {
+        UserId::new(id.clone())
+            .map_err(|_| KalamError::InvalidValue("user_id must match ^[A-Za-z0-9_.@-]{1,128}$".into()))?;
+    }
+    match values.get(3) {
+        Some(Value::Text(r)) if r == Role::User.as_str() || r == Role::Admin.as_str() => Ok(()),
+        _ => Err(KalamError::InvalidValue("role must be 'user' or 'admin'".into())),
+    }
+}
+
+impl Engine {
+    /// Opens the hot tier and the catalog, and repairs any disagreement between them: a
+    /// table without a column family gets an empty one (crash after the catalog write), a
+    /// column family without a table is dropped (crash during CREATE or DROP).
+    pub fn open(config: &Config, planner: &SessionState) -> Result<Self> {
+        let storage = Arc::new(Storage::open(
+            &config.data_dir.join("rocksdb"),
+            &StorageOptions {
+                sync_writes: config.sync_writes,
+                write_buffer_bytes: config.rocksdb_write_buffer_bytes,
+                max_open_files: config.rocksdb_max_open_files,
+            },
+        )?);
+        let catalog = Catalog::open(config.data_dir.join("catalog"))?;
+        let users_def = Arc::new(users_table_def()?);
+        let users = Arc::new(Self::runtime(&storage, users_def, Some(validate_user_row as RowValidator), planner)?);
+        let mut tables = HashMap::new();
+        for def in catalog.tables(None) {
+            let rt = Self::runtime(&storage, def.clone(), None, planner)?;
+            tables.insert(def.id(), Arc::new(rt));
+        }
+        let known: std::collections::HashSet<String> = tables
+            .values()
+            .chain(std::iter::once(&users))
+            .map(|rt| rt.store.cf_name().to_string())
+            .collect();
+        for cf in storage.table_cfs(&config.data_dir.join("rocksdb"))? {
+            if !known.contains(&cf) {
+                tracing::warn!(column_family = %cf, "dropping the data of a table that is not in the catalog (interrupted CREATE or DROP)");
+                storage.drop_cf(&cf)?;
+            }
+        }
+        Ok(Self {
+            catalog,
+            storage,
+            snowflake: Arc::new(SnowflakeGenerator::new(&config.node_id)),
+            tables: RwLock::new(tables),
+            users,
+        })
+    }
+
+    fn runtime(
+        storage: &Arc<Storage>,
+        def: Arc<TableDef>,
+        validator: Option<RowValidator>,
+        planner: &SessionState,
+    ) -> Result<TableRuntime> {
+        let schema = def.arrow_schema();
+        let mut defaults = HashMap::new();
+        for col in &def.columns {
+            if let Some(text) = &col.default {
+                defaults.insert(col.name.to_string(), compile_default(planner, text, col.data_type)?);
+            }
+        }
+        if def.kind.has_system_columns() {
+            // Placeholders so INSERT plans carry non-NULL system columns; the sink sets the
+            // real values at commit.
+            defaults.insert(UPDATED_COLUMN.to_string(), lit(ScalarValue::TimestampMicrosecond(Some(0), Some("UTC".into()))));
+            defaults.insert(DELETED_COLUMN.to_string(), lit(false));
+        }
+        let store = Arc::new(TableStore::open(storage.clone(), def, validator)?);
+        Ok(TableRuntime { store, schema, defaults })
+    }
+
+    pub fn table(&self, id: &TableId) -> Option<Arc<TableRuntime>> {
+        if id.namespace.as_str() == SYSTEM_NAMESPACE {
+            return (id.table.as_str() == "users").then(|| self.users.clone());
+        }
+        self.tables.read().get(id).cloned()
+    }
+
+    /// Persists the definition (the commit point), then opens its column family.
+    pub fn create_table(&self, def: TableDef, if_not_exists: bool, planner: &SessionState) -> Result<bool> {
+        let Some(def) = self.catalog.create_table(def, if_not_exists)? else { return Ok(false) };
+        let rt = Self::runtime(&self.storage, def.clone(), None, planner)?;
+        self.tables.write().insert(def.id(), Arc::new(rt));
+        Ok(true)
+    }
+
+    /// Removes the definition (the commit point), then the column family.
+    pub fn drop_table(&self, id: &TableId) -> Result<Arc<TableDef>> {
+        let def = self.catalog.drop_table(id)?;
+        self.tables.write().remove(id);
+        self.storage.drop_cf(&def.cf_name())?;
+        Ok(def)
+    }
+}
+
+/// Compiles a DEFAULT expression's SQL text for a column type, with the node's functions.
+pub fn compile_default(planner: &SessionState, text: &str, t: KalamType) -> Result<Expr> {
+    let expr = planner
+        .create_logical_expr(text, &DFSchema::empty())
+        .map_err(|e| KalamError::InvalidTableDefinition(format!("DEFAULT {text}: {}", KalamError::from(e))))?;
+    if expr.any_column_refs() {
+        return Err(KalamError::InvalidTableDefinition(format!("DEFAULT {text} may not refer to columns")));
+    }
+    expr.cast_to(&t.arrow(), &DFSchema::empty())
+        .map_err(|e| KalamError::InvalidTableDefinition(format!("DEFAULT {text}: {}", KalamError::from(e))))
+}

@@ -1,0 +1,196 @@
+//! The node's error type and its one mapping to API error codes.
+//!
+//! Modules raise `KalamError` (or their own error, converted into it at the boundary); the
+//! API layer turns it into the wire `ApiError` through [`KalamError::to_api`] and nowhere else.
+//! Internal details (paths, RocksDB messages) are logged, never sent to the client.
+
+use datafusion::error::DataFusionError;
+use kalam_client::wire::{ApiError, ErrorCode};
+
+pub type Result<T, E = KalamError> = std::result::Result<T, E>;
+
+/// Cuts user-provided text to a length that is safe to echo back in an error.
+pub fn clip(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.chars().count() <= MAX {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(MAX).collect();
+        out.push('…');
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KalamError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    SqlParse(String),
+    #[error("{0}")]
+    SqlPlan(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    InvalidIdentifier(String),
+    #[error("{0}")]
+    InvalidValue(String),
+    #[error("column '{0}' is a system column set by the server; it cannot be written or altered")]
+    SystemColumnReadonly(String),
+    #[error("{0}")]
+    InvalidTableDefinition(String),
+    #[error("{0}")]
+    InvalidOption(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("user id must match ^[A-Za-z0-9_.@-]{{1,128}}$")]
+    InvalidUserId,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("namespace '{0}' does not exist")]
+    NamespaceNotFound(String),
+    #[error("table '{0}' does not exist")]
+    TableNotFound(String),
+    #[error("namespace '{0}' already exists")]
+    NamespaceAlreadyExists(String),
+    #[error("table '{0}' already exists")]
+    TableAlreadyExists(String),
+    #[error("namespace '{namespace}' still has tables")]
+    NamespaceNotEmpty { namespace: String, tables: Vec<String> },
+    #[error("a row with primary key {key} already exists in {table}")]
+    PrimaryKeyViolation { table: String, key: String },
+    #[error("request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("the result has more than {0} rows (max_result_rows); add a LIMIT or a narrower WHERE")]
+    ResultTooLarge(usize),
+    #[error("storage error: {0}")]
+    Storage(String),
+    #[error("catalog I/O error: {0}")]
+    CatalogIo(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("the node is not ready")]
+    NotReady,
+}
+
+impl KalamError {
+    pub fn code(&self) -> ErrorCode {
+        use KalamError::*;
+        match self {
+            InvalidRequest(_) => ErrorCode::InvalidRequest,
+            SqlParse(_) => ErrorCode::SqlParseError,
+            SqlPlan(_) => ErrorCode::SqlPlanError,
+            Unsupported(_) => ErrorCode::UnsupportedStatement,
+            InvalidIdentifier(_) => ErrorCode::InvalidIdentifier,
+            InvalidValue(_) => ErrorCode::InvalidValue,
+            SystemColumnReadonly(_) => ErrorCode::SystemColumnReadonly,
+            InvalidTableDefinition(_) => ErrorCode::InvalidTableDefinition,
+            InvalidOption(_) => ErrorCode::InvalidOption,
+            Unauthorized(_) | InvalidUserId => ErrorCode::Unauthorized,
+            Forbidden(_) => ErrorCode::Forbidden,
+            NamespaceNotFound(_) => ErrorCode::NamespaceNotFound,
+            TableNotFound(_) => ErrorCode::TableNotFound,
+            NamespaceAlreadyExists(_) => ErrorCode::NamespaceAlreadyExists,
+            TableAlreadyExists(_) => ErrorCode::TableAlreadyExists,
+            NamespaceNotEmpty { .. } => ErrorCode::NamespaceNotEmpty,
+            PrimaryKeyViolation { .. } => ErrorCode::PrimaryKeyViolation,
+            PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            ResultTooLarge(_) => ErrorCode::ResultTooLarge,
+            Storage(_) | CatalogIo(_) | Internal(_) => ErrorCode::InternalError,
+            NotReady => ErrorCode::NotReady,
+        }
+    }
+
+    /// The error as the client sees it. Internal errors are logged in full here and answered
+    /// with a generic message, so no path, secret or backtrace reaches the wire.
+    pub fn to_api(&self, statement_index: Option<usize>) -> ApiError {
+        let code = self.code();
+        let (message, details) = match self {
+            KalamError::Storage(_) | KalamError::CatalogIo(_) | KalamError::Internal(_) => {
+                tracing::error!(error = %self, "internal error");
+                ("internal error; see the node's log".to_string(), None)
+            }
+            KalamError::NamespaceNotEmpty { tables, .. } => {
+                (self.to_string(), Some(format!("tables: {}", tables.join(", "))))
+            }
+            other => (other.to_string(), None),
+        };
+        ApiError { code, message, details, statement_index }
+    }
+
+    pub fn storage(e: impl std::fmt::Display) -> Self {
+        KalamError::Storage(e.to_string())
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        KalamError::Internal(e.to_string())
+    }
+
+    /// Wraps this error so it can travel through DataFusion (a `DataSink`, a UDF) and come
+    /// back out typed in [`From<DataFusionError>`].
+    pub fn into_datafusion(self) -> DataFusionError {
+        DataFusionError::External(Box::new(self))
+    }
+}
+
+impl From<rocksdb::Error> for KalamError {
+    fn from(e: rocksdb::Error) -> Self {
+        KalamError::Storage(e.into_string())
+    }
+}
+
+impl From<DataFusionError> for KalamError {
+    /// DataFusion errors are the planner's verdict on the client's SQL, except for the ones
+    /// that wrap our own errors (from sinks) and resource/IO failures.
+    fn from(e: DataFusionError) -> Self {
+        match e {
+            DataFusionError::External(inner) => match inner.downcast::<KalamError>() {
+                Ok(k) => *k,
+                Err(other) => KalamError::Internal(other.to_string()),
+            },
+            DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+                KalamError::from(*inner)
+            }
+            DataFusionError::Shared(inner) => match std::sync::Arc::try_unwrap(inner) {
+                Ok(e) => KalamError::from(e),
+                Err(shared) => KalamError::SqlPlan(clean_df_message(&shared.to_string())),
+            },
+            DataFusionError::SQL(e, _) => KalamError::SqlParse(clean_df_message(&e.to_string())),
+            DataFusionError::IoError(e) => KalamError::Internal(e.to_string()),
+            DataFusionError::ObjectStore(e) => KalamError::Internal(e.to_string()),
+            DataFusionError::ResourcesExhausted(m) => KalamError::Internal(m),
+            DataFusionError::Internal(m) => KalamError::Internal(m),
+            DataFusionError::ExecutionJoin(e) => KalamError::Internal(e.to_string()),
+            DataFusionError::Execution(m) if m.contains("non-nullable") => {
+                KalamError::InvalidValue(format!("NULL in a NOT NULL column: {}", clean_df_message(&m)))
+            }
+            other => KalamError::SqlPlan(clean_df_message(&other.to_string())),
+        }
+    }
+}
+
+/// DataFusion messages name our internal catalog (`kalam.`); users never wrote that prefix.
+fn clean_df_message(m: &str) -> String {
+    m.replace("kalam.", "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_do_not_leak_details() {
+        let e = KalamError::Storage("IO error: /secret/path/000012.sst".into());
+        let api = e.to_api(Some(2));
+        assert_eq!(api.code, ErrorCode::InternalError);
+        assert!(!api.message.contains("/secret"));
+        assert_eq!(api.statement_index, Some(2));
+    }
+
+    #[test]
+    fn our_errors_survive_a_trip_through_datafusion() {
+        let df = KalamError::Forbidden("no".into()).into_datafusion();
+        let back = KalamError::from(DataFusionError::Context("sink".into(), Box::new(df)));
+        assert_eq!(back.code(), ErrorCode::Forbidden);
+    }
+}

@@ -1,0 +1,17 @@
+//! `kalam-dbnode`: the KalamDB database node.
+//!
+//! Rooms (see `DESIGN.md`): [`config`] settings, [`catalog`] namespaces and table definitions,
+//! [`storage`] the RocksDB hot tier, [`engine`] catalog + storage kept consistent, [`sql`]
+//! parsing, planning and execution, [`auth`] tokens, [`api`] HTTP, [`metrics`] Prometheus.
+
+pub mod api;
+pub mod auth;
+pub mod catalog;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod ids;
+pub mod metrics;
+pub mod node;
+pub mod sql;
+pub mod storage;

@@ -1,0 +1,161 @@
+//! `kalamdb`: run a node (`serve`) or mint a development token (`token`).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use kalam_dbnode::auth::{self, parse_duration, Authenticator};
+use kalam_dbnode::config::{Config, LogFormat, Overrides};
+use kalam_dbnode::ids::{Role, UserId};
+use kalam_dbnode::node::Node;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "kalamdb", version, about = "KalamDB database node")]
+struct Cli {
+    /// server.toml to read settings from (KALAMDB_* variables and flags override it).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (RocksDB, catalog, generated JWT secret).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node.
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Print a token signed with this node's secret.
+    Token {
+        /// The user id (the token's `sub`).
+        #[arg(long)]
+        user: String,
+        /// Give the token the admin role.
+        #[arg(long)]
+        admin: bool,
+        /// How long the token is valid, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let listen = match &cli.command {
+        Command::Serve { listen } => *listen,
+        Command::Token { .. } => None,
+    };
+    let config = match Config::load(cli.config.as_deref(), &Overrides { listen, data_dir: cli.data_dir.clone() }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kalamdb: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Serve { .. } => serve(config),
+        Command::Token { user, admin, ttl } => token(&config, &user, admin, &ttl),
+    }
+}
+
+fn token(config: &Config, user: &str, admin: bool, ttl: &str) -> ExitCode {
+    let result = (|| {
+        let user = UserId::new(user)?;
+        let ttl = parse_duration(ttl)
+            .filter(|d| *d >= Duration::from_secs(1))
+            .ok_or_else(|| kalam_dbnode::error::KalamError::InvalidRequest(format!("--ttl '{ttl}' is not a duration such as 1h")))?;
+        let (secret, _) = auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir, false)?;
+        Authenticator::new(&secret).mint(&user, if admin { Role::Admin } else { Role::User }, ttl)
+    })();
+    match result {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kalamdb token: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_env("KALAMDB_LOG")
+        .or_else(|_| EnvFilter::try_new(&config.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kalamdb: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "kalamdb stopped");
+            eprintln!("kalamdb: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let listen = config.listen;
+    tracing::info!(data_dir = %config.data_dir.display(), node_id = %config.node_id, sync_writes = config.sync_writes, "opening node");
+    let node = Node::open(config)?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "serving");
+    // The one line on stdout: tests and scripts wait for it (port 0 picks a free port).
+    println!("kalamdb listening on http://{addr}");
+    std::io::stdout().flush()?;
+    let app = kalam_dbnode::api::router(node.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            node.set_draining();
+            tracing::info!("shutting down");
+        })
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

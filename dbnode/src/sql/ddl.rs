@@ -1,0 +1,289 @@
+//! Validates a parsed `CREATE ... TABLE` into the catalog's `TableDef`: column types and
+//! options, the primary key (declared, or an automatic `id` with `SNOWFLAKE_ID()`), location
+//! and flush policy, and the table's WITH options.
+
+use chrono::Utc;
+use datafusion::sql::sqlparser::ast::{ColumnOption, Expr as SqlExpr, TableConstraint};
+use rand::RngCore;
+
+use crate::auth::parse_duration;
+use crate::catalog::{
+    ColumnDef, FlushPolicy, KalamType, LocationSpec, TableDef, TableKind, DELETED_COLUMN,
+    UPDATED_COLUMN,
+};
+use crate::error::{clip, KalamError, Result};
+use crate::ids::ColumnName;
+use crate::sql::parser::CreateTable;
+
+/// The one placeholder a USER table's location may contain.
+pub const USER_ID_PLACEHOLDER: &str = "${user_id}";
+
+fn bad(msg: impl Into<String>) -> KalamError {
+    KalamError::InvalidTableDefinition(msg.into())
+}
+
+/// Maps a SQL type as written to a KalamDB type. Matching on the printed form keeps this
+/// independent of how `sqlparser` names its variants across releases.
+pub fn kalam_type(data_type: &impl std::fmt::Display) -> Result<KalamType> {
+    let printed = data_type.to_string().to_ascii_uppercase();
+    let base = printed.split('(').next().unwrap_or_default().trim();
+    let t = match base {
+        "BOOLEAN" | "BOOL" => KalamType::Boolean,
+        "SMALLINT" | "INT2" => KalamType::SmallInt,
+        "INT" | "INTEGER" | "INT4" => KalamType::Int,
+        "BIGINT" | "INT8" => KalamType::BigInt,
+        "FLOAT" | "REAL" | "FLOAT4" => KalamType::Float,
+        "DOUBLE" | "DOUBLE PRECISION" | "FLOAT8" => KalamType::Double,
+        "TEXT" | "STRING" | "VARCHAR" | "CHARACTER VARYING" => KalamType::Text,
+        "BYTES" | "BYTEA" | "BLOB" | "VARBINARY" => KalamType::Bytes,
+        "DATE" => KalamType::Date,
+        "TIMESTAMP" | "TIMESTAMPTZ" | "TIMESTAMP WITH TIME ZONE" | "TIMESTAMP WITHOUT TIME ZONE" => {
+            KalamType::Timestamp
+        }
+        "JSON" | "JSONB" => KalamType::Json,
+        "DECIMAL" | "NUMERIC" => {
+            let args: Vec<&str> = printed
+                .split_once('(')
+                .and_then(|(_, rest)| rest.strip_suffix(')'))
+                .map(|a| a.split(',').map(str::trim).collect())
+                .unwrap_or_default();
+            let (precision, scale) = match args.as_slice() {
+                [] => (38, 10),
+                [p] => (p.parse().unwrap_or(0), 0),
+                [p, s] => (p.parse().unwrap_or(0), s.parse().unwrap_or(-1)),
+                _ => (0, 0),
+            };
+            if !(1..=38).contains(&precision) || scale < 0 || scale as u8 > precision {
+                return Err(bad(format!("{printed}: DECIMAL needs 1 <= precision <= 38 and 0 <= scale <= precision")));
+            }
+            KalamType::Decimal { precision, scale }
+        }
+        _ => {
+            return Err(bad(format!(
+                "type {} is not supported; use BOOLEAN, SMALLINT, INT, BIGINT, FLOAT, DOUBLE, \
+                 DECIMAL(p,s), TEXT, BYTES, DATE, TIMESTAMP or JSON",
+                clip(&printed)
+            )))
+        }
+    };
+    Ok(t)
+}
+
+fn column_name(raw: &str) -> Result<ColumnName> {
+    if raw.starts_with('_') {
+        return Err(bad(format!(
+            "column '{}': names starting with '_' are reserved for system columns ({UPDATED_COLUMN}, {DELETED_COLUMN})",
+            clip(raw)
+        )));
+    }
+    ColumnName::new(raw)
+}
+
+/// Checks a `LOCATION '...'` path for the table's kind.
+fn check_location(kind: TableKind, location: &LocationSpec) -> Result<()> {
+    let LocationSpec::Path(path) = location else { return Ok(()) };
+    if path.trim().is_empty() {
+        return Err(bad("LOCATION must not be empty"));
+    }
+    if path.split(['/', '\\']).any(|seg| seg == "..") {
+        return Err(bad("LOCATION must not contain '..' segments"));
+    }
+    let without = path.replace(USER_ID_PLACEHOLDER, "");
+    if without.contains("${") {
+        return Err(bad(format!("LOCATION: the only placeholder is {USER_ID_PLACEHOLDER}")));
+    }
+    if kind != TableKind::User && path.contains(USER_ID_PLACEHOLDER) {
+        return Err(bad(format!(
+            "{USER_ID_PLACEHOLDER} is only allowed in the LOCATION of a USER table"
+        )));
+    }
+    Ok(())
+}
+
+/// Builds the table definition; `check_default` compiles a DEFAULT expression for its type.
+pub fn table_def(c: &CreateTable, check_default: impl Fn(&str, KalamType) -> Result<()>) -> Result<TableDef> {
+    if c.kind == TableKind::Stream {
+        return Err(KalamError::Unsupported(
+            "STREAM tables are not available on this node yet; use a USER or SHARED table".into(),
+        ));
+    }
+    let mut columns: Vec<ColumnDef> = Vec::with_capacity(c.columns.len() + 1);
+    let mut primary: Vec<String> = Vec::new();
+    for (i, col) in c.columns.iter().enumerate() {
+        let name = column_name(&col.name.value)?;
+        if columns.iter().any(|c| c.name == name) {
+            return Err(bad(format!("column '{name}' is declared twice")));
+        }
+        let data_type = kalam_type(&col.data_type)?;
+        let mut def = ColumnDef { id: i as u32 + 1, name, data_type, nullable: true, default: None };
+        for opt in &col.options {
+            match &opt.option {
+                ColumnOption::NotNull => def.nullable = false,
+                ColumnOption::Null => def.nullable = true,
+                ColumnOption::Default(expr) => def.default = Some(default_text(expr)),
+                ColumnOption::PrimaryKey(_) => primary.push(def.name.to_string()),
+                other => {
+                    return Err(bad(format!(
+                        "column '{}': option {} is not supported",
+                        def.name,
+                        clip(&other.to_string())
+                    )))
+                }
+            }
+        }
+        columns.push(def);
+    }
+    for constraint in &c.constraints {
+        match constraint {
+            TableConstraint::PrimaryKey(pk) => {
+                for col in &pk.columns {
+                    primary.push(col.column.expr.to_string());
+                }
+            }
+            other => return Err(bad(format!("constraint {} is not supported", clip(&other.to_string())))),
+        }
+    }
+    let primary_key = match primary.as_slice() {
+        [] => {
+            if columns.iter().any(|c| c.name.as_str() == "id") {
+                return Err(bad("a column named 'id' exists but is not the PRIMARY KEY: declare the key"));
+            }
+            let id = ColumnDef {
+                id: columns.iter().map(|c| c.id).max().unwrap_or(0) + 1,
+                name: ColumnName::new("id")?,
+                data_type: KalamType::BigInt,
+                nullable: false,
+                default: Some("SNOWFLAKE_ID()".into()),
+            };
+            let name = id.name.clone();
+            columns.insert(0, id);
+            name
+        }
+        [one] => {
+            let col = columns
+                .iter_mut()
+                .find(|c| c.name.as_str() == one)
+                .ok_or_else(|| bad(format!("PRIMARY KEY names unknown column '{}'", clip(one))))?;
+            if !col.data_type.can_be_primary_key() {
+                return Err(bad(format!(
+                    "PRIMARY KEY '{}' has type {}; a key must be SMALLINT, INT, BIGINT or TEXT",
+                    col.name,
+                    col.data_type.sql_name()
+                )));
+            }
+            col.nullable = false;
+            col.name.clone()
+        }
+        _ => return Err(bad("a table has exactly one PRIMARY KEY column")),
+    };
+    for col in &columns {
+        if let Some(d) = &col.default {
+            check_default(d, col.data_type)
+                .map_err(|e| bad(format!("DEFAULT of column '{}': {e}", col.name)))?;
+        }
+    }
+    check_location(c.kind, &c.location)?;
+    let mut deleted_retention_secs = None;
+    for (key, value) in &c.with {
+        match (key.as_str(), value) {
+            ("deleted_retention", serde_json::Value::String(s)) if s.eq_ignore_ascii_case("off") => {
+                deleted_retention_secs = None
+            }
+            ("deleted_retention", serde_json::Value::String(s)) => {
+                deleted_retention_secs = Some(
+                    parse_duration(s)
+                        .filter(|d| d.as_secs() > 0)
+                        .ok_or_else(|| {
+                            KalamError::InvalidOption(format!(
+                                "deleted_retention: '{}' is not 'off' or a duration such as '7d'",
+                                clip(s)
+                            ))
+                        })?
+                        .as_secs(),
+                )
+            }
+            (key, _) => {
+                return Err(KalamError::InvalidOption(format!(
+                    "unknown or ill-typed table option '{}' (known: deleted_retention = '7d' | 'off')",
+                    clip(key)
+                )))
+            }
+        }
+    }
+    let mut uid = [0u8; 4];
+    rand::rng().fill_bytes(&mut uid);
+    let now = Utc::now();
+    Ok(TableDef {
+        namespace: c.table.namespace.clone(),
+        name: c.table.table.clone(),
+        kind: c.kind,
+        uid: format!("{:x}{}", now.timestamp_micros(), uid.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        created_at: now,
+        schema_version: 1,
+        columns,
+        primary_key,
+        location: c.location.clone(),
+        flush_policy: c.flush_policy.unwrap_or_default(),
+        deleted_retention_secs,
+        stream: None,
+    })
+}
+
+fn default_text(expr: &SqlExpr) -> String {
+    expr.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::parser::{parse_statements, KalamStatement};
+
+    fn def(sql: &str) -> Result<TableDef> {
+        let (mut v, err) = parse_statements(sql);
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let KalamStatement::CreateTable(c) = v.remove(0) else { panic!("not a CREATE TABLE") };
+        table_def(&c, |_, _| Ok(()))
+    }
+
+    #[test]
+    fn automatic_and_declared_keys() {
+        let t = def("CREATE USER TABLE app.m (content TEXT)").unwrap();
+        assert_eq!(t.primary_key.as_str(), "id");
+        assert_eq!(t.columns[0].default.as_deref(), Some("SNOWFLAKE_ID()"));
+        let t = def("CREATE SHARED TABLE app.c (name TEXT, PRIMARY KEY (name))").unwrap();
+        assert_eq!(t.primary_key.as_str(), "name");
+        assert!(!t.columns[0].nullable);
+        assert_eq!(t.flush_policy, FlushPolicy::default());
+    }
+
+    #[test]
+    fn invalid_definitions_are_refused_with_their_code() {
+        let code = |sql: &str| def(sql).unwrap_err().code().to_string();
+        assert_eq!(code("CREATE USER TABLE app.m (x DOUBLE PRIMARY KEY)"), "INVALID_TABLE_DEFINITION");
+        assert_eq!(code("CREATE USER TABLE app.m (a INT PRIMARY KEY, b INT PRIMARY KEY)"), "INVALID_TABLE_DEFINITION");
+        assert_eq!(code("CREATE USER TABLE app.m (_updated INT)"), "INVALID_TABLE_DEFINITION");
+        assert_eq!(code("CREATE USER TABLE app.m (a GEOMETRY)"), "INVALID_TABLE_DEFINITION");
+        assert_eq!(code("CREATE USER TABLE app.m (a INT, a TEXT)"), "INVALID_TABLE_DEFINITION");
+        assert_eq!(code("CREATE SHARED TABLE app.m (a INT) LOCATION '/x/${user_id}/'"), "INVALID_TABLE_DEFINITION");
+        assert_eq!(code("CREATE USER TABLE app.m (a INT) LOCATION '/x/../y'"), "INVALID_TABLE_DEFINITION");
+        assert_eq!(code("CREATE USER TABLE app.m (a INT) WITH (colour = 'red')"), "INVALID_OPTION");
+        assert_eq!(code("CREATE USER TABLE app.m (a INT) WITH (deleted_retention = 'soon')"), "INVALID_OPTION");
+        assert_eq!(code("CREATE USER TABLE app.m (a DECIMAL(50,2))"), "INVALID_TABLE_DEFINITION");
+    }
+
+    #[test]
+    fn every_documented_type_maps() {
+        let t = def("CREATE USER TABLE app.t (a BOOLEAN, b SMALLINT, c INT, d BIGINT, e FLOAT, f DOUBLE, \
+                     g DECIMAL(10,2), h TEXT, i STRING, j VARCHAR, k BYTES, l DATE, m TIMESTAMP, n JSON)")
+            .unwrap();
+        let types: Vec<String> = t.columns.iter().skip(1).map(|c| c.data_type.sql_name()).collect();
+        assert_eq!(
+            types,
+            ["BOOLEAN", "SMALLINT", "INT", "BIGINT", "FLOAT", "DOUBLE", "DECIMAL(10,2)", "TEXT", "TEXT", "TEXT", "BYTES", "DATE", "TIMESTAMP", "JSON"]
+        );
+        let t = def("CREATE USER TABLE app.t (x INT) WITH (deleted_retention = '7d')").unwrap();
+        assert_eq!(t.deleted_retention_secs, Some(7 * 86_400));
+    }
+}

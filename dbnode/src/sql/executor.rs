@@ -1,0 +1,478 @@
+//! Runs one parsed statement for one request: KalamDB DDL against the catalog, queries and
+//! INSERT through DataFusion, and UPDATE / DELETE as a DataFusion query for the affected rows
+//! followed by one write of their new versions.
+//!
+//! UPDATE and DELETE do not use DataFusion's `TableProvider::update/delete_from` hooks: those
+//! receive the WHERE clause as pushed-down filters, and releases before apache/datafusion
+//! #24654 passed an `IN (subquery)` or always-false WHERE as "no filter". Selecting the rows
+//! with a full query evaluates any WHERE exactly as a SELECT would.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{SchemaRef, UInt64Type};
+use datafusion::execution::context::{SQLOptions, SessionState};
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::FunctionRegistry;
+use datafusion::physical_plan::execute_stream;
+use datafusion::prelude::SessionConfig;
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{
+    AssignmentTarget, Delete, Expr as SqlExpr, FromTable, Ident, Insert, ObjectName, ObjectNamePart, SetExpr,
+    Statement, TableFactor, TableObject, TableWithJoins, Update,
+};
+use futures::StreamExt;
+use kalam_client::wire::{ColumnInfo, QueryResult, Row};
+use serde_json::json;
+
+use crate::catalog::{NamespaceDef, TableDef, TableKind, DELETED_COLUMN, UPDATED_COLUMN};
+use crate::engine::{compile_default, Engine, TableRuntime};
+use crate::error::{clip, KalamError, Result};
+use crate::ids::{TableId, SYSTEM_NAMESPACE};
+use crate::sql::functions::{self, SnowflakeGenerator};
+use crate::sql::parser::{table_id_from_object_name, KalamStatement};
+use crate::sql::provider::RequestContext;
+use crate::sql::rows::{batch_to_values, cast_to_column, value_at};
+use crate::sql::schema::{KalamCatalogList, CATALOG};
+use crate::sql::{ddl, output, system_tables};
+use crate::storage::table::WriteMode;
+use crate::storage::Partition;
+
+/// The DataFusion state every request starts from: configuration and KalamDB's functions.
+/// Without `catalogs` it can compile expressions (DEFAULTs) but resolve no table.
+pub fn planner_state(snowflake: Arc<SnowflakeGenerator>, catalogs: Option<Arc<KalamCatalogList>>) -> SessionState {
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_default_catalog_and_schema(CATALOG, "public")
+        .with_create_default_catalog_and_schema(false)
+        .with_target_partitions(2);
+    let mut builder = SessionStateBuilder::new().with_config(config).with_default_features();
+    if let Some(c) = catalogs {
+        builder = builder.with_catalog_list(c);
+    }
+    let mut state = builder.build();
+    // Registering a function into a fresh state cannot clash with anything.
+    let _ = state.register_udf(Arc::new(functions::snowflake_id(snowflake)));
+    state
+}
+
+#[derive(Debug)]
+pub struct Executor {
+    engine: Arc<Engine>,
+    base: SessionState,
+    max_result_rows: usize,
+}
+
+fn admin_only(ctx: &RequestContext, what: &str) -> Result<()> {
+    if ctx.principal.is_admin() {
+        Ok(())
+    } else {
+        Err(KalamError::Forbidden(format!("{what} requires an admin token")))
+    }
+}
+
+fn message(text: impl Into<String>) -> QueryResult {
+    QueryResult { message: Some(text.into()), ..Default::default() }
+}
+
+fn affected(n: u64) -> QueryResult {
+    QueryResult { affected_rows: Some(n), ..Default::default() }
+}
+
+/// The partition a request's statements touch in a table.
+pub fn partition_for(def: &TableDef, ctx: &RequestContext) -> Partition {
+    match def.kind {
+        TableKind::User => Partition::User(ctx.user.clone()),
+        TableKind::Shared | TableKind::Stream => Partition::Shared,
+    }
+}
+
+fn quoted(name: &str) -> String {
+    format!("\"{name}\"")
+}
+
+impl Executor {
+    pub fn new(engine: Arc<Engine>, base: SessionState, max_result_rows: usize) -> Self {
+        Self { engine, base, max_result_rows }
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    fn state(&self, ctx: &Arc<RequestContext>) -> SessionState {
+        let mut state = self.base.clone();
+        state.config_mut().set_extension(ctx.clone());
+        let _ = state.register_udf(Arc::new(functions::current_user(ctx.user.as_str())));
+        state
+    }
+
+    pub async fn execute(&self, ctx: &Arc<RequestContext>, stmt: KalamStatement) -> Result<QueryResult> {
+        let catalog = &self.engine.catalog;
+        match stmt {
+            KalamStatement::CreateNamespace { name, if_not_exists, options } => {
+                admin_only(ctx, "CREATE NAMESPACE")?;
+                let def = NamespaceDef { name: name.clone(), created_at: chrono::Utc::now(), options };
+                Ok(if catalog.create_namespace(def, if_not_exists)? {
+                    message(format!("namespace {name} created"))
+                } else {
+                    message(format!("namespace {name} already exists"))
+                })
+            }
+            KalamStatement::AlterNamespace { name, options } => {
+                admin_only(ctx, "ALTER NAMESPACE")?;
+                catalog.alter_namespace_options(&name, options)?;
+                Ok(message(format!("namespace {name} altered")))
+            }
+            KalamStatement::DropNamespace { name, if_exists } => {
+                admin_only(ctx, "DROP NAMESPACE")?;
+                Ok(if catalog.drop_namespace(&name, if_exists)? {
+                    message(format!("namespace {name} dropped"))
+                } else {
+                    message(format!("namespace {name} does not exist"))
+                })
+            }
+            KalamStatement::ShowNamespaces => {
+                self.query_text(ctx, "SELECT name, created_at, table_count, options FROM system.namespaces ORDER BY name")
+                    .await
+            }
+            KalamStatement::CreateTable(c) => {
+                admin_only(ctx, "CREATE TABLE")?;
+                if catalog.namespace(&c.table.namespace).is_none() {
+                    return Err(KalamError::NamespaceNotFound(c.table.namespace.to_string()));
+                }
+                let def = ddl::table_def(&c, |text, t| compile_default(&self.base, text, t).map(|_| ()))?;
+                let id = def.id();
+                Ok(if self.engine.create_table(def, c.if_not_exists, &self.base)? {
+                    message(format!("{} table {id} created", c.kind.as_str()))
+                } else {
+                    message(format!("table {id} already exists"))
+                })
+            }
+            KalamStatement::DropTable { table, kind, if_exists } => {
+                admin_only(ctx, "DROP TABLE")?;
+                match catalog.table(&table) {
+                    None if if_exists => Ok(message(format!("table {table} does not exist"))),
+                    None => Err(KalamError::TableNotFound(table.to_string())),
+                    Some(def) if kind.is_some_and(|k| k != def.kind) => Err(KalamError::SqlPlan(format!(
+                        "{table} is a {} table, not a {} table",
+                        def.kind.as_str().to_uppercase(),
+                        kind.map(|k| k.as_str().to_uppercase()).unwrap_or_default()
+                    ))),
+                    Some(_) => {
+                        self.engine.drop_table(&table)?;
+                        Ok(message(format!("table {table} dropped")))
+                    }
+                }
+            }
+            KalamStatement::ShowTables { namespace } => {
+                let filter = match &namespace {
+                    Some(ns) if catalog.namespace(ns).is_none() => {
+                        return Err(KalamError::NamespaceNotFound(ns.to_string()))
+                    }
+                    Some(ns) => format!("WHERE namespace = '{ns}'"),
+                    None => String::new(),
+                };
+                self.query_text(
+                    ctx,
+                    &format!(
+                        "SELECT table_name, namespace, table_type, location, flush_policy FROM system.tables {filter} \
+                         ORDER BY namespace, table_name"
+                    ),
+                )
+                .await
+            }
+            KalamStatement::DescribeTable { table } => self.describe(&table),
+            KalamStatement::NotYetSupported(what) => {
+                Err(KalamError::Unsupported(format!("{what} is not available on this node yet")))
+            }
+            KalamStatement::Sql(stmt) => self.sql(ctx, *stmt).await,
+        }
+    }
+
+    async fn sql(&self, ctx: &Arc<RequestContext>, stmt: Statement) -> Result<QueryResult> {
+        let state = self.state(ctx);
+        let df_stmt = DfStatement::Statement(Box::new(stmt.clone()));
+        self.check_references(&state, &df_stmt)?;
+        match stmt {
+            Statement::Query(_) | Statement::Explain { .. } => {
+                let (schema, batches) = self.run(&state, df_stmt, self.max_result_rows).await?;
+                output::query_result(&schema, &batches)
+            }
+            Statement::Insert(insert) => self.insert(&state, insert).await,
+            Statement::Update(update) => self.update(ctx, &state, update).await,
+            Statement::Delete(delete) => self.delete(ctx, &state, delete).await,
+            other => {
+                let text = other.to_string();
+                let head: String = text.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                Err(KalamError::Unsupported(format!("statement '{}' is not supported", clip(&head))))
+            }
+        }
+    }
+
+    /// Every table a statement names must exist; the error says which is missing. Users
+    /// may read the `system` tables the provider allows them, and write none.
+    fn check_references(&self, state: &SessionState, stmt: &DfStatement) -> Result<()> {
+        for reference in state.resolve_table_references(stmt)? {
+            let table = reference.table();
+            match reference.schema() {
+                Some("information_schema") => {}
+                Some(SYSTEM_NAMESPACE) => {
+                    if !system_tables::ALL.contains(&table) {
+                        return Err(KalamError::TableNotFound(format!("{SYSTEM_NAMESPACE}.{}", clip(table))));
+                    }
+                }
+                Some(ns) => {
+                    let id = TableId::new(crate::ids::NamespaceId::new(ns)?, crate::ids::TableName::new(table)?);
+                    if self.engine.catalog.namespace(&id.namespace).is_none() {
+                        return Err(KalamError::NamespaceNotFound(id.namespace.to_string()));
+                    }
+                    if self.engine.table(&id).is_none() {
+                        return Err(KalamError::TableNotFound(id.to_string()));
+                    }
+                }
+                None => {
+                    return Err(KalamError::SqlPlan(format!(
+                        "table '{}' must be named as namespace.table",
+                        clip(table)
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Plans, runs and collects a statement, refusing results over `max_rows`.
+    async fn run(&self, state: &SessionState, stmt: DfStatement, max_rows: usize) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let plan = state.statement_to_plan(stmt).await?;
+        SQLOptions::new().with_allow_ddl(false).with_allow_statements(false).verify_plan(&plan)?;
+        let physical = state.create_physical_plan(&plan).await?;
+        let schema = physical.schema();
+        let mut stream = execute_stream(physical, state.task_ctx())?;
+        let mut batches = Vec::new();
+        let mut rows = 0usize;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            rows += batch.num_rows();
+            if rows > max_rows {
+                return Err(KalamError::ResultTooLarge(max_rows));
+            }
+            batches.push(batch);
+        }
+        Ok((schema, batches))
+    }
+
+    async fn query_text(&self, ctx: &Arc<RequestContext>, sql: &str) -> Result<QueryResult> {
+        let state = self.state(ctx);
+        let stmt = state.sql_to_statement(sql, &datafusion::config::Dialect::Generic)?;
+        let (schema, batches) = self.run(&state, stmt, self.max_result_rows).await?;
+        output::query_result(&schema, &batches)
+    }
+
+    fn runtime(&self, name: &ObjectName) -> Result<Arc<TableRuntime>> {
+        let id = table_id_from_object_name(name)?;
+        if id.namespace.as_str() != SYSTEM_NAMESPACE && self.engine.catalog.namespace(&id.namespace).is_none() {
+            return Err(KalamError::NamespaceNotFound(id.namespace.to_string()));
+        }
+        self.engine.table(&id).ok_or_else(|| KalamError::TableNotFound(id.to_string()))
+    }
+
+    fn check_writable(ctx: &RequestContext, rt: &TableRuntime) -> Result<()> {
+        if rt.def().namespace.as_str() == SYSTEM_NAMESPACE {
+            admin_only(ctx, "writing system tables")?;
+        }
+        Ok(())
+    }
+
+    async fn insert(&self, state: &SessionState, mut insert: Insert) -> Result<QueryResult> {
+        if insert.returning.is_some() || insert.on.is_some() || insert.source.is_none() {
+            return Err(KalamError::Unsupported("INSERT supports VALUES and SELECT, without RETURNING or ON CONFLICT".into()));
+        }
+        let TableObject::TableName(name) = &insert.table else {
+            return Err(KalamError::Unsupported("INSERT INTO a table function is not supported".into()));
+        };
+        let rt = self.runtime(name)?;
+        let ctx = crate::sql::provider::request_context(state)?;
+        Self::check_writable(&ctx, &rt)?;
+        let def = rt.def();
+        for col in &insert.columns {
+            let last = col.0.last().map(|p| p.to_string()).unwrap_or_default();
+            let last = last.trim_matches('"');
+            if last == UPDATED_COLUMN || last == DELETED_COLUMN {
+                return Err(KalamError::SystemColumnReadonly(last.to_string()));
+            }
+        }
+        if insert.columns.is_empty() {
+            // Positional VALUES name the user columns; an automatic key may be left out.
+            let width = match insert.source.as_deref().map(|q| q.body.as_ref()) {
+                Some(SetExpr::Values(v)) => v.rows.first().map(|r| r.content.len()),
+                _ => None,
+            };
+            let pk = def.primary_key_index();
+            let skip_key = width == Some(def.columns.len() - 1) && def.columns[pk].default.is_some();
+            insert.columns = def
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !(skip_key && *i == pk))
+                .map(|(_, c)| ObjectName(vec![ObjectNamePart::Identifier(Ident::with_quote('"', c.name.as_str()))]))
+                .collect();
+        }
+        let (_, batches) = self
+            .run(state, DfStatement::Statement(Box::new(Statement::Insert(insert))), usize::MAX)
+            .await?;
+        let count = batches
+            .first()
+            .filter(|b| b.num_rows() > 0 && b.num_columns() > 0)
+            .and_then(|b| b.column(0).as_primitive_opt::<UInt64Type>().map(|a| a.value(0)))
+            .unwrap_or(0);
+        Ok(affected(count))
+    }
+
+    /// The single plain table a DML statement targets.
+    fn dml_target(table: &TableWithJoins) -> Result<&ObjectName> {
+        match &table.relation {
+            TableFactor::Table { name, args: None, .. } if table.joins.is_empty() => Ok(name),
+            _ => Err(KalamError::Unsupported("UPDATE and DELETE target one table, without joins".into())),
+        }
+    }
+
+    /// Runs `SELECT <user columns>[, extra] FROM <relation> [WHERE ...]` for a DML statement.
+    async fn select_targets(
+        &self,
+        state: &SessionState,
+        def: &TableDef,
+        relation: &TableWithJoins,
+        extra: &[String],
+        selection: Option<&SqlExpr>,
+    ) -> Result<Vec<RecordBatch>> {
+        let mut select: Vec<String> = def.columns.iter().map(|c| quoted(c.name.as_str())).collect();
+        select.extend(extra.iter().cloned());
+        let filter = selection.map(|s| format!(" WHERE {s}")).unwrap_or_default();
+        let sql = format!("SELECT {} FROM {}{filter}", select.join(", "), relation.relation);
+        let stmt = state.sql_to_statement(&sql, &datafusion::config::Dialect::Generic)?;
+        Ok(self.run(state, stmt, usize::MAX).await?.1)
+    }
+
+    async fn update(&self, ctx: &Arc<RequestContext>, state: &SessionState, update: Update) -> Result<QueryResult> {
+        if update.from.is_some() || update.returning.is_some() || update.limit.is_some() || !update.order_by.is_empty() || update.or.is_some() {
+            return Err(KalamError::Unsupported("UPDATE supports SET and WHERE only".into()));
+        }
+        let rt = self.runtime(Self::dml_target(&update.table)?)?;
+        Self::check_writable(ctx, &rt)?;
+        let def = rt.def().clone();
+        let mut targets: Vec<(usize, String)> = Vec::new();
+        for assignment in &update.assignments {
+            let AssignmentTarget::ColumnName(col) = &assignment.target else {
+                return Err(KalamError::Unsupported("UPDATE of a column tuple is not supported".into()));
+            };
+            let name = col.0.last().map(|p| p.to_string()).unwrap_or_default();
+            let name = name.trim_matches('"').to_string();
+            if name == UPDATED_COLUMN || name == DELETED_COLUMN {
+                return Err(KalamError::SystemColumnReadonly(name));
+            }
+            let idx = def
+                .columns
+                .iter()
+                .position(|c| c.name.as_str() == name)
+                .ok_or_else(|| KalamError::SqlPlan(format!("column '{}' does not exist in {}", clip(&name), def.id())))?;
+            if idx == def.primary_key_index() {
+                return Err(KalamError::InvalidValue(format!("the primary key '{name}' cannot be updated")));
+            }
+            if targets.iter().any(|(i, _)| *i == idx) {
+                return Err(KalamError::SqlPlan(format!("column '{name}' is assigned twice")));
+            }
+            targets.push((idx, format!("({}) AS \"__kalam_set_{}\"", assignment.value, targets.len())));
+        }
+        let extra: Vec<String> = targets.iter().map(|(_, e)| e.clone()).collect();
+        let batches = self.select_targets(state, &def, &update.table, &extra, update.selection.as_ref()).await?;
+        let mut rows = Vec::new();
+        for batch in &batches {
+            let mut values = batch_to_values(&def, batch)?;
+            for (n, (idx, _)) in targets.iter().enumerate() {
+                let col = &def.columns[*idx];
+                let array = cast_to_column(batch.column(def.columns.len() + n), col.data_type, col.name.as_str())?;
+                for (i, row) in values.iter_mut().enumerate() {
+                    row[*idx] = value_at(&array, i, col.data_type, col.name.as_str())?;
+                }
+            }
+            rows.extend(values);
+        }
+        let n = rt.store.write(&partition_for(&def, ctx), rows, WriteMode::Update)?;
+        Ok(affected(n))
+    }
+
+    async fn delete(&self, ctx: &Arc<RequestContext>, state: &SessionState, delete: Delete) -> Result<QueryResult> {
+        if !delete.tables.is_empty() || delete.using.is_some() || delete.returning.is_some() || delete.limit.is_some() || !delete.order_by.is_empty() {
+            return Err(KalamError::Unsupported("DELETE supports FROM and WHERE only".into()));
+        }
+        let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &delete.from;
+        let [relation] = from.as_slice() else {
+            return Err(KalamError::Unsupported("DELETE targets exactly one table".into()));
+        };
+        let rt = self.runtime(Self::dml_target(relation)?)?;
+        Self::check_writable(ctx, &rt)?;
+        let def = rt.def().clone();
+        let batches = self.select_targets(state, &def, relation, &[], delete.selection.as_ref()).await?;
+        let mut rows = Vec::new();
+        for batch in &batches {
+            rows.extend(batch_to_values(&def, batch)?);
+        }
+        let n = rt.store.write(&partition_for(&def, ctx), rows, WriteMode::SoftDelete)?;
+        Ok(affected(n))
+    }
+
+    fn describe(&self, table: &TableId) -> Result<QueryResult> {
+        let rt = self.engine.table(table).ok_or_else(|| KalamError::TableNotFound(table.to_string()))?;
+        let def = rt.def();
+        let mut rows: Vec<Row> = def
+            .columns
+            .iter()
+            .map(|c| {
+                let v = json!({
+                    "column_name": c.name.as_str(),
+                    "data_type": c.data_type.sql_name(),
+                    "is_nullable": c.nullable,
+                    "is_primary_key": c.name == def.primary_key,
+                    "column_default": c.default,
+                    "is_system_column": false,
+                });
+                v.as_object().cloned().unwrap_or_default()
+            })
+            .collect();
+        if def.kind.has_system_columns() {
+            for (name, t) in [(UPDATED_COLUMN, "TIMESTAMP"), (DELETED_COLUMN, "BOOLEAN")] {
+                let v = json!({
+                    "column_name": name, "data_type": t, "is_nullable": false, "is_primary_key": false,
+                    "column_default": null, "is_system_column": true,
+                });
+                rows.push(v.as_object().cloned().unwrap_or_default());
+            }
+        }
+        let col = |name: &str, t: &str| ColumnInfo { name: name.into(), data_type: t.into() };
+        Ok(QueryResult {
+            columns: vec![
+                col("column_name", "Utf8"),
+                col("data_type", "Utf8"),
+                col("is_nullable", "Boolean"),
+                col("is_primary_key", "Boolean"),
+                col("column_default", "Utf8"),
+                col("is_system_column", "Boolean"),
+            ],
+            row_count: rows.len(),
+            rows,
+            affected_rows: None,
+            message: Some(format!(
+                "{} table {}, primary key {}, schema version {}, location {}, flush policy {}, deleted_retention {}",
+                def.kind.as_str().to_uppercase(),
+                def.id(),
+                def.primary_key,
+                def.schema_version,
+                def.location,
+                def.flush_policy,
+                def.deleted_retention_text()
+            )),
+            execution_time_ms: 0.0,
+        })
+    }
+}

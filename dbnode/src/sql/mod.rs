@@ -1,0 +1,12 @@
+//! SQL: KalamDB's dialect on top of `sqlparser`, the DataFusion session, the table providers
+//! of USER and SHARED tables, the system tables, and the statement executor.
+
+pub mod ddl;
+pub mod executor;
+pub mod functions;
+pub mod output;
+pub mod parser;
+pub mod provider;
+pub mod rows;
+pub mod schema;
+pub mod system_tables;

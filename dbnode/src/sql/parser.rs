@@ -1,0 +1,452 @@
+//! KalamDB's SQL dialect: its own statements (namespaces, USER/SHARED/STREAM tables, SHOW,
+//! DESCRIBE) parsed on top of `sqlparser`, and everything else handed to `sqlparser` as is.
+//!
+//! A request's text is parsed one statement at a time, so that when statement k does not
+//! parse, statements before it still run and the error names k (API.md section 3).
+
+use datafusion::sql::sqlparser::ast::{
+    ColumnDef as SqlColumnDef, ObjectName, Statement as SqlStatement, TableConstraint, Value as SqlValue,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::Token;
+
+use crate::auth::parse_duration;
+use crate::catalog::{FlushPolicy, LocationSpec, TableKind};
+use crate::error::{clip, KalamError, Result};
+use crate::ids::{NamespaceId, TableId, TableName};
+
+/// Options as written in `WITH OPTIONS (...)` / `WITH (...)`, values as JSON.
+pub type OptionList = serde_json::Map<String, serde_json::Value>;
+
+/// How deep an expression may nest before the parser refuses it (instead of overflowing
+/// the stack).
+const RECURSION_LIMIT: usize = 64;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum KalamStatement {
+    CreateNamespace { name: NamespaceId, if_not_exists: bool, options: OptionList },
+    AlterNamespace { name: NamespaceId, options: OptionList },
+    DropNamespace { name: NamespaceId, if_exists: bool },
+    ShowNamespaces,
+    CreateTable(Box<CreateTable>),
+    DropTable { table: TableId, kind: Option<TableKind>, if_exists: bool },
+    ShowTables { namespace: Option<NamespaceId> },
+    DescribeTable { table: TableId },
+    /// A statement of the dialect that this node does not run yet.
+    NotYetSupported(&'static str),
+    /// Anything else: SELECT, INSERT, UPDATE, DELETE, EXPLAIN, ...
+    Sql(Box<SqlStatement>),
+}
+
+impl KalamStatement {
+    /// A low-cardinality label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KalamStatement::CreateNamespace { .. } => "create_namespace",
+            KalamStatement::AlterNamespace { .. } => "alter_namespace",
+            KalamStatement::DropNamespace { .. } => "drop_namespace",
+            KalamStatement::ShowNamespaces => "show_namespaces",
+            KalamStatement::CreateTable(_) => "create_table",
+            KalamStatement::DropTable { .. } => "drop_table",
+            KalamStatement::ShowTables { .. } => "show_tables",
+            KalamStatement::DescribeTable { .. } => "describe_table",
+            KalamStatement::NotYetSupported(_) => "unsupported",
+            KalamStatement::Sql(s) => match s.as_ref() {
+                SqlStatement::Query(_) => "select",
+                SqlStatement::Insert(_) => "insert",
+                SqlStatement::Update(_) => "update",
+                SqlStatement::Delete(_) => "delete",
+                SqlStatement::Explain { .. } => "explain",
+                _ => "other",
+            },
+        }
+    }
+}
+
+/// `CREATE USER|SHARED|STREAM TABLE`, as written; validated into a `TableDef` by `sql::ddl`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateTable {
+    pub table: TableId,
+    pub kind: TableKind,
+    pub if_not_exists: bool,
+    pub columns: Vec<SqlColumnDef>,
+    pub constraints: Vec<TableConstraint>,
+    pub location: LocationSpec,
+    pub flush_policy: Option<FlushPolicy>,
+    pub with: OptionList,
+}
+
+/// Parses statements until the end or the first error. The statements parsed before the
+/// error run; the error is reported with the index that follows them.
+pub fn parse_statements(sql: &str) -> (Vec<KalamStatement>, Option<KalamError>) {
+    let dialect = GenericDialect {};
+    let mut parser = match Parser::new(&dialect).with_recursion_limit(RECURSION_LIMIT).try_with_sql(sql)
+    {
+        Ok(p) => p,
+        Err(e) => return (Vec::new(), Some(parse_error(e))),
+    };
+    let mut out = Vec::new();
+    loop {
+        while parser.consume_token(&Token::SemiColon) {}
+        if parser.peek_token().token == Token::EOF {
+            break;
+        }
+        match parse_one(&mut parser) {
+            Ok(stmt) => out.push(stmt),
+            Err(e) => return (out, Some(e)),
+        }
+        let next = parser.peek_token().token;
+        if next != Token::SemiColon && next != Token::EOF {
+            return (
+                out,
+                Some(KalamError::SqlParse(format!(
+                    "expected ';' or the end of the statement, found '{}'",
+                    clip(&next.to_string())
+                ))),
+            );
+        }
+    }
+    if out.is_empty() {
+        return (out, Some(KalamError::InvalidRequest("the request contains no SQL statement".into())));
+    }
+    (out, None)
+}
+
+fn parse_error(e: ParserError) -> KalamError {
+    match e {
+        ParserError::RecursionLimitExceeded => {
+            KalamError::SqlParse("the statement nests too deeply".into())
+        }
+        other => KalamError::SqlParse(other.to_string().replace("sql parser error: ", "")),
+    }
+}
+
+/// The upper-cased unquoted word `n` tokens ahead, if that token is a word.
+fn word_at(p: &Parser, n: usize) -> Option<String> {
+    match p.peek_nth_token(n).token {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    }
+}
+
+fn words_are(p: &Parser, words: &[&str]) -> bool {
+    words.iter().enumerate().all(|(i, w)| word_at(p, i).as_deref() == Some(*w))
+}
+
+/// Consumes `words` if they come next.
+fn eat(p: &mut Parser, words: &[&str]) -> bool {
+    if words_are(p, words) {
+        for _ in words {
+            p.next_token();
+        }
+        true
+    } else {
+        false
+    }
+}
+
+fn expect(p: &mut Parser, words: &[&str]) -> Result<()> {
+    if eat(p, words) {
+        Ok(())
+    } else {
+        Err(KalamError::SqlParse(format!(
+            "expected {}, found '{}'",
+            words.join(" "),
+            clip(&p.peek_token().token.to_string())
+        )))
+    }
+}
+
+fn skip_statement(p: &mut Parser) {
+    loop {
+        match p.peek_token().token {
+            Token::SemiColon | Token::EOF => break,
+            _ => {
+                p.next_token();
+            }
+        }
+    }
+}
+
+fn parse_one(p: &mut Parser) -> Result<KalamStatement> {
+    let kind_word = |p: &Parser, n: usize| match word_at(p, n).as_deref() {
+        Some("USER") => Some(TableKind::User),
+        Some("SHARED") => Some(TableKind::Shared),
+        Some("STREAM") => Some(TableKind::Stream),
+        _ => None,
+    };
+    if words_are(p, &["CREATE", "NAMESPACE"]) {
+        p.next_token();
+        p.next_token();
+        let if_not_exists = eat(p, &["IF", "NOT", "EXISTS"]);
+        let name = namespace_name(p)?;
+        let options = if eat(p, &["WITH", "OPTIONS"]) { option_list(p)? } else { OptionList::new() };
+        return Ok(KalamStatement::CreateNamespace { name, if_not_exists, options });
+    }
+    if words_are(p, &["ALTER", "NAMESPACE"]) {
+        p.next_token();
+        p.next_token();
+        let name = namespace_name(p)?;
+        expect(p, &["SET", "OPTIONS"])?;
+        return Ok(KalamStatement::AlterNamespace { name, options: option_list(p)? });
+    }
+    if words_are(p, &["DROP", "NAMESPACE"]) {
+        p.next_token();
+        p.next_token();
+        let if_exists = eat(p, &["IF", "EXISTS"]);
+        return Ok(KalamStatement::DropNamespace { name: namespace_name(p)?, if_exists });
+    }
+    if words_are(p, &["SHOW", "NAMESPACES"]) {
+        p.next_token();
+        p.next_token();
+        return Ok(KalamStatement::ShowNamespaces);
+    }
+    if word_at(p, 0).as_deref() == Some("CREATE") && word_at(p, 2).as_deref() == Some("TABLE") {
+        if let Some(kind) = kind_word(p, 1) {
+            p.next_token();
+            p.next_token();
+            p.next_token();
+            return create_table(p, kind).map(|c| KalamStatement::CreateTable(Box::new(c)));
+        }
+    }
+    if words_are(p, &["CREATE", "TABLE"]) {
+        return Err(KalamError::Unsupported(
+            "say which kind of table: CREATE USER TABLE, CREATE SHARED TABLE or CREATE STREAM TABLE".into(),
+        ));
+    }
+    if word_at(p, 0).as_deref() == Some("DROP") {
+        let kind = kind_word(p, 1);
+        let table_at = if kind.is_some() { 2 } else { 1 };
+        if word_at(p, table_at).as_deref() == Some("TABLE") {
+            for _ in 0..=table_at {
+                p.next_token();
+            }
+            let if_exists = eat(p, &["IF", "EXISTS"]);
+            return Ok(KalamStatement::DropTable { table: table_id(p)?, kind, if_exists });
+        }
+    }
+    if words_are(p, &["SHOW", "TABLES"]) {
+        p.next_token();
+        p.next_token();
+        let namespace = if eat(p, &["IN"]) || eat(p, &["FROM"]) { Some(namespace_name(p)?) } else { None };
+        return Ok(KalamStatement::ShowTables { namespace });
+    }
+    if matches!(word_at(p, 0).as_deref(), Some("DESCRIBE" | "DESC")) {
+        p.next_token();
+        eat(p, &["TABLE"]);
+        return Ok(KalamStatement::DescribeTable { table: table_id(p)? });
+    }
+    for (words, what) in [
+        (&["ALTER", "TABLE"][..], "ALTER TABLE"),
+        (&["SHOW", "TABLE", "STATS"][..], "SHOW TABLE STATS"),
+        (&["FLUSH"][..], "FLUSH TABLE"),
+        (&["BACKUP"][..], "BACKUP NAMESPACE"),
+        (&["RESTORE"][..], "RESTORE NAMESPACE"),
+        (&["SHOW", "BACKUP"][..], "SHOW BACKUP"),
+        (&["KILL", "LIVE"][..], "KILL LIVE QUERY"),
+    ] {
+        if words_are(p, words) {
+            skip_statement(p);
+            return Ok(KalamStatement::NotYetSupported(what));
+        }
+    }
+    let stmt = p.parse_statement().map_err(parse_error)?;
+    Ok(KalamStatement::Sql(Box::new(stmt)))
+}
+
+fn namespace_name(p: &mut Parser) -> Result<NamespaceId> {
+    let ident = p.parse_identifier().map_err(parse_error)?;
+    NamespaceId::new(ident.value)
+}
+
+/// `namespace.table`, both parts following the identifier rule.
+pub fn table_id_from_object_name(name: &ObjectName) -> Result<TableId> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|part| part.as_ident().map(|i| i.value.clone()).unwrap_or_else(|| part.to_string()))
+        .collect();
+    match parts.as_slice() {
+        [ns, table] => Ok(TableId::new(NamespaceId::new(ns.clone())?, TableName::new(table.clone())?)),
+        _ => Err(KalamError::InvalidIdentifier(format!(
+            "table '{}' must be named as namespace.table",
+            clip(&name.to_string())
+        ))),
+    }
+}
+
+fn table_id(p: &mut Parser) -> Result<TableId> {
+    let name = p.parse_object_name(false).map_err(parse_error)?;
+    table_id_from_object_name(&name)
+}
+
+fn option_list(p: &mut Parser) -> Result<OptionList> {
+    p.expect_token(&Token::LParen).map_err(parse_error)?;
+    let mut out = OptionList::new();
+    loop {
+        let key = p.parse_identifier().map_err(parse_error)?.value.to_ascii_lowercase();
+        p.expect_token(&Token::Eq).map_err(parse_error)?;
+        let value = match p.parse_value().map_err(parse_error)?.value {
+            SqlValue::Number(n, _) => serde_json::from_str::<serde_json::Value>(&n)
+                .ok()
+                .filter(|v| v.is_number())
+                .ok_or_else(|| KalamError::InvalidOption(format!("option {key}: '{n}' is not a number")))?,
+            SqlValue::SingleQuotedString(s) | SqlValue::DoubleQuotedString(s) => serde_json::Value::String(s),
+            SqlValue::Boolean(b) => serde_json::Value::Bool(b),
+            SqlValue::Null => serde_json::Value::Null,
+            other => {
+                return Err(KalamError::InvalidOption(format!(
+                    "option {key}: unsupported value {}",
+                    clip(&other.to_string())
+                )))
+            }
+        };
+        if out.insert(key.clone(), value).is_some() {
+            return Err(KalamError::InvalidOption(format!("option {key} is given twice")));
+        }
+        if !p.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    p.expect_token(&Token::RParen).map_err(parse_error)?;
+    Ok(out)
+}
+
+fn duration_literal(p: &mut Parser, what: &str) -> Result<u64> {
+    let text = p.parse_literal_string().map_err(parse_error)?;
+    match parse_duration(&text) {
+        Some(d) if d.as_secs() > 0 => Ok(d.as_secs()),
+        _ => Err(KalamError::InvalidOption(format!(
+            "{what}: '{}' is not a duration such as '30s', '5 minutes', '1h' or '7d'",
+            clip(&text)
+        ))),
+    }
+}
+
+fn create_table(p: &mut Parser, kind: TableKind) -> Result<CreateTable> {
+    let if_not_exists = eat(p, &["IF", "NOT", "EXISTS"]);
+    let table = table_id(p)?;
+    let (columns, constraints) = p.parse_columns().map_err(parse_error)?;
+    let mut out = CreateTable {
+        table,
+        kind,
+        if_not_exists,
+        columns,
+        constraints,
+        location: LocationSpec::Default,
+        flush_policy: None,
+        with: OptionList::new(),
+    };
+    let mut seen_location = false;
+    let mut seen_with = false;
+    loop {
+        if eat(p, &["LOCATION"]) {
+            if std::mem::replace(&mut seen_location, true) {
+                return Err(KalamError::SqlParse("LOCATION is given twice".into()));
+            }
+            out.location = if eat(p, &["REFERENCE"]) {
+                LocationSpec::Reference(p.parse_literal_string().map_err(parse_error)?)
+            } else {
+                LocationSpec::Path(p.parse_literal_string().map_err(parse_error)?)
+            };
+        } else if eat(p, &["FLUSH", "POLICY"]) {
+            if out.flush_policy.is_some() {
+                return Err(KalamError::SqlParse("FLUSH POLICY is given twice".into()));
+            }
+            let mut policy = FlushPolicy { rows: None, interval_secs: None };
+            loop {
+                if policy.rows.is_none() && eat(p, &["ROWS"]) {
+                    let n = p.parse_literal_uint().map_err(parse_error)?;
+                    if n == 0 {
+                        return Err(KalamError::InvalidOption("FLUSH POLICY ROWS must be at least 1".into()));
+                    }
+                    policy.rows = Some(n);
+                } else if policy.interval_secs.is_none() && eat(p, &["INTERVAL"]) {
+                    policy.interval_secs = Some(duration_literal(p, "FLUSH POLICY INTERVAL")?);
+                } else {
+                    break;
+                }
+            }
+            if policy.rows.is_none() && policy.interval_secs.is_none() {
+                return Err(KalamError::SqlParse("FLUSH POLICY needs ROWS n, INTERVAL 'd' or both".into()));
+            }
+            out.flush_policy = Some(policy);
+        } else if words_are(p, &["WITH"]) {
+            p.next_token();
+            if std::mem::replace(&mut seen_with, true) {
+                return Err(KalamError::SqlParse("WITH is given twice".into()));
+            }
+            out.with = option_list(p)?;
+        } else {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(sql: &str) -> KalamStatement {
+        let (mut v, err) = parse_statements(sql);
+        assert!(err.is_none(), "{sql}: {err:?}");
+        assert_eq!(v.len(), 1);
+        v.remove(0)
+    }
+
+    #[test]
+    fn namespace_statements() {
+        assert!(matches!(
+            one("CREATE NAMESPACE IF NOT EXISTS app WITH OPTIONS (retention_days = 90, tier = 'gold')"),
+            KalamStatement::CreateNamespace { if_not_exists: true, ref options, .. }
+                if options["retention_days"] == 90 && options["tier"] == "gold"
+        ));
+        assert!(matches!(one("drop namespace if exists app"), KalamStatement::DropNamespace { if_exists: true, .. }));
+        assert_eq!(one("SHOW NAMESPACES"), KalamStatement::ShowNamespaces);
+        let (_, err) = parse_statements("CREATE NAMESPACE App");
+        assert!(matches!(err, Some(KalamError::InvalidIdentifier(_))));
+    }
+
+    #[test]
+    fn create_table_with_every_clause() {
+        let s = one(
+            "CREATE USER TABLE IF NOT EXISTS app.messages (id BIGINT PRIMARY KEY DEFAULT SNOWFLAKE_ID(), \
+             content TEXT NOT NULL) LOCATION 's3://b/users/${user_id}/m/' \
+             FLUSH POLICY ROWS 100 INTERVAL '30s' WITH (deleted_retention = '7d')",
+        );
+        let KalamStatement::CreateTable(c) = s else { panic!("{s:?}") };
+        assert_eq!(c.kind, TableKind::User);
+        assert!(c.if_not_exists);
+        assert_eq!(c.columns.len(), 2);
+        assert_eq!(c.location, LocationSpec::Path("s3://b/users/${user_id}/m/".into()));
+        assert_eq!(c.flush_policy, Some(FlushPolicy { rows: Some(100), interval_secs: Some(30) }));
+        assert_eq!(c.with["deleted_retention"], "7d");
+        let s = one("CREATE SHARED TABLE app.c (id INT PRIMARY KEY) LOCATION REFERENCE 's3_prod' FLUSH POLICY INTERVAL '5 minutes'");
+        let KalamStatement::CreateTable(c) = s else { panic!() };
+        assert_eq!(c.location, LocationSpec::Reference("s3_prod".into()));
+        assert_eq!(c.flush_policy, Some(FlushPolicy { rows: None, interval_secs: Some(300) }));
+    }
+
+    #[test]
+    fn statement_errors_name_their_position() {
+        let (ok, err) = parse_statements("SELECT 1; SELEC 2; SELECT 3");
+        assert_eq!(ok.len(), 1);
+        assert!(matches!(err, Some(KalamError::SqlParse(_))));
+        let (_, err) = parse_statements(" ;; ");
+        assert!(matches!(err, Some(KalamError::InvalidRequest(_))));
+        let deep = format!("SELECT {}1{}", "(".repeat(2000), ")".repeat(2000));
+        let (_, err) = parse_statements(&deep);
+        assert!(matches!(err, Some(KalamError::SqlParse(_))));
+    }
+
+    #[test]
+    fn other_statements_and_later_features() {
+        assert_eq!(one("SHOW TABLES IN app"), KalamStatement::ShowTables { namespace: Some(NamespaceId::new("app").unwrap()) });
+        assert!(matches!(one("DESCRIBE TABLE app.m"), KalamStatement::DescribeTable { .. }));
+        assert!(matches!(one("DROP USER TABLE IF EXISTS app.m"), KalamStatement::DropTable { kind: Some(TableKind::User), if_exists: true, .. }));
+        assert_eq!(one("FLUSH TABLE app.m"), KalamStatement::NotYetSupported("FLUSH TABLE"));
+        assert_eq!(one("select * from app.m where id = 1").kind(), "select");
+    }
+}

@@ -1,0 +1,728 @@
+//! DML and queries (API.md §3-4): INSERT (multi-row VALUES, INSERT ... SELECT, defaults,
+//! primary-key violations, NOT NULL and JSON validation, read-only system columns), UPDATE
+//! (`affected_rows`, `_updated` advancing), soft DELETE (hidden unless `_deleted` is asked for,
+//! keys reusable), UPDATE/DELETE whose WHERE holds a subquery or is always false (exactly the
+//! matching rows change), multi-statement requests, joins/aggregates/window functions, and the
+//! errors for missing tables and columns.
+
+use chrono::{TimeDelta, Utc};
+use serde_json::json;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn insert_and_select_return_the_documented_shapes() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    let before = Utc::now() - TimeDelta::seconds(60);
+
+    let sql = "INSERT INTO app.messages (conversation_id, content, meta) VALUES \
+               ('c1', 'hello', '{\"k\":1}'), ('c1', 'world', NULL), ('c2', 'third', '[1,2]')";
+    let body = node.exec(&alice, sql).await;
+    assert_eq!(
+        affected_of(&body, sql),
+        3,
+        "affected_rows of a 3-row INSERT: {}",
+        pretty(&body)
+    );
+    assert_eq!(
+        result(&body, 0)["rows"],
+        json!([]),
+        "DML returns no rows: {}",
+        pretty(&body)
+    );
+
+    let body = node
+        .exec(&alice, "SELECT * FROM app.messages ORDER BY id")
+        .await;
+    assert_eq!(column_names(&body, 0), MESSAGES_COLUMNS, "SELECT * columns");
+    let rows = rows_of(&body, 0);
+    assert_eq!(
+        strings(&rows, "content"),
+        ["hello", "world", "third"],
+        "{}",
+        pretty(&body)
+    );
+    assert_eq!(
+        column(&rows, "meta"),
+        [json!({"k": 1}), json!(null), json!([1, 2])]
+    );
+    let got = ids(&rows);
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "default ids are distinct and increasing: {got:?}"
+    );
+    let after = Utc::now() + TimeDelta::seconds(60);
+    for row in &rows {
+        let created = ts_micros(&row["created_at"], "created_at DEFAULT NOW()");
+        let updated = ts_micros(&row["_updated"], "_updated");
+        assert!(
+            created >= before && created <= after,
+            "created_at {created} is now-ish"
+        );
+        assert!(
+            updated >= before && updated <= after,
+            "_updated {updated} is now-ish"
+        );
+        assert_eq!(row["_deleted"], json!(false));
+    }
+
+    let rows = node
+        .query(
+            &alice,
+            "SELECT content FROM app.messages WHERE conversation_id = 'c1' ORDER BY content",
+        )
+        .await;
+    assert_eq!(
+        rows,
+        [json!({"content": "hello"}), json!({"content": "world"})]
+    );
+    assert_eq!(
+        node.count(&alice, "SELECT COUNT(*) FROM app.messages")
+            .await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn insert_select_copies_exactly_the_selected_rows() {
+    let node = TestNode::start().await;
+    let alice = token("alice", false);
+    node.admin("CREATE NAMESPACE app").await;
+    node.admin("CREATE SHARED TABLE app.src (id BIGINT PRIMARY KEY, v INT, label TEXT)")
+        .await;
+    node.admin("CREATE SHARED TABLE app.dst (id BIGINT PRIMARY KEY, v INT, label TEXT)")
+        .await;
+
+    let values: Vec<String> = (1..=200)
+        .map(|i| format!("({i}, {}, 'row-{i}')", i * 3))
+        .collect();
+    let sql = format!(
+        "INSERT INTO app.src (id, v, label) VALUES {}",
+        values.join(", ")
+    );
+    assert_eq!(node.affected(&alice, &sql).await, 200);
+
+    let copied = node
+        .affected(
+            &alice,
+            "INSERT INTO app.dst (id, v, label) SELECT id, v, label FROM app.src WHERE v % 2 = 0",
+        )
+        .await;
+    assert_eq!(
+        copied, 100,
+        "affected_rows of INSERT ... SELECT = rows written"
+    );
+    assert_eq!(
+        node.count(&alice, "SELECT COUNT(*) FROM app.dst").await,
+        100
+    );
+    assert_eq!(
+        node.count(&alice, "SELECT SUM(v) FROM app.dst").await,
+        30300
+    );
+    assert_eq!(
+        node.scalar(&alice, "SELECT label FROM app.dst WHERE id = 42")
+            .await,
+        json!("row-42")
+    );
+    assert!(node
+        .query(&alice, "SELECT id FROM app.dst WHERE id = 41")
+        .await
+        .is_empty());
+
+    let none = node
+        .affected(
+            &alice,
+            "INSERT INTO app.dst (id, v, label) SELECT id, v, label FROM app.src WHERE v < 0",
+        )
+        .await;
+    assert_eq!(none, 0);
+    assert_eq!(
+        node.count(&alice, "SELECT COUNT(*) FROM app.dst").await,
+        100
+    );
+}
+
+#[tokio::test]
+async fn update_changes_matching_rows_and_advances_updated() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (id, conversation_id, content) VALUES (1, 'c1', 'a'), (2, 'c1', 'b'), (3, 'c2', 'c')",
+    )
+    .await;
+    let select = "SELECT id, content, meta, _updated FROM app.messages ORDER BY id";
+    let before = node.query(&alice, select).await;
+
+    assert_eq!(
+        node.affected(
+            &alice,
+            "UPDATE app.messages SET content = 'edited' WHERE id = 2"
+        )
+        .await,
+        1
+    );
+    let after = node.query(&alice, select).await;
+    assert_eq!(strings(&after, "content"), ["a", "edited", "c"]);
+    let old = ts_micros(&before[1]["_updated"], "_updated before");
+    let new = ts_micros(&after[1]["_updated"], "_updated after");
+    assert!(new > old, "UPDATE advances _updated: {old} -> {new}");
+    assert_eq!(
+        after[0]["_updated"], before[0]["_updated"],
+        "an untouched row keeps its _updated"
+    );
+    assert_eq!(
+        after[2]["_updated"], before[2]["_updated"],
+        "an untouched row keeps its _updated"
+    );
+
+    assert_eq!(
+        node.affected(
+            &alice,
+            "UPDATE app.messages SET content = 'x' WHERE conversation_id = 'zzz'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        node.affected(
+            &alice,
+            "UPDATE app.messages SET meta = '{\"tag\":\"x\"}' WHERE conversation_id = 'c1'"
+        )
+        .await,
+        2
+    );
+    let rows = node.query(&alice, select).await;
+    assert_eq!(
+        column(&rows, "meta"),
+        [json!({"tag": "x"}), json!({"tag": "x"}), json!(null)]
+    );
+
+    assert_eq!(
+        node.affected(&alice, "UPDATE app.messages SET content = 'all'")
+            .await,
+        3
+    );
+    let rows = node.query(&alice, select).await;
+    assert_eq!(strings(&rows, "content"), ["all", "all", "all"]);
+    assert_eq!(
+        node.count(&alice, "SELECT COUNT(*) FROM app.messages")
+            .await,
+        3,
+        "UPDATE never adds rows"
+    );
+
+    node.expect_error(
+        &alice,
+        "UPDATE app.messages SET nosuch = 1 WHERE id = 1",
+        "SQL_PLAN_ERROR",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn delete_is_soft_and_keys_can_be_reinserted() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (id, conversation_id, content) VALUES (1, 'c1', 'a'), (2, 'c1', 'b'), (3, 'c2', 'c')",
+    )
+    .await;
+    let old = node
+        .query(&alice, "SELECT _updated FROM app.messages WHERE id = 2")
+        .await;
+    let old = ts_micros(&single(&old, "_updated of row 2"), "_updated");
+
+    assert_eq!(
+        node.affected(&alice, "DELETE FROM app.messages WHERE id = 2")
+            .await,
+        1
+    );
+    assert_eq!(
+        ids(&node
+            .query(&alice, "SELECT * FROM app.messages ORDER BY id")
+            .await),
+        [1, 3]
+    );
+    assert_eq!(
+        node.count(&alice, "SELECT COUNT(*) FROM app.messages")
+            .await,
+        2
+    );
+    assert!(node
+        .query(&alice, "SELECT id FROM app.messages WHERE id = 2")
+        .await
+        .is_empty());
+
+    let deleted = node
+        .query(
+            &alice,
+            "SELECT id, content, _deleted, _updated FROM app.messages WHERE _deleted = true",
+        )
+        .await;
+    assert_eq!(
+        deleted.len(),
+        1,
+        "the soft-deleted row: {}",
+        pretty(&json!(deleted))
+    );
+    assert_eq!(deleted[0]["id"], json!(2));
+    assert_eq!(deleted[0]["content"], "b");
+    assert_eq!(deleted[0]["_deleted"], json!(true));
+    let when = ts_micros(&deleted[0]["_updated"], "_updated of the deleted row");
+    assert!(when > old, "DELETE advances _updated: {old} -> {when}");
+
+    assert_eq!(
+        node.affected(&alice, "DELETE FROM app.messages WHERE id = 2")
+            .await,
+        0,
+        "a deleted row is not deleted twice"
+    );
+    assert_eq!(
+        node.affected(
+            &alice,
+            "UPDATE app.messages SET content = 'zombie' WHERE id = 2"
+        )
+        .await,
+        0
+    );
+
+    // The key of a soft-deleted row can be inserted again.
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (id, conversation_id, content) VALUES (2, 'c1', 'b2')",
+    )
+    .await;
+    let rows = node
+        .query(
+            &alice,
+            "SELECT id, content, _deleted FROM app.messages ORDER BY id",
+        )
+        .await;
+    assert_eq!(ids(&rows), [1, 2, 3]);
+    assert_eq!(rows[1]["content"], "b2");
+    assert_eq!(rows[1]["_deleted"], json!(false));
+    assert!(node
+        .query(&alice, "SELECT id FROM app.messages WHERE _deleted = true")
+        .await
+        .is_empty());
+    assert_eq!(
+        node.count(&alice, "SELECT COUNT(*) FROM app.messages WHERE id = 2 AND (_deleted = true OR _deleted = false)").await,
+        1,
+        "one version per key"
+    );
+    assert_eq!(
+        node.count(&alice, "SELECT COUNT(*) FROM app.messages")
+            .await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn duplicate_primary_keys_are_rejected() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+
+    node.exec(
+        &alice,
+        "INSERT INTO app.conversations (id, title) VALUES ('c1', 'General')",
+    )
+    .await;
+    node.expect_error(
+        &alice,
+        "INSERT INTO app.conversations (id, title) VALUES ('c1', 'Other')",
+        "PRIMARY_KEY_VIOLATION",
+    )
+    .await;
+    assert_eq!(
+        node.scalar(
+            &alice,
+            "SELECT title FROM app.conversations WHERE id = 'c1'"
+        )
+        .await,
+        json!("General")
+    );
+
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (id, conversation_id, content) VALUES (7, 'c1', 'first')",
+    )
+    .await;
+    node.expect_error(
+        &alice,
+        "INSERT INTO app.messages (id, conversation_id, content) VALUES (7, 'c1', 'second')",
+        "PRIMARY_KEY_VIOLATION",
+    )
+    .await;
+    let rows = node
+        .query(&alice, "SELECT id, content FROM app.messages")
+        .await;
+    assert_eq!(rows, [json!({"id": 7, "content": "first"})]);
+}
+
+#[tokio::test]
+async fn values_are_validated() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+
+    for sql in [
+        "INSERT INTO app.messages (content) VALUES ('no conversation')",
+        "INSERT INTO app.messages (conversation_id, content) VALUES (NULL, 'null conversation')",
+        "INSERT INTO app.messages (conversation_id, meta) VALUES ('c1', '{not json')",
+        "INSERT INTO app.messages (conversation_id, meta) VALUES ('c1', '')",
+    ] {
+        node.expect_error(&alice, sql, "INVALID_VALUE").await;
+    }
+    assert_eq!(
+        node.count(&alice, "SELECT COUNT(*) FROM app.messages")
+            .await,
+        0,
+        "rejected rows are not written"
+    );
+
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (id, conversation_id, meta) VALUES (1, 'c1', '{\"ok\":true}')",
+    )
+    .await;
+    node.expect_error(
+        &alice,
+        "UPDATE app.messages SET conversation_id = NULL WHERE id = 1",
+        "INVALID_VALUE",
+    )
+    .await;
+    node.expect_error(
+        &alice,
+        "UPDATE app.messages SET meta = '{bad' WHERE id = 1",
+        "INVALID_VALUE",
+    )
+    .await;
+    let rows = node
+        .query(&alice, "SELECT conversation_id, meta FROM app.messages")
+        .await;
+    assert_eq!(
+        rows,
+        [json!({"conversation_id": "c1", "meta": {"ok": true}})],
+        "rejected updates change nothing"
+    );
+}
+
+#[tokio::test]
+async fn system_columns_are_read_only() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (id, conversation_id, content) VALUES (1, 'c1', 'a')",
+    )
+    .await;
+    let before = node.query(&alice, "SELECT * FROM app.messages").await;
+
+    for sql in [
+        "INSERT INTO app.messages (id, conversation_id, _updated) VALUES (2, 'c1', NOW())",
+        "INSERT INTO app.messages (id, conversation_id, _deleted) VALUES (3, 'c1', true)",
+        "INSERT INTO app.conversations (id, _deleted) VALUES ('c1', false)",
+        "UPDATE app.messages SET _deleted = true WHERE id = 1",
+        "UPDATE app.messages SET _updated = NOW() WHERE id = 1",
+        "UPDATE app.messages SET content = 'b', _deleted = true WHERE id = 1",
+    ] {
+        node.expect_error(&alice, sql, "SYSTEM_COLUMN_READONLY")
+            .await;
+    }
+    for sql in [
+        "ALTER TABLE app.messages DROP COLUMN _deleted",
+        "ALTER TABLE app.messages MODIFY COLUMN _updated TEXT",
+    ] {
+        node.expect_error(&admin_token(), sql, "SYSTEM_COLUMN_READONLY")
+            .await;
+    }
+
+    assert_eq!(
+        node.query(&alice, "SELECT * FROM app.messages").await,
+        before,
+        "nothing changed"
+    );
+    assert_eq!(
+        node.count(&alice, "SELECT COUNT(*) FROM app.conversations")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn subquery_and_always_false_where_change_exactly_the_matching_rows() {
+    let node = TestNode::start().await;
+    let alice = token("alice", false);
+    node.admin("CREATE NAMESPACE app").await;
+    node.admin("CREATE SHARED TABLE app.items (id BIGINT PRIMARY KEY, name TEXT, price INT)")
+        .await;
+    node.admin("CREATE SHARED TABLE app.flags (id BIGINT PRIMARY KEY, flagged BOOLEAN)")
+        .await;
+    let values: Vec<String> = (1..=10)
+        .map(|i| format!("({i}, 'item-{i}', {})", i * 10))
+        .collect();
+    node.exec(
+        &alice,
+        &format!(
+            "INSERT INTO app.items (id, name, price) VALUES {}",
+            values.join(", ")
+        ),
+    )
+    .await;
+    node.exec(
+        &alice,
+        "INSERT INTO app.flags (id, flagged) VALUES (2, true), (4, true), (6, false), (8, true)",
+    )
+    .await;
+    let state = "SELECT id, name, price FROM app.items ORDER BY id";
+
+    let n = node
+        .affected(&alice, "UPDATE app.items SET price = 0 WHERE id IN (SELECT id FROM app.flags WHERE flagged = true)")
+        .await;
+    assert_eq!(
+        n, 3,
+        "UPDATE ... WHERE id IN (subquery) changes exactly the 3 flagged rows"
+    );
+    let prices: Vec<i64> = column(&node.query(&alice, state).await, "price")
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(prices, [10, 0, 30, 0, 50, 60, 70, 0, 90, 100]);
+
+    let n = node
+        .affected(
+            &alice,
+            "DELETE FROM app.items WHERE id IN (SELECT id FROM app.flags WHERE flagged = false)",
+        )
+        .await;
+    assert_eq!(
+        n, 1,
+        "DELETE ... WHERE id IN (subquery) deletes exactly row 6"
+    );
+    assert_eq!(
+        ids(&node.query(&alice, state).await),
+        [1, 2, 3, 4, 5, 7, 8, 9, 10]
+    );
+
+    for sql in [
+        "DELETE FROM app.items WHERE id IN (SELECT id FROM app.flags WHERE id > 100)",
+        "UPDATE app.items SET name = 'x' WHERE id IN (SELECT id FROM app.flags WHERE id > 100)",
+        "DELETE FROM app.items WHERE 1 = 0",
+        "UPDATE app.items SET name = 'x' WHERE 1 = 0",
+        "DELETE FROM app.items WHERE false",
+        "DELETE FROM app.items WHERE id = 1 AND id = 2",
+    ] {
+        assert_eq!(node.affected(&alice, sql).await, 0, "{sql} matches nothing");
+    }
+    let rows = node.query(&alice, state).await;
+    assert_eq!(
+        ids(&rows),
+        [1, 2, 3, 4, 5, 7, 8, 9, 10],
+        "nothing was deleted"
+    );
+    assert!(
+        strings(&rows, "name")
+            .iter()
+            .all(|n| n.starts_with("item-")),
+        "nothing was renamed"
+    );
+
+    // A correlated EXISTS: either exactly the matching rows change, or a clear refusal.
+    let sql = "DELETE FROM app.items WHERE EXISTS \
+               (SELECT 1 FROM app.flags f WHERE f.id = app.items.id AND f.flagged = true)";
+    let resp = node.sql(&alice, sql).await;
+    if node.assert_answer_or_client_error(&resp, sql) {
+        assert_eq!(affected_of(&resp.1, sql), 3, "EXISTS matches rows 2, 4, 8");
+        assert_eq!(ids(&node.query(&alice, state).await), [1, 3, 5, 7, 9, 10]);
+    } else {
+        assert_eq!(
+            ids(&node.query(&alice, state).await),
+            [1, 2, 3, 4, 5, 7, 8, 9, 10],
+            "a refused statement changes nothing"
+        );
+    }
+}
+
+#[tokio::test]
+async fn multi_statement_requests_run_in_order_and_stop_at_the_first_error() {
+    let node = TestNode::start().await;
+    let admin = admin_token();
+    node.admin("CREATE NAMESPACE app").await;
+    node.admin("CREATE SHARED TABLE app.items (id BIGINT PRIMARY KEY, name TEXT)")
+        .await;
+    let all_ids = "SELECT id FROM app.items ORDER BY id";
+
+    let body = node
+        .admin(
+            "INSERT INTO app.items (id, name) VALUES (1, 'one'); \
+             UPDATE app.items SET name = 'uno' WHERE id = 1; \
+             SELECT name FROM app.items WHERE id = 1",
+        )
+        .await;
+    let results = body["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        results.len(),
+        3,
+        "one result per statement: {}",
+        pretty(&body)
+    );
+    assert_eq!(results[0]["affected_rows"], json!(1));
+    assert_eq!(results[1]["affected_rows"], json!(1));
+    assert_eq!(
+        results[2]["rows"],
+        json!([{"name": "uno"}]),
+        "statements run in order"
+    );
+
+    let body = node.admin("SELECT 1 AS one;").await;
+    assert_eq!(
+        body["results"].as_array().map(Vec::len),
+        Some(1),
+        "a trailing `;` adds no statement"
+    );
+
+    let err = node
+        .expect_error(
+            &admin,
+            "INSERT INTO app.items (id, name) VALUES (2, 'two'); \
+             INSERT INTO app.nosuch (id) VALUES (1); \
+             INSERT INTO app.items (id, name) VALUES (3, 'three')",
+            "TABLE_NOT_FOUND",
+        )
+        .await;
+    assert_eq!(
+        err["statement_index"],
+        json!(1),
+        "the error names the failed statement: {err}"
+    );
+    assert_eq!(
+        ids(&node.query(&admin, all_ids).await),
+        [1, 2],
+        "s0 stays applied, s2 does not run"
+    );
+
+    let err = node
+        .expect_error(
+            &admin,
+            "INSERT INTO app.items (id, name) VALUES (4, 'four'); \
+             INSERT INTO app.items (id, name) VALUES (5, 'five'); \
+             INSERT INTO app.items (id, name) VALUES (1, 'dup'); \
+             INSERT INTO app.items (id, name) VALUES (6, 'six')",
+            "PRIMARY_KEY_VIOLATION",
+        )
+        .await;
+    assert_eq!(err["statement_index"], json!(2), "{err}");
+    assert_eq!(ids(&node.query(&admin, all_ids).await), [1, 2, 4, 5]);
+
+    let err = node
+        .expect_error(
+            &admin,
+            "SELECT * FROM app.nosuch; INSERT INTO app.items (id, name) VALUES (7, 'seven')",
+            "TABLE_NOT_FOUND",
+        )
+        .await;
+    assert_eq!(err["statement_index"], json!(0), "{err}");
+    assert_eq!(ids(&node.query(&admin, all_ids).await), [1, 2, 4, 5]);
+}
+
+#[tokio::test]
+async fn selects_join_aggregate_and_window_across_tables() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    node.admin("INSERT INTO app.conversations (id, title) VALUES ('c1', 'General'), ('c2', 'Random'), ('c3', 'Empty')").await;
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (id, conversation_id, content) VALUES \
+         (1, 'c1', 'a'), (2, 'c1', 'b'), (3, 'c1', 'c'), (4, 'c2', 'd')",
+    )
+    .await;
+
+    let rows = node
+        .query(
+            &alice,
+            "SELECT c.title, COUNT(*) AS n FROM app.messages m JOIN app.conversations c \
+             ON m.conversation_id = c.id GROUP BY c.title ORDER BY c.title",
+        )
+        .await;
+    assert_eq!(
+        rows,
+        [
+            json!({"title": "General", "n": 3}),
+            json!({"title": "Random", "n": 1})
+        ]
+    );
+
+    let rows = node
+        .query(
+            &alice,
+            "SELECT c.id, COUNT(m.id) AS n FROM app.conversations c LEFT JOIN app.messages m \
+             ON m.conversation_id = c.id GROUP BY c.id ORDER BY c.id",
+        )
+        .await;
+    assert_eq!(
+        rows,
+        [
+            json!({"id": "c1", "n": 3}),
+            json!({"id": "c2", "n": 1}),
+            json!({"id": "c3", "n": 0})
+        ]
+    );
+
+    let rows = node
+        .query(
+            &alice,
+            "SELECT id, ROW_NUMBER() OVER (PARTITION BY conversation_id ORDER BY id) AS rn \
+             FROM app.messages ORDER BY id",
+        )
+        .await;
+    let rn: Vec<i64> = column(&rows, "rn")
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(rn, [1, 2, 3, 1]);
+
+    let rows = node
+        .query(&alice, "SELECT id FROM app.messages WHERE conversation_id IN (SELECT id FROM app.conversations WHERE title = 'Random')")
+        .await;
+    assert_eq!(ids(&rows), [4]);
+}
+
+#[tokio::test]
+async fn missing_tables_and_columns_are_reported() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+
+    for sql in [
+        "SELECT * FROM app.nosuch",
+        "INSERT INTO app.nosuch (id) VALUES (1)",
+        "UPDATE app.nosuch SET x = 1",
+        "DELETE FROM app.nosuch",
+    ] {
+        let err = node.expect_error(&alice, sql, "TABLE_NOT_FOUND").await;
+        assert!(
+            err["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("nosuch"),
+            "the message names the table: {err}"
+        );
+    }
+    for sql in [
+        "SELECT nosuchcol FROM app.messages",
+        "SELECT * FROM app.messages WHERE nosuchcol = 1",
+        "INSERT INTO app.messages (conversation_id, nosuchcol) VALUES ('c1', 1)",
+    ] {
+        node.expect_error(&alice, sql, "SQL_PLAN_ERROR").await;
+    }
+}

@@ -1,0 +1,307 @@
+//! Durability (DESIGN.md invariant 1): a clean restart on the same data directory keeps
+//! namespaces (with options), tables (SHOW TABLES, DESCRIBE, system.tables), rows of USER and
+//! SHARED tables (updates and soft deletes included) and system.users; dropped objects stay
+//! dropped; acknowledged writes survive `kill -9`, also with `KALAMDB_SYNC_WRITES=true`.
+
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+/// Everything a restart must keep, labelled.
+async fn snapshot(node: &TestNode) -> Vec<(&'static str, Value)> {
+    let admin = admin_token();
+    let alice = token("alice", false);
+    let bob = token("bob", false);
+    let namespaces = node.query(&admin, "SHOW NAMESPACES").await;
+    let mut tables = node.query(&admin, "SHOW TABLES IN app").await;
+    tables.sort_by(|a, b| a["table_name"].as_str().cmp(&b["table_name"].as_str()));
+    vec![
+        ("SHOW NAMESPACES row of app", find_row(&namespaces, "name", "app").clone()),
+        ("SHOW TABLES IN app", json!(tables)),
+        ("DESCRIBE TABLE app.messages", json!(node.query(&admin, "DESCRIBE TABLE app.messages").await)),
+        ("DESCRIBE TABLE app.conversations", json!(node.query(&admin, "DESCRIBE TABLE app.conversations").await)),
+        (
+            "system.tables",
+            json!(node
+                .query(
+                    &admin,
+                    "SELECT table_name, table_type, flush_policy, schema_version, created_at \
+                     FROM system.tables WHERE namespace = 'app' ORDER BY table_name"
+                )
+                .await),
+        ),
+        ("alice's rows", json!(node.query(&alice, "SELECT * FROM app.messages ORDER BY id").await)),
+        (
+            "alice's deleted rows",
+            json!(node.query(&alice, "SELECT * FROM app.messages WHERE _deleted = true ORDER BY id").await),
+        ),
+        ("bob's rows", json!(node.query(&bob, "SELECT * FROM app.messages ORDER BY id").await)),
+        ("conversations", json!(node.query(&alice, "SELECT * FROM app.conversations ORDER BY id").await)),
+        (
+            "system.users row of carol",
+            json!(node
+                .query(&admin, "SELECT user_id, username, email, role, created_at FROM system.users WHERE user_id = 'carol'")
+                .await),
+        ),
+    ]
+}
+
+fn len_of(snap: &[(&str, Value)], label: &str) -> usize {
+    snap.iter()
+        .find(|(l, _)| *l == label)
+        .and_then(|(_, v)| v.as_array().map(Vec::len))
+        .unwrap_or_else(|| panic!("no array {label} in the snapshot"))
+}
+
+#[tokio::test]
+async fn clean_restart_keeps_namespaces_tables_and_rows() {
+    let node = TestNode::start().await;
+    let alice = token("alice", false);
+    let bob = token("bob", false);
+    node.admin("CREATE NAMESPACE app WITH OPTIONS (retention_days = 90)")
+        .await;
+    node.admin("ALTER NAMESPACE app SET OPTIONS (retention_days = 30)")
+        .await;
+    node.admin(MESSAGES_DDL).await;
+    node.admin(
+        "CREATE SHARED TABLE app.conversations (id TEXT PRIMARY KEY, title TEXT, archived BOOLEAN) \
+         FLUSH POLICY ROWS 100 INTERVAL '30s' WITH (deleted_retention = '7d')",
+    )
+    .await;
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (id, conversation_id, content, meta) VALUES \
+         (1, 'c1', 'one', '{\"n\":1}'), (2, 'c1', 'two', NULL), (3, 'c2', 'three', '[3]')",
+    )
+    .await;
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (conversation_id, content) VALUES ('c2', 'auto id')",
+    )
+    .await;
+    node.exec(
+        &alice,
+        "UPDATE app.messages SET content = 'two, edited' WHERE id = 2",
+    )
+    .await;
+    node.exec(&alice, "DELETE FROM app.messages WHERE id = 3")
+        .await;
+    node.exec(&bob, "INSERT INTO app.messages (id, conversation_id, content) VALUES (1, 'c1', 'bob one'), (5, 'c1', 'bob five')").await;
+    node.exec(&alice, "INSERT INTO app.conversations (id, title, archived) VALUES ('c1', 'General', false), ('c2', 'Random', true)").await;
+    node.admin("INSERT INTO system.users (user_id, username, email, role) VALUES ('carol', 'Carol', 'carol@example.com', 'user')").await;
+    let max_id = ids(&node
+        .query(&alice, "SELECT id FROM app.messages ORDER BY id")
+        .await)
+    .into_iter()
+    .max()
+    .unwrap();
+
+    let before = snapshot(&node).await;
+    assert_eq!(len_of(&before, "alice's rows"), 3, "test setup: {before:?}");
+    assert_eq!(len_of(&before, "alice's deleted rows"), 1, "test setup");
+    assert_eq!(len_of(&before, "bob's rows"), 2, "test setup");
+    assert_eq!(len_of(&before, "conversations"), 2, "test setup");
+    assert_eq!(
+        len_of(&before, "system.users row of carol"),
+        1,
+        "test setup"
+    );
+
+    let dir = node.stop().await;
+    let node = TestNode::start_in(&dir).await;
+
+    let after = snapshot(&node).await;
+    for ((label, b), (_, a)) in before.iter().zip(&after) {
+        assert_eq!(
+            a,
+            b,
+            "{label} changed across a restart:\nbefore: {}\nafter: {}",
+            pretty(b),
+            pretty(a)
+        );
+    }
+
+    // The node takes writes again, and new default ids do not collide with old ones.
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (conversation_id, content) VALUES ('c1', 'after restart')",
+    )
+    .await;
+    let new_id = node
+        .count(
+            &alice,
+            "SELECT id FROM app.messages WHERE content = 'after restart'",
+        )
+        .await;
+    assert!(
+        new_id > max_id,
+        "a default id after the restart ({new_id}) is larger than the ids before ({max_id})"
+    );
+    assert_eq!(
+        node.count(&alice, "SELECT COUNT(*) FROM app.messages")
+            .await,
+        4
+    );
+}
+
+#[tokio::test]
+async fn dropped_objects_stay_dropped_after_restart() {
+    let node = TestNode::start().await;
+    let admin = admin_token();
+    let alice = token("alice", false);
+    node.create_chat_schema().await;
+    node.admin("CREATE NAMESPACE other").await;
+    node.admin("CREATE SHARED TABLE other.t (id BIGINT PRIMARY KEY)")
+        .await;
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (conversation_id, content) VALUES ('c1', 'gone')",
+    )
+    .await;
+    node.admin("DROP TABLE app.messages").await;
+    node.admin("DROP TABLE other.t").await;
+    node.admin("DROP NAMESPACE other").await;
+
+    let dir = node.stop().await;
+    let node = TestNode::start_in(&dir).await;
+
+    let names = strings(&node.query(&admin, "SHOW NAMESPACES").await, "name");
+    assert!(
+        names.contains(&"app".to_string()) && !names.contains(&"other".to_string()),
+        "namespaces: {names:?}"
+    );
+    assert_eq!(
+        strings(
+            &node.query(&admin, "SHOW TABLES IN app").await,
+            "table_name"
+        ),
+        ["conversations"]
+    );
+    node.expect_error(&alice, "SELECT * FROM app.messages", "TABLE_NOT_FOUND")
+        .await;
+
+    node.admin(MESSAGES_DDL).await;
+    assert_eq!(
+        node.count(&alice, "SELECT COUNT(*) FROM app.messages")
+            .await,
+        0,
+        "old rows must not come back"
+    );
+    assert!(node
+        .query(&alice, "SELECT id FROM app.messages WHERE _deleted = true")
+        .await
+        .is_empty());
+}
+
+#[tokio::test]
+async fn acknowledged_inserts_survive_kill_9() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+
+    for i in 1..=1000i64 {
+        let sql = format!(
+            "INSERT INTO app.messages (id, conversation_id, content) VALUES ({i}, 'c{}', 'message {i}')",
+            i % 7
+        );
+        let resp = node.sql(&alice, &sql).await;
+        node.assert_success(&resp, &sql);
+        assert_eq!(affected_of(&resp.1, &sql), 1, "{sql}");
+    }
+    let dir = node.kill9().await;
+    let node = TestNode::start_in(&dir).await;
+
+    assert_eq!(
+        node.count(&alice, "SELECT COUNT(*) FROM app.messages")
+            .await,
+        1000,
+        "every acknowledged row survives"
+    );
+    let got = ids(&node
+        .query(&alice, "SELECT id FROM app.messages ORDER BY id")
+        .await);
+    assert_eq!(got, (1..=1000).collect::<Vec<i64>>(), "the id set survives");
+    assert_eq!(
+        node.scalar(&alice, "SELECT content FROM app.messages WHERE id = 1000")
+            .await,
+        json!("message 1000")
+    );
+    assert_eq!(
+        node.count(
+            &alice,
+            "SELECT COUNT(*) FROM app.messages WHERE conversation_id = 'c0'"
+        )
+        .await,
+        142
+    );
+    let tables = strings(
+        &node.query(&admin_token(), "SHOW TABLES IN app").await,
+        "table_name",
+    );
+    assert!(
+        tables.contains(&"messages".to_string()),
+        "the catalog survives kill -9: {tables:?}"
+    );
+}
+
+#[tokio::test]
+async fn sync_writes_keep_updates_and_deletes_across_kill_9() {
+    let opts = NodeOptions::default().env("KALAMDB_SYNC_WRITES", "true");
+    let dir = NodeDir::new();
+    let node = TestNode::start_with(&dir, opts.clone()).await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+
+    for i in 1..=20 {
+        node.exec(
+            &alice,
+            &format!("INSERT INTO app.conversations (id, title) VALUES ('c{i}', 'title {i}')"),
+        )
+        .await;
+    }
+    assert_eq!(
+        node.affected(
+            &alice,
+            "UPDATE app.conversations SET title = 'renamed' WHERE id = 'c1'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        node.affected(&alice, "DELETE FROM app.conversations WHERE id = 'c2'")
+            .await,
+        1
+    );
+    let before = node
+        .query(&alice, "SELECT * FROM app.conversations ORDER BY id")
+        .await;
+
+    let dir = node.kill9().await;
+    let node = TestNode::start_with(&dir, opts).await;
+
+    assert_eq!(
+        node.query(&alice, "SELECT * FROM app.conversations ORDER BY id")
+            .await,
+        before
+    );
+    assert_eq!(
+        node.count(&alice, "SELECT COUNT(*) FROM app.conversations")
+            .await,
+        19
+    );
+    assert_eq!(
+        node.scalar(
+            &alice,
+            "SELECT title FROM app.conversations WHERE id = 'c1'"
+        )
+        .await,
+        json!("renamed")
+    );
+    let deleted = node
+        .query(
+            &alice,
+            "SELECT id FROM app.conversations WHERE _deleted = true",
+        )
+        .await;
+    assert_eq!(deleted, [json!({"id": "c2"})]);
+}

@@ -1,0 +1,1221 @@
+//! The harness of the black-box suite: it starts real `kalamdb serve` processes on a free port
+//! with a temporary data directory, mints JWTs with the test secret, sends raw HTTP requests
+//! (so that tests see the exact JSON of API.md), and checks the success and error shapes every
+//! response must have. On a failing test the node's stderr is printed.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// The JWT secret every node of the suite gets through `KALAMDB_JWT_SECRET`.
+pub const TEST_SECRET: &str = "kalamdb-it-secret-3b9f1c7e2a6d4e8f9a0b1c2d3e4f5061";
+/// The user id of the admin tokens minted by [`admin_token`].
+pub const ADMIN_USER: &str = "root";
+/// What the node prints on stdout once it has bound its socket.
+pub const LISTEN_PREFIX: &str = "kalamdb listening on ";
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The USER table of API.md §4, used by most tests.
+pub const MESSAGES_DDL: &str = "CREATE USER TABLE app.messages (\
+    id BIGINT PRIMARY KEY DEFAULT SNOWFLAKE_ID(), \
+    conversation_id TEXT NOT NULL, \
+    content TEXT, \
+    meta JSON, \
+    created_at TIMESTAMP DEFAULT NOW())";
+/// The columns `SELECT * FROM app.messages` returns, system columns last.
+pub const MESSAGES_COLUMNS: [&str; 7] = [
+    "id",
+    "conversation_id",
+    "content",
+    "meta",
+    "created_at",
+    "_updated",
+    "_deleted",
+];
+/// A SHARED table that goes with `app.messages`.
+pub const CONVERSATIONS_DDL: &str =
+    "CREATE SHARED TABLE app.conversations (id TEXT PRIMARY KEY, title TEXT, archived BOOLEAN)";
+
+/// A response of `POST /api/sql`: HTTP status and the body (a JSON string value holding
+/// `<not JSON> ...` when the body was not JSON, so that assertions show it).
+pub type Resp = (u16, Value);
+
+// ---------------------------------------------------------------------------------------------
+// Tokens
+// ---------------------------------------------------------------------------------------------
+
+pub fn now_secs() -> i64 {
+    Utc::now().timestamp()
+}
+
+/// Signs `claims` with HS256 and `secret`.
+pub fn sign(claims: &Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("signing a test JWT")
+}
+
+/// A token for `user`, valid for an hour, signed with [`TEST_SECRET`].
+pub fn token(user: &str, admin: bool) -> String {
+    let role = if admin { "admin" } else { "user" };
+    sign(
+        &json!({"sub": user, "role": role, "exp": now_secs() + 3600}),
+        TEST_SECRET,
+    )
+}
+
+/// An admin token for [`ADMIN_USER`].
+pub fn admin_token() -> String {
+    token(ADMIN_USER, true)
+}
+
+/// Verifies `token` with `secret` (HS256) and returns its claims.
+pub fn decode_claims(token: &str, secret: &str) -> Value {
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.validate_aud = false;
+    // `exp` is checked when present; whether a token must carry one is the node's business.
+    validation.required_spec_claims.clear();
+    jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+        &validation,
+    )
+    .unwrap_or_else(|e| panic!("token {token:?} does not verify with the expected secret: {e}"))
+    .claims
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------
+
+/// A temporary directory holding a node's data directory (`<base>/data`) and the stderr logs of
+/// every node started on it. Clones share the directory; it is deleted when the last goes.
+#[derive(Clone)]
+pub struct NodeDir {
+    base: Arc<tempfile::TempDir>,
+}
+
+impl NodeDir {
+    pub fn new() -> Self {
+        let base = tempfile::Builder::new()
+            .prefix("kalamdb-it-")
+            .tempdir()
+            .expect("creating a temporary directory");
+        std::fs::create_dir_all(base.path().join("data")).expect("creating the data directory");
+        NodeDir {
+            base: Arc::new(base),
+        }
+    }
+
+    /// The temporary directory (parent of the data directory).
+    pub fn base(&self) -> &Path {
+        self.base.path()
+    }
+
+    /// The `--data-dir` of the node.
+    pub fn data_dir(&self) -> PathBuf {
+        self.base.path().join("data")
+    }
+}
+
+impl Default for NodeDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Extra settings of a started node.
+#[derive(Clone, Debug, Default)]
+pub struct NodeOptions {
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+    without_secret: bool,
+}
+
+impl NodeOptions {
+    /// Sets an environment variable of the node (e.g. `KALAMDB_MAX_RESULT_ROWS`).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Appends an argument to `kalamdb serve --data-dir <dir> --listen 127.0.0.1:0`.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    /// Starts the node without `KALAMDB_JWT_SECRET`, so that it generates its own secret.
+    pub fn without_secret(mut self) -> Self {
+        self.without_secret = true;
+        self
+    }
+}
+
+/// `kalamdb` with every inherited `KALAMDB_*` variable removed, so that the environment of
+/// the test run cannot change what a test sees.
+fn kalamdb_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kalamdb"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("KALAMDB_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    cmd
+}
+
+static STARTS: AtomicUsize = AtomicUsize::new(0);
+
+/// A running `kalamdb serve` process. Dropping it kills the process.
+pub struct TestNode {
+    dir: NodeDir,
+    opts: NodeOptions,
+    child: Option<Child>,
+    url: String,
+    stderr_path: PathBuf,
+    stdout: Arc<Mutex<String>>,
+    stdout_task: Option<JoinHandle<()>>,
+    http: reqwest::Client,
+}
+
+impl TestNode {
+    /// A node on a fresh data directory.
+    pub async fn start() -> TestNode {
+        Self::start_with(&NodeDir::new(), NodeOptions::default()).await
+    }
+
+    /// A node on an existing data directory (restart tests).
+    pub async fn start_in(dir: &NodeDir) -> TestNode {
+        Self::start_with(dir, NodeOptions::default()).await
+    }
+
+    /// A node on a fresh data directory with extra settings.
+    pub async fn start_with_options(opts: NodeOptions) -> TestNode {
+        Self::start_with(&NodeDir::new(), opts).await
+    }
+
+    /// Spawns `kalamdb serve --data-dir <dir> --listen 127.0.0.1:0`, waits for its listening
+    /// line on stdout and then for `GET /readyz` to answer 200.
+    pub async fn start_with(dir: &NodeDir, opts: NodeOptions) -> TestNode {
+        let n = STARTS.fetch_add(1, Ordering::SeqCst);
+        let stderr_path = dir.base().join(format!("node-{n}.stderr.log"));
+        let stderr_file =
+            std::fs::File::create(&stderr_path).expect("creating the node's stderr log");
+
+        let mut cmd = kalamdb_command();
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(dir.data_dir())
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(&opts.args);
+        if !opts.without_secret {
+            cmd.env("KALAMDB_JWT_SECRET", TEST_SECRET);
+        }
+        for (key, value) in &opts.env {
+            cmd.env(key, value);
+        }
+        cmd.env("RUST_BACKTRACE", "1");
+        cmd.stdout(Stdio::piped()).stderr(Stdio::from(stderr_file));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", env!("CARGO_BIN_EXE_kalamdb")));
+
+        // 1. The listening line.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let mut seen: Vec<String> = Vec::new();
+        let url = loop {
+            match tokio::time::timeout_at(deadline, lines.next_line()).await {
+                Ok(Ok(Some(line))) => {
+                    let found = line
+                        .strip_prefix(LISTEN_PREFIX)
+                        .map(|rest| rest.trim().to_string());
+                    seen.push(line);
+                    if let Some(url) = found {
+                        break url;
+                    }
+                }
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+                    panic!(
+                        "kalamdb exited before printing `{LISTEN_PREFIX}...` (exit: {status:?})\n\
+                         --- stdout ---\n{}\n--- stderr ---\n{}",
+                        seen.join("\n"),
+                        tail(&read_lossy(&stderr_path), 16_000)
+                    );
+                }
+                Err(_) => {
+                    let _ = child.start_kill();
+                    panic!(
+                        "kalamdb did not print `{LISTEN_PREFIX}...` within {STARTUP_TIMEOUT:?}\n\
+                         --- stdout ---\n{}\n--- stderr ---\n{}",
+                        seen.join("\n"),
+                        tail(&read_lossy(&stderr_path), 16_000)
+                    );
+                }
+            }
+        };
+        let port = url
+            .strip_prefix("http://127.0.0.1:")
+            .and_then(|p| p.parse::<u16>().ok());
+        assert!(
+            matches!(port, Some(p) if p != 0),
+            "the listening line must be `{LISTEN_PREFIX}http://127.0.0.1:PORT`, got {url:?}"
+        );
+
+        // Keep draining stdout: the node must not block or die on a full or closed pipe.
+        let stdout_buf = Arc::new(Mutex::new(
+            seen.iter().map(|l| format!("{l}\n")).collect::<String>(),
+        ));
+        let sink = Arc::clone(&stdout_buf);
+        let stdout_task = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut buf = sink.lock().unwrap();
+                buf.push_str(&line);
+                buf.push('\n');
+            }
+        });
+
+        // 2. Readiness.
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .expect("building the HTTP client");
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let ready = http
+                .get(format!("{url}/readyz"))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            if matches!(&ready, Ok(r) if r.status().as_u16() == 200) {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "kalamdb exited ({status}) before /readyz answered 200\n--- stderr ---\n{}",
+                    tail(&read_lossy(&stderr_path), 16_000)
+                );
+            }
+            if Instant::now() >= deadline {
+                let _ = child.start_kill();
+                panic!(
+                    "/readyz did not answer 200 within {STARTUP_TIMEOUT:?} (last: {ready:?})\n\
+                     --- stderr ---\n{}",
+                    tail(&read_lossy(&stderr_path), 16_000)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        TestNode {
+            dir: dir.clone(),
+            opts,
+            child: Some(child),
+            url,
+            stderr_path,
+            stdout: stdout_buf,
+            stdout_task: Some(stdout_task),
+            http,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, as printed by the node.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn dir(&self) -> NodeDir {
+        self.dir.clone()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.data_dir()
+    }
+
+    pub fn options(&self) -> NodeOptions {
+        self.opts.clone()
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Everything the node wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        read_lossy(&self.stderr_path)
+    }
+
+    /// Everything the node wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// The buffer stdout is collected into; complete once [`stop`](Self::stop) returned.
+    pub fn stdout_handle(&self) -> Arc<Mutex<String>> {
+        Arc::clone(&self.stdout)
+    }
+
+    /// Graceful stop: SIGTERM, then wait (at most 30 s) for the process to exit.
+    pub async fn stop(mut self) -> NodeDir {
+        let mut child = self.child.take().expect("the node is running");
+        if let Some(pid) = child.id() {
+            // `sh`'s builtin `kill`: no extra crate and no dependency on procps.
+            let _ = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("kill -TERM {pid}"))
+                .status();
+        }
+        match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("waiting for kalamdb to exit: {e}"),
+            Err(_) => {
+                let _ = child.kill().await;
+                panic!("kalamdb did not exit within {STOP_TIMEOUT:?} after SIGTERM");
+            }
+        }
+        self.finish_stdout().await;
+        self.dir.clone()
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub async fn kill9(mut self) -> NodeDir {
+        let mut child = self.child.take().expect("the node is running");
+        child.kill().await.expect("SIGKILL to kalamdb");
+        self.finish_stdout().await;
+        self.dir.clone()
+    }
+
+    async fn finish_stdout(&mut self) {
+        if let Some(task) = self.stdout_task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // HTTP
+    // -----------------------------------------------------------------------------------------
+
+    /// `POST /api/sql` with a raw `Authorization` header value, content type and body.
+    pub async fn post(
+        &self,
+        authorization: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Resp {
+        let mut req = self.http.post(format!("{}/api/sql", self.url)).body(body);
+        if let Some(auth) = authorization {
+            req = req.header("authorization", auth);
+        }
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST /api/sql: no HTTP answer: {e}"));
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .unwrap_or_else(|e| panic!("POST /api/sql: reading the body: {e}"));
+        (status, parse_body(&bytes))
+    }
+
+    /// `POST /api/sql` with a JSON body and an optional bearer token.
+    pub async fn post_json(&self, token: Option<&str>, body: &Value) -> Resp {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let bytes = serde_json::to_vec(body).expect("serialising a request");
+        self.post(auth.as_deref(), Some("application/json"), bytes)
+            .await
+    }
+
+    /// `{"sql": sql}` with `token`.
+    pub async fn sql(&self, token: &str, sql: &str) -> Resp {
+        self.post_json(Some(token), &json!({ "sql": sql })).await
+    }
+
+    /// `{"sql": sql, "as_user": as_user}` with `token`.
+    pub async fn sql_as(&self, token: &str, as_user: &str, sql: &str) -> Resp {
+        self.post_json(Some(token), &json!({ "sql": sql, "as_user": as_user }))
+            .await
+    }
+
+    /// `GET path` without authentication: status, headers, body text.
+    pub async fn get(&self, path: &str) -> (u16, reqwest::header::HeaderMap, String) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: no HTTP answer: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: reading the body: {e}"));
+        (status, headers, text)
+    }
+
+    /// `POST path` over a plain TCP connection that reads the answer while the body is still
+    /// being written: a server may answer (413) before it has read a large body, and a client
+    /// that only reads after writing would see a reset instead of the answer.
+    pub async fn raw_post(&self, path: &str, token: &str, body: Vec<u8>) -> Resp {
+        let addr = self
+            .url
+            .strip_prefix("http://")
+            .expect("http:// url")
+            .to_string();
+        let stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        let (mut rd, mut wr) = stream.into_split();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let writer = tokio::spawn(async move {
+            wr.write_all(head.as_bytes()).await?;
+            for chunk in body.chunks(256 * 1024) {
+                wr.write_all(chunk).await?;
+            }
+            wr.flush().await?;
+            // Hand the write half back so that it stays open until the answer is read.
+            Ok::<_, std::io::Error>(wr)
+        });
+        let reader = async move {
+            let mut buf = Vec::new();
+            // A reset after the answer is fine: whatever was read stays in `buf`.
+            let _ = rd.read_to_end(&mut buf).await;
+            buf
+        };
+        let raw = tokio::time::timeout(REQUEST_TIMEOUT, reader)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("POST {path}: no complete answer within {REQUEST_TIMEOUT:?}")
+            });
+        writer.abort();
+        parse_http_response(&raw)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Assertions
+    // -----------------------------------------------------------------------------------------
+
+    /// HTTP 200 and the success shape of API.md §3.
+    pub fn assert_success(&self, resp: &Resp, context: &str) {
+        let (status, body) = resp;
+        assert_eq!(
+            *status,
+            200,
+            "{}\nexpected HTTP 200, got {status}: {}",
+            short(context),
+            pretty(body)
+        );
+        if let Err(problem) = check_success_shape(body) {
+            panic!(
+                "{}\nthe success body does not match API.md ({problem}): {}",
+                short(context),
+                pretty(body)
+            );
+        }
+    }
+
+    /// The error shape of API.md §3 with `code` and the HTTP status of that code; the body
+    /// leaks neither the data directory nor the secret. Returns the `error` object.
+    pub fn assert_error(&self, resp: &Resp, code: &str, context: &str) -> Value {
+        let (status, body) = resp;
+        let expected = http_status_of(code);
+        let ctx = short(context);
+        assert_eq!(
+            body["status"],
+            "error",
+            "{ctx}\nexpected an error with code {code} (HTTP {expected}), got HTTP {status}: {}",
+            pretty(body)
+        );
+        assert_eq!(
+            body["error"]["code"],
+            code,
+            "{ctx}\nexpected error code {code} (HTTP {expected}), got HTTP {status}: {}",
+            pretty(body)
+        );
+        assert_eq!(
+            *status,
+            expected,
+            "{ctx}\nerror code {code} must come with HTTP {expected}: {}",
+            pretty(body)
+        );
+        if let Err(problem) = check_error_shape(body) {
+            panic!(
+                "{ctx}\nthe error body does not match API.md ({problem}): {}",
+                pretty(body)
+            );
+        }
+        self.assert_no_leak(body, context);
+        body["error"].clone()
+    }
+
+    /// A body never contains the data directory, the JWT secret or a Rust panic/backtrace.
+    pub fn assert_no_leak(&self, body: &Value, context: &str) {
+        let text = body.to_string();
+        let data_dir = self.data_dir().display().to_string();
+        let ctx = short(context);
+        assert!(
+            !text.contains(&data_dir),
+            "{ctx}\nthe response leaks the data directory {data_dir}: {}",
+            pretty(body)
+        );
+        assert!(
+            !text.contains(TEST_SECRET),
+            "{ctx}\nthe response leaks the JWT secret: {}",
+            pretty(body)
+        );
+        for marker in ["panicked at", "stack backtrace", "RUST_BACKTRACE"] {
+            assert!(
+                !text.contains(marker),
+                "{ctx}\nthe response leaks a panic or backtrace: {}",
+                pretty(body)
+            );
+        }
+    }
+
+    /// A request that must succeed; returns the body.
+    pub async fn exec(&self, token: &str, sql: &str) -> Value {
+        let resp = self.sql(token, sql).await;
+        self.assert_success(&resp, sql);
+        resp.1
+    }
+
+    /// A request with `as_user` that must succeed; returns the body.
+    pub async fn exec_as(&self, token: &str, as_user: &str, sql: &str) -> Value {
+        let resp = self.sql_as(token, as_user, sql).await;
+        self.assert_success(&resp, &format!("[as_user {as_user}] {sql}"));
+        resp.1
+    }
+
+    /// [`exec`](Self::exec) with an admin token.
+    pub async fn admin(&self, sql: &str) -> Value {
+        self.exec(&admin_token(), sql).await
+    }
+
+    /// The rows of the last result of a request that must succeed.
+    pub async fn query(&self, token: &str, sql: &str) -> Vec<Value> {
+        last_rows(&self.exec(token, sql).await)
+    }
+
+    /// The rows of the last result of an `as_user` request that must succeed.
+    pub async fn query_as(&self, token: &str, as_user: &str, sql: &str) -> Vec<Value> {
+        last_rows(&self.exec_as(token, as_user, sql).await)
+    }
+
+    /// The single value of a one-row, one-column result.
+    pub async fn scalar(&self, token: &str, sql: &str) -> Value {
+        single(&self.query(token, sql).await, sql)
+    }
+
+    /// The integer of a one-row, one-column result (e.g. `COUNT(*)`).
+    pub async fn count(&self, token: &str, sql: &str) -> i64 {
+        let v = self.scalar(token, sql).await;
+        v.as_i64()
+            .unwrap_or_else(|| panic!("{}\nexpected an integer, got {v}", short(sql)))
+    }
+
+    /// `affected_rows` of the last result of a DML request that must succeed.
+    pub async fn affected(&self, token: &str, sql: &str) -> u64 {
+        affected_of(&self.exec(token, sql).await, sql)
+    }
+
+    /// `affected_rows` of an `as_user` DML request that must succeed.
+    pub async fn affected_as(&self, token: &str, as_user: &str, sql: &str) -> u64 {
+        affected_of(&self.exec_as(token, as_user, sql).await, sql)
+    }
+
+    /// A request that must fail with `code`; returns the `error` object.
+    pub async fn expect_error(&self, token: &str, sql: &str, code: &str) -> Value {
+        let resp = self.sql(token, sql).await;
+        self.assert_error(&resp, code, sql)
+    }
+
+    /// An `as_user` request that must fail with `code`; returns the `error` object.
+    pub async fn expect_error_as(
+        &self,
+        token: &str,
+        as_user: &str,
+        sql: &str,
+        code: &str,
+    ) -> Value {
+        let resp = self.sql_as(token, as_user, sql).await;
+        self.assert_error(&resp, code, &format!("[as_user {as_user}] {sql}"))
+    }
+
+    /// Either a success, or a 4xx error with the JSON error shape (never a 5xx, never a dead
+    /// node). Returns whether it was a success.
+    pub fn assert_answer_or_client_error(&self, resp: &Resp, context: &str) -> bool {
+        let (status, body) = resp;
+        if *status == 200 {
+            self.assert_success(resp, context);
+            return true;
+        }
+        let ctx = short(context);
+        assert!(
+            (400..500).contains(status),
+            "{ctx}\nexpected a result or a 4xx error, got HTTP {status}: {}",
+            pretty(body)
+        );
+        if let Err(problem) = check_error_shape(body) {
+            panic!(
+                "{ctx}\nthe error body does not match API.md ({problem}): {}",
+                pretty(body)
+            );
+        }
+        let code = body["error"]["code"].as_str().unwrap_or_default();
+        assert_eq!(
+            http_status_of(code),
+            *status,
+            "{ctx}\ncode {code} came with HTTP {status}"
+        );
+        self.assert_no_leak(body, context);
+        false
+    }
+
+    /// `/healthz` answers 200 and a SELECT still works.
+    pub async fn assert_still_serving(&self) {
+        let (status, _, body) = self.get("/healthz").await;
+        assert_eq!(status, 200, "/healthz after bad input: {body}");
+        let v = self.scalar(&admin_token(), "SELECT 40 + 2 AS answer").await;
+        assert_eq!(v, json!(42), "a SELECT after bad input");
+    }
+
+    /// Namespace `app` with the USER table `app.messages` and the SHARED `app.conversations`.
+    pub async fn create_chat_schema(&self) {
+        self.admin("CREATE NAMESPACE app").await;
+        self.admin(MESSAGES_DDL).await;
+        self.admin(CONVERSATIONS_DDL).await;
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- kalamdb stderr ({}) ---\n{}\n--- end of kalamdb stderr ---",
+                self.stderr_path.display(),
+                tail(&self.stderr(), 16_000)
+            );
+        }
+    }
+}
+
+/// Runs `kalamdb token <args> --data-dir <dir>` (with `KALAMDB_JWT_SECRET` = `secret` when
+/// given) and returns the one line it prints.
+pub async fn cli_token(dir: &NodeDir, args: &[&str], secret: Option<&str>) -> String {
+    let mut cmd = kalamdb_command();
+    cmd.arg("token")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.data_dir());
+    if let Some(secret) = secret {
+        cmd.env("KALAMDB_JWT_SECRET", secret);
+    }
+    let out = tokio::time::timeout(STARTUP_TIMEOUT, cmd.output())
+        .await
+        .expect("`kalamdb token` did not finish within 60 s")
+        .expect("running `kalamdb token`");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success(),
+        "`kalamdb token {}` failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
+        args.join(" "),
+        out.status
+    );
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "`kalamdb token` must print exactly one line, got {stdout:?}"
+    );
+    let token = lines[0].trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "not a compact JWT: {token:?}");
+    token
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shapes
+// ---------------------------------------------------------------------------------------------
+
+/// The HTTP status of each error code (client/src/wire.rs).
+pub fn http_status_of(code: &str) -> u16 {
+    match code {
+        "INVALID_REQUEST"
+        | "SQL_PARSE_ERROR"
+        | "SQL_PLAN_ERROR"
+        | "UNSUPPORTED_STATEMENT"
+        | "INVALID_IDENTIFIER"
+        | "INVALID_VALUE"
+        | "SYSTEM_COLUMN_READONLY"
+        | "INVALID_TABLE_DEFINITION"
+        | "INVALID_OPTION" => 400,
+        "UNAUTHORIZED" => 401,
+        "FORBIDDEN" => 403,
+        "NAMESPACE_NOT_FOUND" | "TABLE_NOT_FOUND" => 404,
+        "NAMESPACE_ALREADY_EXISTS"
+        | "TABLE_ALREADY_EXISTS"
+        | "NAMESPACE_NOT_EMPTY"
+        | "PRIMARY_KEY_VIOLATION" => 409,
+        "PAYLOAD_TOO_LARGE" | "RESULT_TOO_LARGE" => 413,
+        "INTERNAL_ERROR" => 500,
+        "NOT_READY" => 503,
+        other => panic!("unknown error code {other:?} (not in client/src/wire.rs)"),
+    }
+}
+
+fn non_negative_number(v: Option<&Value>) -> bool {
+    matches!(v, Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f >= 0.0))
+}
+
+/// `{"status":"success","results":[...],"took_ms":f}`, each result with `columns` of
+/// `{name,type}`, `rows` as objects whose keys are the column names in column order,
+/// `row_count` = number of rows and `execution_time_ms`.
+pub fn check_success_shape(body: &Value) -> Result<(), String> {
+    let obj = body.as_object().ok_or("the body is not a JSON object")?;
+    if obj.get("status") != Some(&json!("success")) {
+        return Err("`status` is not \"success\"".into());
+    }
+    if !non_negative_number(obj.get("took_ms")) {
+        return Err("`took_ms` is not a non-negative number".into());
+    }
+    let results = obj
+        .get("results")
+        .and_then(Value::as_array)
+        .ok_or("`results` is not an array")?;
+    for (i, result) in results.iter().enumerate() {
+        let result = result
+            .as_object()
+            .ok_or(format!("results[{i}] is not an object"))?;
+        let columns = result
+            .get("columns")
+            .and_then(Value::as_array)
+            .ok_or(format!("results[{i}].columns is not an array"))?;
+        let mut names: Vec<&str> = Vec::new();
+        for (c, column) in columns.iter().enumerate() {
+            let name = column
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or(format!("results[{i}].columns[{c}].name is not a string"))?;
+            column
+                .get("type")
+                .and_then(Value::as_str)
+                .ok_or(format!("results[{i}].columns[{c}].type is not a string"))?;
+            names.push(name);
+        }
+        let rows = result
+            .get("rows")
+            .and_then(Value::as_array)
+            .ok_or(format!("results[{i}].rows is not an array"))?;
+        for (r, row) in rows.iter().enumerate() {
+            let row = row
+                .as_object()
+                .ok_or(format!("results[{i}].rows[{r}] is not an object"))?;
+            let keys: Vec<&str> = row.keys().map(String::as_str).collect();
+            if keys != names {
+                return Err(format!(
+                    "results[{i}].rows[{r}] has keys {keys:?}, the columns are {names:?} (order matters)"
+                ));
+            }
+        }
+        match result.get("row_count").and_then(Value::as_u64) {
+            Some(n) if n as usize == rows.len() => {}
+            other => {
+                return Err(format!(
+                    "results[{i}].row_count is {other:?} but there are {} rows",
+                    rows.len()
+                ))
+            }
+        }
+        if !non_negative_number(result.get("execution_time_ms")) {
+            return Err(format!(
+                "results[{i}].execution_time_ms is not a non-negative number"
+            ));
+        }
+        if let Some(a) = result.get("affected_rows") {
+            if !a.is_u64() {
+                return Err(format!(
+                    "results[{i}].affected_rows is not an unsigned integer"
+                ));
+            }
+        }
+        if let Some(m) = result.get("message") {
+            if !m.is_string() {
+                return Err(format!("results[{i}].message is not a string"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `{"status":"error","error":{"code","message","details"?,"statement_index"?}}`.
+pub fn check_error_shape(body: &Value) -> Result<(), String> {
+    let obj = body.as_object().ok_or("the body is not a JSON object")?;
+    if obj.get("status") != Some(&json!("error")) {
+        return Err("`status` is not \"error\"".into());
+    }
+    if let Some(k) = obj.keys().find(|k| *k != "status" && *k != "error") {
+        return Err(format!("unexpected top-level field {k:?}"));
+    }
+    let err = obj
+        .get("error")
+        .and_then(Value::as_object)
+        .ok_or("`error` is not an object")?;
+    if let Some(k) = err
+        .keys()
+        .find(|k| !["code", "message", "details", "statement_index"].contains(&k.as_str()))
+    {
+        return Err(format!("unexpected field error.{k}"));
+    }
+    let code = err
+        .get("code")
+        .and_then(Value::as_str)
+        .ok_or("error.code is not a string")?;
+    if code.is_empty() || !code.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+        return Err(format!("error.code {code:?} is not UPPER_SNAKE"));
+    }
+    match err.get("message").and_then(Value::as_str) {
+        Some(m) if !m.trim().is_empty() => {}
+        _ => return Err("error.message is not a non-empty string".into()),
+    }
+    match err.get("details") {
+        None | Some(Value::String(_)) => {}
+        Some(other) => return Err(format!("error.details is not a string: {other}")),
+    }
+    match err.get("statement_index") {
+        None => {}
+        Some(v) if v.is_u64() => {}
+        Some(other) => return Err(format!("error.statement_index is not an index: {other}")),
+    }
+    Ok(())
+}
+
+/// Every result of a DDL request: `rows: []` and a non-empty `message`.
+pub fn assert_ddl(body: &Value, context: &str) {
+    let results = body["results"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !results.is_empty(),
+        "{}\nno results: {}",
+        short(context),
+        pretty(body)
+    );
+    for result in &results {
+        assert_eq!(
+            result["rows"],
+            json!([]),
+            "{}\nDDL returns no rows: {}",
+            short(context),
+            pretty(body)
+        );
+        assert!(
+            result["message"]
+                .as_str()
+                .is_some_and(|m| !m.trim().is_empty()),
+            "{}\nDDL returns a `message`: {}",
+            short(context),
+            pretty(body)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading results
+// ---------------------------------------------------------------------------------------------
+
+/// Result `i` of a success body.
+pub fn result(body: &Value, i: usize) -> &Value {
+    &body["results"][i]
+}
+
+/// The rows of result `i` (JSON objects).
+pub fn rows_of(body: &Value, i: usize) -> Vec<Value> {
+    result(body, i)["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("results[{i}].rows missing: {}", pretty(body)))
+}
+
+/// The rows of the last result.
+pub fn last_rows(body: &Value) -> Vec<Value> {
+    let n = body["results"].as_array().map(Vec::len).unwrap_or(0);
+    assert!(n > 0, "no results: {}", pretty(body));
+    rows_of(body, n - 1)
+}
+
+/// The column names of result `i`.
+pub fn column_names(body: &Value, i: usize) -> Vec<String> {
+    result(body, i)["columns"]
+        .as_array()
+        .unwrap_or_else(|| panic!("results[{i}].columns missing: {}", pretty(body)))
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// `affected_rows` of the last result.
+pub fn affected_of(body: &Value, context: &str) -> u64 {
+    let n = body["results"].as_array().map(Vec::len).unwrap_or(0);
+    assert!(n > 0, "{}\nno results: {}", short(context), pretty(body));
+    result(body, n - 1)["affected_rows"]
+        .as_u64()
+        .unwrap_or_else(|| {
+            panic!(
+                "{}\nDML results carry `affected_rows`: {}",
+                short(context),
+                pretty(body)
+            )
+        })
+}
+
+/// The value of a one-row, one-column result.
+pub fn single(rows: &[Value], context: &str) -> Value {
+    assert_eq!(
+        rows.len(),
+        1,
+        "{}\nexpected one row: {}",
+        short(context),
+        pretty(&json!(rows))
+    );
+    let obj = rows[0].as_object().expect("rows are objects");
+    assert_eq!(
+        obj.len(),
+        1,
+        "{}\nexpected one column: {}",
+        short(context),
+        pretty(&json!(rows))
+    );
+    obj.values().next().cloned().unwrap()
+}
+
+/// The values of column `name`.
+pub fn column(rows: &[Value], name: &str) -> Vec<Value> {
+    rows.iter()
+        .map(|r| {
+            r.get(name)
+                .cloned()
+                .unwrap_or_else(|| panic!("row without column {name:?}: {r}"))
+        })
+        .collect()
+}
+
+/// The string values of column `name`.
+pub fn strings(rows: &[Value], name: &str) -> Vec<String> {
+    column(rows, name)
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .unwrap_or_else(|| panic!("{name} = {v} is not a string"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// The integer values of column `id`.
+pub fn ids(rows: &[Value]) -> Vec<i64> {
+    column(rows, "id")
+        .iter()
+        .map(|v| {
+            v.as_i64()
+                .unwrap_or_else(|| panic!("id {v} is not an integer"))
+        })
+        .collect()
+}
+
+/// The row whose `key` column holds the string `value`.
+pub fn find_row<'a>(rows: &'a [Value], key: &str, value: &str) -> &'a Value {
+    rows.iter()
+        .find(|r| r[key].as_str() == Some(value))
+        .unwrap_or_else(|| panic!("no row with {key} = {value:?} in {}", pretty(&json!(rows))))
+}
+
+/// A boolean cell; `YES`/`NO` text is accepted too (information_schema style).
+pub fn flag(v: &Value, context: &str) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        Value::String(s) if s.eq_ignore_ascii_case("yes") || s.eq_ignore_ascii_case("true") => true,
+        Value::String(s) if s.eq_ignore_ascii_case("no") || s.eq_ignore_ascii_case("false") => {
+            false
+        }
+        other => panic!("{context}: expected a boolean, got {other}"),
+    }
+}
+
+/// An RFC 3339 UTC timestamp ending in `Z`.
+pub fn parse_utc(v: &Value, context: &str) -> DateTime<Utc> {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("{context}: expected an RFC 3339 string, got {v}"));
+    assert!(
+        s.contains('T') && s.ends_with('Z'),
+        "{context}: {s:?} is not an RFC 3339 UTC timestamp ending in Z"
+    );
+    DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("{context}: {s:?} is not RFC 3339: {e}"))
+        .with_timezone(&Utc)
+}
+
+/// An RFC 3339 UTC timestamp with exactly six fractional digits (`...T10:00:00.000123Z`).
+pub fn ts_micros(v: &Value, context: &str) -> DateTime<Utc> {
+    let t = parse_utc(v, context);
+    let s = v.as_str().unwrap_or_default();
+    let frac = s.rsplit_once('.').map(|(_, f)| f).unwrap_or("");
+    assert!(
+        frac.len() == 7 && frac[..6].bytes().all(|b| b.is_ascii_digit()),
+        "{context}: {s:?} must carry microseconds (six fractional digits) and end in Z"
+    );
+    t
+}
+
+/// A SQL string literal.
+pub fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text
+// ---------------------------------------------------------------------------------------------
+
+pub fn read_lossy(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// The last `max` bytes of `s` (on a char boundary).
+pub fn tail(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// The first `max` bytes of `s` (on a char boundary).
+pub fn head(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// `s` shortened for assertion messages.
+pub fn short(s: &str) -> String {
+    if s.len() <= 400 {
+        s.to_string()
+    } else {
+        format!("{}... ({} bytes)", head(s, 400), s.len())
+    }
+}
+
+/// Pretty JSON, shortened for assertion messages.
+pub fn pretty(v: &Value) -> String {
+    let s = serde_json::to_string_pretty(v).unwrap_or_default();
+    if s.len() <= 6000 {
+        s
+    } else {
+        format!("{}... ({} bytes)", head(&s, 6000), s.len())
+    }
+}
+
+fn parse_body(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|_| {
+        Value::String(format!(
+            "<not JSON> {}",
+            head(&String::from_utf8_lossy(bytes), 2000)
+        ))
+    })
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_http_response(raw: &[u8]) -> Resp {
+    let end = find(raw, b"\r\n\r\n").unwrap_or_else(|| {
+        panic!(
+            "no complete HTTP response head: {:?}",
+            String::from_utf8_lossy(&raw[..raw.len().min(2000)])
+        )
+    });
+    let head_text = String::from_utf8_lossy(&raw[..end]).to_string();
+    let status: u16 = head_text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head_text:?}"));
+    let mut body = raw[end + 4..].to_vec();
+    let headers: Vec<String> = head_text
+        .lines()
+        .skip(1)
+        .map(|l| l.to_ascii_lowercase())
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+    let length = headers.iter().find_map(|l| {
+        l.strip_prefix("content-length:")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    });
+    if chunked {
+        body = dechunk(&body);
+    } else if let Some(len) = length {
+        body.truncate(len);
+    }
+    (status, parse_body(&body))
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = find(data, b"\r\n") {
+        let size_line = String::from_utf8_lossy(&data[..eol]).to_string();
+        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or(0);
+        data = &data[eol + 2..];
+        if size == 0 {
+            break;
+        }
+        if data.len() < size {
+            out.extend_from_slice(data);
+            break;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = data.get(size + 2..).unwrap_or(&[]);
+    }
+    out
+}

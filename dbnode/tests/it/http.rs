@@ -1,0 +1,288 @@
+//! The HTTP surface besides SQL semantics (API.md §1): `/healthz` and `/readyz` without
+//! authentication, Prometheus `/metrics` with per-kind statement counters and durations, CORS
+//! preflight and simple requests, unknown routes, the one stdout line of the process, the
+//! `--config` file, and the `kalam-client` crate talking to a real node.
+
+use serde_json::json;
+
+use crate::harness::*;
+
+/// Sum of the samples of `name` whose label set contains `label` (e.g. `kind="insert"`).
+fn metric_sum(text: &str, name: &str, label: &str) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, rest) = match line.find('}') {
+            Some(i) => (&line[..=i], &line[i + 1..]),
+            None => match line.split_once(' ') {
+                Some(parts) => parts,
+                None => continue,
+            },
+        };
+        let metric = series.split('{').next().unwrap_or_default();
+        if metric != name || !series.contains(label) {
+            continue;
+        }
+        if let Some(v) = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            *total.get_or_insert(0.0) += v;
+        }
+    }
+    total
+}
+
+#[tokio::test]
+async fn health_and_readiness_need_no_auth() {
+    let node = TestNode::start().await;
+    for path in ["/healthz", "/readyz"] {
+        let (status, _, body) = node.get(path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        assert!(
+            body.len() <= 64,
+            "GET {path} carries no more than a status word: {body:?}"
+        );
+        assert!(
+            !body.contains(&node.data_dir().display().to_string()),
+            "GET {path} leaks the data dir"
+        );
+    }
+    let (status, _, body) = node.get("/api/nothing-here").await;
+    assert_eq!(status, 404, "an unknown route: {body}");
+}
+
+#[tokio::test]
+async fn metrics_count_statements_by_kind() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (conversation_id) VALUES ('c1'); INSERT INTO app.messages (conversation_id) VALUES ('c2')",
+    )
+    .await;
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (conversation_id) VALUES ('c3')",
+    )
+    .await;
+    node.exec(&alice, "SELECT COUNT(*) FROM app.messages").await;
+    node.exec(&alice, "SELECT * FROM app.messages").await;
+
+    let (status, headers, text) = node.get("/metrics").await;
+    assert_eq!(status, 200, "GET /metrics without a token: {text}");
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        content_type.starts_with("text/plain"),
+        "Prometheus text format, got content-type {content_type:?}"
+    );
+
+    let inserts = metric_sum(&text, "kalamdb_sql_statements_total", "kind=\"insert\"");
+    assert!(
+        inserts.is_some_and(|n| n >= 3.0),
+        "kalamdb_sql_statements_total{{kind=\"insert\"}} >= 3, got {inserts:?}:\n{text}"
+    );
+    let selects = metric_sum(&text, "kalamdb_sql_statements_total", "kind=\"select\"");
+    assert!(
+        selects.is_some_and(|n| n >= 2.0),
+        "kalamdb_sql_statements_total{{kind=\"select\"}} >= 2, got {selects:?}:\n{text}"
+    );
+    let timed = metric_sum(
+        &text,
+        "kalamdb_sql_statement_duration_seconds_count",
+        "kind=\"select\"",
+    );
+    assert!(
+        timed.is_some_and(|n| n >= 2.0),
+        "kalamdb_sql_statement_duration_seconds_count{{kind=\"select\"}} >= 2, got {timed:?}:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("kalamdb_sql_statement_duration_seconds")
+                && l.contains("kind=\"insert\"")),
+        "durations are labelled by kind:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn cors_preflight_and_simple_requests() {
+    let node = TestNode::start().await;
+    let url = format!("{}/api/sql", node.url());
+
+    let resp = node
+        .http()
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "http://example.com")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .expect("preflight");
+    let status = resp.status().as_u16();
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(status == 200 || status == 204, "preflight status {status}");
+    assert_eq!(
+        header("access-control-allow-origin"),
+        "*",
+        "allowed origins default to *"
+    );
+    let methods = header("access-control-allow-methods").to_uppercase();
+    assert!(
+        methods.contains("POST") || methods == "*",
+        "POST is allowed: {methods:?}"
+    );
+    // A wildcard does not cover `Authorization` in browsers: it must be named.
+    let allowed = header("access-control-allow-headers").to_lowercase();
+    assert!(
+        allowed.contains("authorization"),
+        "the Authorization header is allowed: {allowed:?}"
+    );
+    assert!(
+        allowed.contains("content-type") || allowed.contains('*'),
+        "Content-Type is allowed: {allowed:?}"
+    );
+
+    let resp = node
+        .http()
+        .post(&url)
+        .header("origin", "http://example.com")
+        .bearer_auth(admin_token())
+        .json(&json!({"sql": "SELECT 1"}))
+        .send()
+        .await
+        .expect("cross-origin POST");
+    assert_eq!(resp.status().as_u16(), 200);
+    let origin = resp
+        .headers()
+        .get("access-control-allow-origin")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    assert_eq!(
+        origin.as_deref(),
+        Some("*"),
+        "a cross-origin response carries access-control-allow-origin"
+    );
+}
+
+#[tokio::test]
+async fn stdout_carries_only_the_listening_line() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    node.expect_error(
+        &admin_token(),
+        "SELECT * FROM app.nosuch",
+        "TABLE_NOT_FOUND",
+    )
+    .await;
+    let resp = node.sql("garbage", "SELECT 1").await;
+    node.assert_error(&resp, "UNAUTHORIZED", "garbage token");
+
+    let expected = format!("{LISTEN_PREFIX}{}", node.url());
+    let stdout = node.stdout_handle();
+    node.stop().await;
+    let text = stdout.lock().unwrap().clone();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [expected.as_str()],
+        "stdout is exactly the listening line; logs go to stderr"
+    );
+}
+
+#[tokio::test]
+async fn kalam_client_talks_to_the_node() {
+    let node = TestNode::start().await;
+    let client = kalam_client::KalamClient::new(node.url())
+        .expect("building a KalamClient")
+        .with_token(admin_token());
+
+    let ok = client
+        .sql("CREATE NAMESPACE app; SELECT 41 + 1 AS answer")
+        .await
+        .expect("two statements succeed");
+    assert_eq!(ok.results.len(), 2, "{ok:?}");
+    assert!(
+        ok.results[0].message.is_some(),
+        "DDL carries a message: {ok:?}"
+    );
+    assert_eq!(ok.results[1].rows.len(), 1, "{ok:?}");
+    assert_eq!(
+        ok.results[1].rows[0].get("answer"),
+        Some(&json!(42)),
+        "{ok:?}"
+    );
+
+    let err = client
+        .sql("CREATE NAMESPACE app")
+        .await
+        .expect_err("a duplicate namespace fails");
+    assert_eq!(
+        err.code(),
+        Some(&kalam_client::ErrorCode::NamespaceAlreadyExists),
+        "the node's error reaches the client: {err}"
+    );
+    assert_eq!(
+        err.api_error().and_then(|e| e.statement_index),
+        Some(0),
+        "{err}"
+    );
+
+    assert!(
+        client.health().await.expect("GET /healthz"),
+        "healthz through the client"
+    );
+    assert!(
+        client.ready().await.expect("GET /readyz"),
+        "readyz through the client"
+    );
+}
+
+#[tokio::test]
+async fn config_file_sets_the_secret_and_limits() {
+    let dir = NodeDir::new();
+    let config = dir.base().join("server.toml");
+    std::fs::write(
+        &config,
+        format!("jwt_secret = \"{TEST_SECRET}\"\nmax_result_rows = 5\n"),
+    )
+    .expect("writing server.toml");
+    let opts = NodeOptions::default()
+        .without_secret()
+        .arg("--config")
+        .arg(config.to_str().expect("a UTF-8 temp path"));
+    let node = TestNode::start_with(&dir, opts).await;
+
+    // Tokens signed with the secret of the file are accepted.
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    let values: Vec<String> = (1..=6).map(|i| format!("({i}, 'c1')")).collect();
+    let sql = format!(
+        "INSERT INTO app.messages (id, conversation_id) VALUES {}",
+        values.join(", ")
+    );
+    assert_eq!(node.affected(&alice, &sql).await, 6);
+
+    // max_result_rows of the file applies.
+    node.expect_error(&alice, "SELECT id FROM app.messages", "RESULT_TOO_LARGE")
+        .await;
+    let rows = node
+        .query(&alice, "SELECT id FROM app.messages ORDER BY id LIMIT 5")
+        .await;
+    assert_eq!(ids(&rows), [1, 2, 3, 4, 5]);
+}

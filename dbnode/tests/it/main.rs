@@ -1,0 +1,20 @@
+//! Black-box integration tests of the KalamDB database node (`kalamdb serve`).
+//!
+//! Every test starts its own node process on a temporary data directory and talks to it over
+//! HTTP only, checking the contract of `shared/API.md` §1-4: the wire shapes of
+//! `POST /api/sql`, authentication and roles, namespaces, tables, DML, per-user isolation of
+//! USER tables, system tables, robustness against bad input, durability across restarts and
+//! `kill -9`, and the operational endpoints.
+
+#[allow(dead_code)]
+mod harness;
+
+mod auth;
+mod dml;
+mod durability;
+mod http;
+mod isolation;
+mod namespaces;
+mod robustness;
+mod system_tables;
+mod tables;

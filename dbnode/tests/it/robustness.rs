@@ -1,0 +1,397 @@
+//! Bad and extreme input (DESIGN.md invariants 6 and 7): malformed request bodies, bodies over
+//! the size limit, unicode and NUL characters in values, SQL that does not parse or plan,
+//! deeply nested expressions, huge identifiers, result sets over `max_result_rows`, and many
+//! concurrent requests. Each gets the JSON error shape (or a correct result) and the node keeps
+//! serving.
+
+use serde_json::json;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn malformed_request_bodies_get_invalid_request() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    let auth = format!("Bearer {}", admin_token());
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("not JSON", b"this is not json".to_vec()),
+        ("truncated JSON", br#"{"sql": "SELECT 1""#.to_vec()),
+        ("empty body", Vec::new()),
+        ("JSON array", b"[]".to_vec()),
+        ("JSON string", br#""SELECT 1""#.to_vec()),
+        ("missing sql", b"{}".to_vec()),
+        ("sql is a number", br#"{"sql": 42}"#.to_vec()),
+        ("sql is null", br#"{"sql": null}"#.to_vec()),
+        ("sql is an array", br#"{"sql": ["SELECT 1"]}"#.to_vec()),
+        (
+            "unknown top-level field",
+            br#"{"sql": "SELECT 1", "limit": 10}"#.to_vec(),
+        ),
+        ("empty sql", br#"{"sql": ""}"#.to_vec()),
+        ("blank sql", br#"{"sql": "  \n\t "}"#.to_vec()),
+        (
+            "as_user is a number",
+            br#"{"sql": "SELECT 1", "as_user": 5}"#.to_vec(),
+        ),
+        (
+            "invalid UTF-8",
+            b"{\"sql\": \"SELECT '\xff\xfe'\"}".to_vec(),
+        ),
+        (
+            "deeply nested JSON",
+            format!(
+                "{{\"sql\": \"SELECT 1\", \"x\": {}{}}}",
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            )
+            .into_bytes(),
+        ),
+    ];
+    for (label, body) in cases {
+        let resp = node
+            .post(Some(auth.as_str()), Some("application/json"), body)
+            .await;
+        node.assert_error(&resp, "INVALID_REQUEST", label);
+    }
+    node.assert_still_serving().await;
+    assert_eq!(
+        node.count(&token("alice", false), "SELECT COUNT(*) FROM app.messages")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+
+    let big = format!("{{\"sql\": \"SELECT '{}'\"}}", "x".repeat(20 * 1024 * 1024));
+    let resp = node
+        .raw_post("/api/sql", &admin_token(), big.into_bytes())
+        .await;
+    node.assert_error(&resp, "PAYLOAD_TOO_LARGE", "a 20 MiB body");
+    node.assert_still_serving().await;
+
+    // A 1 MiB value is well under the limit and round-trips.
+    let alice = token("alice", false);
+    let value = "é".repeat(512 * 1024);
+    node.exec(
+        &alice,
+        &format!(
+            "INSERT INTO app.messages (id, conversation_id, content) VALUES (1, 'c1', '{value}')"
+        ),
+    )
+    .await;
+    let got = node
+        .scalar(&alice, "SELECT content FROM app.messages WHERE id = 1")
+        .await;
+    assert!(
+        got.as_str() == Some(value.as_str()),
+        "a 1 MiB value comes back unchanged ({} bytes back)",
+        got.as_str().map_or(0, str::len)
+    );
+}
+
+#[tokio::test]
+async fn request_size_limit_is_configurable() {
+    let node = TestNode::start_with_options(
+        NodeOptions::default().env("KALAMDB_MAX_REQUEST_BYTES", "4096"),
+    )
+    .await;
+
+    let small = format!("{{\"sql\": \"SELECT '{}' AS s\"}}", "y".repeat(1000));
+    let resp = node
+        .raw_post("/api/sql", &admin_token(), small.into_bytes())
+        .await;
+    node.assert_success(&resp, "a 1 KiB body under a 4 KiB limit");
+
+    let large = format!("{{\"sql\": \"SELECT '{}' AS s\"}}", "y".repeat(8000));
+    let resp = node
+        .raw_post("/api/sql", &admin_token(), large.into_bytes())
+        .await;
+    node.assert_error(
+        &resp,
+        "PAYLOAD_TOO_LARGE",
+        "an 8 KiB body over a 4 KiB limit",
+    );
+    node.assert_still_serving().await;
+}
+
+#[tokio::test]
+async fn unicode_and_nul_characters_round_trip() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+
+    let values = [
+        "emoji 👋🏽🎉 and a family 👨‍👩‍👧",
+        "RTL: مرحبا بالعالم — שלום עולם",
+        "combining: e\u{301} a\u{30A} n\u{303}\u{323} Z\u{36B}\u{33F}\u{344}",
+        "NUL: a\u{0}b\u{0}",
+        "\u{0}",
+        "quotes ' '' \" and newlines\r\n\ttab",
+        "math 𝔘𝔫𝔦𝔠𝔬𝔡𝔢, BOM \u{FEFF}, zero width \u{200B}\u{200D}, CJK 漢字",
+    ];
+    for (i, v) in values.iter().enumerate() {
+        node.exec(
+            &alice,
+            &format!(
+                "INSERT INTO app.messages (id, conversation_id, content) VALUES ({i}, 'c1', {})",
+                lit(v)
+            ),
+        )
+        .await;
+    }
+    let rows = node
+        .query(&alice, "SELECT id, content FROM app.messages ORDER BY id")
+        .await;
+    assert_eq!(rows.len(), values.len());
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(
+            rows[i]["content"],
+            json!(v),
+            "value {i} must round-trip exactly"
+        );
+    }
+
+    let found = node
+        .query(
+            &alice,
+            &format!(
+                "SELECT id FROM app.messages WHERE content = {}",
+                lit(values[0])
+            ),
+        )
+        .await;
+    assert_eq!(ids(&found), [0], "equality on an emoji string");
+    let found = node
+        .query(
+            &alice,
+            &format!(
+                "SELECT id FROM app.messages WHERE content = {}",
+                lit(values[3])
+            ),
+        )
+        .await;
+    assert_eq!(ids(&found), [3], "equality on a string with NUL");
+    let chars = node
+        .count(
+            &alice,
+            "SELECT character_length(content) FROM app.messages WHERE id = 2",
+        )
+        .await;
+    assert_eq!(
+        chars,
+        values[2].chars().count() as i64,
+        "combining marks are separate code points"
+    );
+
+    node.exec(&alice, "INSERT INTO app.messages (id, conversation_id, meta) VALUES (100, 'c1', '{\"greeting\":\"👋 مرحبا\",\"ok\":true}')").await;
+    let meta = node
+        .scalar(&alice, "SELECT meta FROM app.messages WHERE id = 100")
+        .await;
+    assert_eq!(meta, json!({"greeting": "👋 مرحبا", "ok": true}));
+}
+
+#[tokio::test]
+async fn sql_that_does_not_parse_or_plan_gets_400() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    let admin = admin_token();
+    let alice = token("alice", false);
+
+    for sql in [
+        "SELECT * FROM app.messages WHERE id = ",
+        "SELEC 1",
+        "SELECT (1",
+        "INSERT INTO app.messages VALUES (",
+        "SELECT 'unterminated",
+    ] {
+        node.expect_error(&alice, sql, "SQL_PARSE_ERROR").await;
+    }
+    for sql in [
+        "SELECT nosuchfn(1)",
+        "SELECT 1 + 'a'",
+        "SELECT content + 1 FROM app.messages",
+        "SELECT nosuchcol FROM app.messages",
+        "SELECT id FROM app.messages GROUP BY conversation_id",
+    ] {
+        node.expect_error(&alice, sql, "SQL_PLAN_ERROR").await;
+    }
+    node.expect_error(
+        &admin,
+        "CREATE INDEX idx ON app.messages (content)",
+        "UNSUPPORTED_STATEMENT",
+    )
+    .await;
+    node.assert_still_serving().await;
+}
+
+#[tokio::test]
+async fn deeply_nested_expressions_never_crash_the_node() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (id, conversation_id) VALUES (1, 'c1')",
+    )
+    .await;
+
+    let cases: Vec<(String, serde_json::Value)> = vec![
+        (
+            format!("SELECT {}1{} AS v", "(".repeat(2000), ")".repeat(2000)),
+            json!(1),
+        ),
+        (format!("SELECT 1{} AS v", " + 1".repeat(2000)), json!(2001)),
+        (
+            format!("SELECT {}true AS v", "NOT ".repeat(2000)),
+            json!(true),
+        ),
+        (
+            format!(
+                "SELECT COUNT(*) AS v FROM app.messages WHERE {}id = 1{}",
+                "(".repeat(2000),
+                ")".repeat(2000)
+            ),
+            json!(1),
+        ),
+        (
+            format!(
+                "SELECT COUNT(*) AS v FROM app.messages WHERE id = 1{}",
+                " OR id = 1".repeat(2000)
+            ),
+            json!(1),
+        ),
+    ];
+    for (sql, expected) in &cases {
+        let resp = node.sql(&alice, sql).await;
+        if node.assert_answer_or_client_error(&resp, sql) {
+            assert_eq!(
+                single(&last_rows(&resp.1), sql),
+                *expected,
+                "a deep expression that runs must be right"
+            );
+        }
+        node.assert_still_serving().await;
+    }
+}
+
+#[tokio::test]
+async fn extremely_long_identifiers_are_handled() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    let admin = admin_token();
+    let long = "a".repeat(100_000);
+
+    let resp = node.sql(&admin, &format!("SELECT * FROM app.{long}")).await;
+    assert!(
+        !node.assert_answer_or_client_error(&resp, "SELECT from a 100k-char table name"),
+        "no such table exists"
+    );
+    for sql in [
+        format!("CREATE NAMESPACE {long}"),
+        format!("CREATE SHARED TABLE app.{long} (id BIGINT PRIMARY KEY)"),
+        format!("CREATE SHARED TABLE app.t (id BIGINT PRIMARY KEY, {long} TEXT)"),
+        format!("SELECT 1 AS {long}"),
+    ] {
+        let resp = node.sql(&admin, &sql).await;
+        node.assert_answer_or_client_error(&resp, &sql);
+        node.assert_still_serving().await;
+    }
+    node.admin("SHOW NAMESPACES").await;
+    node.admin("SHOW TABLES").await;
+}
+
+#[tokio::test]
+async fn results_over_max_result_rows_are_refused_not_truncated() {
+    let node =
+        TestNode::start_with_options(NodeOptions::default().env("KALAMDB_MAX_RESULT_ROWS", "10"))
+            .await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    node.admin("CREATE SHARED TABLE app.nums (id BIGINT PRIMARY KEY, v INT)")
+        .await;
+    let values: Vec<String> = (1..=11).map(|i| format!("({i}, {i})")).collect();
+    assert_eq!(
+        node.affected(
+            &alice,
+            &format!("INSERT INTO app.nums (id, v) VALUES {}", values.join(", "))
+        )
+        .await,
+        11
+    );
+    let values: Vec<String> = (1..=11).map(|i| format!("({i}, 'c1')")).collect();
+    node.exec(
+        &alice,
+        &format!(
+            "INSERT INTO app.messages (id, conversation_id) VALUES {}",
+            values.join(", ")
+        ),
+    )
+    .await;
+
+    node.expect_error(&alice, "SELECT * FROM app.nums", "RESULT_TOO_LARGE")
+        .await;
+    node.expect_error(&alice, "SELECT id FROM app.messages", "RESULT_TOO_LARGE")
+        .await;
+    assert_eq!(
+        node.query(&alice, "SELECT * FROM app.nums WHERE id <= 10")
+            .await
+            .len(),
+        10
+    );
+    assert_eq!(
+        node.query(&alice, "SELECT * FROM app.nums ORDER BY id LIMIT 10")
+            .await
+            .len(),
+        10
+    );
+    assert_eq!(
+        node.count(&alice, "SELECT COUNT(*) FROM app.nums").await,
+        11
+    );
+    node.assert_still_serving().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_from_many_users_are_all_applied() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    let tokens: Vec<String> = (0..4).map(|u| token(&format!("user{u}"), false)).collect();
+
+    let mut jobs: Vec<(&str, String)> = Vec::new();
+    for (u, t) in tokens.iter().enumerate() {
+        for i in 0..25 {
+            jobs.push((t.as_str(), format!("INSERT INTO app.messages (id, conversation_id, content) VALUES ({i}, 'c1', 'u{u}-{i}')")));
+            jobs.push((
+                t.as_str(),
+                format!("INSERT INTO app.conversations (id, title) VALUES ('u{u}-{i}', 'x')"),
+            ));
+        }
+    }
+    let responses = futures::future::join_all(jobs.iter().map(|(t, sql)| node.sql(t, sql))).await;
+    for ((_, sql), resp) in jobs.iter().zip(&responses) {
+        node.assert_success(resp, sql);
+    }
+
+    for (u, t) in tokens.iter().enumerate() {
+        let rows = node
+            .query(t, "SELECT id, content FROM app.messages ORDER BY id")
+            .await;
+        assert_eq!(ids(&rows), (0..25).collect::<Vec<i64>>(), "user{u}'s rows");
+        assert!(
+            strings(&rows, "content")
+                .iter()
+                .all(|c| c.starts_with(&format!("u{u}-"))),
+            "user{u} sees only own rows"
+        );
+    }
+    assert_eq!(
+        node.count(&tokens[0], "SELECT COUNT(*) FROM app.conversations")
+            .await,
+        100
+    );
+}
