@@ -98,18 +98,26 @@ fn start_node(args: &Args) -> Result<NodeProcess> {
         .strip_prefix("kalamdb listening on ")
         .ok_or_else(|| anyhow!("unexpected first line from the node: {line:?}"))?
         .to_string();
-    Ok(NodeProcess { child, url, _dir: dir })
+    Ok(NodeProcess {
+        child,
+        url,
+        _dir: dir,
+    })
 }
 
 fn token(args: &Args, user: &str, admin: bool) -> Result<String> {
     let mut cmd = Command::new(&args.kalamdb);
-    cmd.args(["token", "--user", user, "--ttl", "2h"]).env("KALAMDB_JWT_SECRET", SECRET);
+    cmd.args(["token", "--user", user, "--ttl", "2h"])
+        .env("KALAMDB_JWT_SECRET", SECRET);
     if admin {
         cmd.arg("--admin");
     }
     let out = cmd.output()?;
     if !out.status.success() {
-        bail!("kalamdb token failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "kalamdb token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
@@ -156,7 +164,11 @@ async fn insert_seq(url: &str, user_token: &str, n: usize) -> Result<Outcome> {
     let started = Instant::now();
     for i in 0..n {
         let t = Instant::now();
-        let r = c.sql(&format!("INSERT INTO bench.seq (content) VALUES ('message {i}')")).await?;
+        let r = c
+            .sql(&format!(
+                "INSERT INTO bench.seq (content) VALUES ('message {i}')"
+            ))
+            .await?;
         client_h.record(t.elapsed().as_micros() as u64)?;
         server_h.record((r.results[0].execution_time_ms * 1000.0) as u64)?;
     }
@@ -179,7 +191,9 @@ async fn insert_seq(url: &str, user_token: &str, n: usize) -> Result<Outcome> {
 }
 
 async fn insert_concurrent(url: &str, args: &Args, writers: usize, each: usize) -> Result<Outcome> {
-    progress(&format!("insert-concurrent: {writers} writers x {each} single-row inserts"));
+    progress(&format!(
+        "insert-concurrent: {writers} writers x {each} single-row inserts"
+    ));
     let mut tasks = Vec::new();
     let started = Instant::now();
     for w in 0..writers {
@@ -188,7 +202,10 @@ async fn insert_concurrent(url: &str, args: &Args, writers: usize, each: usize) 
             let mut h = hist();
             for i in 0..each {
                 let t = Instant::now();
-                c.sql(&format!("INSERT INTO bench.conc (content) VALUES ('w{w} m{i}')")).await?;
+                c.sql(&format!(
+                    "INSERT INTO bench.conc (content) VALUES ('w{w} m{i}')"
+                ))
+                .await?;
                 h.record(t.elapsed().as_micros() as u64)?;
             }
             anyhow::Ok((c, h))
@@ -241,18 +258,27 @@ async fn insert_batch(url: &str, user_token: &str, batches: usize, rows: usize) 
     let mut h = hist();
     let started = Instant::now();
     for b in 0..batches {
-        let sql = format!("INSERT INTO bench.batch (content) VALUES {}", values(b * rows, rows, false));
+        let sql = format!(
+            "INSERT INTO bench.batch (content) VALUES {}",
+            values(b * rows, rows, false)
+        );
         let t = Instant::now();
         let r = c.sql(&sql).await?;
         h.record(t.elapsed().as_micros() as u64)?;
         if r.results[0].affected_rows != Some(rows as u64) {
-            bail!("insert-batch: affected_rows {:?}, expected {rows}", r.results[0].affected_rows);
+            bail!(
+                "insert-batch: affected_rows {:?}, expected {rows}",
+                r.results[0].affected_rows
+            );
         }
     }
     let seconds = started.elapsed().as_secs_f64();
     let stored = count(&c, "SELECT COUNT(*) FROM bench.batch").await?;
     if stored != (batches * rows) as u64 {
-        bail!("insert-batch: {stored} rows stored, {} acknowledged", batches * rows);
+        bail!(
+            "insert-batch: {stored} rows stored, {} acknowledged",
+            batches * rows
+        );
     }
     Ok(Outcome {
         scenario: "insert-batch",
@@ -267,9 +293,12 @@ async fn insert_batch(url: &str, user_token: &str, batches: usize, rows: usize) 
     })
 }
 
-async fn select_user(url: &str, admin: &KalamClient, sizes: &Sizes) -> Result<Outcome> {
+async fn select_user(admin: &KalamClient, sizes: &Sizes) -> Result<Outcome> {
     let total = sizes.users * sizes.rows_per_user;
-    progress(&format!("select-user: loading {total} rows over {} users", sizes.users));
+    progress(&format!(
+        "select-user: loading {total} rows over {} users",
+        sizes.users
+    ));
     let chunk = 1000.min(sizes.rows_per_user);
     let mut loads = Vec::new();
     for u in 0..sizes.users {
@@ -288,7 +317,11 @@ async fn select_user(url: &str, admin: &KalamClient, sizes: &Sizes) -> Result<Ou
         if loads.len() == 4 {
             try_join_all(loads.drain(..)).await?;
             if u % 100 == 99 {
-                progress(&format!("select-user: loaded {} of {} users", u + 1, sizes.users));
+                progress(&format!(
+                    "select-user: loaded {} of {} users",
+                    u + 1,
+                    sizes.users
+                ));
             }
         }
     }
@@ -300,12 +333,18 @@ async fn select_user(url: &str, admin: &KalamClient, sizes: &Sizes) -> Result<Ou
         let user = format!("user{}", (i * 7919) % sizes.users);
         let t = Instant::now();
         let r = c
-            .sql_as("SELECT id, content FROM bench.msgs WHERE conversation_id = 'conversation 3'", Some(&user))
+            .sql_as(
+                "SELECT id, content FROM bench.msgs WHERE conversation_id = 'conversation 3'",
+                Some(&user),
+            )
             .await?;
         h.record(t.elapsed().as_micros() as u64)?;
         let expected = sizes.rows_per_user / 10;
         if r.results[0].row_count != expected {
-            bail!("select-user: {} rows for {user}, expected {expected}", r.results[0].row_count);
+            bail!(
+                "select-user: {} rows for {user}, expected {expected}",
+                r.results[0].row_count
+            );
         }
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -390,14 +429,25 @@ async fn main() -> Result<()> {
     let alice = token(&args, "alice", false)?;
     let outcomes = vec![
         insert_seq(&node.url, &alice, sizes.seq_inserts).await?,
-        insert_concurrent(&node.url, &args, sizes.concurrent_writers, sizes.concurrent_inserts_each).await?,
+        insert_concurrent(
+            &node.url,
+            &args,
+            sizes.concurrent_writers,
+            sizes.concurrent_inserts_each,
+        )
+        .await?,
         insert_batch(&node.url, &alice, sizes.batches, sizes.batch_rows).await?,
-        select_user(&node.url, &admin, &sizes).await?,
+        select_user(&admin, &sizes).await?,
     ];
     println!("durability: sync_writes = {}", args.sync_writes);
     print_table(&outcomes);
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&json!({ "sync_writes": args.sync_writes, "results": outcomes }))?)?;
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(
+                &json!({ "sync_writes": args.sync_writes, "results": outcomes }),
+            )?,
+        )?;
     }
     println!("{} passed, 0 failed", outcomes.len());
     Ok(())

@@ -201,7 +201,9 @@ mod tests {
             {"affected_rows":3,"row_count":0,"rows":[],"columns":[],"execution_time_ms":0.31}],
             "took_ms":0.9}"#;
         let parsed: SqlResponse = serde_json::from_str(text).unwrap();
-        let SqlResponse::Success(ok) = &parsed else { panic!("not success: {parsed:?}") };
+        let SqlResponse::Success(ok) = &parsed else {
+            panic!("not success: {parsed:?}")
+        };
         assert_eq!(ok.results[0].columns[0].data_type, "Int64");
         assert_eq!(ok.results[1].affected_rows, Some(3));
         let again: SqlResponse =

@@ -14,7 +14,13 @@ use kalam_dbnode::sql::provider::RequestContext;
 
 fn ctx(user: &str, role: Role) -> Arc<RequestContext> {
     let user_id = UserId::new(user).expect("valid user id");
-    Arc::new(RequestContext { principal: Principal { user_id: user_id.clone(), role }, user: user_id })
+    Arc::new(RequestContext {
+        principal: Principal {
+            user_id: user_id.clone(),
+            role,
+        },
+        user: user_id,
+    })
 }
 
 async fn run(node: &Node, ctx: &Arc<RequestContext>, sql: &str) -> kalam_client::wire::QueryResult {
@@ -22,7 +28,12 @@ async fn run(node: &Node, ctx: &Arc<RequestContext>, sql: &str) -> kalam_client:
     assert!(err.is_none(), "{sql}: {err:?}");
     let mut last = None;
     for s in stmts.drain(..) {
-        last = Some(node.executor.execute(ctx, s).await.unwrap_or_else(|e| panic!("{sql}: {e}")));
+        last = Some(
+            node.executor
+                .execute(ctx, s)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+        );
     }
     last.expect("one statement")
 }
@@ -30,7 +41,11 @@ async fn run(node: &Node, ctx: &Arc<RequestContext>, sql: &str) -> kalam_client:
 fn engine(c: &mut Criterion) {
     let full = std::env::args().any(|a| a == "--bench");
     let (users, rows_per_user) = if full { (1000, 1000) } else { (20, 100) };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     let config = Config {
         data_dir: dir.path().to_path_buf(),
@@ -59,16 +74,26 @@ fn engine(c: &mut Criterion) {
     c.bench_function("insert_single_row", |b| {
         b.iter(|| {
             i += 1;
-            rt.block_on(run(&node, &alice, &format!("INSERT INTO b.m (content) VALUES ('hello {i}')")))
+            rt.block_on(run(
+                &node,
+                &alice,
+                &format!("INSERT INTO b.m (content) VALUES ('hello {i}')"),
+            ))
         })
     });
     let batch: Vec<String> = (0..1000).map(|i| format!("('row {i}')")).collect();
     let batch_sql = format!("INSERT INTO b.m (content) VALUES {}", batch.join(", "));
-    c.bench_function("insert_batch_1000_rows", |b| b.iter(|| rt.block_on(run(&node, &alice, &batch_sql))));
+    c.bench_function("insert_batch_1000_rows", |b| {
+        b.iter(|| rt.block_on(run(&node, &alice, &batch_sql)))
+    });
     let reader = ctx("user7", Role::User);
     c.bench_function("select_100_of_user_partition", |b| {
         b.iter(|| {
-            let r = rt.block_on(run(&node, &reader, "SELECT id, content FROM b.msgs WHERE conversation_id = 'conversation 3'"));
+            let r = rt.block_on(run(
+                &node,
+                &reader,
+                "SELECT id, content FROM b.msgs WHERE conversation_id = 'conversation 3'",
+            ));
             assert_eq!(r.row_count, rows_per_user / 10);
         })
     });
@@ -78,5 +103,7 @@ criterion_group!(benches, engine);
 
 fn main() {
     benches();
-    criterion::Criterion::default().configure_from_args().final_summary();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
 }

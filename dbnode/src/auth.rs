@@ -92,7 +92,10 @@ impl Authenticator {
                 KalamError::Unauthorized(why.to_string())
             })?;
         let user_id = UserId::new(data.claims.sub)?;
-        Ok(Principal { user_id, role: data.claims.role })
+        Ok(Principal {
+            user_id,
+            role: data.claims.role,
+        })
     }
 
     /// Signs a token for `user` valid for `ttl`.
@@ -153,7 +156,9 @@ fn write_private_file(path: &Path, content: &[u8]) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).map_err(|e| KalamError::CatalogIo(e.to_string()))?;
+    let mut f = opts
+        .open(path)
+        .map_err(|e| KalamError::CatalogIo(e.to_string()))?;
     f.write_all(content)
         .and_then(|_| f.sync_all())
         .map_err(|e| KalamError::CatalogIo(e.to_string()))
@@ -185,7 +190,9 @@ mod tests {
     fn mint_then_verify_and_reject_tampering() {
         let a = Authenticator::new(b"0123456789abcdef0123");
         let alice = UserId::new("alice").unwrap();
-        let t = a.mint(&alice, Role::Admin, Duration::from_secs(60)).unwrap();
+        let t = a
+            .mint(&alice, Role::Admin, Duration::from_secs(60))
+            .unwrap();
         let p = a.verify(&t).unwrap();
         assert_eq!(p.user_id, alice);
         assert!(p.is_admin());
@@ -204,7 +211,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join(SECRET_FILE)).unwrap().permissions().mode();
+            let mode = fs::metadata(dir.path().join(SECRET_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

@@ -107,9 +107,14 @@ impl Config {
             fig = fig.merge(Toml::file(path));
         }
         // Only known keys: an unrelated KALAMDB_* variable must not stop the node.
-        fig = fig.merge(Env::prefixed("KALAMDB_").filter(|k| Self::KEYS.contains(&k.as_str())));
-        let mut cfg: Config =
-            fig.extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        fig = fig.merge(Env::prefixed("KALAMDB_").filter(|k| {
+            Self::KEYS
+                .iter()
+                .any(|known| k.as_str().eq_ignore_ascii_case(known))
+        }));
+        let mut cfg: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if let Some(l) = overrides.listen {
             cfg.listen = l;
         }
@@ -122,13 +127,19 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.node_id.is_empty() || self.node_id.len() > 63 {
-            return Err(ConfigError::Invalid("node_id must be 1 to 63 characters".into()));
+            return Err(ConfigError::Invalid(
+                "node_id must be 1 to 63 characters".into(),
+            ));
         }
         if self.max_request_bytes < 1024 {
-            return Err(ConfigError::Invalid("max_request_bytes must be at least 1024".into()));
+            return Err(ConfigError::Invalid(
+                "max_request_bytes must be at least 1024".into(),
+            ));
         }
         if self.max_result_rows == 0 {
-            return Err(ConfigError::Invalid("max_result_rows must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "max_result_rows must be at least 1".into(),
+            ));
         }
         if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
             return Err(ConfigError::Invalid(
@@ -168,7 +179,12 @@ mod tests {
     #[test]
     fn keys_list_matches_the_struct() {
         let value = serde_json::to_value(Config::default()).unwrap();
-        let mut fields: Vec<&str> = value.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut fields: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
         let mut keys = Config::KEYS.to_vec();
         fields.sort_unstable();
         keys.sort_unstable();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::execution::context::SessionState;
-use datafusion::logical_expr::{lit, Expr};
+use datafusion::logical_expr::{lit, Expr, ExprSchemable};
 use parking_lot::RwLock;
 
 use crate::catalog::{
@@ -18,7 +18,6 @@ use crate::catalog::{
 use crate::config::Config;
 use crate::error::{KalamError, Result};
 use crate::ids::{ColumnName, NamespaceId, Role, TableId, TableName, UserId, SYSTEM_NAMESPACE};
-use crate::sql::functions::SnowflakeGenerator;
 use crate::storage::table::{RowValidator, TableStore};
 use crate::storage::{Storage, StorageOptions, Value};
 
@@ -41,16 +40,22 @@ impl TableRuntime {
 pub struct Engine {
     pub catalog: Catalog,
     pub storage: Arc<Storage>,
-    pub snowflake: Arc<SnowflakeGenerator>,
     tables: RwLock<HashMap<TableId, Arc<TableRuntime>>>,
     users: Arc<TableRuntime>,
 }
 
 /// `system.users`: a SHARED table of the node's own, written by admins.
 fn users_table_def() -> Result<TableDef> {
-    let col = |id: u32, name: &str, data_type, nullable, default: Option<&str>| -> Result<ColumnDef> {
-        Ok(ColumnDef { id, name: ColumnName::new(name)?, data_type, nullable, default: default.map(String::from) })
-    };
+    let col =
+        |id: u32, name: &str, data_type, nullable, default: Option<&str>| -> Result<ColumnDef> {
+            Ok(ColumnDef {
+                id,
+                name: ColumnName::new(name)?,
+                data_type,
+                nullable,
+                default: default.map(String::from),
+            })
+        };
     Ok(TableDef {
         namespace: NamespaceId::new(SYSTEM_NAMESPACE)?,
         name: TableName::new("users")?,
@@ -76,12 +81,15 @@ fn users_table_def() -> Result<TableDef> {
 /// `system.users` rows: a valid user id and a known role.
 fn validate_user_row(_: &TableDef, values: &[Value]) -> Result<()> {
     if let Some(Value::Text(id)) = values.first() {
-        UserId::new(id.clone())
-            .map_err(|_| KalamError::InvalidValue("user_id must match ^[A-Za-z0-9_.@-]{1,128}$".into()))?;
+        UserId::new(id.clone()).map_err(|_| {
+            KalamError::InvalidValue("user_id must match ^[A-Za-z0-9_.@-]{1,128}$".into())
+        })?;
     }
     match values.get(3) {
         Some(Value::Text(r)) if r == Role::User.as_str() || r == Role::Admin.as_str() => Ok(()),
-        _ => Err(KalamError::InvalidValue("role must be 'user' or 'admin'".into())),
+        _ => Err(KalamError::InvalidValue(
+            "role must be 'user' or 'admin'".into(),
+        )),
     }
 }
 
@@ -100,7 +108,12 @@ impl Engine {
         )?);
         let catalog = Catalog::open(config.data_dir.join("catalog"))?;
         let users_def = Arc::new(users_table_def()?);
-        let users = Arc::new(Self::runtime(&storage, users_def, Some(validate_user_row as RowValidator), planner)?);
+        let users = Arc::new(Self::runtime(
+            &storage,
+            users_def,
+            Some(validate_user_row as RowValidator),
+            planner,
+        )?);
         let mut tables = HashMap::new();
         for def in catalog.tables(None) {
             let rt = Self::runtime(&storage, def.clone(), None, planner)?;
@@ -120,7 +133,6 @@ impl Engine {
         Ok(Self {
             catalog,
             storage,
-            snowflake: Arc::new(SnowflakeGenerator::new(&config.node_id)),
             tables: RwLock::new(tables),
             users,
         })
@@ -136,17 +148,30 @@ impl Engine {
         let mut defaults = HashMap::new();
         for col in &def.columns {
             if let Some(text) = &col.default {
-                defaults.insert(col.name.to_string(), compile_default(planner, text, col.data_type)?);
+                defaults.insert(
+                    col.name.to_string(),
+                    compile_default(planner, text, col.data_type)?,
+                );
             }
         }
         if def.kind.has_system_columns() {
             // Placeholders so INSERT plans carry non-NULL system columns; the sink sets the
             // real values at commit.
-            defaults.insert(UPDATED_COLUMN.to_string(), lit(ScalarValue::TimestampMicrosecond(Some(0), Some("UTC".into()))));
+            defaults.insert(
+                UPDATED_COLUMN.to_string(),
+                lit(ScalarValue::TimestampMicrosecond(
+                    Some(0),
+                    Some("UTC".into()),
+                )),
+            );
             defaults.insert(DELETED_COLUMN.to_string(), lit(false));
         }
         let store = Arc::new(TableStore::open(storage.clone(), def, validator)?);
-        Ok(TableRuntime { store, schema, defaults })
+        Ok(TableRuntime {
+            store,
+            schema,
+            defaults,
+        })
     }
 
     pub fn table(&self, id: &TableId) -> Option<Arc<TableRuntime>> {
@@ -157,8 +182,15 @@ impl Engine {
     }
 
     /// Persists the definition (the commit point), then opens its column family.
-    pub fn create_table(&self, def: TableDef, if_not_exists: bool, planner: &SessionState) -> Result<bool> {
-        let Some(def) = self.catalog.create_table(def, if_not_exists)? else { return Ok(false) };
+    pub fn create_table(
+        &self,
+        def: TableDef,
+        if_not_exists: bool,
+        planner: &SessionState,
+    ) -> Result<bool> {
+        let Some(def) = self.catalog.create_table(def, if_not_exists)? else {
+            return Ok(false);
+        };
         let rt = Self::runtime(&self.storage, def.clone(), None, planner)?;
         self.tables.write().insert(def.id(), Arc::new(rt));
         Ok(true)
@@ -177,10 +209,15 @@ impl Engine {
 pub fn compile_default(planner: &SessionState, text: &str, t: KalamType) -> Result<Expr> {
     let expr = planner
         .create_logical_expr(text, &DFSchema::empty())
-        .map_err(|e| KalamError::InvalidTableDefinition(format!("DEFAULT {text}: {}", KalamError::from(e))))?;
+        .map_err(|e| {
+            KalamError::InvalidTableDefinition(format!("DEFAULT {text}: {}", KalamError::from(e)))
+        })?;
     if expr.any_column_refs() {
-        return Err(KalamError::InvalidTableDefinition(format!("DEFAULT {text} may not refer to columns")));
+        return Err(KalamError::InvalidTableDefinition(format!(
+            "DEFAULT {text} may not refer to columns"
+        )));
     }
-    expr.cast_to(&t.arrow(), &DFSchema::empty())
-        .map_err(|e| KalamError::InvalidTableDefinition(format!("DEFAULT {text}: {}", KalamError::from(e))))
+    expr.cast_to(&t.arrow(), &DFSchema::empty()).map_err(|e| {
+        KalamError::InvalidTableDefinition(format!("DEFAULT {text}: {}", KalamError::from(e)))
+    })
 }

@@ -56,12 +56,17 @@ pub enum KalamError {
     #[error("table '{0}' already exists")]
     TableAlreadyExists(String),
     #[error("namespace '{namespace}' still has tables")]
-    NamespaceNotEmpty { namespace: String, tables: Vec<String> },
+    NamespaceNotEmpty {
+        namespace: String,
+        tables: Vec<String>,
+    },
     #[error("a row with primary key {key} already exists in {table}")]
     PrimaryKeyViolation { table: String, key: String },
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
-    #[error("the result has more than {0} rows (max_result_rows); add a LIMIT or a narrower WHERE")]
+    #[error(
+        "the result has more than {0} rows (max_result_rows); add a LIMIT or a narrower WHERE"
+    )]
     ResultTooLarge(usize),
     #[error("storage error: {0}")]
     Storage(String),
@@ -110,12 +115,18 @@ impl KalamError {
                 tracing::error!(error = %self, "internal error");
                 ("internal error; see the node's log".to_string(), None)
             }
-            KalamError::NamespaceNotEmpty { tables, .. } => {
-                (self.to_string(), Some(format!("tables: {}", tables.join(", "))))
-            }
+            KalamError::NamespaceNotEmpty { tables, .. } => (
+                self.to_string(),
+                Some(format!("tables: {}", tables.join(", "))),
+            ),
             other => (other.to_string(), None),
         };
-        ApiError { code, message, details, statement_index }
+        ApiError {
+            code,
+            message,
+            details,
+            statement_index,
+        }
     }
 
     pub fn storage(e: impl std::fmt::Display) -> Self {
@@ -161,8 +172,17 @@ impl From<DataFusionError> for KalamError {
             DataFusionError::ResourcesExhausted(m) => KalamError::Internal(m),
             DataFusionError::Internal(m) => KalamError::Internal(m),
             DataFusionError::ExecutionJoin(e) => KalamError::Internal(e.to_string()),
+            DataFusionError::ArrowError(e, _) if e.to_string().contains("non-nullable") => {
+                KalamError::InvalidValue(format!(
+                    "NULL in a NOT NULL column: {}",
+                    clean_df_message(&e.to_string())
+                ))
+            }
             DataFusionError::Execution(m) if m.contains("non-nullable") => {
-                KalamError::InvalidValue(format!("NULL in a NOT NULL column: {}", clean_df_message(&m)))
+                KalamError::InvalidValue(format!(
+                    "NULL in a NOT NULL column: {}",
+                    clean_df_message(&m)
+                ))
             }
             other => KalamError::SqlPlan(clean_df_message(&other.to_string())),
         }

@@ -96,7 +96,8 @@ impl UserId {
     pub fn new(s: impl Into<String>) -> Result<Self, KalamError> {
         let s = s.into();
         let ok = (1..=128).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'))
             && s != "."
             && s != "..";
         if ok {
@@ -186,7 +187,17 @@ mod tests {
         for ok in ["alice", "a.b@c-d_e", "U1"] {
             assert!(UserId::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "..", ".", "../x", "a/b", "a:b", "a b", "ü", &"a".repeat(129)] {
+        for bad in [
+            "",
+            "..",
+            ".",
+            "../x",
+            "a/b",
+            "a:b",
+            "a b",
+            "ü",
+            &"a".repeat(129),
+        ] {
             assert!(UserId::new(bad).is_err(), "{bad}");
         }
     }

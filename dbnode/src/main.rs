@@ -54,7 +54,13 @@ fn main() -> ExitCode {
         Command::Serve { listen } => *listen,
         Command::Token { .. } => None,
     };
-    let config = match Config::load(cli.config.as_deref(), &Overrides { listen, data_dir: cli.data_dir.clone() }) {
+    let config = match Config::load(
+        cli.config.as_deref(),
+        &Overrides {
+            listen,
+            data_dir: cli.data_dir.clone(),
+        },
+    ) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kalamdb: {e}");
@@ -72,8 +78,13 @@ fn token(config: &Config, user: &str, admin: bool, ttl: &str) -> ExitCode {
         let user = UserId::new(user)?;
         let ttl = parse_duration(ttl)
             .filter(|d| *d >= Duration::from_secs(1))
-            .ok_or_else(|| kalam_dbnode::error::KalamError::InvalidRequest(format!("--ttl '{ttl}' is not a duration such as 1h")))?;
-        let (secret, _) = auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir, false)?;
+            .ok_or_else(|| {
+                kalam_dbnode::error::KalamError::InvalidRequest(format!(
+                    "--ttl '{ttl}' is not a duration such as 1h"
+                ))
+            })?;
+        let (secret, _) =
+            auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir, false)?;
         Authenticator::new(&secret).mint(&user, if admin { Role::Admin } else { Role::User }, ttl)
     })();
     match result {
@@ -92,7 +103,9 @@ fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_env("KALAMDB_LOG")
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -101,7 +114,13 @@ fn init_logging(config: &Config) {
 
 fn serve(config: Config) -> ExitCode {
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        // Deep but legal SQL (a 2,000-term expression) recurses in planning; big virtual stacks
+        // turn that into work instead of a crash. Only touched pages cost memory.
+        .thread_stack_size(64 * 1024 * 1024)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("kalamdb: cannot start the runtime: {e}");

@@ -1,7 +1,9 @@
 //! Prometheus metrics users graph: statement rates and latencies by kind and outcome, HTTP
 //! requests by route and status. Served at `GET /metrics`.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -14,40 +16,63 @@ pub struct Metrics {
 
 /// Buckets from 50µs to 10s: single-row writes live at the bottom, scans at the top.
 const BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
 ];
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let statements = IntCounterVec::new(
-            Opts::new("kalamdb_sql_statements_total", "SQL statements executed, by kind and status"),
+            Opts::new(
+                "kalamdb_sql_statements_total",
+                "SQL statements executed, by kind and status",
+            ),
             &["kind", "status"],
         )?;
         let statement_seconds = HistogramVec::new(
-            HistogramOpts::new("kalamdb_sql_statement_duration_seconds", "Server-side time per SQL statement")
-                .buckets(BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "kalamdb_sql_statement_duration_seconds",
+                "Server-side time per SQL statement",
+            )
+            .buckets(BUCKETS.to_vec()),
             &["kind"],
         )?;
         let http_requests = IntCounterVec::new(
-            Opts::new("kalamdb_http_requests_total", "HTTP requests, by route and status code"),
+            Opts::new(
+                "kalamdb_http_requests_total",
+                "HTTP requests, by route and status code",
+            ),
             &["route", "status"],
         )?;
         let http_seconds = HistogramVec::new(
-            HistogramOpts::new("kalamdb_http_request_duration_seconds", "HTTP request latency by route")
-                .buckets(BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "kalamdb_http_request_duration_seconds",
+                "HTTP request latency by route",
+            )
+            .buckets(BUCKETS.to_vec()),
             &["route"],
         )?;
         registry.register(Box::new(statements.clone()))?;
         registry.register(Box::new(statement_seconds.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_seconds.clone()))?;
-        Ok(Self { registry, statements, statement_seconds, http_requests, http_seconds })
+        Ok(Self {
+            registry,
+            statements,
+            statement_seconds,
+            http_requests,
+            http_seconds,
+        })
     }
 
     pub fn statement(&self, kind: &str, ok: bool, seconds: f64) {
-        self.statements.with_label_values(&[kind, if ok { "ok" } else { "error" }]).inc();
-        self.statement_seconds.with_label_values(&[kind]).observe(seconds);
+        self.statements
+            .with_label_values(&[kind, if ok { "ok" } else { "error" }])
+            .inc();
+        self.statement_seconds
+            .with_label_values(&[kind])
+            .observe(seconds);
     }
 
     pub fn render(&self) -> String {

@@ -26,7 +26,8 @@ impl Node {
     /// Opens storage and catalog (repairing what a crash left), loads or creates the JWT
     /// secret, and builds the query engine.
     pub fn open(config: Config) -> Result<Arc<Self>> {
-        let (secret, source) = auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir, true)?;
+        let (secret, source) =
+            auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir, true)?;
         if source == SecretSource::GeneratedNow {
             tracing::info!(
                 path = %config.data_dir.join("jwt_secret").display(),
@@ -37,7 +38,10 @@ impl Node {
         let snowflake = Arc::new(SnowflakeGenerator::new(&config.node_id));
         let planner = planner_state(snowflake.clone(), None);
         let engine = Arc::new(Engine::open(&config, &planner)?);
-        let base = planner_state(snowflake, Some(Arc::new(KalamCatalogList::new(engine.clone()))));
+        let base = planner_state(
+            snowflake,
+            Some(Arc::new(KalamCatalogList::new(engine.clone()))),
+        );
         let executor = Executor::new(engine, base, config.max_result_rows);
         let metrics = Metrics::new().map_err(KalamError::internal)?;
         Ok(Arc::new(Self {

@@ -7,7 +7,7 @@ mod sql;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +25,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        // `/api/sql` enforces `max_request_bytes` itself, with the JSON error shape.
+        .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(node.clone(), observe))
         .layer(cors(&node.config.cors_allowed_origins))
         .with_state(node)
@@ -51,7 +53,11 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics.render(),
+    )
+        .into_response()
 }
 
 /// Logs and measures every request by its route (never its query string or headers).
@@ -66,8 +72,14 @@ async fn observe(State(node): State<Arc<Node>>, req: Request, next: Next) -> Res
     let response = next.run(req).await;
     let elapsed = started.elapsed();
     let status = response.status();
-    node.metrics.http_requests.with_label_values(&[&route, status.as_str()]).inc();
-    node.metrics.http_seconds.with_label_values(&[&route]).observe(elapsed.as_secs_f64());
+    node.metrics
+        .http_requests
+        .with_label_values(&[&route, status.as_str()])
+        .inc();
+    node.metrics
+        .http_seconds
+        .with_label_values(&[&route])
+        .observe(elapsed.as_secs_f64());
     if route != "/healthz" && route != "/readyz" && route != "/metrics" {
         tracing::info!(%method, route, status = status.as_u16(), latency_ms = elapsed.as_secs_f64() * 1000.0, "request");
     }
@@ -76,7 +88,8 @@ async fn observe(State(node): State<Arc<Node>>, req: Request, next: Next) -> Res
 
 /// The JSON error response of API.md, with the HTTP status of its code.
 pub fn error_response(error: ApiError) -> Response {
-    let status = StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(SqlResponse::Error { error })).into_response()
 }
 

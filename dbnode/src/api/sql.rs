@@ -24,13 +24,21 @@ use crate::sql::parser::parse_statements;
 use crate::sql::provider::RequestContext;
 
 fn bearer(headers: &HeaderMap) -> Result<&str, KalamError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| KalamError::Unauthorized("missing Authorization: Bearer <token> header".into()))?;
-    let value = value.to_str().map_err(|_| KalamError::Unauthorized("malformed Authorization header".into()))?;
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        KalamError::Unauthorized("missing Authorization: Bearer <token> header".into())
+    })?;
+    let value = value
+        .to_str()
+        .map_err(|_| KalamError::Unauthorized("malformed Authorization header".into()))?;
     match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(token.trim()),
-        _ => Err(KalamError::Unauthorized("Authorization must be 'Bearer <token>'".into())),
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(KalamError::Unauthorized(
+            "Authorization must be 'Bearer <token>'".into(),
+        )),
     }
 }
 
@@ -48,7 +56,10 @@ pub async fn handle(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bod
     let request: SqlRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => {
-            return KalamError::InvalidRequest(format!("the body must be JSON {{\"sql\": \"...\"}}: {e}")).into_response()
+            return KalamError::InvalidRequest(format!(
+                "the body must be JSON {{\"sql\": \"...\"}}: {e}"
+            ))
+            .into_response()
         }
     };
     let ctx = match context(principal, request.as_user.as_deref()) {
@@ -75,10 +86,13 @@ fn context(principal: Principal, as_user: Option<&str>) -> Result<RequestContext
     let user = match as_user {
         None => principal.user_id.clone(),
         Some(_) if !principal.is_admin() => {
-            return Err(KalamError::Forbidden("as_user requires an admin token".into()))
+            return Err(KalamError::Forbidden(
+                "as_user requires an admin token".into(),
+            ))
         }
-        Some(u) => UserId::new(u)
-            .map_err(|_| KalamError::InvalidRequest("as_user must match ^[A-Za-z0-9_.@-]{1,128}$".into()))?,
+        Some(u) => UserId::new(u).map_err(|_| {
+            KalamError::InvalidRequest("as_user must match ^[A-Za-z0-9_.@-]{1,128}$".into())
+        })?,
     };
     Ok(RequestContext { principal, user })
 }
@@ -111,5 +125,8 @@ async fn run_statements(
         node.metrics.statement("invalid", false, 0.0);
         return Err(e.to_api(Some(results.len())));
     }
-    Ok(SqlSuccess { results, took_ms: 0.0 })
+    Ok(SqlSuccess {
+        results,
+        took_ms: 0.0,
+    })
 }

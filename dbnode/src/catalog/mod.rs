@@ -63,18 +63,24 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> KalamError {
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().ok_or_else(|| io_err(path, "no parent directory"))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| io_err(path, "no parent directory"))?;
     fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| io_err(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io_err(&tmp, e))?;
     drop(f);
     fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
     sync_dir(dir)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, e))
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, e))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
@@ -99,7 +105,10 @@ impl Catalog {
                 continue;
             }
             let def: NamespaceDef = read_json(&ns_dir.join(NAMESPACE_FILE))?;
-            let mut entry = NamespaceEntry { def: Some(def.clone()), tables: BTreeMap::new() };
+            let mut entry = NamespaceEntry {
+                def: Some(def.clone()),
+                tables: BTreeMap::new(),
+            };
             for table_dir in subdirs(&ns_dir)? {
                 match Self::load_table(&table_dir)? {
                     Some(t) => {
@@ -113,7 +122,11 @@ impl Catalog {
             }
             state.insert(def.name.clone(), entry);
         }
-        Ok(Self { root, state: RwLock::new(state), ddl: Mutex::new(()) })
+        Ok(Self {
+            root,
+            state: RwLock::new(state),
+            ddl: Mutex::new(()),
+        })
     }
 
     fn load_table(dir: &Path) -> Result<Option<TableDef>> {
@@ -128,9 +141,14 @@ impl Catalog {
             .ok_or_else(|| io_err(&manifest_path, "no schema_version"))?;
         let schema: SchemaFile = read_json(&dir.join(format!("schema_v{version}.json")))?;
         if let Some(obj) = value.as_object_mut() {
-            obj.insert("columns".into(), serde_json::to_value(schema.columns).map_err(KalamError::internal)?);
+            obj.insert(
+                "columns".into(),
+                serde_json::to_value(schema.columns).map_err(KalamError::internal)?,
+            );
         }
-        serde_json::from_value(value).map(Some).map_err(|e| io_err(&manifest_path, e))
+        serde_json::from_value(value)
+            .map(Some)
+            .map_err(|e| io_err(&manifest_path, e))
     }
 
     fn ns_dir(&self, ns: &NamespaceId) -> PathBuf {
@@ -174,10 +192,17 @@ impl Catalog {
                 Err(KalamError::NamespaceAlreadyExists(def.name.to_string()))
             };
         }
-        write_atomic(&self.ns_dir(&def.name).join(NAMESPACE_FILE), &to_json(&def)?)?;
-        self.state
-            .write()
-            .insert(def.name.clone(), NamespaceEntry { def: Some(def), tables: BTreeMap::new() });
+        write_atomic(
+            &self.ns_dir(&def.name).join(NAMESPACE_FILE),
+            &to_json(&def)?,
+        )?;
+        self.state.write().insert(
+            def.name.clone(),
+            NamespaceEntry {
+                def: Some(def),
+                tables: BTreeMap::new(),
+            },
+        );
         Ok(true)
     }
 
@@ -188,8 +213,9 @@ impl Catalog {
         options: serde_json::Map<String, serde_json::Value>,
     ) -> Result<NamespaceDef> {
         let _ddl = self.ddl.lock();
-        let mut def =
-            self.namespace(ns).ok_or_else(|| KalamError::NamespaceNotFound(ns.to_string()))?;
+        let mut def = self
+            .namespace(ns)
+            .ok_or_else(|| KalamError::NamespaceNotFound(ns.to_string()))?;
         for (k, v) in options {
             if v.is_null() {
                 def.options.remove(&k);
@@ -232,7 +258,10 @@ impl Catalog {
     }
 
     pub fn table(&self, id: &TableId) -> Option<Arc<TableDef>> {
-        self.state.read().get(&id.namespace).and_then(|e| e.tables.get(&id.table).cloned())
+        self.state
+            .read()
+            .get(&id.namespace)
+            .and_then(|e| e.tables.get(&id.table).cloned())
     }
 
     /// Tables of one namespace, or of all, ordered by namespace then name.
@@ -246,7 +275,11 @@ impl Catalog {
     }
 
     /// Persists a new table. Returns `None` when it exists and `if_not_exists` is set.
-    pub fn create_table(&self, def: TableDef, if_not_exists: bool) -> Result<Option<Arc<TableDef>>> {
+    pub fn create_table(
+        &self,
+        def: TableDef,
+        if_not_exists: bool,
+    ) -> Result<Option<Arc<TableDef>>> {
         Self::reserved(&def.namespace)?;
         let _ddl = self.ddl.lock();
         {
@@ -267,13 +300,22 @@ impl Catalog {
             // A leftover of a drop that crashed after its commit point: not a live table.
             fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
         }
-        let schema = SchemaFile { schema_version: def.schema_version, columns: def.columns.clone() };
-        write_atomic(&dir.join(format!("schema_v{}.json", def.schema_version)), &to_json(&schema)?)?;
+        let schema = SchemaFile {
+            schema_version: def.schema_version,
+            columns: def.columns.clone(),
+        };
+        write_atomic(
+            &dir.join(format!("schema_v{}.json", def.schema_version)),
+            &to_json(&schema)?,
+        )?;
         let mut manifest = serde_json::to_value(&def).map_err(KalamError::internal)?;
         if let Some(obj) = manifest.as_object_mut() {
             obj.remove("columns");
         }
-        write_atomic(&dir.join(MANIFEST_FILE), &to_json(&Manifest { table: manifest })?)?;
+        write_atomic(
+            &dir.join(MANIFEST_FILE),
+            &to_json(&Manifest { table: manifest })?,
+        )?;
         let def = Arc::new(def);
         if let Some(e) = self.state.write().get_mut(&def.namespace) {
             e.tables.insert(def.name.clone(), def.clone());
@@ -284,7 +326,9 @@ impl Catalog {
     /// Removes a table's definition (the commit point), then its directory.
     pub fn drop_table(&self, id: &TableId) -> Result<Arc<TableDef>> {
         let _ddl = self.ddl.lock();
-        let def = self.table(id).ok_or_else(|| KalamError::TableNotFound(id.to_string()))?;
+        let def = self
+            .table(id)
+            .ok_or_else(|| KalamError::TableNotFound(id.to_string()))?;
         let dir = self.table_dir(id);
         let commit = dir.join(MANIFEST_FILE);
         fs::remove_file(&commit).map_err(|e| io_err(&commit, e))?;
@@ -316,7 +360,11 @@ mod tests {
     use chrono::Utc;
 
     fn ns(name: &str) -> NamespaceDef {
-        NamespaceDef { name: NamespaceId::new(name).unwrap(), created_at: Utc::now(), options: Default::default() }
+        NamespaceDef {
+            name: NamespaceId::new(name).unwrap(),
+            created_at: Utc::now(),
+            options: Default::default(),
+        }
     }
 
     fn table(name: &str) -> TableDef {
@@ -349,17 +397,26 @@ mod tests {
             let c = Catalog::open(dir.path()).unwrap();
             assert!(c.create_namespace(ns("app"), false).unwrap());
             assert!(!c.create_namespace(ns("app"), true).unwrap());
-            assert!(matches!(c.create_namespace(ns("app"), false), Err(KalamError::NamespaceAlreadyExists(_))));
+            assert!(matches!(
+                c.create_namespace(ns("app"), false),
+                Err(KalamError::NamespaceAlreadyExists(_))
+            ));
             assert!(c.create_namespace(ns("system"), false).is_err());
             c.create_table(table("messages"), false).unwrap();
-            let err = c.drop_namespace(&NamespaceId::new("app").unwrap(), false).unwrap_err();
-            assert!(matches!(err, KalamError::NamespaceNotEmpty { ref tables, .. } if tables == &["messages"]));
+            let err = c
+                .drop_namespace(&NamespaceId::new("app").unwrap(), false)
+                .unwrap_err();
+            assert!(
+                matches!(err, KalamError::NamespaceNotEmpty { ref tables, .. } if tables == &["messages"])
+            );
         }
         let c = Catalog::open(dir.path()).unwrap();
         let t = c.table(&table("messages").id()).unwrap();
         assert_eq!(*t, table("messages").clone_with_created(t.created_at));
         c.drop_table(&t.id()).unwrap();
-        assert!(c.drop_namespace(&NamespaceId::new("app").unwrap(), false).unwrap());
+        assert!(c
+            .drop_namespace(&NamespaceId::new("app").unwrap(), false)
+            .unwrap());
         assert!(Catalog::open(dir.path()).unwrap().namespaces().is_empty());
     }
 

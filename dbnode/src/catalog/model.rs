@@ -99,7 +99,10 @@ impl KalamType {
 
     /// Types a primary key may have: they have an exact, order-preserving key encoding.
     pub fn can_be_primary_key(self) -> bool {
-        matches!(self, KalamType::SmallInt | KalamType::Int | KalamType::BigInt | KalamType::Text)
+        matches!(
+            self,
+            KalamType::SmallInt | KalamType::Int | KalamType::BigInt | KalamType::Text
+        )
     }
 }
 
@@ -127,7 +130,10 @@ pub struct FlushPolicy {
 
 impl Default for FlushPolicy {
     fn default() -> Self {
-        Self { rows: Some(10_000), interval_secs: Some(300) }
+        Self {
+            rows: Some(10_000),
+            interval_secs: Some(300),
+        }
     }
 }
 
@@ -245,14 +251,20 @@ impl TableDef {
             })
             .collect();
         if self.kind.has_system_columns() {
-            fields.push(Field::new(UPDATED_COLUMN, KalamType::Timestamp.arrow(), false));
+            fields.push(Field::new(
+                UPDATED_COLUMN,
+                KalamType::Timestamp.arrow(),
+                false,
+            ));
             fields.push(Field::new(DELETED_COLUMN, DataType::Boolean, false));
         }
         Arc::new(Schema::new(fields))
     }
 
     pub fn deleted_retention_text(&self) -> String {
-        self.deleted_retention_secs.map(human_duration).unwrap_or_else(|| "off".into())
+        self.deleted_retention_secs
+            .map(human_duration)
+            .unwrap_or_else(|| "off".into())
     }
 }
 

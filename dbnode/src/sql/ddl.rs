@@ -8,8 +8,7 @@ use rand::RngCore;
 
 use crate::auth::parse_duration;
 use crate::catalog::{
-    ColumnDef, FlushPolicy, KalamType, LocationSpec, TableDef, TableKind, DELETED_COLUMN,
-    UPDATED_COLUMN,
+    ColumnDef, KalamType, LocationSpec, TableDef, TableKind, DELETED_COLUMN, UPDATED_COLUMN,
 };
 use crate::error::{clip, KalamError, Result};
 use crate::ids::ColumnName;
@@ -37,9 +36,10 @@ pub fn kalam_type(data_type: &impl std::fmt::Display) -> Result<KalamType> {
         "TEXT" | "STRING" | "VARCHAR" | "CHARACTER VARYING" => KalamType::Text,
         "BYTES" | "BYTEA" | "BLOB" | "VARBINARY" => KalamType::Bytes,
         "DATE" => KalamType::Date,
-        "TIMESTAMP" | "TIMESTAMPTZ" | "TIMESTAMP WITH TIME ZONE" | "TIMESTAMP WITHOUT TIME ZONE" => {
-            KalamType::Timestamp
-        }
+        "TIMESTAMP"
+        | "TIMESTAMPTZ"
+        | "TIMESTAMP WITH TIME ZONE"
+        | "TIMESTAMP WITHOUT TIME ZONE" => KalamType::Timestamp,
         "JSON" | "JSONB" => KalamType::Json,
         "DECIMAL" | "NUMERIC" => {
             let args: Vec<&str> = printed
@@ -54,7 +54,9 @@ pub fn kalam_type(data_type: &impl std::fmt::Display) -> Result<KalamType> {
                 _ => (0, 0),
             };
             if !(1..=38).contains(&precision) || scale < 0 || scale as u8 > precision {
-                return Err(bad(format!("{printed}: DECIMAL needs 1 <= precision <= 38 and 0 <= scale <= precision")));
+                return Err(bad(format!(
+                    "{printed}: DECIMAL needs 1 <= precision <= 38 and 0 <= scale <= precision"
+                )));
             }
             KalamType::Decimal { precision, scale }
         }
@@ -81,7 +83,9 @@ fn column_name(raw: &str) -> Result<ColumnName> {
 
 /// Checks a `LOCATION '...'` path for the table's kind.
 fn check_location(kind: TableKind, location: &LocationSpec) -> Result<()> {
-    let LocationSpec::Path(path) = location else { return Ok(()) };
+    let LocationSpec::Path(path) = location else {
+        return Ok(());
+    };
     if path.trim().is_empty() {
         return Err(bad("LOCATION must not be empty"));
     }
@@ -90,7 +94,9 @@ fn check_location(kind: TableKind, location: &LocationSpec) -> Result<()> {
     }
     let without = path.replace(USER_ID_PLACEHOLDER, "");
     if without.contains("${") {
-        return Err(bad(format!("LOCATION: the only placeholder is {USER_ID_PLACEHOLDER}")));
+        return Err(bad(format!(
+            "LOCATION: the only placeholder is {USER_ID_PLACEHOLDER}"
+        )));
     }
     if kind != TableKind::User && path.contains(USER_ID_PLACEHOLDER) {
         return Err(bad(format!(
@@ -101,7 +107,10 @@ fn check_location(kind: TableKind, location: &LocationSpec) -> Result<()> {
 }
 
 /// Builds the table definition; `check_default` compiles a DEFAULT expression for its type.
-pub fn table_def(c: &CreateTable, check_default: impl Fn(&str, KalamType) -> Result<()>) -> Result<TableDef> {
+pub fn table_def(
+    c: &CreateTable,
+    check_default: impl Fn(&str, KalamType) -> Result<()>,
+) -> Result<TableDef> {
     if c.kind == TableKind::Stream {
         return Err(KalamError::Unsupported(
             "STREAM tables are not available on this node yet; use a USER or SHARED table".into(),
@@ -115,7 +124,13 @@ pub fn table_def(c: &CreateTable, check_default: impl Fn(&str, KalamType) -> Res
             return Err(bad(format!("column '{name}' is declared twice")));
         }
         let data_type = kalam_type(&col.data_type)?;
-        let mut def = ColumnDef { id: i as u32 + 1, name, data_type, nullable: true, default: None };
+        let mut def = ColumnDef {
+            id: i as u32 + 1,
+            name,
+            data_type,
+            nullable: true,
+            default: None,
+        };
         for opt in &col.options {
             match &opt.option {
                 ColumnOption::NotNull => def.nullable = false,
@@ -140,13 +155,20 @@ pub fn table_def(c: &CreateTable, check_default: impl Fn(&str, KalamType) -> Res
                     primary.push(col.column.expr.to_string());
                 }
             }
-            other => return Err(bad(format!("constraint {} is not supported", clip(&other.to_string())))),
+            other => {
+                return Err(bad(format!(
+                    "constraint {} is not supported",
+                    clip(&other.to_string())
+                )))
+            }
         }
     }
     let primary_key = match primary.as_slice() {
         [] => {
             if columns.iter().any(|c| c.name.as_str() == "id") {
-                return Err(bad("a column named 'id' exists but is not the PRIMARY KEY: declare the key"));
+                return Err(bad(
+                    "a column named 'id' exists but is not the PRIMARY KEY: declare the key",
+                ));
             }
             let id = ColumnDef {
                 id: columns.iter().map(|c| c.id).max().unwrap_or(0) + 1,
@@ -186,7 +208,9 @@ pub fn table_def(c: &CreateTable, check_default: impl Fn(&str, KalamType) -> Res
     let mut deleted_retention_secs = None;
     for (key, value) in &c.with {
         match (key.as_str(), value) {
-            ("deleted_retention", serde_json::Value::String(s)) if s.eq_ignore_ascii_case("off") => {
+            ("deleted_retention", serde_json::Value::String(s))
+                if s.eq_ignore_ascii_case("off") =>
+            {
                 deleted_retention_secs = None
             }
             ("deleted_retention", serde_json::Value::String(s)) => {
@@ -202,12 +226,10 @@ pub fn table_def(c: &CreateTable, check_default: impl Fn(&str, KalamType) -> Res
                         .as_secs(),
                 )
             }
-            (key, _) => {
-                return Err(KalamError::InvalidOption(format!(
-                    "unknown or ill-typed table option '{}' (known: deleted_retention = '7d' | 'off')",
-                    clip(key)
-                )))
-            }
+            (key, _) => return Err(KalamError::InvalidOption(format!(
+                "unknown or ill-typed table option '{}' (known: deleted_retention = '7d' | 'off')",
+                clip(key)
+            ))),
         }
     }
     let mut uid = [0u8; 4];
@@ -217,7 +239,11 @@ pub fn table_def(c: &CreateTable, check_default: impl Fn(&str, KalamType) -> Res
         namespace: c.table.namespace.clone(),
         name: c.table.table.clone(),
         kind: c.kind,
-        uid: format!("{:x}{}", now.timestamp_micros(), uid.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        uid: format!(
+            "{:x}{}",
+            now.timestamp_micros(),
+            uid.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
         created_at: now,
         schema_version: 1,
         columns,
@@ -243,7 +269,9 @@ mod tests {
         if let Some(e) = err {
             return Err(e);
         }
-        let KalamStatement::CreateTable(c) = v.remove(0) else { panic!("not a CREATE TABLE") };
+        let KalamStatement::CreateTable(c) = v.remove(0) else {
+            panic!("not a CREATE TABLE")
+        };
         table_def(&c, |_, _| Ok(()))
     }
 
@@ -255,22 +283,52 @@ mod tests {
         let t = def("CREATE SHARED TABLE app.c (name TEXT, PRIMARY KEY (name))").unwrap();
         assert_eq!(t.primary_key.as_str(), "name");
         assert!(!t.columns[0].nullable);
-        assert_eq!(t.flush_policy, FlushPolicy::default());
+        assert_eq!(t.flush_policy, crate::catalog::FlushPolicy::default());
     }
 
     #[test]
     fn invalid_definitions_are_refused_with_their_code() {
         let code = |sql: &str| def(sql).unwrap_err().code().to_string();
-        assert_eq!(code("CREATE USER TABLE app.m (x DOUBLE PRIMARY KEY)"), "INVALID_TABLE_DEFINITION");
-        assert_eq!(code("CREATE USER TABLE app.m (a INT PRIMARY KEY, b INT PRIMARY KEY)"), "INVALID_TABLE_DEFINITION");
-        assert_eq!(code("CREATE USER TABLE app.m (_updated INT)"), "INVALID_TABLE_DEFINITION");
-        assert_eq!(code("CREATE USER TABLE app.m (a GEOMETRY)"), "INVALID_TABLE_DEFINITION");
-        assert_eq!(code("CREATE USER TABLE app.m (a INT, a TEXT)"), "INVALID_TABLE_DEFINITION");
-        assert_eq!(code("CREATE SHARED TABLE app.m (a INT) LOCATION '/x/${user_id}/'"), "INVALID_TABLE_DEFINITION");
-        assert_eq!(code("CREATE USER TABLE app.m (a INT) LOCATION '/x/../y'"), "INVALID_TABLE_DEFINITION");
-        assert_eq!(code("CREATE USER TABLE app.m (a INT) WITH (colour = 'red')"), "INVALID_OPTION");
-        assert_eq!(code("CREATE USER TABLE app.m (a INT) WITH (deleted_retention = 'soon')"), "INVALID_OPTION");
-        assert_eq!(code("CREATE USER TABLE app.m (a DECIMAL(50,2))"), "INVALID_TABLE_DEFINITION");
+        assert_eq!(
+            code("CREATE USER TABLE app.m (x DOUBLE PRIMARY KEY)"),
+            "INVALID_TABLE_DEFINITION"
+        );
+        assert_eq!(
+            code("CREATE USER TABLE app.m (a INT PRIMARY KEY, b INT PRIMARY KEY)"),
+            "INVALID_TABLE_DEFINITION"
+        );
+        assert_eq!(
+            code("CREATE USER TABLE app.m (_updated INT)"),
+            "INVALID_TABLE_DEFINITION"
+        );
+        assert_eq!(
+            code("CREATE USER TABLE app.m (a GEOMETRY)"),
+            "INVALID_TABLE_DEFINITION"
+        );
+        assert_eq!(
+            code("CREATE USER TABLE app.m (a INT, a TEXT)"),
+            "INVALID_TABLE_DEFINITION"
+        );
+        assert_eq!(
+            code("CREATE SHARED TABLE app.m (a INT) LOCATION '/x/${user_id}/'"),
+            "INVALID_TABLE_DEFINITION"
+        );
+        assert_eq!(
+            code("CREATE USER TABLE app.m (a INT) LOCATION '/x/../y'"),
+            "INVALID_TABLE_DEFINITION"
+        );
+        assert_eq!(
+            code("CREATE USER TABLE app.m (a INT) WITH (colour = 'red')"),
+            "INVALID_OPTION"
+        );
+        assert_eq!(
+            code("CREATE USER TABLE app.m (a INT) WITH (deleted_retention = 'soon')"),
+            "INVALID_OPTION"
+        );
+        assert_eq!(
+            code("CREATE USER TABLE app.m (a DECIMAL(50,2))"),
+            "INVALID_TABLE_DEFINITION"
+        );
     }
 
     #[test]
@@ -278,10 +336,30 @@ mod tests {
         let t = def("CREATE USER TABLE app.t (a BOOLEAN, b SMALLINT, c INT, d BIGINT, e FLOAT, f DOUBLE, \
                      g DECIMAL(10,2), h TEXT, i STRING, j VARCHAR, k BYTES, l DATE, m TIMESTAMP, n JSON)")
             .unwrap();
-        let types: Vec<String> = t.columns.iter().skip(1).map(|c| c.data_type.sql_name()).collect();
+        let types: Vec<String> = t
+            .columns
+            .iter()
+            .skip(1)
+            .map(|c| c.data_type.sql_name())
+            .collect();
         assert_eq!(
             types,
-            ["BOOLEAN", "SMALLINT", "INT", "BIGINT", "FLOAT", "DOUBLE", "DECIMAL(10,2)", "TEXT", "TEXT", "TEXT", "BYTES", "DATE", "TIMESTAMP", "JSON"]
+            [
+                "BOOLEAN",
+                "SMALLINT",
+                "INT",
+                "BIGINT",
+                "FLOAT",
+                "DOUBLE",
+                "DECIMAL(10,2)",
+                "TEXT",
+                "TEXT",
+                "TEXT",
+                "BYTES",
+                "DATE",
+                "TIMESTAMP",
+                "JSON"
+            ]
         );
         let t = def("CREATE USER TABLE app.t (x INT) WITH (deleted_retention = '7d')").unwrap();
         assert_eq!(t.deleted_retention_secs, Some(7 * 86_400));

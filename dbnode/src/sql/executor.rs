@@ -18,8 +18,8 @@ use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
-    AssignmentTarget, Delete, Expr as SqlExpr, FromTable, Ident, Insert, ObjectName, ObjectNamePart, SetExpr,
-    Statement, TableFactor, TableObject, TableWithJoins, Update,
+    AssignmentTarget, Delete, Expr as SqlExpr, FromTable, Ident, Insert, ObjectName,
+    ObjectNamePart, SetExpr, Statement, TableFactor, TableObject, TableWithJoins, Update,
 };
 use futures::StreamExt;
 use kalam_client::wire::{ColumnInfo, QueryResult, Row};
@@ -40,13 +40,18 @@ use crate::storage::Partition;
 
 /// The DataFusion state every request starts from: configuration and KalamDB's functions.
 /// Without `catalogs` it can compile expressions (DEFAULTs) but resolve no table.
-pub fn planner_state(snowflake: Arc<SnowflakeGenerator>, catalogs: Option<Arc<KalamCatalogList>>) -> SessionState {
+pub fn planner_state(
+    snowflake: Arc<SnowflakeGenerator>,
+    catalogs: Option<Arc<KalamCatalogList>>,
+) -> SessionState {
     let config = SessionConfig::new()
         .with_information_schema(true)
         .with_default_catalog_and_schema(CATALOG, "public")
         .with_create_default_catalog_and_schema(false)
         .with_target_partitions(2);
-    let mut builder = SessionStateBuilder::new().with_config(config).with_default_features();
+    let mut builder = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features();
     if let Some(c) = catalogs {
         builder = builder.with_catalog_list(c);
     }
@@ -67,16 +72,24 @@ fn admin_only(ctx: &RequestContext, what: &str) -> Result<()> {
     if ctx.principal.is_admin() {
         Ok(())
     } else {
-        Err(KalamError::Forbidden(format!("{what} requires an admin token")))
+        Err(KalamError::Forbidden(format!(
+            "{what} requires an admin token"
+        )))
     }
 }
 
 fn message(text: impl Into<String>) -> QueryResult {
-    QueryResult { message: Some(text.into()), ..Default::default() }
+    QueryResult {
+        message: Some(text.into()),
+        ..Default::default()
+    }
 }
 
 fn affected(n: u64) -> QueryResult {
-    QueryResult { affected_rows: Some(n), ..Default::default() }
+    QueryResult {
+        affected_rows: Some(n),
+        ..Default::default()
+    }
 }
 
 /// The partition a request's statements touch in a table.
@@ -93,7 +106,11 @@ fn quoted(name: &str) -> String {
 
 impl Executor {
     pub fn new(engine: Arc<Engine>, base: SessionState, max_result_rows: usize) -> Self {
-        Self { engine, base, max_result_rows }
+        Self {
+            engine,
+            base,
+            max_result_rows,
+        }
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -103,11 +120,17 @@ impl Executor {
     fn state(&self, ctx: &Arc<RequestContext>) -> SessionState {
         let mut state = self.base.clone();
         state.config_mut().set_extension(ctx.clone());
+        // NOW() and friends are folded to this instant by the optimizer.
+        state.mark_start_execution();
         let _ = state.register_udf(Arc::new(functions::current_user(ctx.user.as_str())));
         state
     }
 
-    pub async fn execute(&self, ctx: &Arc<RequestContext>, stmt: KalamStatement) -> Result<QueryResult> {
+    pub async fn execute(
+        &self,
+        ctx: &Arc<RequestContext>,
+        stmt: KalamStatement,
+    ) -> Result<QueryResult> {
         let catalog = &self.engine.catalog;
         match stmt {
             KalamStatement::CreateNamespace { name, if_not_exists, options } => {
@@ -184,6 +207,10 @@ impl Executor {
             }
             KalamStatement::DescribeTable { table } => self.describe(&table),
             KalamStatement::NotYetSupported(what) => {
+                // The role rule of API.md holds even for statements this node cannot run yet.
+                if matches!(what, "ALTER TABLE" | "FLUSH TABLE" | "BACKUP NAMESPACE" | "RESTORE NAMESPACE") {
+                    admin_only(ctx, what)?;
+                }
                 Err(KalamError::Unsupported(format!("{what} is not available on this node yet")))
             }
             KalamStatement::Sql(stmt) => self.sql(ctx, *stmt).await,
@@ -204,8 +231,15 @@ impl Executor {
             Statement::Delete(delete) => self.delete(ctx, &state, delete).await,
             other => {
                 let text = other.to_string();
-                let head: String = text.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-                Err(KalamError::Unsupported(format!("statement '{}' is not supported", clip(&head))))
+                let head: String = text
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                Err(KalamError::Unsupported(format!(
+                    "statement '{}' is not supported",
+                    clip(&head)
+                )))
             }
         }
     }
@@ -219,11 +253,17 @@ impl Executor {
                 Some("information_schema") => {}
                 Some(SYSTEM_NAMESPACE) => {
                     if !system_tables::ALL.contains(&table) {
-                        return Err(KalamError::TableNotFound(format!("{SYSTEM_NAMESPACE}.{}", clip(table))));
+                        return Err(KalamError::TableNotFound(format!(
+                            "{SYSTEM_NAMESPACE}.{}",
+                            clip(table)
+                        )));
                     }
                 }
                 Some(ns) => {
-                    let id = TableId::new(crate::ids::NamespaceId::new(ns)?, crate::ids::TableName::new(table)?);
+                    let id = TableId::new(
+                        crate::ids::NamespaceId::new(ns)?,
+                        crate::ids::TableName::new(table)?,
+                    );
                     if self.engine.catalog.namespace(&id.namespace).is_none() {
                         return Err(KalamError::NamespaceNotFound(id.namespace.to_string()));
                     }
@@ -243,9 +283,17 @@ impl Executor {
     }
 
     /// Plans, runs and collects a statement, refusing results over `max_rows`.
-    async fn run(&self, state: &SessionState, stmt: DfStatement, max_rows: usize) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    async fn run(
+        &self,
+        state: &SessionState,
+        stmt: DfStatement,
+        max_rows: usize,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let plan = state.statement_to_plan(stmt).await?;
-        SQLOptions::new().with_allow_ddl(false).with_allow_statements(false).verify_plan(&plan)?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)?;
         let physical = state.create_physical_plan(&plan).await?;
         let schema = physical.schema();
         let mut stream = execute_stream(physical, state.task_ctx())?;
@@ -271,10 +319,14 @@ impl Executor {
 
     fn runtime(&self, name: &ObjectName) -> Result<Arc<TableRuntime>> {
         let id = table_id_from_object_name(name)?;
-        if id.namespace.as_str() != SYSTEM_NAMESPACE && self.engine.catalog.namespace(&id.namespace).is_none() {
+        if id.namespace.as_str() != SYSTEM_NAMESPACE
+            && self.engine.catalog.namespace(&id.namespace).is_none()
+        {
             return Err(KalamError::NamespaceNotFound(id.namespace.to_string()));
         }
-        self.engine.table(&id).ok_or_else(|| KalamError::TableNotFound(id.to_string()))
+        self.engine
+            .table(&id)
+            .ok_or_else(|| KalamError::TableNotFound(id.to_string()))
     }
 
     fn check_writable(ctx: &RequestContext, rt: &TableRuntime) -> Result<()> {
@@ -286,10 +338,14 @@ impl Executor {
 
     async fn insert(&self, state: &SessionState, mut insert: Insert) -> Result<QueryResult> {
         if insert.returning.is_some() || insert.on.is_some() || insert.source.is_none() {
-            return Err(KalamError::Unsupported("INSERT supports VALUES and SELECT, without RETURNING or ON CONFLICT".into()));
+            return Err(KalamError::Unsupported(
+                "INSERT supports VALUES and SELECT, without RETURNING or ON CONFLICT".into(),
+            ));
         }
         let TableObject::TableName(name) = &insert.table else {
-            return Err(KalamError::Unsupported("INSERT INTO a table function is not supported".into()));
+            return Err(KalamError::Unsupported(
+                "INSERT INTO a table function is not supported".into(),
+            ));
         };
         let rt = self.runtime(name)?;
         let ctx = crate::sql::provider::request_context(state)?;
@@ -302,6 +358,7 @@ impl Executor {
                 return Err(KalamError::SystemColumnReadonly(last.to_string()));
             }
         }
+        Self::check_null_literals(def, &insert)?;
         if insert.columns.is_empty() {
             // Positional VALUES name the user columns; an automatic key may be left out.
             let width = match insert.source.as_deref().map(|q| q.body.as_ref()) {
@@ -309,31 +366,79 @@ impl Executor {
                 _ => None,
             };
             let pk = def.primary_key_index();
-            let skip_key = width == Some(def.columns.len() - 1) && def.columns[pk].default.is_some();
+            let skip_key =
+                width == Some(def.columns.len() - 1) && def.columns[pk].default.is_some();
             insert.columns = def
                 .columns
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| !(skip_key && *i == pk))
-                .map(|(_, c)| ObjectName(vec![ObjectNamePart::Identifier(Ident::with_quote('"', c.name.as_str()))]))
+                .map(|(_, c)| {
+                    ObjectName(vec![ObjectNamePart::Identifier(Ident::with_quote(
+                        '"',
+                        c.name.as_str(),
+                    ))])
+                })
                 .collect();
         }
         let (_, batches) = self
-            .run(state, DfStatement::Statement(Box::new(Statement::Insert(insert))), usize::MAX)
+            .run(
+                state,
+                DfStatement::Statement(Box::new(Statement::Insert(insert))),
+                usize::MAX,
+            )
             .await?;
         let count = batches
             .first()
             .filter(|b| b.num_rows() > 0 && b.num_columns() > 0)
-            .and_then(|b| b.column(0).as_primitive_opt::<UInt64Type>().map(|a| a.value(0)))
+            .and_then(|b| {
+                b.column(0)
+                    .as_primitive_opt::<UInt64Type>()
+                    .map(|a| a.value(0))
+            })
             .unwrap_or(0);
         Ok(affected(count))
+    }
+
+    /// `NULL` written into a NOT NULL column of a VALUES list: refused with the column's
+    /// name before planning (the planner's own message only knows `column1`).
+    fn check_null_literals(def: &TableDef, insert: &Insert) -> Result<()> {
+        let Some(SetExpr::Values(values)) = insert.source.as_deref().map(|q| q.body.as_ref())
+        else {
+            return Ok(());
+        };
+        let names: Vec<String> = if insert.columns.is_empty() {
+            def.columns.iter().map(|c| c.name.to_string()).collect()
+        } else {
+            insert
+                .columns
+                .iter()
+                .map(|c| c.to_string().trim_matches('"').to_string())
+                .collect()
+        };
+        for row in &values.rows {
+            for (expr, name) in row.content.iter().zip(&names) {
+                let is_null = matches!(expr, SqlExpr::Value(v) if v.value == datafusion::sql::sqlparser::ast::Value::Null);
+                if is_null && def.column(name).is_some_and(|c| !c.nullable) {
+                    return Err(KalamError::InvalidValue(format!(
+                        "column '{name}' of {} is NOT NULL",
+                        def.id()
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The single plain table a DML statement targets.
     fn dml_target(table: &TableWithJoins) -> Result<&ObjectName> {
         match &table.relation {
-            TableFactor::Table { name, args: None, .. } if table.joins.is_empty() => Ok(name),
-            _ => Err(KalamError::Unsupported("UPDATE and DELETE target one table, without joins".into())),
+            TableFactor::Table {
+                name, args: None, ..
+            } if table.joins.is_empty() => Ok(name),
+            _ => Err(KalamError::Unsupported(
+                "UPDATE and DELETE target one table, without joins".into(),
+            )),
         }
     }
 
@@ -346,17 +451,37 @@ impl Executor {
         extra: &[String],
         selection: Option<&SqlExpr>,
     ) -> Result<Vec<RecordBatch>> {
-        let mut select: Vec<String> = def.columns.iter().map(|c| quoted(c.name.as_str())).collect();
+        let mut select: Vec<String> = def
+            .columns
+            .iter()
+            .map(|c| quoted(c.name.as_str()))
+            .collect();
         select.extend(extra.iter().cloned());
         let filter = selection.map(|s| format!(" WHERE {s}")).unwrap_or_default();
-        let sql = format!("SELECT {} FROM {}{filter}", select.join(", "), relation.relation);
+        let sql = format!(
+            "SELECT {} FROM {}{filter}",
+            select.join(", "),
+            relation.relation
+        );
         let stmt = state.sql_to_statement(&sql, &datafusion::config::Dialect::Generic)?;
         Ok(self.run(state, stmt, usize::MAX).await?.1)
     }
 
-    async fn update(&self, ctx: &Arc<RequestContext>, state: &SessionState, update: Update) -> Result<QueryResult> {
-        if update.from.is_some() || update.returning.is_some() || update.limit.is_some() || !update.order_by.is_empty() || update.or.is_some() {
-            return Err(KalamError::Unsupported("UPDATE supports SET and WHERE only".into()));
+    async fn update(
+        &self,
+        ctx: &Arc<RequestContext>,
+        state: &SessionState,
+        update: Update,
+    ) -> Result<QueryResult> {
+        if update.from.is_some()
+            || update.returning.is_some()
+            || update.limit.is_some()
+            || !update.order_by.is_empty()
+            || update.or.is_some()
+        {
+            return Err(KalamError::Unsupported(
+                "UPDATE supports SET and WHERE only".into(),
+            ));
         }
         let rt = self.runtime(Self::dml_target(&update.table)?)?;
         Self::check_writable(ctx, &rt)?;
@@ -364,7 +489,9 @@ impl Executor {
         let mut targets: Vec<(usize, String)> = Vec::new();
         for assignment in &update.assignments {
             let AssignmentTarget::ColumnName(col) = &assignment.target else {
-                return Err(KalamError::Unsupported("UPDATE of a column tuple is not supported".into()));
+                return Err(KalamError::Unsupported(
+                    "UPDATE of a column tuple is not supported".into(),
+                ));
             };
             let name = col.0.last().map(|p| p.to_string()).unwrap_or_default();
             let name = name.trim_matches('"').to_string();
@@ -375,55 +502,107 @@ impl Executor {
                 .columns
                 .iter()
                 .position(|c| c.name.as_str() == name)
-                .ok_or_else(|| KalamError::SqlPlan(format!("column '{}' does not exist in {}", clip(&name), def.id())))?;
+                .ok_or_else(|| {
+                    KalamError::SqlPlan(format!(
+                        "column '{}' does not exist in {}",
+                        clip(&name),
+                        def.id()
+                    ))
+                })?;
             if idx == def.primary_key_index() {
-                return Err(KalamError::InvalidValue(format!("the primary key '{name}' cannot be updated")));
+                return Err(KalamError::InvalidValue(format!(
+                    "the primary key '{name}' cannot be updated"
+                )));
             }
             if targets.iter().any(|(i, _)| *i == idx) {
-                return Err(KalamError::SqlPlan(format!("column '{name}' is assigned twice")));
+                return Err(KalamError::SqlPlan(format!(
+                    "column '{name}' is assigned twice"
+                )));
             }
-            targets.push((idx, format!("({}) AS \"__kalam_set_{}\"", assignment.value, targets.len())));
+            targets.push((
+                idx,
+                format!(
+                    "({}) AS \"__kalam_set_{}\"",
+                    assignment.value,
+                    targets.len()
+                ),
+            ));
         }
         let extra: Vec<String> = targets.iter().map(|(_, e)| e.clone()).collect();
-        let batches = self.select_targets(state, &def, &update.table, &extra, update.selection.as_ref()).await?;
+        let batches = self
+            .select_targets(
+                state,
+                &def,
+                &update.table,
+                &extra,
+                update.selection.as_ref(),
+            )
+            .await?;
         let mut rows = Vec::new();
         for batch in &batches {
             let mut values = batch_to_values(&def, batch)?;
             for (n, (idx, _)) in targets.iter().enumerate() {
                 let col = &def.columns[*idx];
-                let array = cast_to_column(batch.column(def.columns.len() + n), col.data_type, col.name.as_str())?;
+                let array = cast_to_column(
+                    batch.column(def.columns.len() + n),
+                    col.data_type,
+                    col.name.as_str(),
+                )?;
                 for (i, row) in values.iter_mut().enumerate() {
                     row[*idx] = value_at(&array, i, col.data_type, col.name.as_str())?;
                 }
             }
             rows.extend(values);
         }
-        let n = rt.store.write(&partition_for(&def, ctx), rows, WriteMode::Update)?;
+        let n = rt
+            .store
+            .write(&partition_for(&def, ctx), rows, WriteMode::Update)?;
         Ok(affected(n))
     }
 
-    async fn delete(&self, ctx: &Arc<RequestContext>, state: &SessionState, delete: Delete) -> Result<QueryResult> {
-        if !delete.tables.is_empty() || delete.using.is_some() || delete.returning.is_some() || delete.limit.is_some() || !delete.order_by.is_empty() {
-            return Err(KalamError::Unsupported("DELETE supports FROM and WHERE only".into()));
+    async fn delete(
+        &self,
+        ctx: &Arc<RequestContext>,
+        state: &SessionState,
+        delete: Delete,
+    ) -> Result<QueryResult> {
+        if !delete.tables.is_empty()
+            || delete.using.is_some()
+            || delete.returning.is_some()
+            || delete.limit.is_some()
+            || !delete.order_by.is_empty()
+        {
+            return Err(KalamError::Unsupported(
+                "DELETE supports FROM and WHERE only".into(),
+            ));
         }
         let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &delete.from;
         let [relation] = from.as_slice() else {
-            return Err(KalamError::Unsupported("DELETE targets exactly one table".into()));
+            return Err(KalamError::Unsupported(
+                "DELETE targets exactly one table".into(),
+            ));
         };
         let rt = self.runtime(Self::dml_target(relation)?)?;
         Self::check_writable(ctx, &rt)?;
         let def = rt.def().clone();
-        let batches = self.select_targets(state, &def, relation, &[], delete.selection.as_ref()).await?;
+        let batches = self
+            .select_targets(state, &def, relation, &[], delete.selection.as_ref())
+            .await?;
         let mut rows = Vec::new();
         for batch in &batches {
             rows.extend(batch_to_values(&def, batch)?);
         }
-        let n = rt.store.write(&partition_for(&def, ctx), rows, WriteMode::SoftDelete)?;
+        let n = rt
+            .store
+            .write(&partition_for(&def, ctx), rows, WriteMode::SoftDelete)?;
         Ok(affected(n))
     }
 
     fn describe(&self, table: &TableId) -> Result<QueryResult> {
-        let rt = self.engine.table(table).ok_or_else(|| KalamError::TableNotFound(table.to_string()))?;
+        let rt = self
+            .engine
+            .table(table)
+            .ok_or_else(|| KalamError::TableNotFound(table.to_string()))?;
         let def = rt.def();
         let mut rows: Vec<Row> = def
             .columns
@@ -449,7 +628,10 @@ impl Executor {
                 rows.push(v.as_object().cloned().unwrap_or_default());
             }
         }
-        let col = |name: &str, t: &str| ColumnInfo { name: name.into(), data_type: t.into() };
+        let col = |name: &str, t: &str| ColumnInfo {
+            name: name.into(),
+            data_type: t.into(),
+        };
         Ok(QueryResult {
             columns: vec![
                 col("column_name", "Utf8"),

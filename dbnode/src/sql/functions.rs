@@ -32,11 +32,17 @@ impl SnowflakeGenerator {
         let hash = node_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
         });
-        Self { node: hash & ((1 << NODE_BITS) - 1), state: Mutex::new((0, 0)) }
+        Self {
+            node: hash & ((1 << NODE_BITS) - 1),
+            state: Mutex::new((0, 0)),
+        }
     }
 
     pub fn next_ids(&self, n: usize) -> Vec<i64> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let now = now.saturating_sub(EPOCH_MS);
         let mut state = self.state.lock();
         let (mut ms, mut seq) = *state;
@@ -94,7 +100,10 @@ impl ScalarUDFImpl for SnowflakeId {
 }
 
 pub fn snowflake_id(generator: Arc<SnowflakeGenerator>) -> ScalarUDF {
-    ScalarUDF::from(SnowflakeId { signature: Signature::nullary(Volatility::Volatile), generator })
+    ScalarUDF::from(SnowflakeId {
+        signature: Signature::nullary(Volatility::Volatile),
+        generator,
+    })
 }
 
 /// `CURRENT_USER()`: the user id the request runs as (the `as_user` id under `as_user`).
@@ -116,15 +125,21 @@ impl ScalarUDFImpl for CurrentUser {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         if args.number_rows <= 1 {
-            return Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(self.user.clone()))));
+            return Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+                self.user.clone(),
+            ))));
         }
-        let values: StringArray = std::iter::repeat_n(Some(self.user.as_str()), args.number_rows).collect();
+        let values: StringArray =
+            std::iter::repeat_n(Some(self.user.as_str()), args.number_rows).collect();
         Ok(ColumnarValue::Array(Arc::new(values)))
     }
 }
 
 pub fn current_user(user: &str) -> ScalarUDF {
-    ScalarUDF::from(CurrentUser { signature: Signature::nullary(Volatility::Stable), user: user.to_string() })
+    ScalarUDF::from(CurrentUser {
+        signature: Signature::nullary(Volatility::Stable),
+        user: user.to_string(),
+    })
 }
 
 #[cfg(test)]

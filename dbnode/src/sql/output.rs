@@ -6,9 +6,10 @@ use base64::Engine as _;
 use chrono::{DateTime, NaiveDate, SecondsFormat};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{
-    DataType, Date32Type, Date64Type, Field, Float16Type, Float32Type, Float64Type, Int16Type, Int32Type,
-    Int64Type, Int8Type, SchemaRef, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
-    TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+    DataType, Date32Type, Date64Type, Field, Float16Type, Float32Type, Float64Type, Int16Type,
+    Int32Type, Int64Type, Int8Type, SchemaRef, TimeUnit, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type,
+    UInt64Type, UInt8Type,
 };
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use kalam_client::wire::{ColumnInfo, QueryResult, Row};
@@ -18,7 +19,10 @@ use crate::catalog::JSON_METADATA_KEY;
 use crate::error::{KalamError, Result};
 
 fn is_json(field: &Field) -> bool {
-    field.metadata().get(JSON_METADATA_KEY).is_some_and(|v| v == "json")
+    field
+        .metadata()
+        .get(JSON_METADATA_KEY)
+        .is_some_and(|v| v == "json")
 }
 
 /// The type name shown in `columns`: Arrow's, except JSON columns, which say `Json`.
@@ -34,7 +38,10 @@ pub fn columns(schema: &SchemaRef) -> Vec<ColumnInfo> {
     schema
         .fields()
         .iter()
-        .map(|f| ColumnInfo { name: f.name().clone(), data_type: type_name(f) })
+        .map(|f| ColumnInfo {
+            name: f.name().clone(),
+            data_type: type_name(f),
+        })
         .collect()
 }
 
@@ -42,8 +49,12 @@ pub fn columns(schema: &SchemaRef) -> Vec<ColumnInfo> {
 pub fn query_result(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<QueryResult> {
     let mut rows = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
     for batch in batches {
-        let encoders: Vec<Encoder> =
-            batch.columns().iter().zip(schema.fields()).map(|(a, f)| Encoder::new(a, f)).collect::<Result<_>>()?;
+        let encoders: Vec<Encoder> = batch
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .map(|(a, f)| Encoder::new(a, f))
+            .collect::<Result<_>>()?;
         for i in 0..batch.num_rows() {
             let mut row = Row::with_capacity(encoders.len());
             for (enc, field) in encoders.iter().zip(schema.fields()) {
@@ -69,7 +80,9 @@ struct Encoder<'a> {
 }
 
 fn float(f: f64) -> Json {
-    Number::from_f64(f).map(Json::Number).unwrap_or_else(|| Json::String(f.to_string()))
+    Number::from_f64(f)
+        .map(Json::Number)
+        .unwrap_or_else(|| Json::String(f.to_string()))
 }
 
 fn timestamp(micros: i64) -> Json {
@@ -109,9 +122,16 @@ impl<'a> Encoder<'a> {
         let fallback = if native {
             None
         } else {
-            Some(ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default()).map_err(KalamError::internal)?)
+            Some(
+                ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())
+                    .map_err(KalamError::internal)?,
+            )
         };
-        Ok(Self { array, json: is_json(field), fallback })
+        Ok(Self {
+            array,
+            json: is_json(field),
+            fallback,
+        })
     }
 
     fn value(&self, i: usize) -> Result<Json> {
@@ -155,12 +175,23 @@ impl<'a> Encoder<'a> {
                     .map(|d| Json::String(d.to_string()))
                     .unwrap_or(Json::Null)
             }
-            DataType::Date64 => timestamp(a.as_primitive::<Date64Type>().value(i).saturating_mul(1000)),
+            DataType::Date64 => {
+                timestamp(a.as_primitive::<Date64Type>().value(i).saturating_mul(1000))
+            }
             DataType::Timestamp(unit, _) => timestamp(match unit {
-                TimeUnit::Second => a.as_primitive::<TimestampSecondType>().value(i).saturating_mul(1_000_000),
-                TimeUnit::Millisecond => a.as_primitive::<TimestampMillisecondType>().value(i).saturating_mul(1000),
+                TimeUnit::Second => a
+                    .as_primitive::<TimestampSecondType>()
+                    .value(i)
+                    .saturating_mul(1_000_000),
+                TimeUnit::Millisecond => a
+                    .as_primitive::<TimestampMillisecondType>()
+                    .value(i)
+                    .saturating_mul(1000),
                 TimeUnit::Microsecond => a.as_primitive::<TimestampMicrosecondType>().value(i),
-                TimeUnit::Nanosecond => a.as_primitive::<TimestampNanosecondType>().value(i).div_euclid(1000),
+                TimeUnit::Nanosecond => a
+                    .as_primitive::<TimestampNanosecondType>()
+                    .value(i)
+                    .div_euclid(1000),
             }),
             _ => Json::Null,
         })
@@ -172,7 +203,9 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    use datafusion::arrow::array::{BinaryArray, Decimal128Array, StringArray, TimestampMicrosecondArray};
+    use datafusion::arrow::array::{
+        BinaryArray, Decimal128Array, StringArray, TimestampMicrosecondArray,
+    };
     use datafusion::arrow::datatypes::Schema;
 
     #[test]
@@ -180,7 +213,11 @@ mod tests {
         let json_field = Field::new("meta", DataType::Utf8, true)
             .with_metadata([(JSON_METADATA_KEY.to_string(), "json".to_string())].into());
         let schema = Arc::new(Schema::new(vec![
-            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
             json_field,
             Field::new("b", DataType::Binary, true),
             Field::new("d", DataType::Decimal128(10, 2), true),
@@ -188,10 +225,17 @@ mod tests {
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
-                Arc::new(TimestampMicrosecondArray::from(vec![Some(1_795_773_600_000_123), None]).with_timezone("UTC")),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![Some(1_795_773_600_000_123), None])
+                        .with_timezone("UTC"),
+                ),
                 Arc::new(StringArray::from(vec![Some(r#"{"a":[1,2]}"#), None])),
                 Arc::new(BinaryArray::from(vec![Some(&b"hi"[..]), None])),
-                Arc::new(Decimal128Array::from(vec![Some(1234), None]).with_precision_and_scale(10, 2).unwrap()),
+                Arc::new(
+                    Decimal128Array::from(vec![Some(1234), None])
+                        .with_precision_and_scale(10, 2)
+                        .unwrap(),
+                ),
             ],
         )
         .unwrap();

@@ -5,11 +5,12 @@
 //! parse, statements before it still run and the error names k (API.md section 3).
 
 use datafusion::sql::sqlparser::ast::{
-    ColumnDef as SqlColumnDef, ObjectName, Statement as SqlStatement, TableConstraint, Value as SqlValue,
+    ColumnDef as SqlColumnDef, ObjectName, Statement as SqlStatement, TableConstraint,
+    Value as SqlValue,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::Token;
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::auth::parse_duration;
 use crate::catalog::{FlushPolicy, LocationSpec, TableKind};
@@ -25,14 +26,32 @@ const RECURSION_LIMIT: usize = 64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum KalamStatement {
-    CreateNamespace { name: NamespaceId, if_not_exists: bool, options: OptionList },
-    AlterNamespace { name: NamespaceId, options: OptionList },
-    DropNamespace { name: NamespaceId, if_exists: bool },
+    CreateNamespace {
+        name: NamespaceId,
+        if_not_exists: bool,
+        options: OptionList,
+    },
+    AlterNamespace {
+        name: NamespaceId,
+        options: OptionList,
+    },
+    DropNamespace {
+        name: NamespaceId,
+        if_exists: bool,
+    },
     ShowNamespaces,
     CreateTable(Box<CreateTable>),
-    DropTable { table: TableId, kind: Option<TableKind>, if_exists: bool },
-    ShowTables { namespace: Option<NamespaceId> },
-    DescribeTable { table: TableId },
+    DropTable {
+        table: TableId,
+        kind: Option<TableKind>,
+        if_exists: bool,
+    },
+    ShowTables {
+        namespace: Option<NamespaceId>,
+    },
+    DescribeTable {
+        table: TableId,
+    },
     /// A statement of the dialect that this node does not run yet.
     NotYetSupported(&'static str),
     /// Anything else: SELECT, INSERT, UPDATE, DELETE, EXPLAIN, ...
@@ -81,11 +100,13 @@ pub struct CreateTable {
 /// error run; the error is reported with the index that follows them.
 pub fn parse_statements(sql: &str) -> (Vec<KalamStatement>, Option<KalamError>) {
     let dialect = GenericDialect {};
-    let mut parser = match Parser::new(&dialect).with_recursion_limit(RECURSION_LIMIT).try_with_sql(sql)
-    {
-        Ok(p) => p,
-        Err(e) => return (Vec::new(), Some(parse_error(e))),
+    let tokens = match Tokenizer::new(&dialect, sql).tokenize_with_location() {
+        Ok(t) => accept_empty_parens_after_session_functions(t),
+        Err(e) => return (Vec::new(), Some(KalamError::SqlParse(e.to_string()))),
     };
+    let mut parser = Parser::new(&dialect)
+        .with_recursion_limit(RECURSION_LIMIT)
+        .with_tokens_with_locations(tokens);
     let mut out = Vec::new();
     loop {
         while parser.consume_token(&Token::SemiColon) {}
@@ -108,9 +129,46 @@ pub fn parse_statements(sql: &str) -> (Vec<KalamStatement>, Option<KalamError>) 
         }
     }
     if out.is_empty() {
-        return (out, Some(KalamError::InvalidRequest("the request contains no SQL statement".into())));
+        return (
+            out,
+            Some(KalamError::InvalidRequest(
+                "the request contains no SQL statement".into(),
+            )),
+        );
     }
     (out, None)
+}
+
+/// `sqlparser` reads `CURRENT_USER` as a function without parentheses (SQL standard), so
+/// `CURRENT_USER()` of API.md would not parse; empty parentheses after it are dropped.
+fn accept_empty_parens_after_session_functions(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let is_session_fn = |t: &Token| matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("current_user"));
+    let significant = |t: &Token| !matches!(t, Token::Whitespace(_));
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        let token = tokens[i].clone();
+        i += 1;
+        if is_session_fn(&token.token) {
+            let mut j = i;
+            while j < tokens.len() && !significant(&tokens[j].token) {
+                j += 1;
+            }
+            if j < tokens.len() && tokens[j].token == Token::LParen {
+                let mut k = j + 1;
+                while k < tokens.len() && !significant(&tokens[k].token) {
+                    k += 1;
+                }
+                if k < tokens.len() && tokens[k].token == Token::RParen {
+                    out.push(token);
+                    i = k + 1;
+                    continue;
+                }
+            }
+        }
+        out.push(token);
+    }
+    out
 }
 
 fn parse_error(e: ParserError) -> KalamError {
@@ -131,7 +189,10 @@ fn word_at(p: &Parser, n: usize) -> Option<String> {
 }
 
 fn words_are(p: &Parser, words: &[&str]) -> bool {
-    words.iter().enumerate().all(|(i, w)| word_at(p, i).as_deref() == Some(*w))
+    words
+        .iter()
+        .enumerate()
+        .all(|(i, w)| word_at(p, i).as_deref() == Some(*w))
 }
 
 /// Consumes `words` if they come next.
@@ -181,21 +242,35 @@ fn parse_one(p: &mut Parser) -> Result<KalamStatement> {
         p.next_token();
         let if_not_exists = eat(p, &["IF", "NOT", "EXISTS"]);
         let name = namespace_name(p)?;
-        let options = if eat(p, &["WITH", "OPTIONS"]) { option_list(p)? } else { OptionList::new() };
-        return Ok(KalamStatement::CreateNamespace { name, if_not_exists, options });
+        let options = if eat(p, &["WITH", "OPTIONS"]) {
+            option_list(p)?
+        } else {
+            OptionList::new()
+        };
+        return Ok(KalamStatement::CreateNamespace {
+            name,
+            if_not_exists,
+            options,
+        });
     }
     if words_are(p, &["ALTER", "NAMESPACE"]) {
         p.next_token();
         p.next_token();
         let name = namespace_name(p)?;
         expect(p, &["SET", "OPTIONS"])?;
-        return Ok(KalamStatement::AlterNamespace { name, options: option_list(p)? });
+        return Ok(KalamStatement::AlterNamespace {
+            name,
+            options: option_list(p)?,
+        });
     }
     if words_are(p, &["DROP", "NAMESPACE"]) {
         p.next_token();
         p.next_token();
         let if_exists = eat(p, &["IF", "EXISTS"]);
-        return Ok(KalamStatement::DropNamespace { name: namespace_name(p)?, if_exists });
+        return Ok(KalamStatement::DropNamespace {
+            name: namespace_name(p)?,
+            if_exists,
+        });
     }
     if words_are(p, &["SHOW", "NAMESPACES"]) {
         p.next_token();
@@ -223,19 +298,29 @@ fn parse_one(p: &mut Parser) -> Result<KalamStatement> {
                 p.next_token();
             }
             let if_exists = eat(p, &["IF", "EXISTS"]);
-            return Ok(KalamStatement::DropTable { table: table_id(p)?, kind, if_exists });
+            return Ok(KalamStatement::DropTable {
+                table: table_id(p)?,
+                kind,
+                if_exists,
+            });
         }
     }
     if words_are(p, &["SHOW", "TABLES"]) {
         p.next_token();
         p.next_token();
-        let namespace = if eat(p, &["IN"]) || eat(p, &["FROM"]) { Some(namespace_name(p)?) } else { None };
+        let namespace = if eat(p, &["IN"]) || eat(p, &["FROM"]) {
+            Some(namespace_name(p)?)
+        } else {
+            None
+        };
         return Ok(KalamStatement::ShowTables { namespace });
     }
     if matches!(word_at(p, 0).as_deref(), Some("DESCRIBE" | "DESC")) {
         p.next_token();
         eat(p, &["TABLE"]);
-        return Ok(KalamStatement::DescribeTable { table: table_id(p)? });
+        return Ok(KalamStatement::DescribeTable {
+            table: table_id(p)?,
+        });
     }
     for (words, what) in [
         (&["ALTER", "TABLE"][..], "ALTER TABLE"),
@@ -265,10 +350,17 @@ pub fn table_id_from_object_name(name: &ObjectName) -> Result<TableId> {
     let parts: Vec<String> = name
         .0
         .iter()
-        .map(|part| part.as_ident().map(|i| i.value.clone()).unwrap_or_else(|| part.to_string()))
+        .map(|part| {
+            part.as_ident()
+                .map(|i| i.value.clone())
+                .unwrap_or_else(|| part.to_string())
+        })
         .collect();
     match parts.as_slice() {
-        [ns, table] => Ok(TableId::new(NamespaceId::new(ns.clone())?, TableName::new(table.clone())?)),
+        [ns, table] => Ok(TableId::new(
+            NamespaceId::new(ns.clone())?,
+            TableName::new(table.clone())?,
+        )),
         _ => Err(KalamError::InvalidIdentifier(format!(
             "table '{}' must be named as namespace.table",
             clip(&name.to_string())
@@ -285,14 +377,22 @@ fn option_list(p: &mut Parser) -> Result<OptionList> {
     p.expect_token(&Token::LParen).map_err(parse_error)?;
     let mut out = OptionList::new();
     loop {
-        let key = p.parse_identifier().map_err(parse_error)?.value.to_ascii_lowercase();
+        let key = p
+            .parse_identifier()
+            .map_err(parse_error)?
+            .value
+            .to_ascii_lowercase();
         p.expect_token(&Token::Eq).map_err(parse_error)?;
         let value = match p.parse_value().map_err(parse_error)?.value {
             SqlValue::Number(n, _) => serde_json::from_str::<serde_json::Value>(&n)
                 .ok()
                 .filter(|v| v.is_number())
-                .ok_or_else(|| KalamError::InvalidOption(format!("option {key}: '{n}' is not a number")))?,
-            SqlValue::SingleQuotedString(s) | SqlValue::DoubleQuotedString(s) => serde_json::Value::String(s),
+                .ok_or_else(|| {
+                    KalamError::InvalidOption(format!("option {key}: '{n}' is not a number"))
+                })?,
+            SqlValue::SingleQuotedString(s) | SqlValue::DoubleQuotedString(s) => {
+                serde_json::Value::String(s)
+            }
             SqlValue::Boolean(b) => serde_json::Value::Bool(b),
             SqlValue::Null => serde_json::Value::Null,
             other => {
@@ -303,7 +403,9 @@ fn option_list(p: &mut Parser) -> Result<OptionList> {
             }
         };
         if out.insert(key.clone(), value).is_some() {
-            return Err(KalamError::InvalidOption(format!("option {key} is given twice")));
+            return Err(KalamError::InvalidOption(format!(
+                "option {key} is given twice"
+            )));
         }
         if !p.consume_token(&Token::Comma) {
             break;
@@ -354,12 +456,17 @@ fn create_table(p: &mut Parser, kind: TableKind) -> Result<CreateTable> {
             if out.flush_policy.is_some() {
                 return Err(KalamError::SqlParse("FLUSH POLICY is given twice".into()));
             }
-            let mut policy = FlushPolicy { rows: None, interval_secs: None };
+            let mut policy = FlushPolicy {
+                rows: None,
+                interval_secs: None,
+            };
             loop {
                 if policy.rows.is_none() && eat(p, &["ROWS"]) {
                     let n = p.parse_literal_uint().map_err(parse_error)?;
                     if n == 0 {
-                        return Err(KalamError::InvalidOption("FLUSH POLICY ROWS must be at least 1".into()));
+                        return Err(KalamError::InvalidOption(
+                            "FLUSH POLICY ROWS must be at least 1".into(),
+                        ));
                     }
                     policy.rows = Some(n);
                 } else if policy.interval_secs.is_none() && eat(p, &["INTERVAL"]) {
@@ -369,7 +476,9 @@ fn create_table(p: &mut Parser, kind: TableKind) -> Result<CreateTable> {
                 }
             }
             if policy.rows.is_none() && policy.interval_secs.is_none() {
-                return Err(KalamError::SqlParse("FLUSH POLICY needs ROWS n, INTERVAL 'd' or both".into()));
+                return Err(KalamError::SqlParse(
+                    "FLUSH POLICY needs ROWS n, INTERVAL 'd' or both".into(),
+                ));
             }
             out.flush_policy = Some(policy);
         } else if words_are(p, &["WITH"]) {
@@ -403,7 +512,13 @@ mod tests {
             KalamStatement::CreateNamespace { if_not_exists: true, ref options, .. }
                 if options["retention_days"] == 90 && options["tier"] == "gold"
         ));
-        assert!(matches!(one("drop namespace if exists app"), KalamStatement::DropNamespace { if_exists: true, .. }));
+        assert!(matches!(
+            one("drop namespace if exists app"),
+            KalamStatement::DropNamespace {
+                if_exists: true,
+                ..
+            }
+        ));
         assert_eq!(one("SHOW NAMESPACES"), KalamStatement::ShowNamespaces);
         let (_, err) = parse_statements("CREATE NAMESPACE App");
         assert!(matches!(err, Some(KalamError::InvalidIdentifier(_))));
@@ -416,17 +531,36 @@ mod tests {
              content TEXT NOT NULL) LOCATION 's3://b/users/${user_id}/m/' \
              FLUSH POLICY ROWS 100 INTERVAL '30s' WITH (deleted_retention = '7d')",
         );
-        let KalamStatement::CreateTable(c) = s else { panic!("{s:?}") };
+        let KalamStatement::CreateTable(c) = s else {
+            panic!("{s:?}")
+        };
         assert_eq!(c.kind, TableKind::User);
         assert!(c.if_not_exists);
         assert_eq!(c.columns.len(), 2);
-        assert_eq!(c.location, LocationSpec::Path("s3://b/users/${user_id}/m/".into()));
-        assert_eq!(c.flush_policy, Some(FlushPolicy { rows: Some(100), interval_secs: Some(30) }));
+        assert_eq!(
+            c.location,
+            LocationSpec::Path("s3://b/users/${user_id}/m/".into())
+        );
+        assert_eq!(
+            c.flush_policy,
+            Some(FlushPolicy {
+                rows: Some(100),
+                interval_secs: Some(30)
+            })
+        );
         assert_eq!(c.with["deleted_retention"], "7d");
         let s = one("CREATE SHARED TABLE app.c (id INT PRIMARY KEY) LOCATION REFERENCE 's3_prod' FLUSH POLICY INTERVAL '5 minutes'");
-        let KalamStatement::CreateTable(c) = s else { panic!() };
+        let KalamStatement::CreateTable(c) = s else {
+            panic!()
+        };
         assert_eq!(c.location, LocationSpec::Reference("s3_prod".into()));
-        assert_eq!(c.flush_policy, Some(FlushPolicy { rows: None, interval_secs: Some(300) }));
+        assert_eq!(
+            c.flush_policy,
+            Some(FlushPolicy {
+                rows: None,
+                interval_secs: Some(300)
+            })
+        );
     }
 
     #[test]
@@ -443,10 +577,32 @@ mod tests {
 
     #[test]
     fn other_statements_and_later_features() {
-        assert_eq!(one("SHOW TABLES IN app"), KalamStatement::ShowTables { namespace: Some(NamespaceId::new("app").unwrap()) });
-        assert!(matches!(one("DESCRIBE TABLE app.m"), KalamStatement::DescribeTable { .. }));
-        assert!(matches!(one("DROP USER TABLE IF EXISTS app.m"), KalamStatement::DropTable { kind: Some(TableKind::User), if_exists: true, .. }));
-        assert_eq!(one("FLUSH TABLE app.m"), KalamStatement::NotYetSupported("FLUSH TABLE"));
+        assert_eq!(
+            one("SHOW TABLES IN app"),
+            KalamStatement::ShowTables {
+                namespace: Some(NamespaceId::new("app").unwrap())
+            }
+        );
+        assert!(matches!(
+            one("DESCRIBE TABLE app.m"),
+            KalamStatement::DescribeTable { .. }
+        ));
+        assert!(matches!(
+            one("DROP USER TABLE IF EXISTS app.m"),
+            KalamStatement::DropTable {
+                kind: Some(TableKind::User),
+                if_exists: true,
+                ..
+            }
+        ));
+        assert_eq!(
+            one("FLUSH TABLE app.m"),
+            KalamStatement::NotYetSupported("FLUSH TABLE")
+        );
         assert_eq!(one("select * from app.m where id = 1").kind(), "select");
+        let KalamStatement::Sql(s) = one("SELECT CURRENT_USER(), current_user ( ) AS me") else {
+            panic!()
+        };
+        assert_eq!(s.to_string(), "SELECT CURRENT_USER, current_user AS me");
     }
 }

@@ -14,7 +14,9 @@ use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::error::Result as DfResult;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType};
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
+};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 
@@ -58,7 +60,10 @@ impl HotTableProvider {
         let ctx = request_context(state)?;
         let def = self.rt.def();
         if def.namespace.as_str() == SYSTEM_NAMESPACE && !ctx.principal.is_admin() {
-            return Err(KalamError::Forbidden(format!("{} is readable by admins only", def.id())).into_datafusion());
+            return Err(
+                KalamError::Forbidden(format!("{} is readable by admins only", def.id()))
+                    .into_datafusion(),
+            );
         }
         Ok(match def.kind {
             TableKind::User => Partition::User(ctx.user.clone()),
@@ -71,15 +76,27 @@ impl HotTableProvider {
         let def = self.rt.def();
         let pk = def.primary_key.as_str();
         filters.iter().find_map(|f| {
-            let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = f else { return None };
+            let Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Eq,
+                right,
+            }) = f
+            else {
+                return None;
+            };
             let (col, value) = match (left.as_ref(), right.as_ref()) {
-                (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c)) => (c, v),
+                (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c)) => {
+                    (c, v)
+                }
                 _ => return None,
             };
             if col.name != pk {
                 return None;
             }
-            let is_int = matches!(def.columns[def.primary_key_index()].data_type, KalamType::SmallInt | KalamType::Int | KalamType::BigInt);
+            let is_int = matches!(
+                def.columns[def.primary_key_index()].data_type,
+                KalamType::SmallInt | KalamType::Int | KalamType::BigInt
+            );
             match value {
                 ScalarValue::Int64(Some(i)) if is_int => Some(RowKey::from_int(*i)),
                 ScalarValue::Int32(Some(i)) if is_int => Some(RowKey::from_int(*i as i64)),
@@ -93,7 +110,11 @@ impl HotTableProvider {
 
 /// A filter that names `_deleted` turns off the default hiding of soft-deleted rows.
 fn mentions_deleted(filters: &[Expr]) -> bool {
-    filters.iter().any(|f| f.column_refs().iter().any(|c: &&Column| c.name == DELETED_COLUMN))
+    filters.iter().any(|f| {
+        f.column_refs()
+            .iter()
+            .any(|c: &&Column| c.name == DELETED_COLUMN)
+    })
 }
 
 #[async_trait]
@@ -110,7 +131,10 @@ impl TableProvider for HotTableProvider {
         self.rt.defaults.get(column)
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
         // Filters are used to pick rows (point reads, `_deleted`), and DataFusion applies
         // them again on what the scan returns.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
@@ -135,7 +159,9 @@ impl TableProvider for HotTableProvider {
                 .collect(),
             None => {
                 let limit = if filters.is_empty() { limit } else { None };
-                store.scan(&partition, include_deleted, limit).map_err(KalamError::into_datafusion)?
+                store
+                    .scan(&partition, include_deleted, limit)
+                    .map_err(KalamError::into_datafusion)?
             }
         };
         let def = self.rt.def();
@@ -144,7 +170,11 @@ impl TableProvider for HotTableProvider {
             .map(|chunk| rows_to_batch(def, &self.rt.schema, chunk))
             .collect::<Result<Vec<_>, _>>()
             .map_err(KalamError::into_datafusion)?;
-        let exec = MemorySourceConfig::try_new_exec(&[batches], self.rt.schema.clone(), projection.cloned())?;
+        let exec = MemorySourceConfig::try_new_exec(
+            &[batches],
+            self.rt.schema.clone(),
+            projection.cloned(),
+        )?;
         Ok(exec)
     }
 
@@ -155,19 +185,34 @@ impl TableProvider for HotTableProvider {
         insert_op: InsertOp,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         if insert_op != InsertOp::Append {
-            return Err(KalamError::Unsupported(format!("{insert_op} is not supported; use INSERT INTO")).into_datafusion());
+            return Err(KalamError::Unsupported(format!(
+                "{insert_op} is not supported; use INSERT INTO"
+            ))
+            .into_datafusion());
         }
         let partition = self.partition(state)?;
         let ctx = request_context(state)?;
         if self.rt.def().namespace.as_str() == SYSTEM_NAMESPACE && !ctx.principal.is_admin() {
-            return Err(KalamError::Forbidden("writing system tables requires an admin token".into()).into_datafusion());
+            return Err(KalamError::Forbidden(
+                "writing system tables requires an admin token".into(),
+            )
+            .into_datafusion());
         }
         // NOT NULL is checked by the store with the column's name in the message, so the
         // sink declares every field nullable and DataFusion's positional check stays out.
         let nullable = Schema::new(
-            self.rt.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+            self.rt
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
         );
-        let sink = InsertSink { rt: self.rt.clone(), partition, schema: Arc::new(nullable) };
+        let sink = InsertSink {
+            rt: self.rt.clone(),
+            partition,
+            schema: Arc::new(nullable),
+        };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
 }
@@ -192,12 +237,19 @@ impl DataSink for InsertSink {
         &self.schema
     }
 
-    async fn write_all(&self, mut data: SendableRecordBatchStream, _ctx: &Arc<TaskContext>) -> DfResult<u64> {
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _ctx: &Arc<TaskContext>,
+    ) -> DfResult<u64> {
         let def = self.rt.def();
         let mut rows: Vec<Vec<Value>> = Vec::new();
         while let Some(batch) = data.next().await {
             rows.extend(batch_to_values(def, &batch?).map_err(KalamError::into_datafusion)?);
         }
-        self.rt.store.write(&self.partition, rows, WriteMode::Insert).map_err(KalamError::into_datafusion)
+        self.rt
+            .store
+            .write(&self.partition, rows, WriteMode::Insert)
+            .map_err(KalamError::into_datafusion)
     }
 }

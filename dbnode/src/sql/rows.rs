@@ -18,11 +18,19 @@ use crate::error::{KalamError, Result};
 use crate::storage::{StoredRow, Value};
 
 /// Builds one batch of the table's full schema (user columns, then system columns).
-pub fn rows_to_batch(def: &TableDef, schema: &SchemaRef, rows: &[StoredRow]) -> Result<RecordBatch> {
+pub fn rows_to_batch(
+    def: &TableDef,
+    schema: &SchemaRef,
+    rows: &[StoredRow],
+) -> Result<RecordBatch> {
     let n = rows.len();
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for (i, col) in def.columns.iter().enumerate() {
-        columns.push(build_column(col.data_type, n, rows.iter().map(|r| r.values.get(i).unwrap_or(&Value::Null)))?);
+        columns.push(build_column(
+            col.data_type,
+            n,
+            rows.iter().map(|r| r.values.get(i).unwrap_or(&Value::Null)),
+        )?);
     }
     if def.kind.has_system_columns() {
         let mut updated = TimestampMicrosecondBuilder::with_capacity(n).with_timezone(TIMESTAMP_TZ);
@@ -38,10 +46,17 @@ pub fn rows_to_batch(def: &TableDef, schema: &SchemaRef, rows: &[StoredRow]) -> 
 }
 
 fn mismatch(t: KalamType, v: &Value) -> KalamError {
-    KalamError::Storage(format!("stored value {v:?} does not fit column type {}", t.sql_name()))
+    KalamError::Storage(format!(
+        "stored value {v:?} does not fit column type {}",
+        t.sql_name()
+    ))
 }
 
-fn build_column<'a>(t: KalamType, n: usize, values: impl Iterator<Item = &'a Value>) -> Result<ArrayRef> {
+fn build_column<'a>(
+    t: KalamType,
+    n: usize,
+    values: impl Iterator<Item = &'a Value>,
+) -> Result<ArrayRef> {
     macro_rules! build {
         ($builder:expr, $($pat:pat => $val:expr),+) => {{
             let mut b = $builder;
@@ -68,7 +83,9 @@ fn build_column<'a>(t: KalamType, n: usize, values: impl Iterator<Item = &'a Val
                 .map_err(KalamError::internal)?,
             Value::Decimal(d) => *d
         ),
-        KalamType::Text | KalamType::Json => build!(StringBuilder::with_capacity(n, n * 16), Value::Text(s) => s),
+        KalamType::Text | KalamType::Json => {
+            build!(StringBuilder::with_capacity(n, n * 16), Value::Text(s) => s)
+        }
         KalamType::Bytes => build!(BinaryBuilder::with_capacity(n, n * 16), Value::Bytes(b) => b),
         KalamType::Date => build!(Date32Builder::with_capacity(n), Value::Date(d) => *d),
         KalamType::Timestamp => build!(
@@ -85,10 +102,12 @@ pub fn cast_to_column(array: &ArrayRef, t: KalamType, column: &str) -> Result<Ar
     if array.data_type() == &target {
         return Ok(array.clone());
     }
-    let opts = datafusion::arrow::compute::CastOptions { safe: false, ..Default::default() };
-    datafusion::arrow::compute::cast_with_options(array, &target, &opts).map_err(|e| {
-        KalamError::InvalidValue(format!("column '{column}' ({}): {e}", t.sql_name()))
-    })
+    let opts = datafusion::arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    datafusion::arrow::compute::cast_with_options(array, &target, &opts)
+        .map_err(|e| KalamError::InvalidValue(format!("column '{column}' ({}): {e}", t.sql_name())))
 }
 
 /// Reads row `i` of `array` (already of the column's Arrow type) as a stored value.
@@ -103,7 +122,9 @@ pub fn value_at(array: &ArrayRef, i: usize, t: KalamType, column: &str) -> Resul
         KalamType::BigInt => Value::Int(array.as_primitive::<Int64Type>().value(i)),
         KalamType::Float => Value::Float(array.as_primitive::<Float32Type>().value(i) as f64),
         KalamType::Double => Value::Float(array.as_primitive::<Float64Type>().value(i)),
-        KalamType::Decimal { .. } => Value::Decimal(array.as_primitive::<Decimal128Type>().value(i)),
+        KalamType::Decimal { .. } => {
+            Value::Decimal(array.as_primitive::<Decimal128Type>().value(i))
+        }
         KalamType::Text => Value::Text(array.as_string::<i32>().value(i).to_string()),
         KalamType::Json => {
             let text = array.as_string::<i32>().value(i);
@@ -114,7 +135,9 @@ pub fn value_at(array: &ArrayRef, i: usize, t: KalamType, column: &str) -> Resul
         }
         KalamType::Bytes => Value::Bytes(array.as_binary::<i32>().value(i).to_vec()),
         KalamType::Date => Value::Date(array.as_primitive::<Date32Type>().value(i)),
-        KalamType::Timestamp => Value::Timestamp(array.as_primitive::<TimestampMicrosecondType>().value(i)),
+        KalamType::Timestamp => {
+            Value::Timestamp(array.as_primitive::<TimestampMicrosecondType>().value(i))
+        }
     })
 }
 

@@ -24,12 +24,18 @@ pub struct KalamCatalogList {
 
 impl KalamCatalogList {
     pub fn new(engine: Arc<Engine>) -> Self {
-        Self { catalog: Arc::new(KalamCatalog { engine }) }
+        Self {
+            catalog: Arc::new(KalamCatalog { engine }),
+        }
     }
 }
 
 impl CatalogProviderList for KalamCatalogList {
-    fn register_catalog(&self, _name: String, _catalog: Arc<dyn CatalogProvider>) -> Option<Arc<dyn CatalogProvider>> {
+    fn register_catalog(
+        &self,
+        _name: String,
+        _catalog: Arc<dyn CatalogProvider>,
+    ) -> Option<Arc<dyn CatalogProvider>> {
         None
     }
 
@@ -49,19 +55,29 @@ struct KalamCatalog {
 
 impl CatalogProvider for KalamCatalog {
     fn schema_names(&self) -> Vec<String> {
-        let mut names: Vec<String> =
-            self.engine.catalog.namespaces().into_iter().map(|(d, _)| d.name.to_string()).collect();
+        let mut names: Vec<String> = self
+            .engine
+            .catalog
+            .namespaces()
+            .into_iter()
+            .map(|(d, _)| d.name.to_string())
+            .collect();
         names.push(SYSTEM_NAMESPACE.to_string());
         names
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
         if name == SYSTEM_NAMESPACE {
-            return Some(Arc::new(SystemSchema { engine: self.engine.clone() }));
+            return Some(Arc::new(SystemSchema {
+                engine: self.engine.clone(),
+            }));
         }
         let ns = NamespaceId::new(name).ok()?;
         self.engine.catalog.namespace(&ns)?;
-        Some(Arc::new(NamespaceSchema { engine: self.engine.clone(), ns }))
+        Some(Arc::new(NamespaceSchema {
+            engine: self.engine.clone(),
+            ns,
+        }))
     }
 }
 
@@ -73,14 +89,21 @@ struct NamespaceSchema {
 
 impl NamespaceSchema {
     fn id(&self, name: &str) -> Option<TableId> {
-        TableName::new(name).ok().map(|t| TableId::new(self.ns.clone(), t))
+        TableName::new(name)
+            .ok()
+            .map(|t| TableId::new(self.ns.clone(), t))
     }
 }
 
 #[async_trait]
 impl SchemaProvider for NamespaceSchema {
     fn table_names(&self) -> Vec<String> {
-        self.engine.catalog.tables(Some(&self.ns)).iter().map(|t| t.name.to_string()).collect()
+        self.engine
+            .catalog
+            .tables(Some(&self.ns))
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
@@ -91,7 +114,8 @@ impl SchemaProvider for NamespaceSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.id(name).is_some_and(|id| self.engine.table(&id).is_some())
+        self.id(name)
+            .is_some_and(|id| self.engine.table(&id).is_some())
     }
 }
 
@@ -116,7 +140,10 @@ impl SchemaProvider for SystemSchema {
                     NamespaceId::new(SYSTEM_NAMESPACE).map_err(KalamError::into_datafusion)?,
                     TableName::new(system_tables::USERS).map_err(KalamError::into_datafusion)?,
                 );
-                return Ok(self.engine.table(&id).map(|rt| Arc::new(HotTableProvider::new(rt)) as Arc<dyn TableProvider>));
+                return Ok(self
+                    .engine
+                    .table(&id)
+                    .map(|rt| Arc::new(HotTableProvider::new(rt)) as Arc<dyn TableProvider>));
             }
             _ => return Ok(None),
         };

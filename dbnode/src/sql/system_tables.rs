@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::array::{
+    ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
@@ -32,7 +34,9 @@ fn timestamp(name: &str) -> Field {
 fn snapshot(fields: Vec<Field>, columns: Vec<ArrayRef>) -> Result<Arc<dyn TableProvider>> {
     let schema = Arc::new(Schema::new(fields));
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(KalamError::internal)?;
-    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]]).map_err(KalamError::internal)?))
+    Ok(Arc::new(
+        MemTable::try_new(schema, vec![vec![batch]]).map_err(KalamError::internal)?,
+    ))
 }
 
 fn strings<'a>(v: impl Iterator<Item = Option<String>>) -> ArrayRef {
@@ -47,12 +51,22 @@ fn times(v: impl Iterator<Item = i64>) -> ArrayRef {
 pub fn namespaces(catalog: &Catalog) -> Result<Arc<dyn TableProvider>> {
     let rows = catalog.namespaces();
     snapshot(
-        vec![text("name"), timestamp("created_at"), Field::new("table_count", DataType::Int64, false), json("options")],
+        vec![
+            text("name"),
+            timestamp("created_at"),
+            Field::new("table_count", DataType::Int64, false),
+            json("options"),
+        ],
         vec![
             strings(rows.iter().map(|(d, _)| Some(d.name.to_string()))),
             times(rows.iter().map(|(d, _)| d.created_at.timestamp_micros())),
-            Arc::new(Int64Array::from(rows.iter().map(|(_, n)| *n as i64).collect::<Vec<_>>())),
-            strings(rows.iter().map(|(d, _)| Some(serde_json::Value::Object(d.options.clone()).to_string()))),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|(_, n)| *n as i64).collect::<Vec<_>>(),
+            )),
+            strings(
+                rows.iter()
+                    .map(|(d, _)| Some(serde_json::Value::Object(d.options.clone()).to_string())),
+            ),
         ],
     )
 }
@@ -80,7 +94,11 @@ pub fn tables(catalog: &Catalog) -> Result<Arc<dyn TableProvider>> {
             strings(rows.iter().map(|t| Some(t.flush_policy.to_string()))),
             strings(rows.iter().map(|t| Some(t.deleted_retention_text()))),
             strings(rows.iter().map(|t| Some(t.primary_key.to_string()))),
-            Arc::new(Int64Array::from(rows.iter().map(|t| t.schema_version as i64).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(
+                rows.iter()
+                    .map(|t| t.schema_version as i64)
+                    .collect::<Vec<_>>(),
+            )),
             times(rows.iter().map(|t| t.created_at.timestamp_micros())),
         ],
     )

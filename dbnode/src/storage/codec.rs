@@ -66,8 +66,12 @@ impl RowKey {
         match v {
             Value::Int(i) => Ok(Self::from_int(*i)),
             Value::Text(s) => Ok(Self::from_text(s)),
-            Value::Null => Err(KalamError::InvalidValue("the primary key must not be NULL".into())),
-            other => Err(KalamError::Internal(format!("unsupported key value {other:?}"))),
+            Value::Null => Err(KalamError::InvalidValue(
+                "the primary key must not be NULL".into(),
+            )),
+            other => Err(KalamError::Internal(format!(
+                "unsupported key value {other:?}"
+            ))),
         }
     }
 }
@@ -149,7 +153,12 @@ mod tests {
         let mut encoded: Vec<RowKey> = keys.iter().map(|k| RowKey::from_int(*k)).collect();
         keys.sort();
         encoded.sort();
-        assert_eq!(encoded, keys.iter().map(|k| RowKey::from_int(*k)).collect::<Vec<_>>());
+        assert_eq!(
+            encoded,
+            keys.iter()
+                .map(|k| RowKey::from_int(*k))
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -5,14 +5,14 @@
 //! Values: [`codec::StoredRow`]. The WAL is always on; `sync_writes` adds an fsync per write.
 
 pub mod codec;
+pub mod table;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rocksdb::{
-    BoundColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBWithThreadMode,
-    IteratorMode, MultiThreaded, Options, ReadOptions, WriteBatch, WriteBufferManager,
-    WriteOptions,
+    BoundColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBWithThreadMode, IteratorMode,
+    MultiThreaded, Options, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions,
 };
 
 use crate::error::{KalamError, Result};
@@ -70,13 +70,19 @@ impl Storage {
                 names.push(required.to_string());
             }
         }
-        let descriptors =
-            names.iter().map(|n| ColumnFamilyDescriptor::new(n, cf_opts.clone()));
+        let descriptors = names
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_opts.clone()));
         let db = Db::open_cf_descriptors(&db_opts, dir, descriptors)?;
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(options.sync_writes);
         write_opts.disable_wal(false);
-        Ok(Self { db, write_opts, cf_opts, _write_buffers: write_buffers })
+        Ok(Self {
+            db,
+            write_opts,
+            cf_opts,
+            _write_buffers: write_buffers,
+        })
     }
 
     /// Column families holding table data (name starts with [`TABLE_CF_PREFIX`]).
@@ -203,11 +209,21 @@ mod tests {
     use crate::ids::UserId;
 
     fn opts() -> StorageOptions {
-        StorageOptions { sync_writes: false, write_buffer_bytes: 8 << 20, max_open_files: 64 }
+        StorageOptions {
+            sync_writes: false,
+            write_buffer_bytes: 8 << 20,
+            max_open_files: 64,
+        }
     }
 
     fn row(seq: u64, text: &str) -> StoredRow {
-        StoredRow { schema_version: 1, seq, updated_micros: 0, deleted: false, values: vec![Value::Text(text.into())] }
+        StoredRow {
+            schema_version: 1,
+            seq,
+            updated_micros: 0,
+            deleted: false,
+            values: vec![Value::Text(text.into())],
+        }
     }
 
     #[test]
@@ -230,7 +246,10 @@ mod tests {
             .unwrap();
         }
         let s = Storage::open(dir.path(), &opts()).unwrap();
-        assert_eq!(s.table_cfs(dir.path()).unwrap(), vec!["t_app_m_1".to_string()]);
+        assert_eq!(
+            s.table_cfs(dir.path()).unwrap(),
+            vec!["t_app_m_1".to_string()]
+        );
         assert_eq!(s.last_seq("t_app_m_1").unwrap(), 1);
         let mut seen = Vec::new();
         s.scan_partition("t_app_m_1", &alice, |_, r| {
@@ -238,9 +257,11 @@ mod tests {
             Ok(true)
         })
         .unwrap();
-        assert_eq!(seen, vec![Value::Text("a1".into()), Value::Text("a2".into())]);
+        assert_eq!(
+            seen,
+            vec![Value::Text("a1".into()), Value::Text("a2".into())]
+        );
         s.drop_cf("t_app_m_1").unwrap();
         assert!(s.table_cfs(dir.path()).unwrap().is_empty());
     }
 }
-pub mod table;

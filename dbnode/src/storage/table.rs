@@ -42,11 +42,22 @@ fn now_micros() -> i64 {
 }
 
 impl TableStore {
-    pub fn open(storage: Arc<Storage>, def: Arc<TableDef>, validator: Option<RowValidator>) -> Result<Self> {
+    pub fn open(
+        storage: Arc<Storage>,
+        def: Arc<TableDef>,
+        validator: Option<RowValidator>,
+    ) -> Result<Self> {
         let cf = def.cf_name();
         storage.create_cf(&cf)?;
         let seq = storage.last_seq(&cf)?;
-        Ok(Self { def, cf, storage, seq: AtomicU64::new(seq), write_lock: Mutex::new(()), validator })
+        Ok(Self {
+            def,
+            cf,
+            storage,
+            seq: AtomicU64::new(seq),
+            write_lock: Mutex::new(()),
+            validator,
+        })
     }
 
     pub fn def(&self) -> &Arc<TableDef> {
@@ -70,7 +81,9 @@ impl TableStore {
 
     fn check_values(&self, values: &[Value]) -> Result<()> {
         if values.len() != self.def.columns.len() {
-            return Err(KalamError::internal("row width differs from the table schema"));
+            return Err(KalamError::internal(
+                "row width differs from the table schema",
+            ));
         }
         for (col, v) in self.def.columns.iter().zip(values) {
             if !col.nullable && matches!(v, Value::Null) {
@@ -89,7 +102,12 @@ impl TableStore {
 
     /// Writes rows (user-column values in schema order) to one partition as one atomic
     /// batch with one new sequence number. Returns the number of rows written.
-    pub fn write(&self, partition: &Partition, rows: Vec<Vec<Value>>, mode: WriteMode) -> Result<u64> {
+    pub fn write(
+        &self,
+        partition: &Partition,
+        rows: Vec<Vec<Value>>,
+        mode: WriteMode,
+    ) -> Result<u64> {
         if rows.is_empty() {
             return Ok(0);
         }
@@ -153,7 +171,12 @@ impl TableStore {
     }
 
     /// Every current row version of a partition, soft-deleted ones only when asked.
-    pub fn scan(&self, partition: &Partition, include_deleted: bool, limit: Option<usize>) -> Result<Vec<StoredRow>> {
+    pub fn scan(
+        &self,
+        partition: &Partition,
+        include_deleted: bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<StoredRow>> {
         let mut out = Vec::new();
         self.storage.scan_partition(&self.cf, partition, |_, row| {
             if include_deleted || !row.deleted {

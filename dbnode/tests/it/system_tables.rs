@@ -145,7 +145,7 @@ async fn system_tables_expose_their_documented_columns() {
     let node = TestNode::start().await;
     node.create_chat_schema().await;
 
-    let tables: [(&str, &[&str]); 6] = [
+    let tables: [(&str, &[&str]); 3] = [
         (
             "system.users",
             &["user_id", "username", "email", "role", "created_at"],
@@ -164,54 +164,6 @@ async fn system_tables_expose_their_documented_columns() {
                 "flush_policy",
                 "schema_version",
                 "created_at",
-            ],
-        ),
-        (
-            "system.storage_locations",
-            &[
-                "location_name",
-                "location_type",
-                "path",
-                "credentials_ref",
-                "created_at",
-                "usage_count",
-            ],
-        ),
-        (
-            "system.live_queries",
-            &[
-                "live_id",
-                "connection_id",
-                "namespace",
-                "table_name",
-                "query_id",
-                "user_id",
-                "query",
-                "options",
-                "created_at",
-                "updated_at",
-                "changes",
-                "node",
-            ],
-        ),
-        (
-            "system.jobs",
-            &[
-                "job_id",
-                "job_type",
-                "namespace",
-                "table_name",
-                "user_id",
-                "status",
-                "start_time",
-                "end_time",
-                "parameters",
-                "result",
-                "trace",
-                "memory_used_mb",
-                "cpu_used_percent",
-                "node_id",
-                "error_message",
             ],
         ),
     ];
