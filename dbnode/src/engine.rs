@@ -18,6 +18,7 @@ use crate::catalog::{
 use crate::config::Config;
 use crate::error::{KalamError, Result};
 use crate::ids::{ColumnName, NamespaceId, Role, TableId, TableName, UserId, SYSTEM_NAMESPACE};
+use crate::sql::fast_insert::{fast_default, FastDefault};
 use crate::storage::table::{RowValidator, TableStore};
 use crate::storage::{Storage, StorageOptions, Value};
 
@@ -28,6 +29,8 @@ pub struct TableRuntime {
     pub schema: SchemaRef,
     /// Column name -> DEFAULT, including `_updated`/`_deleted` placeholders the sink replaces.
     pub defaults: HashMap<String, Expr>,
+    /// Per user column, its DEFAULT as the literal-INSERT fast path computes it.
+    pub fast_defaults: Vec<Option<FastDefault>>,
 }
 
 impl TableRuntime {
@@ -166,11 +169,21 @@ impl Engine {
             );
             defaults.insert(DELETED_COLUMN.to_string(), lit(false));
         }
+        let fast_defaults = def
+            .columns
+            .iter()
+            .map(|c| {
+                c.default
+                    .as_deref()
+                    .and_then(|d| fast_default(d, c.data_type, c.name.as_str()))
+            })
+            .collect();
         let store = Arc::new(TableStore::open(storage.clone(), def, validator)?);
         Ok(TableRuntime {
             store,
             schema,
             defaults,
+            fast_defaults,
         })
     }
 

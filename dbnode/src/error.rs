@@ -172,6 +172,15 @@ impl From<DataFusionError> for KalamError {
             DataFusionError::ResourcesExhausted(m) => KalamError::Internal(m),
             DataFusionError::Internal(m) => KalamError::Internal(m),
             DataFusionError::ExecutionJoin(e) => KalamError::Internal(e.to_string()),
+            DataFusionError::ArrowError(e, _)
+                if matches!(
+                    e.as_ref(),
+                    datafusion::arrow::error::ArrowError::CastError(_)
+                        | datafusion::arrow::error::ArrowError::ParseError(_)
+                ) =>
+            {
+                KalamError::InvalidValue(clean_df_message(&e.to_string()))
+            }
             DataFusionError::ArrowError(e, _) if e.to_string().contains("non-nullable") => {
                 KalamError::InvalidValue(format!(
                     "NULL in a NOT NULL column: {}",

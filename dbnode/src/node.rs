@@ -39,10 +39,10 @@ impl Node {
         let planner = planner_state(snowflake.clone(), None);
         let engine = Arc::new(Engine::open(&config, &planner)?);
         let base = planner_state(
-            snowflake,
+            snowflake.clone(),
             Some(Arc::new(KalamCatalogList::new(engine.clone()))),
         );
-        let executor = Executor::new(engine, base, config.max_result_rows);
+        let executor = Executor::new(engine, snowflake, base, config.max_result_rows);
         let metrics = Metrics::new().map_err(KalamError::internal)?;
         Ok(Arc::new(Self {
             config,

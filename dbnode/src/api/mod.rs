@@ -60,6 +60,11 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         .into_response()
 }
 
+/// Who made a request, attached to its response by the handler so the request log names the
+/// user (never the token).
+#[derive(Debug, Clone)]
+pub struct RequestUser(pub String);
+
 /// Logs and measures every request by its route (never its query string or headers).
 async fn observe(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -72,6 +77,11 @@ async fn observe(State(node): State<Arc<Node>>, req: Request, next: Next) -> Res
     let response = next.run(req).await;
     let elapsed = started.elapsed();
     let status = response.status();
+    let user = response
+        .extensions()
+        .get::<RequestUser>()
+        .map(|u| u.0.as_str())
+        .unwrap_or("-");
     node.metrics
         .http_requests
         .with_label_values(&[&route, status.as_str()])
@@ -81,7 +91,7 @@ async fn observe(State(node): State<Arc<Node>>, req: Request, next: Next) -> Res
         .with_label_values(&[&route])
         .observe(elapsed.as_secs_f64());
     if route != "/healthz" && route != "/readyz" && route != "/metrics" {
-        tracing::info!(%method, route, status = status.as_u16(), latency_ms = elapsed.as_secs_f64() * 1000.0, "request");
+        tracing::info!(%method, route, user, status = status.as_u16(), latency_ms = elapsed.as_secs_f64() * 1000.0, "request");
     }
     response
 }

@@ -15,7 +15,7 @@ use futures::FutureExt;
 use kalam_client::wire::{SqlRequest, SqlResponse, SqlSuccess};
 use tracing::Instrument;
 
-use super::error_response;
+use super::{error_response, RequestUser};
 use crate::auth::Principal;
 use crate::error::KalamError;
 use crate::ids::UserId;
@@ -43,11 +43,26 @@ fn bearer(headers: &HeaderMap) -> Result<&str, KalamError> {
 }
 
 pub async fn handle(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
+    let mut user = None;
+    let mut response = answer(&node, &headers, body, &mut user).await;
+    if let Some(u) = user {
+        response.extensions_mut().insert(RequestUser(u));
+    }
+    response
+}
+
+async fn answer(
+    node: &Arc<Node>,
+    headers: &HeaderMap,
+    body: Body,
+    user: &mut Option<String>,
+) -> Response {
     let started = Instant::now();
-    let principal = match bearer(&headers).and_then(|t| node.auth.verify(t)) {
+    let principal = match bearer(headers).and_then(|t| node.auth.verify(t)) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
+    *user = Some(principal.user_id.to_string());
     let limit = node.config.max_request_bytes;
     let bytes = match to_bytes(body, limit).await {
         Ok(b) => b,
@@ -67,7 +82,7 @@ pub async fn handle(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bod
         Err(e) => return e.into_response(),
     };
     let span = tracing::info_span!("sql", user = %ctx.principal.user_id, as_user = request.as_user.as_deref());
-    let run = run_statements(&node, &ctx, &request.sql).instrument(span);
+    let run = run_statements(node, &ctx, &request.sql).instrument(span);
     match AssertUnwindSafe(run).catch_unwind().await {
         Ok(Ok(mut ok)) => {
             ok.took_ms = started.elapsed().as_secs_f64() * 1000.0;

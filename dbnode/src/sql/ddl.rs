@@ -226,10 +226,12 @@ pub fn table_def(
                         .as_secs(),
                 )
             }
-            (key, _) => return Err(KalamError::InvalidOption(format!(
+            (key, _) => {
+                return Err(KalamError::InvalidOption(format!(
                 "unknown or ill-typed table option '{}' (known: deleted_retention = '7d' | 'off')",
                 clip(key)
-            ))),
+            )))
+            }
         }
     }
     let mut uid = [0u8; 4];

@@ -34,7 +34,7 @@ use crate::sql::parser::{table_id_from_object_name, KalamStatement};
 use crate::sql::provider::RequestContext;
 use crate::sql::rows::{batch_to_values, cast_to_column, value_at};
 use crate::sql::schema::{KalamCatalogList, CATALOG};
-use crate::sql::{ddl, output, system_tables};
+use crate::sql::{ddl, fast_insert, output, system_tables};
 use crate::storage::table::WriteMode;
 use crate::storage::Partition;
 
@@ -64,6 +64,7 @@ pub fn planner_state(
 #[derive(Debug)]
 pub struct Executor {
     engine: Arc<Engine>,
+    snowflake: Arc<SnowflakeGenerator>,
     base: SessionState,
     max_result_rows: usize,
 }
@@ -105,9 +106,15 @@ fn quoted(name: &str) -> String {
 }
 
 impl Executor {
-    pub fn new(engine: Arc<Engine>, base: SessionState, max_result_rows: usize) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        snowflake: Arc<SnowflakeGenerator>,
+        base: SessionState,
+        max_result_rows: usize,
+    ) -> Self {
         Self {
             engine,
+            snowflake,
             base,
             max_result_rows,
         }
@@ -218,15 +225,28 @@ impl Executor {
     }
 
     async fn sql(&self, ctx: &Arc<RequestContext>, stmt: Statement) -> Result<QueryResult> {
+        if let Statement::Insert(insert) = stmt {
+            return self.insert(ctx, insert).await;
+        }
         let state = self.state(ctx);
         let df_stmt = DfStatement::Statement(Box::new(stmt.clone()));
         self.check_references(&state, &df_stmt)?;
         match stmt {
+            // EXPLAIN [ANALYZE] runs its statement: only what could run on its own.
+            Statement::Explain { statement, .. }
+                if !matches!(
+                    statement.as_ref(),
+                    Statement::Query(_) | Statement::Insert(_)
+                ) =>
+            {
+                Err(KalamError::Unsupported(
+                    "EXPLAIN supports SELECT and INSERT".into(),
+                ))
+            }
             Statement::Query(_) | Statement::Explain { .. } => {
                 let (schema, batches) = self.run(&state, df_stmt, self.max_result_rows).await?;
                 output::query_result(&schema, &batches)
             }
-            Statement::Insert(insert) => self.insert(&state, insert).await,
             Statement::Update(update) => self.update(ctx, &state, update).await,
             Statement::Delete(delete) => self.delete(ctx, &state, delete).await,
             other => {
@@ -336,7 +356,7 @@ impl Executor {
         Ok(())
     }
 
-    async fn insert(&self, state: &SessionState, mut insert: Insert) -> Result<QueryResult> {
+    async fn insert(&self, ctx: &Arc<RequestContext>, mut insert: Insert) -> Result<QueryResult> {
         if insert.returning.is_some() || insert.on.is_some() || insert.source.is_none() {
             return Err(KalamError::Unsupported(
                 "INSERT supports VALUES and SELECT, without RETURNING or ON CONFLICT".into(),
@@ -348,8 +368,7 @@ impl Executor {
             ));
         };
         let rt = self.runtime(name)?;
-        let ctx = crate::sql::provider::request_context(state)?;
-        Self::check_writable(&ctx, &rt)?;
+        Self::check_writable(ctx, &rt)?;
         let def = rt.def();
         for col in &insert.columns {
             let last = col.0.last().map(|p| p.to_string()).unwrap_or_default();
@@ -381,13 +400,27 @@ impl Executor {
                 })
                 .collect();
         }
-        let (_, batches) = self
-            .run(
-                state,
-                DfStatement::Statement(Box::new(Statement::Insert(insert))),
-                usize::MAX,
-            )
-            .await?;
+        let names: Vec<String> = insert
+            .columns
+            .iter()
+            .map(|c| {
+                c.0.last()
+                    .map(|p| p.to_string().trim_matches('"').to_string())
+                    .unwrap_or_default()
+            })
+            .collect();
+        if let Some(rows) =
+            fast_insert::literal_rows(def, &rt.fast_defaults, &names, &insert, &self.snowflake)?
+        {
+            let n = rt
+                .store
+                .write(&partition_for(def, ctx), rows, WriteMode::Insert)?;
+            return Ok(affected(n));
+        }
+        let state = self.state(ctx);
+        let stmt = DfStatement::Statement(Box::new(Statement::Insert(insert)));
+        self.check_references(&state, &stmt)?;
+        let (_, batches) = self.run(&state, stmt, usize::MAX).await?;
         let count = batches
             .first()
             .filter(|b| b.num_rows() > 0 && b.num_columns() > 0)

@@ -3,6 +3,7 @@
 
 pub mod ddl;
 pub mod executor;
+pub mod fast_insert;
 pub mod functions;
 pub mod output;
 pub mod parser;

@@ -719,3 +719,85 @@ async fn missing_tables_and_columns_are_reported() {
         node.expect_error(&alice, sql, "SQL_PLAN_ERROR").await;
     }
 }
+
+/// Literal-only INSERTs take a fast path that skips the planner; the same values written
+/// through the planner (INSERT ... SELECT from a VALUES subquery) must store exactly the same
+/// thing, errors included.
+#[tokio::test]
+async fn literal_inserts_store_what_planned_inserts_store() {
+    let node = TestNode::start().await;
+    node.admin("CREATE NAMESPACE app").await;
+    for table in ["fast", "planned"] {
+        node.admin(&format!(
+            "CREATE SHARED TABLE app.{table} (id BIGINT PRIMARY KEY, b BOOLEAN, s SMALLINT, i INT, \
+             f FLOAT, d DOUBLE, amount DECIMAL(10,2), t TEXT, birthday DATE, ts TIMESTAMP, j JSON, \
+             kind TEXT DEFAULT 'note', at TIMESTAMP DEFAULT NOW())"
+        ))
+        .await;
+    }
+    let alice = token("alice", false);
+    let rows = [
+        "1, true, -12, 123456, 1.5, 2.25, 12.34, 'hello', '2026-11-27', '2026-11-27T10:00:00.000123Z', '{\"a\":[1,{\"b\":null}]}'",
+        "2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL",
+        "3, false, 32767, -2147483648, -0.25, 1e300, -0.05, '', '1970-01-01', '2026-11-27T12:00:00+02:00', '[1,\"two\"]'",
+        "4, 'true', '7', '42', '3', -1, 5, 'x', '2000-02-29', '2026-01-01 00:00:00', 'null'",
+    ];
+    let cols = "(id, b, s, i, f, d, amount, t, birthday, ts, j)";
+    for row in rows {
+        node.exec(
+            &alice,
+            &format!("INSERT INTO app.fast {cols} VALUES ({row})"),
+        )
+        .await;
+        node.exec(
+            &alice,
+            &format!("INSERT INTO app.planned {cols} SELECT * FROM (VALUES ({row}))"),
+        )
+        .await;
+    }
+    let read = |table: &str| {
+        format!("SELECT id, b, s, i, f, d, amount, t, birthday, ts, j, kind FROM app.{table} ORDER BY id")
+    };
+    let fast = node.query(&alice, &read("fast")).await;
+    let planned = node.query(&alice, &read("planned")).await;
+    assert_eq!(fast.len(), 4);
+    assert_eq!(
+        fast, planned,
+        "the fast path and the planner store the same values"
+    );
+    assert_eq!(fast[0]["kind"], json!("note"), "constant DEFAULT");
+    let defaults_set = node
+        .count(
+            &alice,
+            "SELECT COUNT(*) FROM app.fast WHERE at IS NOT NULL AND at <= NOW()",
+        )
+        .await;
+    assert_eq!(defaults_set, 4, "NOW() DEFAULT on the fast path");
+
+    for (value, code) in [("'abc'", "INVALID_VALUE"), ("'{bad json'", "INVALID_VALUE")] {
+        let column = if value.contains('{') { "j" } else { "i" };
+        for sql in [
+            format!("INSERT INTO app.fast (id, {column}) VALUES (10, {value})"),
+            format!("INSERT INTO app.planned (id, {column}) SELECT * FROM (VALUES (10, {value}))"),
+        ] {
+            let resp = node.sql(&alice, &sql).await;
+            let code_seen = resp.1["error"]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert_eq!(code_seen, code, "{sql}: {}", resp.1);
+        }
+    }
+    node.expect_error(
+        &alice,
+        "INSERT INTO app.fast (id) VALUES (1)",
+        "PRIMARY_KEY_VIOLATION",
+    )
+    .await;
+    node.expect_error(
+        &alice,
+        "INSERT INTO app.fast (id, nope) VALUES (11, 1)",
+        "SQL_PLAN_ERROR",
+    )
+    .await;
+}

@@ -10,6 +10,7 @@
 mod harness;
 
 mod auth;
+mod cli;
 mod dml;
 mod durability;
 mod http;

@@ -395,3 +395,40 @@ async fn concurrent_requests_from_many_users_are_all_applied() {
         100
     );
 }
+
+/// SQL must never reach the node's file system: DataFusion can read and write files
+/// (`COPY ... TO`, external tables, URL tables), and none of that is part of KalamDB's dialect.
+#[tokio::test]
+async fn statements_that_touch_server_files_are_refused() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    let admin = admin_token();
+    let target = node.dir().base().join("escaped.csv");
+    let target = target.to_string_lossy();
+    for sql in [
+        format!("COPY (SELECT 1) TO '{target}'"),
+        format!("EXPLAIN ANALYZE COPY (SELECT 1) TO '{target}'"),
+        format!("EXPLAIN COPY (SELECT 1) TO '{target}'"),
+        format!("CREATE EXTERNAL TABLE leak STORED AS CSV LOCATION '{target}'"),
+        "CREATE TABLE leak AS SELECT 1".to_string(),
+        "SET datafusion.catalog.information_schema = false".to_string(),
+    ] {
+        let resp = node.sql(&admin, &sql).await;
+        assert!(
+            !node.assert_answer_or_client_error(&resp, &sql),
+            "{sql} must be refused: {}",
+            resp.1
+        );
+    }
+    let resp = node.sql(&admin, "SELECT * FROM '/etc/passwd'").await;
+    assert!(
+        !node.assert_answer_or_client_error(&resp, "URL table"),
+        "{}",
+        resp.1
+    );
+    assert!(
+        !std::path::Path::new(target.as_ref()).exists(),
+        "no file was written"
+    );
+    node.assert_still_serving().await;
+}
