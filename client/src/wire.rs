@@ -161,10 +161,14 @@ error_codes! {
     NamespaceNotEmpty => "NAMESPACE_NOT_EMPTY", 409;
     /// An INSERT of a key that already holds a live row.
     PrimaryKeyViolation => "PRIMARY_KEY_VIOLATION", 409;
+    /// An UPDATE or DELETE whose rows other writers kept changing; safe to retry.
+    WriteConflict => "WRITE_CONFLICT", 409;
     /// The request body is over the configured limit.
     PayloadTooLarge => "PAYLOAD_TOO_LARGE", 413;
     /// A result set over the configured `max_result_rows`: refused, never truncated.
     ResultTooLarge => "RESULT_TOO_LARGE", 413;
+    /// A query that needs more memory than the node's `max_query_memory_bytes`.
+    ResourcesExhausted => "RESOURCES_EXHAUSTED", 413;
     /// A bug or an unexpected storage failure; details stay in the server log.
     InternalError => "INTERNAL_ERROR", 500;
     /// The node is starting up or its storage is unavailable.

@@ -26,6 +26,9 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Largest result set returned; larger ones are refused with RESULT_TOO_LARGE, never cut.
     pub max_result_rows: usize,
+    /// Memory all running queries may use together (sorts, joins, aggregations); a query
+    /// needing more fails with RESOURCES_EXHAUSTED.
+    pub max_query_memory_bytes: usize,
     /// Origins allowed by CORS; `["*"]` allows any.
     pub cors_allowed_origins: Vec<String>,
     /// `text` for people, `json` for log pipelines.
@@ -55,6 +58,7 @@ impl Default for Config {
             sync_writes: false,
             max_request_bytes: 16 * 1024 * 1024,
             max_result_rows: 1_000_000,
+            max_query_memory_bytes: 1024 * 1024 * 1024,
             cors_allowed_origins: vec!["*".to_string()],
             log_format: LogFormat::Text,
             log_level: "info".to_string(),
@@ -87,6 +91,7 @@ impl Config {
         "sync_writes",
         "max_request_bytes",
         "max_result_rows",
+        "max_query_memory_bytes",
         "cors_allowed_origins",
         "log_format",
         "log_level",
@@ -134,6 +139,11 @@ impl Config {
         if self.max_request_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "max_request_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.max_query_memory_bytes < 16 * 1024 * 1024 {
+            return Err(ConfigError::Invalid(
+                "max_query_memory_bytes must be at least 16 MiB".into(),
             ));
         }
         if self.max_result_rows == 0 {

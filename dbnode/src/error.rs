@@ -62,12 +62,16 @@ pub enum KalamError {
     },
     #[error("a row with primary key {key} already exists in {table}")]
     PrimaryKeyViolation { table: String, key: String },
+    #[error("rows of {0} kept changing under this statement; try again")]
+    WriteConflict(String),
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
     #[error(
         "the result has more than {0} rows (max_result_rows); add a LIMIT or a narrower WHERE"
     )]
     ResultTooLarge(usize),
+    #[error("the query needs more memory than max_query_memory_bytes allows: {0}")]
+    ResourcesExhausted(String),
     #[error("storage error: {0}")]
     Storage(String),
     #[error("catalog I/O error: {0}")]
@@ -99,8 +103,10 @@ impl KalamError {
             TableAlreadyExists(_) => ErrorCode::TableAlreadyExists,
             NamespaceNotEmpty { .. } => ErrorCode::NamespaceNotEmpty,
             PrimaryKeyViolation { .. } => ErrorCode::PrimaryKeyViolation,
+            WriteConflict(_) => ErrorCode::WriteConflict,
             PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             ResultTooLarge(_) => ErrorCode::ResultTooLarge,
+            ResourcesExhausted(_) => ErrorCode::ResourcesExhausted,
             Storage(_) | CatalogIo(_) | Internal(_) => ErrorCode::InternalError,
             NotReady => ErrorCode::NotReady,
         }
@@ -169,7 +175,7 @@ impl From<DataFusionError> for KalamError {
             DataFusionError::SQL(e, _) => KalamError::SqlParse(clean_df_message(&e.to_string())),
             DataFusionError::IoError(e) => KalamError::Internal(e.to_string()),
             DataFusionError::ObjectStore(e) => KalamError::Internal(e.to_string()),
-            DataFusionError::ResourcesExhausted(m) => KalamError::Internal(m),
+            DataFusionError::ResourcesExhausted(m) => KalamError::ResourcesExhausted(clip(&m)),
             DataFusionError::Internal(m) => KalamError::Internal(m),
             DataFusionError::ExecutionJoin(e) => KalamError::Internal(e.to_string()),
             DataFusionError::ArrowError(e, _)

@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+
 use crate::auth::{self, Authenticator, SecretSource};
 use crate::config::Config;
 use crate::engine::Engine;
@@ -36,11 +38,18 @@ impl Node {
             );
         }
         let snowflake = Arc::new(SnowflakeGenerator::new(&config.node_id));
-        let planner = planner_state(snowflake.clone(), None);
+        // One memory budget for all queries: a huge sort or join fails with
+        // RESOURCES_EXHAUSTED (or spills) instead of taking the node down.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(config.max_query_memory_bytes, 1.0)
+            .build_arc()
+            .map_err(KalamError::internal)?;
+        let planner = planner_state(snowflake.clone(), None, runtime.clone());
         let engine = Arc::new(Engine::open(&config, &planner)?);
         let base = planner_state(
             snowflake.clone(),
             Some(Arc::new(KalamCatalogList::new(engine.clone()))),
+            runtime,
         );
         let executor = Executor::new(engine, snowflake, base, config.max_result_rows);
         let metrics = Metrics::new().map_err(KalamError::internal)?;

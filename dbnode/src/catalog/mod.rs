@@ -99,7 +99,7 @@ impl Catalog {
         fs::create_dir_all(&root).map_err(|e| io_err(&root, e))?;
         let mut state = BTreeMap::new();
         for ns_dir in subdirs(&root)? {
-            if !ns_dir.join(NAMESPACE_FILE).exists() {
+            if !exists(&ns_dir.join(NAMESPACE_FILE))? {
                 tracing::warn!(dir = %ns_dir.display(), "removing catalog directory of an interrupted namespace DDL");
                 fs::remove_dir_all(&ns_dir).map_err(|e| io_err(&ns_dir, e))?;
                 continue;
@@ -131,7 +131,7 @@ impl Catalog {
 
     fn load_table(dir: &Path) -> Result<Option<TableDef>> {
         let manifest_path = dir.join(MANIFEST_FILE);
-        if !manifest_path.exists() {
+        if !exists(&manifest_path)? {
             return Ok(None);
         }
         let Manifest { table: mut value } = read_json(&manifest_path)?;
@@ -146,9 +146,14 @@ impl Catalog {
                 serde_json::to_value(schema.columns).map_err(KalamError::internal)?,
             );
         }
-        serde_json::from_value(value)
-            .map(Some)
-            .map_err(|e| io_err(&manifest_path, e))
+        let def: TableDef = serde_json::from_value(value).map_err(|e| io_err(&manifest_path, e))?;
+        if def.column(def.primary_key.as_str()).is_none() {
+            return Err(io_err(
+                &manifest_path,
+                "the primary key names no column of the schema",
+            ));
+        }
+        Ok(Some(def))
     }
 
     fn ns_dir(&self, ns: &NamespaceId) -> PathBuf {
@@ -252,7 +257,7 @@ impl Catalog {
         let commit = dir.join(NAMESPACE_FILE);
         fs::remove_file(&commit).map_err(|e| io_err(&commit, e))?;
         sync_dir(&dir)?;
-        fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        remove_leftovers(&dir);
         self.state.write().remove(ns);
         Ok(true)
     }
@@ -333,11 +338,25 @@ impl Catalog {
         let commit = dir.join(MANIFEST_FILE);
         fs::remove_file(&commit).map_err(|e| io_err(&commit, e))?;
         sync_dir(&dir)?;
-        fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        remove_leftovers(&dir);
         if let Some(e) = self.state.write().get_mut(&id.namespace) {
             e.tables.remove(&id.table);
         }
         Ok(def)
+    }
+}
+
+/// Whether a commit-point file exists. An error (permissions, I/O) is not "absent": the
+/// repair at start-up must never delete a directory it could not look into.
+fn exists(path: &Path) -> Result<bool> {
+    path.try_exists().map_err(|e| io_err(path, e))
+}
+
+/// Removes a directory whose commit point is already gone. Past the commit point the DDL has
+/// happened; a failure here only leaves files that the next start-up removes.
+fn remove_leftovers(dir: &Path) {
+    if let Err(e) = fs::remove_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not remove a dropped catalog directory; it is removed at the next start");
     }
 }
 

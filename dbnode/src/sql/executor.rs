@@ -10,8 +10,9 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{SchemaRef, UInt64Type};
+use datafusion::arrow::datatypes::{SchemaRef, TimestampMicrosecondType, UInt64Type};
 use datafusion::execution::context::{SQLOptions, SessionState};
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::FunctionRegistry;
 use datafusion::physical_plan::execute_stream;
@@ -35,7 +36,7 @@ use crate::sql::provider::RequestContext;
 use crate::sql::rows::{batch_to_values, cast_to_column, value_at};
 use crate::sql::schema::{KalamCatalogList, CATALOG};
 use crate::sql::{ddl, fast_insert, output, system_tables};
-use crate::storage::table::WriteMode;
+use crate::storage::table::RowChange;
 use crate::storage::Partition;
 
 /// The DataFusion state every request starts from: configuration and KalamDB's functions.
@@ -43,6 +44,7 @@ use crate::storage::Partition;
 pub fn planner_state(
     snowflake: Arc<SnowflakeGenerator>,
     catalogs: Option<Arc<KalamCatalogList>>,
+    runtime: Arc<RuntimeEnv>,
 ) -> SessionState {
     let config = SessionConfig::new()
         .with_information_schema(true)
@@ -51,6 +53,7 @@ pub fn planner_state(
         .with_target_partitions(2);
     let mut builder = SessionStateBuilder::new()
         .with_config(config)
+        .with_runtime_env(runtime)
         .with_default_features();
     if let Some(c) = catalogs {
         builder = builder.with_catalog_list(c);
@@ -99,6 +102,41 @@ pub fn partition_for(def: &TableDef, ctx: &RequestContext) -> Partition {
         TableKind::User => Partition::User(ctx.user.clone()),
         TableKind::Shared | TableKind::Stream => Partition::Shared,
     }
+}
+
+/// A column as SQL names it: unquoted identifiers fold to lower case, as DataFusion folds them.
+fn column_name(name: &ObjectName) -> String {
+    match name.0.last() {
+        Some(part) => match part.as_ident() {
+            Some(id) if id.quote_style.is_none() => id.value.to_ascii_lowercase(),
+            Some(id) => id.value.clone(),
+            None => part.to_string(),
+        },
+        None => String::new(),
+    }
+}
+
+/// How often an UPDATE or DELETE re-reads its rows after a concurrent writer changed them.
+const WRITE_ATTEMPTS: usize = 8;
+
+/// `_updated` and `_deleted` of each row of a DML read (its last two columns).
+fn read_versions(batch: &RecordBatch) -> Result<Vec<(i64, bool)>> {
+    let n = batch.num_columns();
+    let (Some(updated), Some(deleted)) = (
+        n.checked_sub(2).map(|i| batch.column(i)),
+        n.checked_sub(1).map(|i| batch.column(i)),
+    ) else {
+        return Err(KalamError::internal("DML read without version columns"));
+    };
+    let updated = updated
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| KalamError::internal("_updated is not a timestamp"))?;
+    let deleted = deleted
+        .as_boolean_opt()
+        .ok_or_else(|| KalamError::internal("_deleted is not a boolean"))?;
+    Ok((0..batch.num_rows())
+        .map(|i| (updated.value(i), deleted.value(i)))
+        .collect())
 }
 
 fn quoted(name: &str) -> String {
@@ -357,9 +395,26 @@ impl Executor {
     }
 
     async fn insert(&self, ctx: &Arc<RequestContext>, mut insert: Insert) -> Result<QueryResult> {
-        if insert.returning.is_some() || insert.on.is_some() || insert.source.is_none() {
+        let plain = insert.source.is_some()
+            && insert.returning.is_none()
+            && insert.on.is_none()
+            && insert.or.is_none()
+            && !insert.ignore
+            && !insert.overwrite
+            && !insert.replace_into
+            && insert.table_alias.is_none()
+            && insert.partitioned.is_none()
+            && insert.after_columns.is_empty()
+            && insert.assignments.is_empty()
+            && insert.priority.is_none()
+            && insert.insert_alias.is_none()
+            && insert.settings.is_none()
+            && insert.format_clause.is_none();
+        if !plain {
             return Err(KalamError::Unsupported(
-                "INSERT supports VALUES and SELECT, without RETURNING or ON CONFLICT".into(),
+                "INSERT supports INTO <table> [(columns)] VALUES ... | SELECT ..., without \
+                 RETURNING, ON CONFLICT, OR/IGNORE/REPLACE/OVERWRITE or aliases"
+                    .into(),
             ));
         }
         let TableObject::TableName(name) = &insert.table else {
@@ -371,13 +426,11 @@ impl Executor {
         Self::check_writable(ctx, &rt)?;
         let def = rt.def();
         for col in &insert.columns {
-            let last = col.0.last().map(|p| p.to_string()).unwrap_or_default();
-            let last = last.trim_matches('"');
-            if last == UPDATED_COLUMN || last == DELETED_COLUMN {
-                return Err(KalamError::SystemColumnReadonly(last.to_string()));
+            let name = column_name(col);
+            if name == UPDATED_COLUMN || name == DELETED_COLUMN {
+                return Err(KalamError::SystemColumnReadonly(name));
             }
         }
-        Self::check_null_literals(def, &insert)?;
         if insert.columns.is_empty() {
             // Positional VALUES name the user columns; an automatic key may be left out.
             let width = match insert.source.as_deref().map(|q| q.body.as_ref()) {
@@ -400,21 +453,12 @@ impl Executor {
                 })
                 .collect();
         }
-        let names: Vec<String> = insert
-            .columns
-            .iter()
-            .map(|c| {
-                c.0.last()
-                    .map(|p| p.to_string().trim_matches('"').to_string())
-                    .unwrap_or_default()
-            })
-            .collect();
+        let names: Vec<String> = insert.columns.iter().map(column_name).collect();
+        Self::check_null_literals(def, &names, &insert)?;
         if let Some(rows) =
             fast_insert::literal_rows(def, &rt.fast_defaults, &names, &insert, &self.snowflake)?
         {
-            let n = rt
-                .store
-                .write(&partition_for(def, ctx), rows, WriteMode::Insert)?;
+            let n = rt.store.insert(&partition_for(def, ctx), rows)?;
             return Ok(affected(n));
         }
         let state = self.state(ctx);
@@ -435,22 +479,13 @@ impl Executor {
 
     /// `NULL` written into a NOT NULL column of a VALUES list: refused with the column's
     /// name before planning (the planner's own message only knows `column1`).
-    fn check_null_literals(def: &TableDef, insert: &Insert) -> Result<()> {
+    fn check_null_literals(def: &TableDef, names: &[String], insert: &Insert) -> Result<()> {
         let Some(SetExpr::Values(values)) = insert.source.as_deref().map(|q| q.body.as_ref())
         else {
             return Ok(());
         };
-        let names: Vec<String> = if insert.columns.is_empty() {
-            def.columns.iter().map(|c| c.name.to_string()).collect()
-        } else {
-            insert
-                .columns
-                .iter()
-                .map(|c| c.to_string().trim_matches('"').to_string())
-                .collect()
-        };
         for row in &values.rows {
-            for (expr, name) in row.content.iter().zip(&names) {
+            for (expr, name) in row.content.iter().zip(names) {
                 let is_null = matches!(expr, SqlExpr::Value(v) if v.value == datafusion::sql::sqlparser::ast::Value::Null);
                 if is_null && def.column(name).is_some_and(|c| !c.nullable) {
                     return Err(KalamError::InvalidValue(format!(
@@ -490,6 +525,9 @@ impl Executor {
             .map(|c| quoted(c.name.as_str()))
             .collect();
         select.extend(extra.iter().cloned());
+        // The version each row was read at, for `TableStore::apply_changes`.
+        select.push(quoted(UPDATED_COLUMN));
+        select.push(quoted(DELETED_COLUMN));
         let filter = selection.map(|s| format!(" WHERE {s}")).unwrap_or_default();
         let sql = format!(
             "SELECT {} FROM {}{filter}",
@@ -526,8 +564,7 @@ impl Executor {
                     "UPDATE of a column tuple is not supported".into(),
                 ));
             };
-            let name = col.0.last().map(|p| p.to_string()).unwrap_or_default();
-            let name = name.trim_matches('"').to_string();
+            let name = column_name(col);
             if name == UPDATED_COLUMN || name == DELETED_COLUMN {
                 return Err(KalamError::SystemColumnReadonly(name));
             }
@@ -562,35 +599,50 @@ impl Executor {
             ));
         }
         let extra: Vec<String> = targets.iter().map(|(_, e)| e.clone()).collect();
-        let batches = self
-            .select_targets(
-                state,
-                &def,
-                &update.table,
-                &extra,
-                update.selection.as_ref(),
-            )
-            .await?;
-        let mut rows = Vec::new();
-        for batch in &batches {
-            let mut values = batch_to_values(&def, batch)?;
-            for (n, (idx, _)) in targets.iter().enumerate() {
-                let col = &def.columns[*idx];
-                let array = cast_to_column(
-                    batch.column(def.columns.len() + n),
-                    col.data_type,
-                    col.name.as_str(),
-                )?;
-                for (i, row) in values.iter_mut().enumerate() {
-                    row[*idx] = value_at(&array, i, col.data_type, col.name.as_str())?;
+        let partition = partition_for(&def, ctx);
+        let lock = rt.store.dml_lock(&partition);
+        let _serialised = lock.lock().await;
+        for attempt in 1..=WRITE_ATTEMPTS {
+            let batches = self
+                .select_targets(
+                    state,
+                    &def,
+                    &update.table,
+                    &extra,
+                    update.selection.as_ref(),
+                )
+                .await?;
+            let mut changes = Vec::new();
+            for batch in &batches {
+                let mut values = batch_to_values(&def, batch)?;
+                for (n, (idx, _)) in targets.iter().enumerate() {
+                    let col = &def.columns[*idx];
+                    let array = cast_to_column(
+                        batch.column(def.columns.len() + n),
+                        col.data_type,
+                        col.name.as_str(),
+                    )?;
+                    for (i, row) in values.iter_mut().enumerate() {
+                        row[*idx] = value_at(&array, i, col.data_type, col.name.as_str())?;
+                    }
+                }
+                for (values, (read_updated, deleted)) in
+                    values.into_iter().zip(read_versions(batch)?)
+                {
+                    // An UPDATE changes values, never `_deleted`.
+                    changes.push(RowChange {
+                        values,
+                        read_updated,
+                        deleted,
+                    });
                 }
             }
-            rows.extend(values);
+            match rt.store.apply_changes(&partition, changes) {
+                Err(KalamError::WriteConflict(_)) if attempt < WRITE_ATTEMPTS => continue,
+                other => return other.map(affected),
+            }
         }
-        let n = rt
-            .store
-            .write(&partition_for(&def, ctx), rows, WriteMode::Update)?;
-        Ok(affected(n))
+        Err(KalamError::WriteConflict(def.id().to_string()))
     }
 
     async fn delete(
@@ -618,17 +670,30 @@ impl Executor {
         let rt = self.runtime(Self::dml_target(relation)?)?;
         Self::check_writable(ctx, &rt)?;
         let def = rt.def().clone();
-        let batches = self
-            .select_targets(state, &def, relation, &[], delete.selection.as_ref())
-            .await?;
-        let mut rows = Vec::new();
-        for batch in &batches {
-            rows.extend(batch_to_values(&def, batch)?);
+        let partition = partition_for(&def, ctx);
+        let lock = rt.store.dml_lock(&partition);
+        let _serialised = lock.lock().await;
+        for attempt in 1..=WRITE_ATTEMPTS {
+            let batches = self
+                .select_targets(state, &def, relation, &[], delete.selection.as_ref())
+                .await?;
+            let mut changes = Vec::new();
+            for batch in &batches {
+                let values = batch_to_values(&def, batch)?;
+                for (values, (read_updated, _)) in values.into_iter().zip(read_versions(batch)?) {
+                    changes.push(RowChange {
+                        values,
+                        read_updated,
+                        deleted: true,
+                    });
+                }
+            }
+            match rt.store.apply_changes(&partition, changes) {
+                Err(KalamError::WriteConflict(_)) if attempt < WRITE_ATTEMPTS => continue,
+                other => return other.map(affected),
+            }
         }
-        let n = rt
-            .store
-            .write(&partition_for(&def, ctx), rows, WriteMode::SoftDelete)?;
-        Ok(affected(n))
+        Err(KalamError::WriteConflict(def.id().to_string()))
     }
 
     fn describe(&self, table: &TableId) -> Result<QueryResult> {

@@ -34,19 +34,28 @@ pub fn type_name(field: &Field) -> String {
     }
 }
 
-pub fn columns(schema: &SchemaRef) -> Vec<ColumnInfo> {
-    schema
-        .fields()
-        .iter()
-        .map(|f| ColumnInfo {
-            name: f.name().clone(),
-            data_type: type_name(f),
-        })
-        .collect()
+/// Column names as they appear in rows. Rows are JSON objects, so a name the result repeats
+/// (`SELECT * FROM a JOIN b` with `id` on both sides) gets a suffix (`id_2`) instead of
+/// silently overwriting the first value.
+fn unique_names(schema: &SchemaRef) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let mut name = f.name().clone();
+        let mut n = 2;
+        while seen.contains(&name) {
+            name = format!("{}_{n}", f.name());
+            n += 1;
+        }
+        seen.insert(name.clone());
+        out.push(name);
+    }
+    out
 }
 
 /// A result set: columns from `schema`, rows from `batches`.
 pub fn query_result(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<QueryResult> {
+    let names = unique_names(schema);
     let mut rows = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
     for batch in batches {
         let encoders: Vec<Encoder> = batch
@@ -57,14 +66,21 @@ pub fn query_result(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Query
             .collect::<Result<_>>()?;
         for i in 0..batch.num_rows() {
             let mut row = Row::with_capacity(encoders.len());
-            for (enc, field) in encoders.iter().zip(schema.fields()) {
-                row.insert(field.name().clone(), enc.value(i)?);
+            for (enc, name) in encoders.iter().zip(&names) {
+                row.insert(name.clone(), enc.value(i)?);
             }
             rows.push(row);
         }
     }
     Ok(QueryResult {
-        columns: columns(schema),
+        columns: names
+            .into_iter()
+            .zip(schema.fields())
+            .map(|(name, f)| ColumnInfo {
+                name,
+                data_type: type_name(f),
+            })
+            .collect(),
         row_count: rows.len(),
         rows,
         affected_rows: None,
@@ -248,5 +264,24 @@ mod tests {
             serde_json::json!({"ts": "2026-11-27T10:00:00.000123Z", "meta": {"a": [1, 2]}, "b": "aGk=", "d": "12.34"})
         );
         assert!(r.rows[1].values().all(|v| v.is_null()));
+    }
+
+    #[test]
+    fn repeated_column_names_keep_every_value() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("id", DataType::Int64, false),
+            Field::new("id_2", DataType::Int64, false),
+        ]));
+        let col =
+            |v: i64| Arc::new(datafusion::arrow::array::Int64Array::from(vec![v])) as ArrayRef;
+        let batch = RecordBatch::try_new(schema.clone(), vec![col(1), col(2), col(3)]).unwrap();
+        let r = query_result(&schema, &[batch]).unwrap();
+        let names: Vec<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["id", "id_2", "id_2_2"]);
+        assert_eq!(
+            serde_json::to_value(&r.rows[0]).unwrap(),
+            serde_json::json!({"id": 1, "id_2": 2, "id_2_2": 3})
+        );
     }
 }

@@ -104,6 +104,9 @@ pub fn parse_statements(sql: &str) -> (Vec<KalamStatement>, Option<KalamError>) 
         Ok(t) => accept_empty_parens_after_session_functions(t),
         Err(e) => return (Vec::new(), Some(KalamError::SqlParse(e.to_string()))),
     };
+    if let Err(e) = check_operator_count(&tokens) {
+        return (Vec::new(), Some(e));
+    }
     let mut parser = Parser::new(&dialect)
         .with_recursion_limit(RECURSION_LIMIT)
         .with_tokens_with_locations(tokens);
@@ -137,6 +140,48 @@ pub fn parse_statements(sql: &str) -> (Vec<KalamStatement>, Option<KalamError>) 
         );
     }
     (out, None)
+}
+
+/// Most operators one request may hold. `a OR b OR ...` parses in a loop, not by recursion,
+/// so the parser's recursion limit does not bound it, but everything after the parser
+/// (planning, printing, dropping the tree) recurses once per operator.
+const MAX_OPERATORS: usize = 50_000;
+
+fn check_operator_count(tokens: &[TokenWithSpan]) -> Result<()> {
+    let operators = tokens
+        .iter()
+        .filter(|t| match &t.token {
+            Token::Word(w) => {
+                w.quote_style.is_none()
+                    && ["AND", "OR", "NOT"]
+                        .iter()
+                        .any(|k| w.value.eq_ignore_ascii_case(k))
+            }
+            Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::Mod
+            | Token::Eq
+            | Token::DoubleEq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq
+            | Token::StringConcat
+            | Token::Caret
+            | Token::Ampersand
+            | Token::Pipe => true,
+            _ => false,
+        })
+        .count();
+    if operators > MAX_OPERATORS {
+        return Err(KalamError::SqlParse(format!(
+            "the request holds {operators} operators; at most {MAX_OPERATORS} are allowed"
+        )));
+    }
+    Ok(())
 }
 
 /// `sqlparser` reads `CURRENT_USER` as a function without parentheses (SQL standard), so
@@ -570,6 +615,12 @@ mod tests {
         assert!(matches!(err, Some(KalamError::SqlParse(_))));
         let (_, err) = parse_statements(" ;; ");
         assert!(matches!(err, Some(KalamError::InvalidRequest(_))));
+        let flat = format!("SELECT 1{}", " + 1".repeat(MAX_OPERATORS + 1));
+        let (_, err) = parse_statements(&flat);
+        assert!(
+            matches!(err, Some(KalamError::SqlParse(ref m)) if m.contains("operators")),
+            "{err:?}"
+        );
         let deep = format!("SELECT {}1{}", "(".repeat(2000), ")".repeat(2000));
         let (_, err) = parse_statements(&deep);
         assert!(matches!(err, Some(KalamError::SqlParse(_))));

@@ -26,7 +26,6 @@ use crate::engine::TableRuntime;
 use crate::error::KalamError;
 use crate::ids::{UserId, SYSTEM_NAMESPACE};
 use crate::sql::rows::{batch_to_values, rows_to_batch};
-use crate::storage::table::WriteMode;
 use crate::storage::{Partition, RowKey, StoredRow, Value};
 
 /// Who a request runs as; stored in the DataFusion session config of every request.
@@ -249,7 +248,7 @@ impl DataSink for InsertSink {
         }
         self.rt
             .store
-            .write(&self.partition, rows, WriteMode::Insert)
+            .insert(&self.partition, rows)
             .map_err(KalamError::into_datafusion)
     }
 }

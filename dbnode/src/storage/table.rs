@@ -1,6 +1,7 @@
 //! One table's hot tier: its column family, its commit sequence, and the write rules every
 //! statement goes through (key checks, `_updated`/`_deleted`, one atomic batch per write).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -13,15 +14,16 @@ use crate::storage::{Partition, RowKey, Storage, StoredRow, Value};
 /// Extra checks a table puts on the values written to it (`system.users` checks roles).
 pub type RowValidator = fn(&TableDef, &[Value]) -> Result<()>;
 
-/// What a write does to keys that already hold a row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteMode {
-    /// INSERT: a key holding a live (not soft-deleted) row is a PRIMARY_KEY_VIOLATION.
-    Insert,
-    /// UPDATE: replace the given rows' values.
-    Update,
-    /// DELETE: write the given rows' last values with `_deleted = true`.
-    SoftDelete,
+/// A new version of a row that an UPDATE or DELETE read: written only if the row still is
+/// the version that was read (its `_updated`), so concurrent statements never lose each
+/// other's changes or bring a deleted row back.
+#[derive(Debug, Clone)]
+pub struct RowChange {
+    pub values: Vec<Value>,
+    /// `_updated` of the version the statement read.
+    pub read_updated: i64,
+    /// `_deleted` of the new version (UPDATE keeps the row's flag, DELETE sets it).
+    pub deleted: bool,
 }
 
 #[derive(Debug)]
@@ -32,9 +34,13 @@ pub struct TableStore {
     /// Last committed sequence; only written under `write_lock`.
     seq: AtomicU64,
     /// Serialises writers of this table: sequence numbers follow commit order, and the
-    /// primary-key check and the write are one step.
-    write_lock: Mutex<()>,
+    /// primary-key or version check and the write are one step. Holds the last `_updated`
+    /// given out, which strictly increases so that it identifies a row version.
+    write_lock: Mutex<i64>,
     validator: Option<RowValidator>,
+    /// One lock per partition held by an UPDATE or DELETE from its read to its write, so
+    /// those statements queue instead of retrying against each other.
+    dml_locks: Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn now_micros() -> i64 {
@@ -55,9 +61,19 @@ impl TableStore {
             cf,
             storage,
             seq: AtomicU64::new(seq),
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(0),
+            dml_locks: Mutex::new(HashMap::new()),
             validator,
         })
+    }
+
+    /// The lock an UPDATE or DELETE of `partition` holds across its read and its write.
+    pub fn dml_lock(&self, partition: &Partition) -> Arc<tokio::sync::Mutex<()>> {
+        self.dml_locks
+            .lock()
+            .entry(partition.prefix())
+            .or_default()
+            .clone()
     }
 
     pub fn def(&self) -> &Arc<TableDef> {
@@ -100,40 +116,67 @@ impl TableStore {
         Ok(())
     }
 
-    /// Writes rows (user-column values in schema order) to one partition as one atomic
-    /// batch with one new sequence number. Returns the number of rows written.
-    pub fn write(
+    /// Inserts rows (user-column values in schema order) into one partition as one atomic
+    /// batch with one new sequence number. A key holding a live row, or repeated within the
+    /// batch, fails the whole batch. Returns the number of rows written.
+    pub fn insert(&self, partition: &Partition, rows: Vec<Vec<Value>>) -> Result<u64> {
+        let mut keyed = Vec::with_capacity(rows.len());
+        for values in rows {
+            self.check_values(&values)?;
+            keyed.push((partition.key(&self.key_of(&values)?), values, false));
+        }
+        let mut last_updated = self.write_lock.lock();
+        self.check_new_keys(&keyed)?;
+        self.commit(&mut last_updated, keyed)
+    }
+
+    /// Writes new versions of rows an UPDATE or DELETE read, if each is still the version
+    /// read; otherwise nothing is written and the error is `WriteConflict` (the statement
+    /// re-reads and tries again).
+    pub fn apply_changes(&self, partition: &Partition, changes: Vec<RowChange>) -> Result<u64> {
+        let mut keyed = Vec::with_capacity(changes.len());
+        let mut read = Vec::with_capacity(changes.len());
+        for change in changes {
+            if !change.deleted {
+                self.check_values(&change.values)?;
+            }
+            keyed.push((
+                partition.key(&self.key_of(&change.values)?),
+                change.values,
+                change.deleted,
+            ));
+            read.push(change.read_updated);
+        }
+        let mut last_updated = self.write_lock.lock();
+        let keys: Vec<Vec<u8>> = keyed.iter().map(|(k, _, _)| k.clone()).collect();
+        for (current, read_updated) in self.storage.multi_get(&self.cf, &keys)?.iter().zip(&read) {
+            if current.as_ref().map(|r| r.updated_micros) != Some(*read_updated) {
+                return Err(KalamError::WriteConflict(self.def.id().to_string()));
+            }
+        }
+        self.commit(&mut last_updated, keyed)
+    }
+
+    /// One batch, one sequence number, one `_updated` (strictly after the previous one).
+    fn commit(
         &self,
-        partition: &Partition,
-        rows: Vec<Vec<Value>>,
-        mode: WriteMode,
+        last_updated: &mut i64,
+        rows: Vec<(Vec<u8>, Vec<Value>, bool)>,
     ) -> Result<u64> {
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut keyed = Vec::with_capacity(rows.len());
-        for values in rows {
-            if mode != WriteMode::SoftDelete {
-                self.check_values(&values)?;
-            }
-            let key = partition.key(&self.key_of(&values)?);
-            keyed.push((key, values));
-        }
-        let _guard = self.write_lock.lock();
-        if mode == WriteMode::Insert {
-            self.check_new_keys(&keyed)?;
-        }
         let seq = self.seq.load(Ordering::Acquire) + 1;
-        let updated_micros = now_micros();
-        let count = keyed.len() as u64;
-        let batch: Vec<(Vec<u8>, StoredRow)> = keyed
+        let updated_micros = now_micros().max(*last_updated + 1);
+        let count = rows.len() as u64;
+        let batch: Vec<(Vec<u8>, StoredRow)> = rows
             .into_iter()
-            .map(|(key, values)| {
+            .map(|(key, values, deleted)| {
                 let row = StoredRow {
                     schema_version: self.def.schema_version,
                     seq,
                     updated_micros,
-                    deleted: mode == WriteMode::SoftDelete,
+                    deleted,
                     values,
                 };
                 (key, row)
@@ -141,11 +184,12 @@ impl TableStore {
             .collect();
         self.storage.write_rows(&self.cf, &batch, seq)?;
         self.seq.store(seq, Ordering::Release);
+        *last_updated = updated_micros;
         Ok(count)
     }
 
     /// Refuses keys that repeat within the batch or hold a live row already.
-    fn check_new_keys(&self, keyed: &[(Vec<u8>, Vec<Value>)]) -> Result<()> {
+    fn check_new_keys(&self, keyed: &[(Vec<u8>, Vec<Value>, bool)]) -> Result<()> {
         let pk = self.def.primary_key_index();
         let violation = |values: &Vec<Value>| KalamError::PrimaryKeyViolation {
             table: self.def.id().to_string(),
@@ -156,13 +200,14 @@ impl TableStore {
             },
         };
         let mut seen = std::collections::HashSet::with_capacity(keyed.len());
-        for (key, values) in keyed {
+        for (key, values, _) in keyed {
             if !seen.insert(key.as_slice()) {
                 return Err(violation(values));
             }
         }
-        let keys: Vec<Vec<u8>> = keyed.iter().map(|(k, _)| k.clone()).collect();
-        for (existing, (_, values)) in self.storage.multi_get(&self.cf, &keys)?.iter().zip(keyed) {
+        let keys: Vec<Vec<u8>> = keyed.iter().map(|(k, _, _)| k.clone()).collect();
+        for (existing, (_, values, _)) in self.storage.multi_get(&self.cf, &keys)?.iter().zip(keyed)
+        {
             if matches!(existing, Some(row) if !row.deleted) {
                 return Err(violation(values));
             }

@@ -432,3 +432,15 @@ async fn statements_that_touch_server_files_are_refused() {
     );
     node.assert_still_serving().await;
 }
+
+/// A flat expression of more operators than the node plans is refused up front, and the
+/// node keeps serving (everything after the parser recurses once per operator).
+#[tokio::test]
+async fn huge_flat_expressions_are_refused() {
+    let node = TestNode::start().await;
+    let alice = token("alice", false);
+    let sql = format!("SELECT 1{}", " OR 1 = 1".repeat(60_000));
+    let resp = node.sql(&alice, &sql).await;
+    node.assert_error(&resp, "SQL_PARSE_ERROR", "60,000-term expression");
+    node.assert_still_serving().await;
+}
