@@ -135,6 +135,30 @@ struct Outcome {
     server_p99_ms: Option<f64>,
 }
 
+impl Outcome {
+    /// Percentiles from the client-side latencies and, when measured, the node's own timing.
+    fn new(
+        scenario: &'static str,
+        operations: usize,
+        rows: usize,
+        seconds: f64,
+        client: &Histogram<u64>,
+        server: Option<&Histogram<u64>>,
+    ) -> Self {
+        Self {
+            scenario,
+            operations,
+            rows,
+            seconds,
+            rows_per_sec: rows as f64 / seconds,
+            p50_ms: ms(client, 0.5),
+            p99_ms: ms(client, 0.99),
+            server_p50_ms: server.and_then(|h| ms(h, 0.5)),
+            server_p99_ms: server.and_then(|h| ms(h, 0.99)),
+        }
+    }
+}
+
 fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds")
 }
@@ -177,17 +201,14 @@ async fn insert_seq(url: &str, user_token: &str, n: usize) -> Result<Outcome> {
     if stored != n as u64 {
         bail!("insert-seq: {stored} rows stored, {n} acknowledged");
     }
-    Ok(Outcome {
-        scenario: "insert-seq",
-        operations: n,
-        rows: n,
+    Ok(Outcome::new(
+        "insert-seq",
+        n,
+        n,
         seconds,
-        rows_per_sec: n as f64 / seconds,
-        p50_ms: ms(&client_h, 0.5),
-        p99_ms: ms(&client_h, 0.99),
-        server_p50_ms: ms(&server_h, 0.5),
-        server_p99_ms: ms(&server_h, 0.99),
-    })
+        &client_h,
+        Some(&server_h),
+    ))
 }
 
 async fn insert_concurrent(url: &str, args: &Args, writers: usize, each: usize) -> Result<Outcome> {
@@ -226,17 +247,7 @@ async fn insert_concurrent(url: &str, args: &Args, writers: usize, each: usize) 
         }
     }
     let n = writers * each;
-    Ok(Outcome {
-        scenario: "insert-concurrent",
-        operations: n,
-        rows: n,
-        seconds,
-        rows_per_sec: n as f64 / seconds,
-        p50_ms: ms(&all, 0.5),
-        p99_ms: ms(&all, 0.99),
-        server_p50_ms: None,
-        server_p99_ms: None,
-    })
+    Ok(Outcome::new("insert-concurrent", n, n, seconds, &all, None))
 }
 
 fn values(start: usize, rows: usize, user_col: bool) -> String {
@@ -280,17 +291,14 @@ async fn insert_batch(url: &str, user_token: &str, batches: usize, rows: usize) 
             batches * rows
         );
     }
-    Ok(Outcome {
-        scenario: "insert-batch",
-        operations: batches,
-        rows: batches * rows,
+    Ok(Outcome::new(
+        "insert-batch",
+        batches,
+        batches * rows,
         seconds,
-        rows_per_sec: (batches * rows) as f64 / seconds,
-        p50_ms: ms(&h, 0.5),
-        p99_ms: ms(&h, 0.99),
-        server_p50_ms: None,
-        server_p99_ms: None,
-    })
+        &h,
+        None,
+    ))
 }
 
 async fn select_user(admin: &KalamClient, sizes: &Sizes) -> Result<Outcome> {
@@ -348,17 +356,15 @@ async fn select_user(admin: &KalamClient, sizes: &Sizes) -> Result<Outcome> {
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    Ok(Outcome {
-        scenario: "select-user",
-        operations: sizes.selects,
-        rows: sizes.selects * sizes.rows_per_user / 10,
+    let rows = sizes.selects * sizes.rows_per_user / 10;
+    Ok(Outcome::new(
+        "select-user",
+        sizes.selects,
+        rows,
         seconds,
-        rows_per_sec: (sizes.selects * sizes.rows_per_user / 10) as f64 / seconds,
-        p50_ms: ms(&h, 0.5),
-        p99_ms: ms(&h, 0.99),
-        server_p50_ms: None,
-        server_p99_ms: None,
-    })
+        &h,
+        None,
+    ))
 }
 
 fn print_table(outcomes: &[Outcome]) {

@@ -127,10 +127,23 @@ impl Engine {
             .chain(std::iter::once(&users))
             .map(|rt| rt.store.cf_name().to_string())
             .collect();
+        // Only data of a namespace the catalog still has is dropped: that is what a crash
+        // inside DROP TABLE leaves. Data of namespaces the catalog does not know (a catalog
+        // directory lost or restored from elsewhere) is kept, never deleted on a guess.
+        let namespaces: Vec<String> = catalog
+            .namespaces()
+            .into_iter()
+            .map(|(d, _)| format!("{}{}_", crate::storage::TABLE_CF_PREFIX, d.name))
+            .collect();
         for cf in storage.table_cfs(&config.data_dir.join("rocksdb"))? {
-            if !known.contains(&cf) {
+            if known.contains(&cf) {
+                continue;
+            }
+            if namespaces.iter().any(|prefix| cf.starts_with(prefix)) {
                 tracing::warn!(column_family = %cf, "dropping the data of a table that is not in the catalog (interrupted CREATE or DROP)");
                 storage.drop_cf(&cf)?;
+            } else {
+                tracing::warn!(column_family = %cf, "keeping data of a table whose namespace is not in the catalog; restore the catalog, or drop it by hand");
             }
         }
         Ok(Self {

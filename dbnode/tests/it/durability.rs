@@ -431,3 +431,26 @@ async fn interrupted_table_ddl_is_repaired_at_start() {
         "{cfs:?}"
     );
 }
+
+/// A data directory whose catalog is gone (deleted, or mounted wrong) starts without tables
+/// but keeps their data: start-up repair only drops data of namespaces it still knows.
+#[tokio::test]
+async fn a_lost_catalog_never_deletes_table_data() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    node.exec(
+        &token("alice", false),
+        "INSERT INTO app.messages (id, conversation_id) VALUES (1, 'c1')",
+    )
+    .await;
+    let dir = node.stop().await;
+    std::fs::remove_dir_all(dir.data_dir().join("catalog")).expect("remove catalog");
+    let node = TestNode::start_in(&dir).await;
+    assert!(node.query(&admin_token(), "SHOW TABLES").await.is_empty());
+    let dir = node.stop().await;
+    let cfs = column_families(&dir.data_dir());
+    assert!(
+        cfs.iter().any(|cf| cf.starts_with("t_app_messages_")),
+        "data kept: {cfs:?}"
+    );
+}
