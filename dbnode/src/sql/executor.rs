@@ -26,18 +26,17 @@ use futures::StreamExt;
 use kalam_client::wire::{ColumnInfo, QueryResult, Row};
 use serde_json::json;
 
-use crate::catalog::{NamespaceDef, TableDef, TableKind, DELETED_COLUMN, UPDATED_COLUMN};
+use crate::catalog::{NamespaceDef, TableDef, DELETED_COLUMN, UPDATED_COLUMN};
 use crate::engine::{compile_default, Engine, TableRuntime};
 use crate::error::{clip, KalamError, Result};
 use crate::ids::{TableId, SYSTEM_NAMESPACE};
 use crate::sql::functions::{self, SnowflakeGenerator};
 use crate::sql::parser::{table_id_from_object_name, KalamStatement};
-use crate::sql::provider::RequestContext;
+use crate::sql::provider::{partition_for, RequestContext};
 use crate::sql::rows::{batch_to_values, cast_to_column, value_at};
 use crate::sql::schema::{KalamCatalogList, CATALOG};
 use crate::sql::{ddl, fast_insert, output, system_tables};
 use crate::storage::table::RowChange;
-use crate::storage::Partition;
 
 /// The DataFusion state every request starts from: configuration and KalamDB's functions.
 /// Without `catalogs` it can compile expressions (DEFAULTs) but resolve no table.
@@ -93,14 +92,6 @@ fn affected(n: u64) -> QueryResult {
     QueryResult {
         affected_rows: Some(n),
         ..Default::default()
-    }
-}
-
-/// The partition a request's statements touch in a table.
-pub fn partition_for(def: &TableDef, ctx: &RequestContext) -> Partition {
-    match def.kind {
-        TableKind::User => Partition::User(ctx.user.clone()),
-        TableKind::Shared | TableKind::Stream => Partition::Shared,
     }
 }
 

@@ -21,7 +21,7 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 
 use crate::auth::Principal;
-use crate::catalog::{KalamType, TableKind, DELETED_COLUMN};
+use crate::catalog::{KalamType, TableDef, TableKind, DELETED_COLUMN};
 use crate::engine::TableRuntime;
 use crate::error::KalamError;
 use crate::ids::{UserId, SYSTEM_NAMESPACE};
@@ -45,6 +45,15 @@ pub fn request_context(state: &dyn Session) -> DfResult<Arc<RequestContext>> {
         .ok_or_else(|| KalamError::internal("query without a request context").into_datafusion())
 }
 
+/// The partition a request's statements touch in a table: the request's user for USER
+/// tables, the one shared partition otherwise. Every read and write path asks this.
+pub fn partition_for(def: &TableDef, ctx: &RequestContext) -> Partition {
+    match def.kind {
+        TableKind::User => Partition::User(ctx.user.clone()),
+        TableKind::Shared | TableKind::Stream => Partition::Shared,
+    }
+}
+
 #[derive(Debug)]
 pub struct HotTableProvider {
     rt: Arc<TableRuntime>,
@@ -64,10 +73,7 @@ impl HotTableProvider {
                     .into_datafusion(),
             );
         }
-        Ok(match def.kind {
-            TableKind::User => Partition::User(ctx.user.clone()),
-            TableKind::Shared | TableKind::Stream => Partition::Shared,
-        })
+        Ok(partition_for(def, &ctx))
     }
 
     /// `pk = literal` among the filters: the scan becomes one point read.
