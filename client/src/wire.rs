@@ -156,6 +156,14 @@ error_codes! {
     Forbidden => "FORBIDDEN", 403;
     NamespaceNotFound => "NAMESPACE_NOT_FOUND", 404;
     TableNotFound => "TABLE_NOT_FOUND", 404;
+    /// A `LOCATION REFERENCE`, or a storage location row, that does not exist.
+    StorageLocationNotFound => "STORAGE_LOCATION_NOT_FOUND", 404;
+    /// A storage location whose probe write and delete failed; `details` says why.
+    LocationUnreachable => "LOCATION_UNREACHABLE", 400;
+    /// A storage location name that is taken.
+    StorageLocationAlreadyExists => "STORAGE_LOCATION_ALREADY_EXISTS", 409;
+    /// Deleting a storage location that tables still use; `details` lists them.
+    StorageLocationInUse => "STORAGE_LOCATION_IN_USE", 409;
     NamespaceAlreadyExists => "NAMESPACE_ALREADY_EXISTS", 409;
     TableAlreadyExists => "TABLE_ALREADY_EXISTS", 409;
     NamespaceNotEmpty => "NAMESPACE_NOT_EMPTY", 409;

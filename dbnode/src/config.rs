@@ -39,6 +39,19 @@ pub struct Config {
     pub rocksdb_write_buffer_bytes: usize,
     /// Most files RocksDB keeps open at once.
     pub rocksdb_max_open_files: i32,
+    /// Root of the built-in `local` storage location (Parquet files); default
+    /// `<data_dir>/storage`.
+    pub storage_dir: Option<PathBuf>,
+    /// Where credential sets of storage locations live (`<dir>/<ref>/access_key_id`, ...);
+    /// default `<data_dir>/credentials`.
+    pub credentials_dir: Option<PathBuf>,
+    /// How often flush policies are checked, in milliseconds.
+    pub flush_check_interval_ms: u64,
+    /// First wait before a failed flush is retried, in milliseconds; it doubles per failure
+    /// up to 5 minutes.
+    pub flush_retry_base_ms: u64,
+    /// How long finished jobs stay in `system.jobs`, e.g. `7d`.
+    pub job_retention: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -64,6 +77,11 @@ impl Default for Config {
             log_level: "info".to_string(),
             rocksdb_write_buffer_bytes: 256 * 1024 * 1024,
             rocksdb_max_open_files: 1024,
+            storage_dir: None,
+            credentials_dir: None,
+            flush_check_interval_ms: 1000,
+            flush_retry_base_ms: 1000,
+            job_retention: "7d".to_string(),
         }
     }
 }
@@ -97,6 +115,11 @@ impl Config {
         "log_level",
         "rocksdb_write_buffer_bytes",
         "rocksdb_max_open_files",
+        "storage_dir",
+        "credentials_dir",
+        "flush_check_interval_ms",
+        "flush_retry_base_ms",
+        "job_retention",
     ];
 
     /// Loads settings in the documented order of precedence.
@@ -130,6 +153,23 @@ impl Config {
         Ok(cfg)
     }
 
+    pub fn storage_dir(&self) -> PathBuf {
+        self.storage_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("storage"))
+    }
+
+    pub fn credentials_dir(&self) -> PathBuf {
+        self.credentials_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("credentials"))
+    }
+
+    pub fn job_retention(&self) -> std::time::Duration {
+        crate::auth::parse_duration(&self.job_retention)
+            .unwrap_or(std::time::Duration::from_secs(7 * 86_400))
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.node_id.is_empty() || self.node_id.len() > 63 {
             return Err(ConfigError::Invalid(
@@ -149,6 +189,16 @@ impl Config {
         if self.max_result_rows == 0 {
             return Err(ConfigError::Invalid(
                 "max_result_rows must be at least 1".into(),
+            ));
+        }
+        if self.flush_check_interval_ms == 0 || self.flush_retry_base_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "flush_check_interval_ms and flush_retry_base_ms must be at least 1".into(),
+            ));
+        }
+        if crate::auth::parse_duration(&self.job_retention).is_none() {
+            return Err(ConfigError::Invalid(
+                "job_retention must be a duration such as 7d or 12h".into(),
             ));
         }
         if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {

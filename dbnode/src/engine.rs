@@ -12,14 +12,18 @@ use datafusion::logical_expr::{lit, Expr, ExprSchemable};
 use parking_lot::RwLock;
 
 use crate::catalog::{
-    Catalog, ColumnDef, KalamType, LocationSpec, TableDef, TableKind, DELETED_COLUMN,
+    Catalog, ColumnDef, KalamType, LocationSpec, TableDef, TableKind, TableStorage, DELETED_COLUMN,
     UPDATED_COLUMN,
 };
+use crate::cold::ColdStorage;
 use crate::config::Config;
 use crate::error::{KalamError, Result};
 use crate::ids::{ColumnName, NamespaceId, Role, TableId, TableName, UserId, SYSTEM_NAMESPACE};
+use crate::jobs::Jobs;
 use crate::sql::fast_insert::{fast_default, FastDefault};
+use crate::storage::table::{ColdVersions, Inserted};
 use crate::storage::table::{RowValidator, TableStore};
+use crate::storage::Partition;
 use crate::storage::{Storage, StorageOptions, Value};
 
 /// A table ready for queries: its store, schema and the DEFAULT expressions INSERT uses.
@@ -31,6 +35,8 @@ pub struct TableRuntime {
     pub defaults: HashMap<String, Expr>,
     /// Per user column, its DEFAULT as the literal-INSERT fast path computes it.
     pub fast_defaults: Vec<Option<FastDefault>>,
+    /// Where the table's Parquet files go.
+    pub location: TableStorage,
 }
 
 impl TableRuntime {
@@ -43,6 +49,8 @@ impl TableRuntime {
 pub struct Engine {
     pub catalog: Catalog,
     pub storage: Arc<Storage>,
+    pub cold: Arc<ColdStorage>,
+    pub jobs: Arc<Jobs>,
     tables: RwLock<HashMap<TableId, Arc<TableRuntime>>>,
     users: Arc<TableRuntime>,
 }
@@ -78,6 +86,7 @@ fn users_table_def() -> Result<TableDef> {
         flush_policy: Default::default(),
         deleted_retention_secs: None,
         stream: None,
+        storage: None,
     })
 }
 
@@ -101,6 +110,7 @@ impl Engine {
     /// table without a column family gets an empty one (crash after the catalog write), a
     /// column family without a table is dropped (crash during CREATE or DROP).
     pub fn open(config: &Config, planner: &SessionState) -> Result<Self> {
+        let runtime = planner.runtime_env().clone();
         let storage = Arc::new(Storage::open(
             &config.data_dir.join("rocksdb"),
             &StorageOptions {
@@ -110,16 +120,24 @@ impl Engine {
             },
         )?);
         let catalog = Catalog::open(config.data_dir.join("catalog"))?;
+        let cold = Arc::new(ColdStorage::open(
+            &storage,
+            config.storage_dir(),
+            config.credentials_dir(),
+            runtime,
+        )?);
+        let jobs = Arc::new(Jobs::open(storage.clone(), config.node_id.clone())?);
         let users_def = Arc::new(users_table_def()?);
         let users = Arc::new(Self::runtime(
             &storage,
+            &cold,
             users_def,
             Some(validate_user_row as RowValidator),
             planner,
         )?);
         let mut tables = HashMap::new();
         for def in catalog.tables(None) {
-            let rt = Self::runtime(&storage, def.clone(), None, planner)?;
+            let rt = Self::runtime(&storage, &cold, def.clone(), None, planner)?;
             tables.insert(def.id(), Arc::new(rt));
         }
         let known: std::collections::HashSet<String> = tables
@@ -149,6 +167,8 @@ impl Engine {
         Ok(Self {
             catalog,
             storage,
+            cold,
+            jobs,
             tables: RwLock::new(tables),
             users,
         })
@@ -156,6 +176,7 @@ impl Engine {
 
     fn runtime(
         storage: &Arc<Storage>,
+        cold: &ColdStorage,
         def: Arc<TableDef>,
         validator: Option<RowValidator>,
         planner: &SessionState,
@@ -191,12 +212,18 @@ impl Engine {
                     .and_then(|d| fast_default(d, c.data_type, c.name.as_str()))
             })
             .collect();
+        // Tables created before the cold tier existed live in the built-in location.
+        let location = match &def.storage {
+            Some(s) => s.clone(),
+            None => crate::cold::location::local_storage(cold.storage_dir(), &def.id(), def.kind),
+        };
         let store = Arc::new(TableStore::open(storage.clone(), def, validator)?);
         Ok(TableRuntime {
             store,
             schema,
             defaults,
             fast_defaults,
+            location,
         })
     }
 
@@ -217,7 +244,7 @@ impl Engine {
         let Some(def) = self.catalog.create_table(def, if_not_exists)? else {
             return Ok(false);
         };
-        let rt = Self::runtime(&self.storage, def.clone(), None, planner)?;
+        let rt = Self::runtime(&self.storage, &self.cold, def.clone(), None, planner)?;
         self.tables.write().insert(def.id(), Arc::new(rt));
         Ok(true)
     }
@@ -227,7 +254,42 @@ impl Engine {
         let def = self.catalog.drop_table(id)?;
         self.tables.write().remove(id);
         self.storage.drop_cf(&def.cf_name())?;
+        self.cold.forget_table(&def.cf_name());
         Ok(def)
+    }
+
+    /// Every table runtime (for the flush scheduler).
+    pub fn runtimes(&self) -> Vec<Arc<TableRuntime>> {
+        self.tables.read().values().cloned().collect()
+    }
+
+    /// Inserts rows into a partition, refusing keys that are live in either tier. The cold
+    /// lookup runs before the table's lock; a flush committing meanwhile makes it run again.
+    pub async fn insert_rows(
+        &self,
+        rt: &TableRuntime,
+        partition: &Partition,
+        mut rows: Vec<Vec<Value>>,
+    ) -> Result<u64> {
+        loop {
+            let generation = rt.store.cold_generation();
+            let segments = self.cold.segments(rt.store.cf_name(), partition);
+            let mut cold = ColdVersions {
+                generation,
+                ..Default::default()
+            };
+            if !segments.is_empty() {
+                let keys = rt.store.row_keys(&rows)?;
+                let (_, store) = self.cold.store(&rt.location)?;
+                cold.versions =
+                    crate::cold::parquet::lookup_versions(&store, rt.def(), &segments, &keys)
+                        .await?;
+            }
+            match rt.store.insert(partition, rows, &cold)? {
+                Inserted::Rows(n) => return Ok(n),
+                Inserted::ColdChanged(back) => rows = back,
+            }
+        }
     }
 }
 

@@ -51,6 +51,15 @@ pub enum KalamError {
     NamespaceNotFound(String),
     #[error("table '{0}' does not exist")]
     TableNotFound(String),
+    #[error("storage location '{0}' does not exist")]
+    StorageLocationNotFound(String),
+    #[error("storage location '{0}' already exists")]
+    StorageLocationAlreadyExists(String),
+    #[error("storage location '{name}' is used by {} table(s)", tables.len())]
+    StorageLocationInUse { name: String, tables: Vec<String> },
+    /// The reason is built by the cold tier from the store's error without secrets.
+    #[error("the storage location cannot be reached")]
+    LocationUnreachable(String),
     #[error("namespace '{0}' already exists")]
     NamespaceAlreadyExists(String),
     #[error("table '{0}' already exists")]
@@ -100,6 +109,10 @@ impl KalamError {
             NamespaceNotFound(_) => ErrorCode::NamespaceNotFound,
             TableNotFound(_) => ErrorCode::TableNotFound,
             NamespaceAlreadyExists(_) => ErrorCode::NamespaceAlreadyExists,
+            StorageLocationNotFound(_) => ErrorCode::StorageLocationNotFound,
+            StorageLocationAlreadyExists(_) => ErrorCode::StorageLocationAlreadyExists,
+            StorageLocationInUse { .. } => ErrorCode::StorageLocationInUse,
+            LocationUnreachable(_) => ErrorCode::LocationUnreachable,
             TableAlreadyExists(_) => ErrorCode::TableAlreadyExists,
             NamespaceNotEmpty { .. } => ErrorCode::NamespaceNotEmpty,
             PrimaryKeyViolation { .. } => ErrorCode::PrimaryKeyViolation,
@@ -121,10 +134,12 @@ impl KalamError {
                 tracing::error!(error = %self, "internal error");
                 ("internal error; see the node's log".to_string(), None)
             }
-            KalamError::NamespaceNotEmpty { tables, .. } => (
+            KalamError::NamespaceNotEmpty { tables, .. }
+            | KalamError::StorageLocationInUse { tables, .. } => (
                 self.to_string(),
                 Some(format!("tables: {}", tables.join(", "))),
             ),
+            KalamError::LocationUnreachable(reason) => (self.to_string(), Some(reason.clone())),
             other => (other.to_string(), None),
         };
         ApiError {

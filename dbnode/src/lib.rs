@@ -2,15 +2,19 @@
 //!
 //! Rooms (see `DESIGN.md`): [`config`] settings, [`catalog`] namespaces and table definitions,
 //! [`storage`] the RocksDB hot tier, [`engine`] catalog + storage kept consistent, [`sql`]
-//! parsing, planning and execution, [`auth`] tokens, [`api`] HTTP, [`metrics`] Prometheus.
+//! parsing, planning and execution, [`auth`] tokens, [`api`] HTTP, [`metrics`] Prometheus,
+//! [`jobs`] the record of background jobs (`system.jobs`).
 
 pub mod api;
 pub mod auth;
 pub mod catalog;
+pub mod cold;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod flush;
 pub mod ids;
+pub mod jobs;
 pub mod metrics;
 pub mod node;
 pub mod sql;

@@ -49,6 +49,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Crash tests name flush steps in FAILPOINTS; release builds never read it.
+    #[cfg(debug_assertions)]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let listen = match &cli.command {
         Command::Serve { listen } => *listen,
@@ -142,6 +145,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
     tracing::info!(data_dir = %config.data_dir.display(), node_id = %config.node_id, sync_writes = config.sync_writes, "opening node");
     let node = Node::open(config)?;
+    node.start_background();
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving");

@@ -10,6 +10,7 @@ use crate::auth::{self, Authenticator, SecretSource};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::{KalamError, Result};
+use crate::flush::Flusher;
 use crate::metrics::Metrics;
 use crate::sql::executor::{planner_state, Executor};
 use crate::sql::functions::SnowflakeGenerator;
@@ -19,6 +20,7 @@ use crate::sql::schema::KalamCatalogList;
 pub struct Node {
     pub config: Config,
     pub executor: Executor,
+    pub flusher: Arc<Flusher>,
     pub auth: Authenticator,
     pub metrics: Metrics,
     ready: AtomicBool,
@@ -51,15 +53,53 @@ impl Node {
             Some(Arc::new(KalamCatalogList::new(engine.clone()))),
             runtime,
         );
-        let executor = Executor::new(engine, snowflake, base, config.max_result_rows);
+        let flusher = Flusher::new(
+            engine.clone(),
+            std::time::Duration::from_millis(config.flush_retry_base_ms),
+        );
+        let executor = Executor::new(
+            engine,
+            flusher.clone(),
+            snowflake,
+            base,
+            config.max_result_rows,
+        );
         let metrics = Metrics::new().map_err(KalamError::internal)?;
         Ok(Arc::new(Self {
             config,
             executor,
+            flusher,
             auth: Authenticator::new(&secret),
             metrics,
             ready: AtomicBool::new(true),
         }))
+    }
+
+    /// Starts the background work: the flush-policy scheduler (every
+    /// `flush_check_interval_ms`) and the hourly job-history retention.
+    pub fn start_background(self: &Arc<Self>) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let every = std::time::Duration::from_millis(node.config.flush_check_interval_ms);
+            let mut tick = tokio::time::interval(every);
+            let mut last_retention: Option<std::time::Instant> = None;
+            loop {
+                tick.tick().await;
+                node.flusher.check_policies();
+                if last_retention
+                    .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(3600))
+                {
+                    last_retention = Some(std::time::Instant::now());
+                    let jobs = node.executor.engine().jobs.clone();
+                    let retention = node.config.job_retention();
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = jobs.run_retention(retention) {
+                            tracing::warn!(error = %e, "job history retention failed");
+                        }
+                    });
+                }
+            }
+        });
     }
 
     /// Storage open, catalog loaded, and the store answering.

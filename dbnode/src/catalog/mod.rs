@@ -5,6 +5,7 @@
 //! {namespace}/namespace.json
 //! {namespace}/{table}/schema_v{N}.json   one file per schema version (the columns)
 //! {namespace}/{table}/manifest.json      the table; names the current schema version
+//! storage_locations.json                 the rows of `system.storage_locations`
 //! ```
 //! Every file is written to a temporary name, synced and renamed, so a crash leaves either the
 //! old or the new file. `namespace.json` and `manifest.json` are the commit points: a
@@ -29,6 +30,7 @@ use crate::ids::{NamespaceId, TableId, TableName, SYSTEM_NAMESPACE};
 
 const NAMESPACE_FILE: &str = "namespace.json";
 const MANIFEST_FILE: &str = "manifest.json";
+const LOCATIONS_FILE: &str = "storage_locations.json";
 
 #[derive(Debug, Default)]
 struct NamespaceEntry {
@@ -53,6 +55,7 @@ struct SchemaFile {
 pub struct Catalog {
     root: PathBuf,
     state: RwLock<BTreeMap<NamespaceId, NamespaceEntry>>,
+    locations: RwLock<BTreeMap<String, StorageLocationDef>>,
     /// Serialises DDL: file writes and the cache update happen as one step.
     ddl: Mutex<()>,
 }
@@ -122,11 +125,75 @@ impl Catalog {
             }
             state.insert(def.name.clone(), entry);
         }
+        let locations_path = root.join(LOCATIONS_FILE);
+        let locations: Vec<StorageLocationDef> = if exists(&locations_path)? {
+            read_json(&locations_path)?
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             root,
             state: RwLock::new(state),
+            locations: RwLock::new(locations.into_iter().map(|l| (l.name.clone(), l)).collect()),
             ddl: Mutex::new(()),
         })
+    }
+
+    /// Storage locations added by admins (the built-in `local` one is not stored).
+    pub fn locations(&self) -> Vec<StorageLocationDef> {
+        self.locations.read().values().cloned().collect()
+    }
+
+    pub fn location(&self, name: &str) -> Option<StorageLocationDef> {
+        self.locations.read().get(name).cloned()
+    }
+
+    /// Tables whose cold tier uses the named location, as `namespace.table`.
+    pub fn location_users(&self, name: &str) -> Vec<String> {
+        self.tables(None)
+            .iter()
+            .filter(|t| t.storage.as_ref().and_then(|s| s.location_name.as_deref()) == Some(name))
+            .map(|t| t.id().to_string())
+            .collect()
+    }
+
+    fn write_locations(&self, all: &BTreeMap<String, StorageLocationDef>) -> Result<()> {
+        let list: Vec<&StorageLocationDef> = all.values().collect();
+        write_atomic(&self.root.join(LOCATIONS_FILE), &to_json(&list)?)
+    }
+
+    /// Adds a location (`replace = false`) or replaces an existing one (`replace = true`).
+    pub fn put_location(&self, def: StorageLocationDef, replace: bool) -> Result<()> {
+        let _ddl = self.ddl.lock();
+        let mut next = self.locations.read().clone();
+        match (next.contains_key(&def.name), replace) {
+            (true, false) => return Err(KalamError::StorageLocationAlreadyExists(def.name)),
+            (false, true) => return Err(KalamError::StorageLocationNotFound(def.name)),
+            _ => {}
+        }
+        next.insert(def.name.clone(), def);
+        self.write_locations(&next)?;
+        *self.locations.write() = next;
+        Ok(())
+    }
+
+    /// Removes a location no table uses.
+    pub fn delete_location(&self, name: &str) -> Result<()> {
+        let _ddl = self.ddl.lock();
+        let mut next = self.locations.read().clone();
+        if next.remove(name).is_none() {
+            return Err(KalamError::StorageLocationNotFound(name.to_string()));
+        }
+        let tables = self.location_users(name);
+        if !tables.is_empty() {
+            return Err(KalamError::StorageLocationInUse {
+                name: name.to_string(),
+                tables,
+            });
+        }
+        self.write_locations(&next)?;
+        *self.locations.write() = next;
+        Ok(())
     }
 
     fn load_table(dir: &Path) -> Result<Option<TableDef>> {
@@ -300,6 +367,16 @@ impl Catalog {
                 };
             }
         }
+        // The location was resolved before this lock; it must not have been deleted since.
+        if let Some(name) = def
+            .storage
+            .as_ref()
+            .and_then(|s| s.location_name.as_deref())
+        {
+            if name != crate::cold::LOCAL_LOCATION && !self.locations.read().contains_key(name) {
+                return Err(KalamError::StorageLocationNotFound(name.to_string()));
+            }
+        }
         let dir = self.table_dir(&def.id());
         if dir.exists() {
             // A leftover of a drop that crashed after its commit point: not a live table.
@@ -406,6 +483,7 @@ mod tests {
             flush_policy: FlushPolicy::default(),
             deleted_retention_secs: None,
             stream: None,
+            storage: None,
         }
     }
 

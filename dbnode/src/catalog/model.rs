@@ -213,6 +213,65 @@ pub struct TableDef {
     pub deleted_retention_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamOptions>,
+    /// Where the cold tier of this table lives, resolved from `location` when the table was
+    /// created: a later change of a storage location row does not move existing tables.
+    /// `None` (catalogs written before the cold tier) means the built-in `local` location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<TableStorage>,
+}
+
+/// The two kinds of storage location of API.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocationKind {
+    Filesystem,
+    S3,
+}
+
+impl LocationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LocationKind::Filesystem => "filesystem",
+            LocationKind::S3 => "s3",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "filesystem" => Some(LocationKind::Filesystem),
+            "s3" => Some(LocationKind::S3),
+            _ => None,
+        }
+    }
+}
+
+/// A row of `system.storage_locations` as the catalog stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StorageLocationDef {
+    pub name: String,
+    pub kind: LocationKind,
+    /// An absolute directory (`filesystem`) or `s3://bucket/prefix/`.
+    pub path: String,
+    /// A credential set in the node's credentials directory (never the secret itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_ref: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A table's resolved cold-tier location: an object store root and the path template of
+/// its partitions inside it (`${user_id}` is substituted, as one path segment, per user).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TableStorage {
+    /// The storage location row this came from (counts towards its `usage_count`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location_name: Option<String>,
+    pub kind: LocationKind,
+    /// The store root: an absolute directory, or `s3://bucket`.
+    pub root: String,
+    /// Path of the table's directory inside the root, e.g. `app/messages/${user_id}`.
+    pub template: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_ref: Option<String>,
 }
 
 impl TableDef {

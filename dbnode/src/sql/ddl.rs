@@ -254,6 +254,7 @@ pub fn table_def(
         flush_policy: c.flush_policy.unwrap_or_default(),
         deleted_retention_secs,
         stream: None,
+        storage: None,
     })
 }
 

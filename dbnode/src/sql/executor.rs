@@ -26,9 +26,13 @@ use futures::StreamExt;
 use kalam_client::wire::{ColumnInfo, QueryResult, Row};
 use serde_json::json;
 
-use crate::catalog::{NamespaceDef, TableDef, DELETED_COLUMN, UPDATED_COLUMN};
+use crate::catalog::{
+    LocationKind, NamespaceDef, StorageLocationDef, TableDef, DELETED_COLUMN, UPDATED_COLUMN,
+};
+use crate::cold::location;
 use crate::engine::{compile_default, Engine, TableRuntime};
 use crate::error::{clip, KalamError, Result};
+use crate::flush::Flusher;
 use crate::ids::{TableId, SYSTEM_NAMESPACE};
 use crate::sql::functions::{self, SnowflakeGenerator};
 use crate::sql::parser::{table_id_from_object_name, KalamStatement};
@@ -66,6 +70,7 @@ pub fn planner_state(
 #[derive(Debug)]
 pub struct Executor {
     engine: Arc<Engine>,
+    flusher: Arc<Flusher>,
     snowflake: Arc<SnowflakeGenerator>,
     base: SessionState,
     max_result_rows: usize,
@@ -137,12 +142,14 @@ fn quoted(name: &str) -> String {
 impl Executor {
     pub fn new(
         engine: Arc<Engine>,
+        flusher: Arc<Flusher>,
         snowflake: Arc<SnowflakeGenerator>,
         base: SessionState,
         max_result_rows: usize,
     ) -> Self {
         Self {
             engine,
+            flusher,
             snowflake,
             base,
             max_result_rows,
@@ -200,7 +207,14 @@ impl Executor {
                 if catalog.namespace(&c.table.namespace).is_none() {
                     return Err(KalamError::NamespaceNotFound(c.table.namespace.to_string()));
                 }
-                let def = ddl::table_def(&c, |text, t| compile_default(&self.base, text, t).map(|_| ()))?;
+                let mut def = ddl::table_def(&c, |text, t| compile_default(&self.base, text, t).map(|_| ()))?;
+                def.storage = Some(location::resolve(
+                    catalog,
+                    self.engine.cold.storage_dir(),
+                    &def.id(),
+                    def.kind,
+                    &def.location,
+                )?);
                 let id = def.id();
                 Ok(if self.engine.create_table(def, c.if_not_exists, &self.base)? {
                     message(format!("{} table {id} created", c.kind.as_str()))
@@ -242,6 +256,26 @@ impl Executor {
                 .await
             }
             KalamStatement::DescribeTable { table } => self.describe(&table),
+            KalamStatement::FlushTable { table } => {
+                admin_only(ctx, "FLUSH TABLE")?;
+                let rt = self.user_table(&table)?;
+                let job = self.flusher.start(rt, "manual", Some(&ctx.principal.user_id))?;
+                let mut row = Row::new();
+                row.insert("job_id".into(), json!(job));
+                Ok(QueryResult {
+                    columns: vec![ColumnInfo { name: "job_id".into(), data_type: "Utf8".into() }],
+                    rows: vec![row],
+                    row_count: 1,
+                    affected_rows: None,
+                    message: Some(format!("flush of {table} started as job {job}")),
+                    execution_time_ms: 0.0,
+                })
+            }
+            KalamStatement::ShowTableStats { table } => {
+                admin_only(ctx, "SHOW TABLE STATS")?;
+                let rt = self.user_table(&table)?;
+                self.table_stats(&rt)
+            }
             KalamStatement::NotYetSupported(what) => {
                 // The role rule of API.md holds even for statements this node cannot run yet.
                 if matches!(what, "ALTER TABLE" | "FLUSH TABLE" | "BACKUP NAMESPACE" | "RESTORE NAMESPACE") {
@@ -254,6 +288,9 @@ impl Executor {
     }
 
     async fn sql(&self, ctx: &Arc<RequestContext>, stmt: Statement) -> Result<QueryResult> {
+        if let Some(result) = self.storage_location_dml(ctx, &stmt).await {
+            return result;
+        }
         if let Statement::Insert(insert) = stmt {
             return self.insert(ctx, insert).await;
         }
@@ -449,7 +486,10 @@ impl Executor {
         if let Some(rows) =
             fast_insert::literal_rows(def, &rt.fast_defaults, &names, &insert, &self.snowflake)?
         {
-            let n = rt.store.insert(&partition_for(def, ctx), rows)?;
+            let n = self
+                .engine
+                .insert_rows(&rt, &partition_for(def, ctx), rows)
+                .await?;
             return Ok(affected(n));
         }
         let state = self.state(ctx);
@@ -594,6 +634,7 @@ impl Executor {
         let lock = rt.store.dml_lock(&partition);
         let _serialised = lock.lock().await;
         for attempt in 1..=WRITE_ATTEMPTS {
+            let generation = rt.store.cold_generation();
             let batches = self
                 .select_targets(
                     state,
@@ -628,7 +669,7 @@ impl Executor {
                     });
                 }
             }
-            match rt.store.apply_changes(&partition, changes) {
+            match rt.store.apply_changes(&partition, changes, generation) {
                 Err(KalamError::WriteConflict(_)) if attempt < WRITE_ATTEMPTS => continue,
                 other => return other.map(affected),
             }
@@ -665,6 +706,7 @@ impl Executor {
         let lock = rt.store.dml_lock(&partition);
         let _serialised = lock.lock().await;
         for attempt in 1..=WRITE_ATTEMPTS {
+            let generation = rt.store.cold_generation();
             let batches = self
                 .select_targets(state, &def, relation, &[], delete.selection.as_ref())
                 .await?;
@@ -679,12 +721,307 @@ impl Executor {
                     });
                 }
             }
-            match rt.store.apply_changes(&partition, changes) {
+            match rt.store.apply_changes(&partition, changes, generation) {
                 Err(KalamError::WriteConflict(_)) if attempt < WRITE_ATTEMPTS => continue,
                 other => return other.map(affected),
             }
         }
         Err(KalamError::WriteConflict(def.id().to_string()))
+    }
+
+    /// A USER or SHARED table of a namespace (what FLUSH and SHOW TABLE STATS work on).
+    fn user_table(&self, table: &TableId) -> Result<Arc<TableRuntime>> {
+        if table.namespace.as_str() == SYSTEM_NAMESPACE {
+            return Err(KalamError::Unsupported(
+                "system tables have no cold tier".into(),
+            ));
+        }
+        if self.engine.catalog.namespace(&table.namespace).is_none() {
+            return Err(KalamError::NamespaceNotFound(table.namespace.to_string()));
+        }
+        self.engine
+            .table(table)
+            .ok_or_else(|| KalamError::TableNotFound(table.to_string()))
+    }
+
+    /// `SHOW TABLE STATS`: rows in each tier, files, bytes and users with data.
+    fn table_stats(&self, rt: &TableRuntime) -> Result<QueryResult> {
+        let def = rt.def();
+        let (hot_rows, hot_partitions) = self.engine.storage.key_stats(
+            rt.store.cf_name(),
+            def.kind == crate::catalog::TableKind::User,
+        )?;
+        let mut partitions: std::collections::BTreeSet<Vec<u8>> = hot_partitions;
+        let (mut cold_rows, mut files, mut bytes) = (0u64, 0u64, 0u64);
+        for (prefix, segments) in self.engine.cold.table_segments(rt.store.cf_name()) {
+            if !segments.is_empty() {
+                partitions.insert(prefix);
+            }
+            for s in segments.iter() {
+                cold_rows += s.rows;
+                files += 1;
+                bytes += s.bytes;
+            }
+        }
+        let users = (def.kind == crate::catalog::TableKind::User).then_some(partitions.len());
+        let v = json!({
+            "table_name": def.name.as_str(), "namespace": def.namespace.as_str(),
+            "hot_rows": hot_rows, "cold_rows": cold_rows, "parquet_files": files,
+            "parquet_bytes": bytes, "users": users,
+        });
+        let col = |name: &str, t: &str| ColumnInfo {
+            name: name.into(),
+            data_type: t.into(),
+        };
+        Ok(QueryResult {
+            columns: vec![
+                col("table_name", "Utf8"),
+                col("namespace", "Utf8"),
+                col("hot_rows", "Int64"),
+                col("cold_rows", "Int64"),
+                col("parquet_files", "Int64"),
+                col("parquet_bytes", "Int64"),
+                col("users", "Int64"),
+            ],
+            rows: vec![v.as_object().cloned().unwrap_or_default()],
+            row_count: 1,
+            affected_rows: None,
+            message: None,
+            execution_time_ms: 0.0,
+        })
+    }
+
+    /// INSERT, UPDATE and DELETE of `system.storage_locations` (admins only): rows are
+    /// computed with DataFusion, validated, probed, then stored in the catalog.
+    async fn storage_location_dml(
+        &self,
+        ctx: &Arc<RequestContext>,
+        stmt: &Statement,
+    ) -> Option<Result<QueryResult>> {
+        let is_target = |name: &ObjectName| {
+            table_id_from_object_name(name).is_ok_and(|id| {
+                id.namespace.as_str() == SYSTEM_NAMESPACE
+                    && id.table.as_str() == system_tables::STORAGE_LOCATIONS
+            })
+        };
+        let target = match stmt {
+            Statement::Insert(i) => matches!(&i.table, TableObject::TableName(n) if is_target(n)),
+            Statement::Update(u) => Self::dml_target(&u.table).is_ok_and(is_target),
+            Statement::Delete(d) => {
+                let (FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f)) = &d.from;
+                f.first()
+                    .and_then(|r| Self::dml_target(r).ok())
+                    .is_some_and(is_target)
+            }
+            _ => false,
+        };
+        if !target {
+            return None;
+        }
+        Some(self.run_location_dml(ctx, stmt).await)
+    }
+
+    async fn run_location_dml(
+        &self,
+        ctx: &Arc<RequestContext>,
+        stmt: &Statement,
+    ) -> Result<QueryResult> {
+        admin_only(ctx, "writing system tables")?;
+        let state = self.state(ctx);
+        let catalog = &self.engine.catalog;
+        let creds = self.engine.cold.credentials_dir().to_path_buf();
+        let text_of = |batch: &RecordBatch, name: &str, i: usize| -> Result<Option<String>> {
+            let Some(array) = batch.column_by_name(name) else {
+                return Ok(None);
+            };
+            let array = cast_to_column(array, crate::catalog::KalamType::Text, name)?;
+            Ok(
+                match value_at(&array, i, crate::catalog::KalamType::Text, name)? {
+                    crate::storage::Value::Text(s) => Some(s),
+                    _ => None,
+                },
+            )
+        };
+        let build = |name: Option<String>,
+                     kind: Option<String>,
+                     path: Option<String>,
+                     creds_ref: Option<String>,
+                     created_at|
+         -> Result<StorageLocationDef> {
+            let name =
+                name.ok_or_else(|| KalamError::InvalidValue("location_name is required".into()))?;
+            let kind = kind
+                .as_deref()
+                .and_then(LocationKind::parse)
+                .ok_or_else(|| {
+                    KalamError::InvalidValue("location_type must be 'filesystem' or 's3'".into())
+                })?;
+            let path = path.ok_or_else(|| KalamError::InvalidValue("path is required".into()))?;
+            let def = StorageLocationDef {
+                name,
+                kind,
+                path,
+                credentials_ref: creds_ref,
+                created_at,
+            };
+            location::validate_location(&def)?;
+            Ok(def)
+        };
+        match stmt {
+            Statement::Insert(insert) => {
+                let Some(source) = insert.source.clone() else {
+                    return Err(KalamError::Unsupported(
+                        "INSERT needs VALUES or SELECT".into(),
+                    ));
+                };
+                let names: Vec<String> = insert.columns.iter().map(column_name).collect();
+                if names.is_empty() {
+                    return Err(KalamError::InvalidValue(
+                        "name the columns: (location_name, location_type, path, credentials_ref)"
+                            .into(),
+                    ));
+                }
+                for n in &names {
+                    if !["location_name", "location_type", "path", "credentials_ref"]
+                        .contains(&n.as_str())
+                    {
+                        return Err(KalamError::InvalidValue(format!(
+                            "column '{}' cannot be written",
+                            clip(n)
+                        )));
+                    }
+                }
+                let (_, batches) = self
+                    .run(
+                        &state,
+                        DfStatement::Statement(Box::new(Statement::Query(source))),
+                        usize::MAX,
+                    )
+                    .await?;
+                let mut n = 0;
+                for batch in &batches {
+                    // The VALUES columns are positional: name them as the INSERT did.
+                    let renamed = RecordBatch::try_new(
+                        Arc::new(datafusion::arrow::datatypes::Schema::new(
+                            batch
+                                .schema()
+                                .fields()
+                                .iter()
+                                .zip(&names)
+                                .map(|(f, n)| f.as_ref().clone().with_name(n))
+                                .collect::<Vec<_>>(),
+                        )),
+                        batch.columns().iter().take(names.len()).cloned().collect(),
+                    )
+                    .map_err(|e| KalamError::InvalidValue(e.to_string()))?;
+                    for i in 0..renamed.num_rows() {
+                        let def = build(
+                            text_of(&renamed, "location_name", i)?,
+                            text_of(&renamed, "location_type", i)?,
+                            text_of(&renamed, "path", i)?,
+                            text_of(&renamed, "credentials_ref", i)?,
+                            chrono::Utc::now(),
+                        )?;
+                        if def.name == crate::cold::LOCAL_LOCATION
+                            || catalog.location(&def.name).is_some()
+                        {
+                            return Err(KalamError::StorageLocationAlreadyExists(def.name));
+                        }
+                        location::probe(&def, &creds).await?;
+                        catalog.put_location(def, false)?;
+                        n += 1;
+                    }
+                }
+                Ok(affected(n))
+            }
+            Statement::Update(update) => {
+                let mut sets: Vec<(String, String)> = Vec::new();
+                for a in &update.assignments {
+                    let AssignmentTarget::ColumnName(c) = &a.target else {
+                        return Err(KalamError::Unsupported(
+                            "UPDATE of a column tuple is not supported".into(),
+                        ));
+                    };
+                    let name = column_name(c);
+                    if !["location_type", "path", "credentials_ref"].contains(&name.as_str()) {
+                        return Err(KalamError::InvalidValue(format!(
+                            "column '{}' cannot be updated",
+                            clip(&name)
+                        )));
+                    }
+                    sets.push((name, a.value.to_string()));
+                }
+                let extra: String = sets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, e))| format!(", ({e}) AS \"__set_{i}\""))
+                    .collect();
+                let filter = update
+                    .selection
+                    .as_ref()
+                    .map(|s| format!(" WHERE {s}"))
+                    .unwrap_or_default();
+                let sql = format!("SELECT location_name, location_type, path, credentials_ref, created_at{extra} FROM system.storage_locations{filter}");
+                let stmt = state.sql_to_statement(&sql, &datafusion::config::Dialect::Generic)?;
+                let (_, batches) = self.run(&state, stmt, usize::MAX).await?;
+                let mut n = 0;
+                for batch in &batches {
+                    for i in 0..batch.num_rows() {
+                        let name = text_of(batch, "location_name", i)?;
+                        let Some(old) = name.as_deref().and_then(|n| catalog.location(n)) else {
+                            return Err(KalamError::InvalidValue(
+                                "the 'local' location is built in and cannot be changed".into(),
+                            ));
+                        };
+                        let (mut kind, mut path, mut cref) = (
+                            Some(old.kind.as_str().to_string()),
+                            Some(old.path.clone()),
+                            old.credentials_ref.clone(),
+                        );
+                        for (j, (col, _)) in sets.iter().enumerate() {
+                            let v = text_of(batch, &format!("__set_{j}"), i)?;
+                            match col.as_str() {
+                                "location_type" => kind = v,
+                                "path" => path = v,
+                                _ => cref = v,
+                            }
+                        }
+                        let def = build(name, kind, path, cref, old.created_at)?;
+                        location::probe(&def, &creds).await?;
+                        catalog.put_location(def, true)?;
+                        n += 1;
+                    }
+                }
+                Ok(affected(n))
+            }
+            Statement::Delete(delete) => {
+                let filter = delete
+                    .selection
+                    .as_ref()
+                    .map(|s| format!(" WHERE {s}"))
+                    .unwrap_or_default();
+                let sql = format!("SELECT location_name FROM system.storage_locations{filter}");
+                let stmt = state.sql_to_statement(&sql, &datafusion::config::Dialect::Generic)?;
+                let (_, batches) = self.run(&state, stmt, usize::MAX).await?;
+                let mut n = 0;
+                for batch in &batches {
+                    for i in 0..batch.num_rows() {
+                        let Some(name) = text_of(batch, "location_name", i)? else {
+                            continue;
+                        };
+                        if name == crate::cold::LOCAL_LOCATION {
+                            return Err(KalamError::InvalidValue(
+                                "the 'local' location is built in and cannot be deleted".into(),
+                            ));
+                        }
+                        catalog.delete_location(&name)?;
+                        n += 1;
+                    }
+                }
+                Ok(affected(n))
+            }
+            _ => Err(KalamError::internal("not a storage location statement")),
+        }
     }
 
     fn describe(&self, table: &TableId) -> Result<QueryResult> {

@@ -2,6 +2,7 @@
 //! of USER and SHARED tables, the system tables, and the statement executor.
 
 pub mod ddl;
+pub mod dedup;
 pub mod executor;
 pub mod fast_insert;
 pub mod functions;

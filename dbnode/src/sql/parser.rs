@@ -52,6 +52,12 @@ pub enum KalamStatement {
     DescribeTable {
         table: TableId,
     },
+    FlushTable {
+        table: TableId,
+    },
+    ShowTableStats {
+        table: TableId,
+    },
     /// A statement of the dialect that this node does not run yet.
     NotYetSupported(&'static str),
     /// Anything else: SELECT, INSERT, UPDATE, DELETE, EXPLAIN, ...
@@ -70,6 +76,8 @@ impl KalamStatement {
             KalamStatement::DropTable { .. } => "drop_table",
             KalamStatement::ShowTables { .. } => "show_tables",
             KalamStatement::DescribeTable { .. } => "describe_table",
+            KalamStatement::FlushTable { .. } => "flush_table",
+            KalamStatement::ShowTableStats { .. } => "show_table_stats",
             KalamStatement::NotYetSupported(_) => "unsupported",
             KalamStatement::Sql(s) => match s.as_ref() {
                 SqlStatement::Query(_) => "select",
@@ -367,10 +375,23 @@ fn parse_one(p: &mut Parser) -> Result<KalamStatement> {
             table: table_id(p)?,
         });
     }
+    if words_are(p, &["SHOW", "TABLE", "STATS"]) {
+        for _ in 0..3 {
+            p.next_token();
+        }
+        return Ok(KalamStatement::ShowTableStats {
+            table: table_id(p)?,
+        });
+    }
+    if words_are(p, &["FLUSH", "TABLE"]) {
+        p.next_token();
+        p.next_token();
+        return Ok(KalamStatement::FlushTable {
+            table: table_id(p)?,
+        });
+    }
     for (words, what) in [
         (&["ALTER", "TABLE"][..], "ALTER TABLE"),
-        (&["SHOW", "TABLE", "STATS"][..], "SHOW TABLE STATS"),
-        (&["FLUSH"][..], "FLUSH TABLE"),
         (&["BACKUP"][..], "BACKUP NAMESPACE"),
         (&["RESTORE"][..], "RESTORE NAMESPACE"),
         (&["SHOW", "BACKUP"][..], "SHOW BACKUP"),
@@ -646,10 +667,14 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(
+        assert!(matches!(
             one("FLUSH TABLE app.m"),
-            KalamStatement::NotYetSupported("FLUSH TABLE")
-        );
+            KalamStatement::FlushTable { .. }
+        ));
+        assert!(matches!(
+            one("SHOW TABLE STATS app.m"),
+            KalamStatement::ShowTableStats { .. }
+        ));
         assert_eq!(one("select * from app.m where id = 1").kind(), "select");
         let KalamStatement::Sql(s) = one("SELECT CURRENT_USER(), current_user ( ) AS me") else {
             panic!()

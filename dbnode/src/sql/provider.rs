@@ -2,29 +2,49 @@
 //! partition it reads and writes (the request's user for USER tables, the single shared
 //! partition for SHARED ones). The partition comes from the request's [`RequestContext`],
 //! so no statement can name another user's rows.
+//!
+//! A scan merges the tiers: the partition's hot rows and those of its Parquet files that can
+//! match are each sorted by key; a sort-preserving merge on (key, `_seq` DESC) followed by
+//! [`DedupExec`] keeps the newest version of every key, and only then are soft-deleted rows
+//! dropped. Files are pruned only by predicates that cannot expose an older version: the key,
+//! and lower bounds on `_updated` (the newest version of a key has the largest `_updated`).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::{RecordBatch, UInt64Array};
+use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{Column, ScalarValue};
+use datafusion::common::{Column, DFSchema, ScalarValue};
+use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
-use datafusion::error::Result as DfResult;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{
     BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
 };
+use datafusion::physical_expr::expressions::{col, not};
+use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 
 use crate::auth::Principal;
-use crate::catalog::{KalamType, TableDef, TableKind, DELETED_COLUMN};
-use crate::engine::TableRuntime;
+use crate::catalog::{KalamType, TableDef, TableKind, DELETED_COLUMN, UPDATED_COLUMN};
+use crate::cold::parquet::file_schema;
+use crate::cold::{Segment, SEQ_COLUMN};
+use crate::engine::{Engine, TableRuntime};
 use crate::error::KalamError;
 use crate::ids::{UserId, SYSTEM_NAMESPACE};
+use crate::sql::dedup::DedupExec;
 use crate::sql::rows::{batch_to_values, rows_to_batch};
 use crate::storage::{Partition, RowKey, StoredRow, Value};
 
@@ -55,13 +75,14 @@ pub fn partition_for(def: &TableDef, ctx: &RequestContext) -> Partition {
 }
 
 #[derive(Debug)]
-pub struct HotTableProvider {
+pub struct KalamTableProvider {
+    engine: Arc<Engine>,
     rt: Arc<TableRuntime>,
 }
 
-impl HotTableProvider {
-    pub fn new(rt: Arc<TableRuntime>) -> Self {
-        Self { rt }
+impl KalamTableProvider {
+    pub fn new(engine: Arc<Engine>, rt: Arc<TableRuntime>) -> Self {
+        Self { engine, rt }
     }
 
     fn partition(&self, state: &dyn Session) -> DfResult<Partition> {
@@ -81,35 +102,219 @@ impl HotTableProvider {
         let def = self.rt.def();
         let pk = def.primary_key.as_str();
         filters.iter().find_map(|f| {
-            let Expr::BinaryExpr(BinaryExpr {
-                left,
-                op: Operator::Eq,
-                right,
-            }) = f
-            else {
-                return None;
-            };
-            let (col, value) = match (left.as_ref(), right.as_ref()) {
-                (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c)) => {
-                    (c, v)
-                }
-                _ => return None,
-            };
-            if col.name != pk {
+            let (col, op, value) = column_op_literal(f)?;
+            if col.name != pk || op != Operator::Eq {
                 return None;
             }
-            let is_int = matches!(
-                def.columns[def.primary_key_index()].data_type,
-                KalamType::SmallInt | KalamType::Int | KalamType::BigInt
-            );
-            match value {
-                ScalarValue::Int64(Some(i)) if is_int => Some(RowKey::from_int(*i)),
-                ScalarValue::Int32(Some(i)) if is_int => Some(RowKey::from_int(*i as i64)),
-                ScalarValue::Int16(Some(i)) if is_int => Some(RowKey::from_int(*i as i64)),
-                ScalarValue::Utf8(Some(s)) if !is_int => Some(RowKey::from_text(s)),
-                _ => None,
-            }
+            key_of_literal(def, value)
         })
+    }
+
+    /// Filters that may prune Parquet files and row groups before the merge: those on the
+    /// key alone, and lower bounds on `_updated`.
+    fn pruning_filters(&self, filters: &[Expr]) -> Vec<Expr> {
+        let pk = self.rt.def().primary_key.as_str();
+        filters
+            .iter()
+            .filter(|f| {
+                let cols = f.column_refs();
+                if !cols.is_empty() && cols.iter().all(|c| c.name == pk) {
+                    return true;
+                }
+                matches!(column_op_literal(f), Some((c, Operator::Gt | Operator::GtEq, _)) if c.name == UPDATED_COLUMN)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Whether a file may hold rows the filters can match (by its manifest entry).
+    fn file_may_match(&self, seg: &Segment, filters: &[Expr]) -> bool {
+        let def = self.rt.def();
+        filters.iter().all(|f| match column_op_literal(f) {
+            Some((c, op, v)) if c.name == UPDATED_COLUMN => {
+                let bound = match v {
+                    ScalarValue::TimestampMicrosecond(Some(t), _) => *t,
+                    ScalarValue::TimestampMillisecond(Some(t), _) => t.saturating_mul(1000),
+                    ScalarValue::TimestampSecond(Some(t), _) => t.saturating_mul(1_000_000),
+                    ScalarValue::TimestampNanosecond(Some(t), _) => t / 1000,
+                    _ => return true,
+                };
+                match op {
+                    Operator::Gt => seg.max_updated > bound,
+                    Operator::GtEq => seg.max_updated >= bound,
+                    _ => true,
+                }
+            }
+            Some((c, Operator::Eq, v)) if c.name == def.primary_key.as_str() => {
+                match key_of_literal(def, v) {
+                    Some(k) => k.0 >= seg.min_key && k.0 <= seg.max_key,
+                    None => true,
+                }
+            }
+            _ => true,
+        })
+    }
+}
+
+impl KalamTableProvider {
+    /// Only hot rows can match: each key appears once, no merge needed.
+    fn hot_scan(
+        &self,
+        partition: &Partition,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+        include_deleted: bool,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let store = &self.rt.store;
+        let rows: Vec<StoredRow> = match self.point_key(filters) {
+            Some(key) => store
+                .get(partition, &key)
+                .map_err(KalamError::into_datafusion)?
+                .filter(|r| include_deleted || !r.deleted)
+                .into_iter()
+                .collect(),
+            None => {
+                let limit = if filters.is_empty() { limit } else { None };
+                store
+                    .scan(partition, include_deleted, limit)
+                    .map_err(KalamError::into_datafusion)?
+            }
+        };
+        let def = self.rt.def();
+        let batches = rows
+            .chunks(BATCH_ROWS)
+            .map(|chunk| rows_to_batch(def, &self.rt.schema, chunk))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(KalamError::into_datafusion)?;
+        MemorySourceConfig::try_new_exec(&[batches], self.rt.schema.clone(), projection.cloned())
+            .map(|e| e as Arc<dyn ExecutionPlan>)
+    }
+
+    /// Hot rows and Parquet files merged by key, newest version first, deduplicated.
+    fn merged_scan(
+        &self,
+        state: &dyn Session,
+        partition: &Partition,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        files: &[&Segment],
+        include_deleted: bool,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let def = self.rt.def();
+        let schema = file_schema(def);
+        let pk = def.primary_key.as_str();
+        let ordering = LexOrdering::new(vec![
+            PhysicalSortExpr::new(col(pk, &schema)?, SortOptions::new(false, false)),
+            PhysicalSortExpr::new(col(SEQ_COLUMN, &schema)?, SortOptions::new(true, false)),
+        ])
+        .ok_or_else(|| KalamError::internal("empty merge ordering").into_datafusion())?;
+
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        // Every hot version takes part, deleted ones too: a hot tombstone hides older
+        // cold versions of its key.
+        let hot: Vec<StoredRow> = match self.point_key(filters) {
+            Some(key) => self
+                .rt
+                .store
+                .get(partition, &key)
+                .map_err(KalamError::into_datafusion)?
+                .into_iter()
+                .collect(),
+            None => self
+                .rt
+                .store
+                .scan(partition, true, None)
+                .map_err(KalamError::into_datafusion)?,
+        };
+        if !hot.is_empty() {
+            let mut batches = Vec::new();
+            for chunk in hot.chunks(BATCH_ROWS) {
+                let b = rows_to_batch(def, &self.rt.schema, chunk)
+                    .map_err(KalamError::into_datafusion)?;
+                let mut columns = b.columns().to_vec();
+                columns.push(Arc::new(UInt64Array::from(
+                    chunk.iter().map(|r| r.seq).collect::<Vec<_>>(),
+                )));
+                batches.push(RecordBatch::try_new(schema.clone(), columns)?);
+            }
+            let source = MemorySourceConfig::try_new(&[batches], schema.clone(), None)?
+                .try_with_sort_information(vec![ordering.clone()])?;
+            inputs.push(DataSourceExec::from_data_source(source));
+        }
+
+        let (url, _) = self
+            .engine
+            .cold
+            .store(&self.rt.location)
+            .map_err(KalamError::into_datafusion)?;
+        let mut source = ParquetSource::new(schema.clone()).with_bloom_filter_on_read(true);
+        let pruning = self.pruning_filters(filters);
+        if let Some(predicate) = pruning.into_iter().reduce(|a, b| a.and(b)) {
+            let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+            source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+        }
+        let groups = files
+            .iter()
+            .map(|f| FileGroup::new(vec![PartitionedFile::new(f.path.clone(), f.bytes)]))
+            .collect();
+        let config = FileScanConfigBuilder::new(url, Arc::new(source))
+            .with_file_groups(groups)
+            .with_output_ordering(vec![ordering.clone()])
+            .build();
+        inputs.push(DataSourceExec::from_data_source(config));
+
+        let union = UnionExec::try_new(inputs)?;
+        let merged: Arc<dyn ExecutionPlan> =
+            Arc::new(SortPreservingMergeExec::new(ordering.clone(), union));
+        let mut plan: Arc<dyn ExecutionPlan> = Arc::new(DedupExec::try_new(
+            merged,
+            def.primary_key_index(),
+            ordering,
+        )?);
+        if !include_deleted {
+            let visible = not(col(DELETED_COLUMN, &schema)?)?;
+            plan = Arc::new(FilterExec::try_new(visible, plan)?);
+        }
+        let indices: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.rt.schema.fields().len()).collect(),
+        };
+        let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = indices
+            .iter()
+            .map(|i| {
+                let name = self.rt.schema.field(*i).name().clone();
+                Ok((col(&name, &schema)?, name))
+            })
+            .collect::<DfResult<_>>()?;
+        Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
+    }
+}
+
+/// `column <op> literal` (either way round; the operator is as seen from the column).
+fn column_op_literal(f: &Expr) -> Option<(&Column, Operator, &ScalarValue)> {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = f else {
+        return None;
+    };
+    match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), Expr::Literal(v, _)) => Some((c, *op, v)),
+        (Expr::Literal(v, _), Expr::Column(c)) => Some((c, op.swap()?, v)),
+        _ => None,
+    }
+}
+
+/// The key encoding of a literal compared with the primary key, when its type fits.
+fn key_of_literal(def: &TableDef, value: &ScalarValue) -> Option<RowKey> {
+    let is_int = matches!(
+        def.columns[def.primary_key_index()].data_type,
+        KalamType::SmallInt | KalamType::Int | KalamType::BigInt
+    );
+    match value {
+        ScalarValue::Int64(Some(i)) if is_int => Some(RowKey::from_int(*i)),
+        ScalarValue::Int32(Some(i)) if is_int => Some(RowKey::from_int(*i as i64)),
+        ScalarValue::Int16(Some(i)) if is_int => Some(RowKey::from_int(*i as i64)),
+        ScalarValue::Utf8(Some(s)) if !is_int => Some(RowKey::from_text(s)),
+        _ => None,
     }
 }
 
@@ -123,7 +328,7 @@ fn mentions_deleted(filters: &[Expr]) -> bool {
 }
 
 #[async_trait]
-impl TableProvider for HotTableProvider {
+impl TableProvider for KalamTableProvider {
     fn schema(&self) -> SchemaRef {
         self.rt.schema.clone()
     }
@@ -153,34 +358,31 @@ impl TableProvider for HotTableProvider {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let partition = self.partition(state)?;
-        let include_deleted = !self.rt.def().kind.has_system_columns() || mentions_deleted(filters);
-        let store = &self.rt.store;
-        let rows: Vec<StoredRow> = match self.point_key(filters) {
-            Some(key) => store
-                .get(&partition, &key)
-                .map_err(KalamError::into_datafusion)?
-                .filter(|r| include_deleted || !r.deleted)
-                .into_iter()
-                .collect(),
-            None => {
-                let limit = if filters.is_empty() { limit } else { None };
-                store
-                    .scan(&partition, include_deleted, limit)
-                    .map_err(KalamError::into_datafusion)?
-            }
-        };
         let def = self.rt.def();
-        let batches = rows
-            .chunks(BATCH_ROWS)
-            .map(|chunk| rows_to_batch(def, &self.rt.schema, chunk))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(KalamError::into_datafusion)?;
-        let exec = MemorySourceConfig::try_new_exec(
-            &[batches],
-            self.rt.schema.clone(),
-            projection.cloned(),
-        )?;
-        Ok(exec)
+        let include_deleted = !def.kind.has_system_columns() || mentions_deleted(filters);
+        let segments = self
+            .engine
+            .cold
+            .segments(self.rt.store.cf_name(), &partition);
+        let files: Vec<&Segment> = segments
+            .iter()
+            .filter(|s| self.file_may_match(s, filters))
+            .collect();
+        if files.is_empty() {
+            return self.hot_scan(&partition, projection, filters, limit, include_deleted);
+        }
+        self.merged_scan(
+            state,
+            &partition,
+            projection,
+            filters,
+            &files,
+            include_deleted,
+        )
+        .map_err(|e| match e {
+            DataFusionError::External(_) => e,
+            other => KalamError::from(other).into_datafusion(),
+        })
     }
 
     async fn insert_into(
@@ -214,6 +416,7 @@ impl TableProvider for HotTableProvider {
                 .collect::<Vec<_>>(),
         );
         let sink = InsertSink {
+            engine: self.engine.clone(),
             rt: self.rt.clone(),
             partition,
             schema: Arc::new(nullable),
@@ -225,6 +428,7 @@ impl TableProvider for HotTableProvider {
 /// Receives the rows of an INSERT and writes them as one atomic batch.
 #[derive(Debug)]
 struct InsertSink {
+    engine: Arc<Engine>,
     rt: Arc<TableRuntime>,
     partition: Partition,
     schema: SchemaRef,
@@ -252,9 +456,9 @@ impl DataSink for InsertSink {
         while let Some(batch) = data.next().await {
             rows.extend(batch_to_values(def, &batch?).map_err(KalamError::into_datafusion)?);
         }
-        self.rt
-            .store
-            .insert(&self.partition, rows)
+        self.engine
+            .insert_rows(&self.rt, &self.partition, rows)
+            .await
             .map_err(KalamError::into_datafusion)
     }
 }

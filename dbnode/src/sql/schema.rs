@@ -11,7 +11,7 @@ use datafusion::error::Result as DfResult;
 use crate::engine::Engine;
 use crate::error::KalamError;
 use crate::ids::{NamespaceId, TableId, TableName, SYSTEM_NAMESPACE};
-use crate::sql::provider::HotTableProvider;
+use crate::sql::provider::KalamTableProvider;
 use crate::sql::system_tables;
 
 /// The only catalog name; SQL never spells it (tables are `namespace.table`).
@@ -110,7 +110,9 @@ impl SchemaProvider for NamespaceSchema {
         Ok(self
             .id(name)
             .and_then(|id| self.engine.table(&id))
-            .map(|rt| Arc::new(HotTableProvider::new(rt)) as Arc<dyn TableProvider>))
+            .map(|rt| {
+                Arc::new(KalamTableProvider::new(self.engine.clone(), rt)) as Arc<dyn TableProvider>
+            }))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -135,15 +137,42 @@ impl SchemaProvider for SystemSchema {
         let provider = match name {
             system_tables::NAMESPACES => system_tables::namespaces(catalog),
             system_tables::TABLES => system_tables::tables(catalog),
+            system_tables::JOBS => {
+                let jobs = self.engine.jobs.clone();
+                system_tables::jobs(&jobs, None).map(|admin_view| {
+                    Arc::new(system_tables::PerRequest::new(admin_view, move |ctx| {
+                        let viewer = (!ctx.principal.is_admin()).then_some(&ctx.principal.user_id);
+                        system_tables::jobs(&jobs, viewer)
+                    })) as Arc<dyn TableProvider>
+                })
+            }
+            system_tables::STORAGE_LOCATIONS => {
+                let engine = self.engine.clone();
+                system_tables::storage_locations(catalog, engine.cold.storage_dir()).map(
+                    |admin_view| {
+                        Arc::new(system_tables::PerRequest::new(admin_view, move |ctx| {
+                            if !ctx.principal.is_admin() {
+                                return Err(KalamError::Forbidden(
+                                    "system.storage_locations is readable by admins only".into(),
+                                ));
+                            }
+                            system_tables::storage_locations(
+                                &engine.catalog,
+                                engine.cold.storage_dir(),
+                            )
+                        })) as Arc<dyn TableProvider>
+                    },
+                )
+            }
             system_tables::USERS => {
                 let id = TableId::new(
                     NamespaceId::new(SYSTEM_NAMESPACE).map_err(KalamError::into_datafusion)?,
                     TableName::new(system_tables::USERS).map_err(KalamError::into_datafusion)?,
                 );
-                return Ok(self
-                    .engine
-                    .table(&id)
-                    .map(|rt| Arc::new(HotTableProvider::new(rt)) as Arc<dyn TableProvider>));
+                return Ok(self.engine.table(&id).map(|rt| {
+                    Arc::new(KalamTableProvider::new(self.engine.clone(), rt))
+                        as Arc<dyn TableProvider>
+                }));
             }
             _ => return Ok(None),
         };

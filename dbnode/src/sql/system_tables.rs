@@ -1,10 +1,11 @@
-//! Read-only system tables built from the catalog at query time: `system.namespaces` and
-//! `system.tables`. (`system.users` is a real SHARED table; see `engine`.)
+//! Read-only system tables built at query time: `system.namespaces` and `system.tables` from
+//! the catalog, `system.jobs` from the job table. (`system.users` is a real SHARED table; see
+//! `engine`.)
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::TableProvider;
@@ -12,12 +13,16 @@ use datafusion::datasource::MemTable;
 
 use crate::catalog::{Catalog, KalamType, JSON_METADATA_KEY, TIMESTAMP_TZ};
 use crate::error::{KalamError, Result};
+use crate::ids::UserId;
+use crate::jobs::{JobRecord, Jobs};
 
 pub const NAMESPACES: &str = "namespaces";
 pub const TABLES: &str = "tables";
 pub const USERS: &str = "users";
+pub const JOBS: &str = "jobs";
+pub const STORAGE_LOCATIONS: &str = "storage_locations";
 /// Every table of the `system` namespace.
-pub const ALL: &[&str] = &[NAMESPACES, TABLES, USERS];
+pub const ALL: &[&str] = &[NAMESPACES, TABLES, USERS, JOBS, STORAGE_LOCATIONS];
 
 fn text(name: &str) -> Field {
     Field::new(name, DataType::Utf8, true)
@@ -29,6 +34,14 @@ fn json(name: &str) -> Field {
 
 fn timestamp(name: &str) -> Field {
     Field::new(name, KalamType::Timestamp.arrow(), false)
+}
+
+fn nullable_timestamp(name: &str) -> Field {
+    Field::new(name, KalamType::Timestamp.arrow(), true)
+}
+
+fn float(name: &str) -> Field {
+    Field::new(name, DataType::Float64, false)
 }
 
 fn snapshot(fields: Vec<Field>, columns: Vec<ArrayRef>) -> Result<Arc<dyn TableProvider>> {
@@ -45,6 +58,14 @@ fn strings<'a>(v: impl Iterator<Item = Option<String>>) -> ArrayRef {
 
 fn times(v: impl Iterator<Item = i64>) -> ArrayRef {
     Arc::new(TimestampMicrosecondArray::from(v.collect::<Vec<_>>()).with_timezone(TIMESTAMP_TZ))
+}
+
+fn optional_times(v: impl Iterator<Item = Option<i64>>) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from(v.collect::<Vec<_>>()).with_timezone(TIMESTAMP_TZ))
+}
+
+fn floats(v: impl Iterator<Item = f64>) -> ArrayRef {
+    Arc::new(Float64Array::from(v.collect::<Vec<_>>()))
 }
 
 /// `system.namespaces`: name, created_at, table_count, options (JSON).
@@ -102,4 +123,160 @@ pub fn tables(catalog: &Catalog) -> Result<Arc<dyn TableProvider>> {
             times(rows.iter().map(|t| t.created_at.timestamp_micros())),
         ],
     )
+}
+
+/// `system.jobs`: every job of this node, or only the viewer's own when `viewer` is a user
+/// (admins pass `None`).
+pub fn jobs(jobs: &Jobs, viewer: Option<&UserId>) -> Result<Arc<dyn TableProvider>> {
+    let rows: Vec<JobRecord> = jobs
+        .list()
+        .into_iter()
+        .filter(|r| viewer.is_none_or(|u| r.user_id.as_deref() == Some(u.as_str())))
+        .collect();
+    let now = chrono::Utc::now();
+    // Running jobs show how long they have run so far.
+    let duration_ms = |r: &JobRecord| {
+        let micros = (r.end_time.unwrap_or(now) - r.start_time)
+            .num_microseconds()
+            .unwrap_or(i64::MAX);
+        micros.max(0) as f64 / 1000.0
+    };
+    snapshot(
+        vec![
+            text("job_id"),
+            text("job_type"),
+            text("namespace"),
+            text("table_name"),
+            text("user_id"),
+            text("status"),
+            timestamp("start_time"),
+            nullable_timestamp("end_time"),
+            float("duration_ms"),
+            json("parameters"),
+            json("result"),
+            text("trace"),
+            float("memory_used_mb"),
+            float("cpu_used_percent"),
+            text("node_id"),
+            text("error_message"),
+        ],
+        vec![
+            strings(rows.iter().map(|r| Some(r.job_id.clone()))),
+            strings(rows.iter().map(|r| Some(r.job_type.as_str().to_string()))),
+            strings(rows.iter().map(|r| r.namespace.clone())),
+            strings(rows.iter().map(|r| r.table_name.clone())),
+            strings(rows.iter().map(|r| r.user_id.clone())),
+            strings(rows.iter().map(|r| Some(r.status.as_str().to_string()))),
+            times(rows.iter().map(|r| r.start_time.timestamp_micros())),
+            optional_times(
+                rows.iter()
+                    .map(|r| r.end_time.map(|t| t.timestamp_micros())),
+            ),
+            floats(rows.iter().map(duration_ms)),
+            strings(
+                rows.iter()
+                    .map(|r| Some(serde_json::Value::from(r.parameters.clone()).to_string())),
+            ),
+            strings(rows.iter().map(|r| Some(r.result.to_string()))),
+            strings(rows.iter().map(|r| Some(r.trace.join("\n")))),
+            floats(rows.iter().map(|r| r.memory_used_mb)),
+            floats(rows.iter().map(|r| r.cpu_used_percent)),
+            strings(rows.iter().map(|r| Some(r.node_id.clone()))),
+            strings(rows.iter().map(|r| r.error_message.clone())),
+        ],
+    )
+}
+
+/// `system.storage_locations`: the built-in `local` row, then the admins' rows, each with
+/// the number of tables using it. Credentials are a reference, never the secret.
+pub fn storage_locations(
+    catalog: &Catalog,
+    storage_dir: &std::path::Path,
+) -> Result<Arc<dyn TableProvider>> {
+    let mut rows = vec![crate::catalog::StorageLocationDef {
+        name: crate::cold::LOCAL_LOCATION.to_string(),
+        kind: crate::catalog::LocationKind::Filesystem,
+        path: storage_dir.display().to_string(),
+        credentials_ref: None,
+        created_at: chrono::DateTime::UNIX_EPOCH,
+    }];
+    rows.extend(catalog.locations());
+    let usage: Vec<i64> = rows
+        .iter()
+        .map(|r| catalog.location_users(&r.name).len() as i64)
+        .collect();
+    snapshot(
+        vec![
+            text("location_name"),
+            text("location_type"),
+            text("path"),
+            text("credentials_ref"),
+            timestamp("created_at"),
+            Field::new("usage_count", DataType::Int64, false),
+        ],
+        vec![
+            strings(rows.iter().map(|r| Some(r.name.clone()))),
+            strings(rows.iter().map(|r| Some(r.kind.as_str().to_string()))),
+            strings(rows.iter().map(|r| Some(r.path.clone()))),
+            strings(rows.iter().map(|r| r.credentials_ref.clone())),
+            times(rows.iter().map(|r| r.created_at.timestamp_micros())),
+            Arc::new(Int64Array::from(usage)),
+        ],
+    )
+}
+
+/// A system table whose rows depend on who asks: built again for each scan from the
+/// request's context (users see their own jobs; storage locations are for admins).
+pub struct PerRequest {
+    schema: datafusion::arrow::datatypes::SchemaRef,
+    build: Box<
+        dyn Fn(&crate::sql::provider::RequestContext) -> Result<Arc<dyn TableProvider>>
+            + Send
+            + Sync,
+    >,
+}
+
+impl std::fmt::Debug for PerRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PerRequest")
+    }
+}
+
+impl PerRequest {
+    /// `admin_view` gives the schema; `build` the rows for one request.
+    pub fn new(
+        admin_view: Arc<dyn TableProvider>,
+        build: impl Fn(&crate::sql::provider::RequestContext) -> Result<Arc<dyn TableProvider>>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        Self {
+            schema: admin_view.schema(),
+            build: Box::new(build),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl TableProvider for PerRequest {
+    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> datafusion::logical_expr::TableType {
+        datafusion::logical_expr::TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::logical_expr::Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let ctx = crate::sql::provider::request_context(state)?;
+        let inner = (self.build)(&ctx).map_err(KalamError::into_datafusion)?;
+        inner.scan(state, projection, filters, limit).await
+    }
 }

@@ -107,6 +107,15 @@ impl Storage {
         }
         let meta = self.cf(META_CF)?;
         self.db.delete_cf(&meta, seq_key(name))?;
+        // The table's cold-tier manifests and flush journal go with it.
+        for prefix in [
+            crate::cold::table_manifest_prefix(name),
+            format!("flushpending/{name}").into_bytes(),
+        ] {
+            for (key, _) in self.meta_scan_prefix(&prefix)? {
+                self.db.delete_cf(&meta, key)?;
+            }
+        }
         Ok(())
     }
 
@@ -116,18 +125,26 @@ impl Storage {
             .ok_or_else(|| KalamError::Storage(format!("column family {name} is missing")))
     }
 
-    /// The last sequence committed to a table (0 for a new table).
-    pub fn last_seq(&self, cf_name: &str) -> Result<u64> {
+    /// The last sequence committed to a table and the `_updated` it gave out (0 for a new
+    /// table). Persisting `_updated` keeps it increasing across restarts, even if the clock
+    /// steps back, so that it orders the versions of a key in both tiers.
+    pub fn last_seq(&self, cf_name: &str) -> Result<(u64, i64)> {
         let meta = self.cf(META_CF)?;
         match self.db.get_pinned_cf(&meta, seq_key(cf_name))? {
             Some(v) => {
-                let bytes: [u8; 8] = v
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| KalamError::Storage("corrupt sequence value".into()))?;
-                Ok(u64::from_be_bytes(bytes))
+                let corrupt = || KalamError::Storage("corrupt sequence value".into());
+                let seq: [u8; 8] = v
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(corrupt)?;
+                // Values written before `_updated` was persisted hold the sequence only.
+                let updated = match v.get(8..16) {
+                    Some(b) => i64::from_be_bytes(b.try_into().map_err(|_| corrupt())?),
+                    None => 0,
+                };
+                Ok((u64::from_be_bytes(seq), updated))
             }
-            None => Ok(0),
+            None => Ok((0, 0)),
         }
     }
 
@@ -179,16 +196,165 @@ impl Storage {
     }
 
     /// Writes row versions and the table's new last sequence in one atomic batch.
-    pub fn write_rows(&self, cf_name: &str, rows: &[(Vec<u8>, StoredRow)], seq: u64) -> Result<()> {
+    pub fn write_rows(
+        &self,
+        cf_name: &str,
+        rows: &[(Vec<u8>, StoredRow)],
+        seq: u64,
+        updated: i64,
+    ) -> Result<()> {
         let cf = self.cf(cf_name)?;
         let meta = self.cf(META_CF)?;
         let mut batch = WriteBatch::default();
         for (key, row) in rows {
             batch.put_cf(&cf, key, row.encode()?);
         }
-        batch.put_cf(&meta, seq_key(cf_name), seq.to_be_bytes());
+        let mut value = seq.to_be_bytes().to_vec();
+        value.extend_from_slice(&updated.to_be_bytes());
+        batch.put_cf(&meta, seq_key(cf_name), value);
         self.db.write_opt(batch, &self.write_opts)?;
         Ok(())
+    }
+
+    /// One atomic batch of a flush commit: deletes of flushed hot keys plus `meta` writes
+    /// (the partition's manifest; `None` deletes a key).
+    pub fn write_flush_commit(
+        &self,
+        cf_name: &str,
+        deletes: &[Vec<u8>],
+        meta_ops: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<()> {
+        let cf = self.cf(cf_name)?;
+        let meta = self.cf(META_CF)?;
+        let mut batch = WriteBatch::default();
+        for key in deletes {
+            batch.delete_cf(&cf, key);
+        }
+        for (key, value) in meta_ops {
+            match value {
+                Some(v) => batch.put_cf(&meta, key, v),
+                None => batch.delete_cf(&meta, key),
+            }
+        }
+        self.db.write_opt(batch, &self.write_opts)?;
+        Ok(())
+    }
+
+    /// Takes a consistent snapshot of a table, calls `taken` once it exists (the caller
+    /// releases its write lock there), then calls `f` with every row of the snapshot in key
+    /// order until `f` returns false.
+    pub fn scan_snapshot(
+        &self,
+        cf_name: &str,
+        taken: impl FnOnce(),
+        mut f: impl FnMut(&[u8], StoredRow) -> Result<bool>,
+    ) -> Result<()> {
+        let cf = self.cf(cf_name)?;
+        let snapshot = self.db.snapshot();
+        taken();
+        for item in snapshot.iterator_cf(&cf, IteratorMode::Start) {
+            let (k, v) = item?;
+            if !f(&k, StoredRow::decode(&v)?)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts the keys of a partition without decoding their values.
+    pub fn count_partition(&self, cf_name: &str, partition: &Partition) -> Result<u64> {
+        let cf = self.cf(cf_name)?;
+        let prefix = partition.prefix();
+        let mut read_opts = ReadOptions::default();
+        if let Some(upper) = partition.upper_bound() {
+            read_opts.set_iterate_upper_bound(upper);
+        }
+        let mut n = 0;
+        let mode = IteratorMode::From(&prefix, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf_opt(&cf, read_opts, mode) {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// A table's hot key count and the partition prefixes holding keys (`{user_id}:` of a
+    /// USER table; none for a SHARED one), read without decoding values.
+    pub fn key_stats(
+        &self,
+        cf_name: &str,
+        user_partitions: bool,
+    ) -> Result<(u64, std::collections::BTreeSet<Vec<u8>>)> {
+        let cf = self.cf(cf_name)?;
+        let mut n = 0;
+        let mut prefixes = std::collections::BTreeSet::new();
+        for item in self.db.iterator_cf(&cf, IteratorMode::Start) {
+            let (k, _) = item?;
+            n += 1;
+            if let Some(colon) = k
+                .iter()
+                .position(|b| *b == b':')
+                .filter(|_| user_partitions)
+            {
+                if !prefixes
+                    .iter()
+                    .next_back()
+                    .is_some_and(|p: &Vec<u8>| p.as_slice() == &k[..=colon])
+                {
+                    prefixes.insert(k[..=colon].to_vec());
+                }
+            }
+        }
+        Ok((n, prefixes))
+    }
+
+    /// RocksDB's estimate of a table's key count (cheap; for flush policies at start-up).
+    pub fn estimate_keys(&self, cf_name: &str) -> u64 {
+        self.cf(cf_name)
+            .ok()
+            .and_then(|cf| {
+                self.db
+                    .property_int_value_cf(&cf, "rocksdb.estimate-num-keys")
+                    .ok()
+                    .flatten()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Writes one key of the node's own `meta` column family (jobs, manifests, journals).
+    pub fn meta_put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let meta = self.cf(META_CF)?;
+        self.db.put_cf_opt(&meta, key, value, &self.write_opts)?;
+        Ok(())
+    }
+
+    pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let meta = self.cf(META_CF)?;
+        Ok(self.db.get_cf(&meta, key)?)
+    }
+
+    pub fn meta_delete(&self, key: &[u8]) -> Result<()> {
+        let meta = self.cf(META_CF)?;
+        self.db.delete_cf_opt(&meta, key, &self.write_opts)?;
+        Ok(())
+    }
+
+    /// Every `meta` key starting with `prefix`, in key order, with its value.
+    pub fn meta_scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let meta = self.cf(META_CF)?;
+        let mut out = Vec::new();
+        let mode = IteratorMode::From(prefix, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf(&meta, mode) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 
     /// A cheap liveness probe of the store for `/readyz`.
@@ -242,6 +408,7 @@ mod tests {
                     (alice.key(&RowKey::from_int(2)), row(1, "a2")),
                 ],
                 1,
+                7,
             )
             .unwrap();
         }
@@ -250,7 +417,7 @@ mod tests {
             s.table_cfs(dir.path()).unwrap(),
             vec!["t_app_m_1".to_string()]
         );
-        assert_eq!(s.last_seq("t_app_m_1").unwrap(), 1);
+        assert_eq!(s.last_seq("t_app_m_1").unwrap(), (1, 7));
         let mut seen = Vec::new();
         s.scan_partition("t_app_m_1", &alice, |_, r| {
             seen.push(r.values[0].clone());

@@ -2,8 +2,9 @@
 //! statement goes through (key checks, `_updated`/`_deleted`, one atomic batch per write).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
@@ -41,6 +42,31 @@ pub struct TableStore {
     /// One lock per partition held by an UPDATE or DELETE from its read to its write, so
     /// those statements queue instead of retrying against each other.
     dml_locks: Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
+    /// Bumped by every flush commit (under `write_lock`): a writer that looked up versions
+    /// in the cold tier knows its answer is still current when the generation is unchanged.
+    cold_generation: AtomicU64,
+    /// Rows written since the last flush snapshot, and when the oldest of them was written:
+    /// flush policies are checked from these, without scanning.
+    pending_rows: AtomicU64,
+    oldest_pending: Mutex<Option<Instant>>,
+    /// Set while a flush of this table runs: one flush per table at a time.
+    pub flushing: AtomicBool,
+}
+
+/// The outcome of [`TableStore::insert`].
+#[derive(Debug)]
+pub enum Inserted {
+    Rows(u64),
+    /// A flush committed since the cold lookup: look again with these rows.
+    ColdChanged(Vec<Vec<Value>>),
+}
+
+/// What the cold tier holds for the keys of a write, looked up before the write takes the
+/// table's lock: row key -> (seq, `_updated`, deleted) of the newest cold version.
+#[derive(Debug, Default)]
+pub struct ColdVersions {
+    pub generation: u64,
+    pub versions: HashMap<Vec<u8>, (u64, i64, bool)>,
 }
 
 fn now_micros() -> i64 {
@@ -55,16 +81,88 @@ impl TableStore {
     ) -> Result<Self> {
         let cf = def.cf_name();
         storage.create_cf(&cf)?;
-        let seq = storage.last_seq(&cf)?;
+        let (seq, last_updated) = storage.last_seq(&cf)?;
+        let pending = storage.estimate_keys(&cf);
         Ok(Self {
             def,
-            cf,
-            storage,
             seq: AtomicU64::new(seq),
-            write_lock: Mutex::new(0),
+            write_lock: Mutex::new(last_updated),
             dml_locks: Mutex::new(HashMap::new()),
             validator,
+            cold_generation: AtomicU64::new(0),
+            pending_rows: AtomicU64::new(pending),
+            oldest_pending: Mutex::new((pending > 0).then(Instant::now)),
+            flushing: AtomicBool::new(false),
+            cf,
+            storage,
         })
+    }
+
+    pub fn cold_generation(&self) -> u64 {
+        self.cold_generation.load(Ordering::Acquire)
+    }
+
+    /// Rows waiting for a flush, and since when.
+    pub fn pending(&self) -> (u64, Option<Instant>) {
+        (
+            self.pending_rows.load(Ordering::Acquire),
+            *self.oldest_pending.lock(),
+        )
+    }
+
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// Takes a flush snapshot: returns its sequence; `f` gets that sequence and every row
+    /// version of the snapshot, in key order. Rows written after the snapshot count as pending for the next flush.
+    pub fn snapshot_scan(
+        &self,
+        mut f: impl FnMut(u64, &[u8], StoredRow) -> Result<bool>,
+    ) -> Result<u64> {
+        let guard = self.write_lock.lock();
+        let seq = self.last_seq();
+        self.pending_rows.store(0, Ordering::Release);
+        *self.oldest_pending.lock() = None;
+        self.storage
+            .scan_snapshot(&self.cf, move || drop(guard), |k, r| f(seq, k, r))?;
+        Ok(seq)
+    }
+
+    /// Gives back the pending count of a snapshot whose flush failed, so policies fire again.
+    pub fn restore_pending(&self, rows: u64) {
+        if rows > 0 {
+            self.pending_rows.fetch_add(rows, Ordering::AcqRel);
+            self.oldest_pending.lock().get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Commits flushed rows of one partition: deletes each hot key whose current version is
+    /// at most `snapshot_seq` (a newer write stays) and writes `meta_ops` (the manifest) in
+    /// the same batch, then calls `publish` and bumps the cold generation, all under the
+    /// write lock. Returns how many hot keys were removed.
+    pub fn commit_flush(
+        &self,
+        keys: &[Vec<u8>],
+        snapshot_seq: u64,
+        meta_ops: &[(Vec<u8>, Option<Vec<u8>>)],
+        publish: impl FnOnce(),
+    ) -> Result<usize> {
+        let _lock = self.write_lock.lock();
+        let mut deletes = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(4096) {
+            let current = self.storage.multi_get(&self.cf, chunk)?;
+            for (key, row) in chunk.iter().zip(current) {
+                if row.is_some_and(|r| r.seq <= snapshot_seq) {
+                    deletes.push(key.clone());
+                }
+            }
+        }
+        self.storage
+            .write_flush_commit(&self.cf, &deletes, meta_ops)?;
+        publish();
+        self.cold_generation.fetch_add(1, Ordering::AcqRel);
+        Ok(deletes.len())
     }
 
     /// The lock an UPDATE or DELETE of `partition` holds across its read and its write.
@@ -119,21 +217,47 @@ impl TableStore {
     /// Inserts rows (user-column values in schema order) into one partition as one atomic
     /// batch with one new sequence number. A key holding a live row, or repeated within the
     /// batch, fails the whole batch. Returns the number of rows written.
-    pub fn insert(&self, partition: &Partition, rows: Vec<Vec<Value>>) -> Result<u64> {
+    ///
+    /// `cold` holds what the cold tier has for these keys; when a flush committed since it
+    /// was looked up, nothing is written and `Ok(None)` asks the caller to look again.
+    pub fn insert(
+        &self,
+        partition: &Partition,
+        rows: Vec<Vec<Value>>,
+        cold: &ColdVersions,
+    ) -> Result<Inserted> {
         let mut keyed = Vec::with_capacity(rows.len());
         for values in rows {
             self.check_values(&values)?;
             keyed.push((partition.key(&self.key_of(&values)?), values, false));
         }
         let mut last_updated = self.write_lock.lock();
-        self.check_new_keys(&keyed)?;
-        self.commit(&mut last_updated, keyed)
+        if self.cold_generation() != cold.generation {
+            return Ok(Inserted::ColdChanged(
+                keyed.into_iter().map(|(_, v, _)| v).collect(),
+            ));
+        }
+        self.check_new_keys(partition, &keyed, cold)?;
+        self.commit(&mut last_updated, keyed).map(Inserted::Rows)
+    }
+
+    /// The row keys (without partition prefix) of rows to insert, for the cold lookup.
+    pub fn row_keys(&self, rows: &[Vec<Value>]) -> Result<Vec<RowKey>> {
+        rows.iter().map(|v| self.key_of(v)).collect()
     }
 
     /// Writes new versions of rows an UPDATE or DELETE read, if each is still the version
     /// read; otherwise nothing is written and the error is `WriteConflict` (the statement
     /// re-reads and tries again).
-    pub fn apply_changes(&self, partition: &Partition, changes: Vec<RowChange>) -> Result<u64> {
+    ///
+    /// A row missing from the hot tier was read from the cold tier; that read is current
+    /// when no flush committed since `read_generation`.
+    pub fn apply_changes(
+        &self,
+        partition: &Partition,
+        changes: Vec<RowChange>,
+        read_generation: u64,
+    ) -> Result<u64> {
         let mut keyed = Vec::with_capacity(changes.len());
         let mut read = Vec::with_capacity(changes.len());
         for change in changes {
@@ -149,8 +273,13 @@ impl TableStore {
         }
         let mut last_updated = self.write_lock.lock();
         let keys: Vec<Vec<u8>> = keyed.iter().map(|(k, _, _)| k.clone()).collect();
+        let cold_unchanged = self.cold_generation() == read_generation;
         for (current, read_updated) in self.storage.multi_get(&self.cf, &keys)?.iter().zip(&read) {
-            if current.as_ref().map(|r| r.updated_micros) != Some(*read_updated) {
+            let current_ok = match current {
+                Some(r) => r.updated_micros == *read_updated,
+                None => cold_unchanged,
+            };
+            if !current_ok {
                 return Err(KalamError::WriteConflict(self.def.id().to_string()));
             }
         }
@@ -182,14 +311,22 @@ impl TableStore {
                 (key, row)
             })
             .collect();
-        self.storage.write_rows(&self.cf, &batch, seq)?;
+        self.storage
+            .write_rows(&self.cf, &batch, seq, updated_micros)?;
         self.seq.store(seq, Ordering::Release);
         *last_updated = updated_micros;
+        self.pending_rows.fetch_add(count, Ordering::AcqRel);
+        self.oldest_pending.lock().get_or_insert_with(Instant::now);
         Ok(count)
     }
 
     /// Refuses keys that repeat within the batch or hold a live row already.
-    fn check_new_keys(&self, keyed: &[(Vec<u8>, Vec<Value>, bool)]) -> Result<()> {
+    fn check_new_keys(
+        &self,
+        partition: &Partition,
+        keyed: &[(Vec<u8>, Vec<Value>, bool)],
+        cold: &ColdVersions,
+    ) -> Result<()> {
         let pk = self.def.primary_key_index();
         let violation = |values: &Vec<Value>| KalamError::PrimaryKeyViolation {
             table: self.def.id().to_string(),
@@ -206,9 +343,19 @@ impl TableStore {
             }
         }
         let keys: Vec<Vec<u8>> = keyed.iter().map(|(k, _, _)| k.clone()).collect();
-        for (existing, (_, values, _)) in self.storage.multi_get(&self.cf, &keys)?.iter().zip(keyed)
+        let prefix_len = partition.prefix().len();
+        for (existing, (key, values, _)) in
+            self.storage.multi_get(&self.cf, &keys)?.iter().zip(keyed)
         {
-            if matches!(existing, Some(row) if !row.deleted) {
+            let live = match existing {
+                Some(row) => !row.deleted,
+                // Not hot: live if its newest cold version is.
+                None => cold
+                    .versions
+                    .get(&key[prefix_len..])
+                    .is_some_and(|(_, _, deleted)| !deleted),
+            };
+            if live {
                 return Err(violation(values));
             }
         }

@@ -778,14 +778,17 @@ pub fn http_status_of(code: &str) -> u16 {
         | "INVALID_VALUE"
         | "SYSTEM_COLUMN_READONLY"
         | "INVALID_TABLE_DEFINITION"
-        | "INVALID_OPTION" => 400,
+        | "INVALID_OPTION"
+        | "LOCATION_UNREACHABLE" => 400,
         "UNAUTHORIZED" => 401,
         "FORBIDDEN" => 403,
-        "NAMESPACE_NOT_FOUND" | "TABLE_NOT_FOUND" => 404,
+        "NAMESPACE_NOT_FOUND" | "TABLE_NOT_FOUND" | "STORAGE_LOCATION_NOT_FOUND" => 404,
         "NAMESPACE_ALREADY_EXISTS"
         | "TABLE_ALREADY_EXISTS"
         | "NAMESPACE_NOT_EMPTY"
-        | "PRIMARY_KEY_VIOLATION" => 409,
+        | "PRIMARY_KEY_VIOLATION"
+        | "STORAGE_LOCATION_ALREADY_EXISTS"
+        | "STORAGE_LOCATION_IN_USE" => 409,
         "PAYLOAD_TOO_LARGE" | "RESULT_TOO_LARGE" => 413,
         "INTERNAL_ERROR" => 500,
         "NOT_READY" => 503,
@@ -1218,4 +1221,378 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = data.get(size + 2..).unwrap_or(&[]);
     }
     out
+}
+
+// =============================================================================================
+// Cold tier: an S3 server (moto), credential files, Parquet checks with pyarrow, flush jobs
+// =============================================================================================
+
+/// The access key id [`write_credentials`] writes (moto accepts any).
+pub const S3_ACCESS_KEY_ID: &str = "testing-key-id";
+/// The secret key [`write_credentials`] writes: it must never show up in a response or a log.
+pub const S3_SECRET_ACCESS_KEY: &str = "testing-secret-key-do-not-log";
+/// The region [`write_credentials`] writes.
+pub const S3_REGION: &str = "us-east-1";
+
+/// What to do when the Python tools of the cold-tier tests are missing.
+pub const COLD_TOOLS_HINT: &str = "the cold-tier tests need moto_server, pyarrow and boto3: \
+     run `python3 -m pip install 'moto[server]' pyarrow boto3` (.ci/run does this)";
+
+const MOTO_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+const JOB_TIMEOUT: Duration = Duration::from_secs(60);
+const JOB_POLL: Duration = Duration::from_millis(50);
+
+/// A port that was free a moment ago (bound on 127.0.0.1:0, then released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// A `moto_server` process: an in-memory S3 on `127.0.0.1:<port>`. Its state (buckets,
+/// objects) lives only in the process, so [`restart`](Self::restart) loses it. Dropping it
+/// kills the process.
+pub struct S3Server {
+    port: u16,
+    child: Option<Child>,
+    logs: tempfile::TempDir,
+    starts: usize,
+    http: reqwest::Client,
+}
+
+impl S3Server {
+    /// Starts `moto_server -H 127.0.0.1 -p <free port>` and waits until it answers HTTP.
+    /// Panics (never skips) when moto is not installed.
+    pub async fn start() -> S3Server {
+        let logs = tempfile::Builder::new()
+            .prefix("kalamdb-it-moto-")
+            .tempdir()
+            .expect("creating a temporary directory for moto's log");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("building the HTTP client");
+        let mut server = S3Server {
+            port: 0,
+            child: None,
+            logs,
+            starts: 0,
+            http,
+        };
+        // Another process may take the port between the probe and moto's bind: try a few.
+        let mut last = String::new();
+        for _ in 0..5 {
+            server.port = free_port();
+            match server.spawn().await {
+                Ok(()) => return server,
+                Err(e) => last = e,
+            }
+        }
+        panic!("moto_server did not start on any of 5 ports: {last}\n{COLD_TOOLS_HINT}");
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Everything moto logged so far (all of its runs).
+    pub fn log(&self) -> String {
+        (0..self.starts)
+            .map(|n| read_lossy(&self.logs.path().join(format!("moto-{n}.log"))))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    async fn spawn(&mut self) -> Result<(), String> {
+        let n = self.starts;
+        self.starts += 1;
+        let log_path = self.logs.path().join(format!("moto-{n}.log"));
+        let log = std::fs::File::create(&log_path).expect("creating moto's log");
+        let log_err = log.try_clone().expect("cloning moto's log handle");
+        let mut cmd = Command::new("moto_server");
+        cmd.arg("-H")
+            .arg("127.0.0.1")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .kill_on_drop(true);
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                panic!("`moto_server` is not on PATH. {COLD_TOOLS_HINT}")
+            }
+            Err(e) => panic!("spawning moto_server: {e}. {COLD_TOOLS_HINT}"),
+        };
+        let deadline = Instant::now() + MOTO_STARTUP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = read_lossy(&log_path);
+                // A pyenv shim left over from another Python, or a broken install.
+                if status.code() == Some(127)
+                    || log.contains("command not found")
+                    || log.contains("No module named")
+                {
+                    panic!(
+                        "moto_server cannot run ({status}):\n{}\n{COLD_TOOLS_HINT}",
+                        tail(&log, 4000)
+                    );
+                }
+                return Err(format!(
+                    "moto_server exited ({status}) on port {}:\n{}",
+                    self.port,
+                    tail(&log, 4000)
+                ));
+            }
+            // GET / is ListBuckets: only moto (not whatever else took the port) answers that.
+            if let Ok(resp) = self
+                .http
+                .get(self.endpoint())
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
+                let body = resp.text().await.unwrap_or_default();
+                if body.contains("ListAllMyBucketsResult") {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill().await;
+                return Err(format!(
+                    "moto_server did not answer on port {} within {MOTO_STARTUP_TIMEOUT:?}:\n{}",
+                    self.port,
+                    tail(&read_lossy(&log_path), 4000)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Creates a bucket (moto takes an unsigned `PUT /<bucket>`).
+    pub async fn create_bucket(&self, name: &str) {
+        let url = format!("{}/{name}", self.endpoint());
+        let resp = self
+            .http
+            .put(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PUT {url}: {e}"));
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "creating bucket {name} on moto: {body}");
+    }
+
+    /// Kills moto (the S3 endpoint goes down; its state is lost).
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Stops moto if it runs and starts it again on the same port, empty: create the buckets
+    /// again.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let mut last = String::new();
+        // The old socket may linger for a moment.
+        for _ in 0..20 {
+            match self.spawn().await {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("moto_server did not restart on port {}: {last}", self.port);
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- moto_server log (port {}) ---\n{}\n--- end of moto_server log ---",
+                self.port,
+                tail(&self.log(), 8000)
+            );
+        }
+    }
+}
+
+/// Writes the credential set `<dir>/<name>/{access_key_id, secret_access_key, region,
+/// endpoint}` with the test keys of this module.
+pub fn write_credentials(dir: &Path, name: &str, endpoint: &str) {
+    let set = dir.join(name);
+    std::fs::create_dir_all(&set).unwrap_or_else(|e| panic!("creating {}: {e}", set.display()));
+    for (file, value) in [
+        ("access_key_id", S3_ACCESS_KEY_ID),
+        ("secret_access_key", S3_SECRET_ACCESS_KEY),
+        ("region", S3_REGION),
+        ("endpoint", endpoint),
+    ] {
+        std::fs::write(set.join(file), value)
+            .unwrap_or_else(|e| panic!("writing {}/{file}: {e}", set.display()));
+    }
+}
+
+/// Runs `python3 tests/it/tools/parquet_check.py <args>` (pyarrow reads the files) and returns
+/// its JSON: `{"files": [{"path", "size", "rows", "columns", "types", "compression", "data"}]}`.
+pub fn parquet_check(args: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/tools/parquet_check.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", S3_SECRET_ACCESS_KEY)
+        .env("AWS_DEFAULT_REGION", S3_REGION)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "running python3 {}: {e}. {COLD_TOOLS_HINT}",
+                script.display()
+            )
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    if !out.status.success() {
+        let hint = if stderr.contains("No module named") {
+            COLD_TOOLS_HINT
+        } else {
+            ""
+        };
+        panic!(
+            "parquet_check.py {} failed ({}):\n{}\n{hint}",
+            args.join(" "),
+            out.status,
+            tail(&stderr, 8000)
+        );
+    }
+    serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "parquet_check.py {} printed no JSON ({e}): {}\nstderr: {}",
+            args.join(" "),
+            head(&stdout, 2000),
+            tail(&stderr, 4000)
+        )
+    })
+}
+
+/// The row of `job_id` in `system.jobs` (admin token) once its status is no longer
+/// `running`; polls every 50 ms for at most 60 s.
+pub async fn wait_job(node: &TestNode, job_id: &str) -> Value {
+    let admin = admin_token();
+    let sql = format!("SELECT * FROM system.jobs WHERE job_id = {}", lit(job_id));
+    let deadline = Instant::now() + JOB_TIMEOUT;
+    loop {
+        let rows = node.query(&admin, &sql).await;
+        assert!(
+            rows.len() <= 1,
+            "job ids are unique in system.jobs: {}",
+            pretty(&json!(rows))
+        );
+        if let Some(row) = rows.first() {
+            if row["status"] != "running" {
+                return row.clone();
+            }
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "job {job_id} still not finished after {JOB_TIMEOUT:?}; its row: {}",
+                pretty(&json!(rows))
+            );
+        }
+        tokio::time::sleep(JOB_POLL).await;
+    }
+}
+
+/// `FLUSH TABLE <table>` with an admin token: one result with one row whose `job_id` starts
+/// with `flush-`. Returns the job id without waiting for the job.
+pub async fn start_flush(node: &TestNode, table: &str) -> String {
+    let sql = format!("FLUSH TABLE {table}");
+    let body = node.admin(&sql).await;
+    let results = body["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        results.len(),
+        1,
+        "{sql} returns one result: {}",
+        pretty(&body)
+    );
+    let rows = rows_of(&body, 0);
+    assert_eq!(rows.len(), 1, "{sql} returns one row: {}", pretty(&body));
+    let job_id = rows[0]["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{sql}: no string job_id: {}", pretty(&body)))
+        .to_string();
+    assert!(
+        job_id.starts_with("flush-"),
+        "{sql}: the job id {job_id:?} starts with `flush-`"
+    );
+    job_id
+}
+
+/// `FLUSH TABLE <table>`, then [`wait_job`]; the job must complete. Returns its row.
+pub async fn flush(node: &TestNode, table: &str) -> Value {
+    let job_id = start_flush(node, table).await;
+    let row = wait_job(node, &job_id).await;
+    assert_eq!(
+        row["status"],
+        "completed",
+        "FLUSH TABLE {table}: job {job_id} did not complete: {}",
+        pretty(&row)
+    );
+    row
+}
+
+impl TestNode {
+    /// Waits for the process to exit by itself (e.g. a failpoint aborted it); panics, after
+    /// killing it, when it is still running after `timeout`.
+    pub async fn wait_exit(mut self, timeout: Duration) -> NodeDir {
+        let mut child = self.child.take().expect("the node is running");
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(Ok(_status)) => {}
+            Ok(Err(e)) => panic!("waiting for kalamdb to exit: {e}"),
+            Err(_) => {
+                let _ = child.kill().await;
+                panic!(
+                    "kalamdb did not exit by itself within {timeout:?}\n--- stderr ---\n{}",
+                    tail(&self.stderr(), 16_000)
+                );
+            }
+        }
+        self.finish_stdout().await;
+        self.dir.clone()
+    }
+
+    /// `POST /api/sql` that may get no answer (the node may die meanwhile): `None` on a
+    /// transport error or after `timeout`.
+    pub async fn try_sql(&self, token: &str, sql: &str, timeout: Duration) -> Option<Resp> {
+        tokio::time::timeout(timeout, self.try_sql_once(token, sql))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn try_sql_once(&self, token: &str, sql: &str) -> Option<Resp> {
+        let resp = self
+            .http
+            .post(format!("{}/api/sql", self.url))
+            .bearer_auth(token)
+            .json(&json!({ "sql": sql }))
+            .send()
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.ok()?;
+        Some((status, parse_body(&bytes)))
+    }
 }

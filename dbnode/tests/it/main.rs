@@ -4,13 +4,15 @@
 //! HTTP only, checking the contract of `shared/API.md` §1-4: the wire shapes of
 //! `POST /api/sql`, authentication and roles, namespaces, tables, DML, per-user isolation of
 //! USER tables, system tables, robustness against bad input, durability across restarts and
-//! `kill -9`, and the operational endpoints.
+//! `kill -9`, the operational endpoints, and the Parquet cold tier (flushes, storage locations,
+//! S3 through a moto server, crash safety at flush failpoints).
 
 #[allow(dead_code)]
 mod harness;
 
 mod auth;
 mod cli;
+mod cold;
 mod dml;
 mod durability;
 mod http;

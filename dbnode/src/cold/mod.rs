@@ -1,0 +1,192 @@
+//! The cold tier: object stores (a filesystem directory or any S3-compatible bucket), the
+//! Parquet files flushed into them, and the segment manifest of every partition.
+//!
+//! A table's location is resolved once, at CREATE time, into a [`TableStorage`] (store root
+//! plus path template). Each partition (a user of a USER table, or the one shared partition)
+//! has a manifest listing its files with their sequence range, `_updated` range and key range;
+//! manifests live in the node's `meta` column family and are committed in the same RocksDB
+//! batch that deletes the flushed hot rows (see `docs/adr/0008-cold-tier.md`), so a file is
+//! visible to queries exactly when its rows leave the hot tier.
+
+pub mod location;
+pub mod parquet;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStore;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::TableStorage;
+use crate::error::{KalamError, Result};
+use crate::storage::{Partition, Storage};
+
+pub use location::LOCAL_LOCATION;
+
+/// Hidden column of every Parquet file: the commit sequence of the row version, which orders
+/// versions of one key across files and the hot tier.
+pub const SEQ_COLUMN: &str = "_seq";
+const MANIFEST_PREFIX: &str = "cold/";
+
+/// One Parquet file of a partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    /// Object path inside the table's store.
+    pub path: String,
+    pub seq_from: u64,
+    pub seq_to: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub min_updated: i64,
+    pub max_updated: i64,
+    /// Order-preserving encodings (`RowKey`) of the smallest and largest key in the file.
+    pub min_key: Vec<u8>,
+    pub max_key: Vec<u8>,
+    pub schema_version: u32,
+}
+
+/// The files of one partition, oldest first.
+pub type Segments = Arc<Vec<Segment>>;
+
+/// The meta key of a partition's manifest: `cold/{cf}/{partition prefix}`.
+pub fn manifest_key(cf: &str, partition: &Partition) -> Vec<u8> {
+    let mut k = format!("{MANIFEST_PREFIX}{cf}/").into_bytes();
+    k.extend_from_slice(&partition.prefix());
+    k
+}
+
+/// Every manifest key of a table starts with this.
+pub fn table_manifest_prefix(cf: &str) -> Vec<u8> {
+    format!("{MANIFEST_PREFIX}{cf}/").into_bytes()
+}
+
+pub fn encode_manifest(segments: &[Segment]) -> Result<Vec<u8>> {
+    serde_json::to_vec(segments).map_err(KalamError::internal)
+}
+
+#[derive(Debug)]
+pub struct ColdStorage {
+    storage_dir: PathBuf,
+    credentials_dir: PathBuf,
+    runtime: Arc<RuntimeEnv>,
+    stores: Mutex<HashMap<(String, Option<String>), (ObjectStoreUrl, Arc<dyn ObjectStore>)>>,
+    /// cf -> partition prefix -> files. Only a flush commit changes an entry.
+    manifests: RwLock<HashMap<String, BTreeMap<Vec<u8>, Segments>>>,
+}
+
+impl ColdStorage {
+    /// Loads every partition manifest from the `meta` column family.
+    pub fn open(
+        storage: &Storage,
+        storage_dir: PathBuf,
+        credentials_dir: PathBuf,
+        runtime: Arc<RuntimeEnv>,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(&storage_dir).map_err(KalamError::storage)?;
+        let storage_dir = storage_dir.canonicalize().map_err(KalamError::storage)?;
+        let mut manifests: HashMap<String, BTreeMap<Vec<u8>, Segments>> = HashMap::new();
+        for (key, value) in storage.meta_scan_prefix(MANIFEST_PREFIX.as_bytes())? {
+            let rest = &key[MANIFEST_PREFIX.len()..];
+            let Some(slash) = rest.iter().position(|b| *b == b'/') else {
+                continue;
+            };
+            let cf = String::from_utf8_lossy(&rest[..slash]).into_owned();
+            let segments: Vec<Segment> = serde_json::from_slice(&value)
+                .map_err(|e| KalamError::Storage(format!("undecodable manifest of {cf}: {e}")))?;
+            manifests
+                .entry(cf)
+                .or_default()
+                .insert(rest[slash + 1..].to_vec(), Arc::new(segments));
+        }
+        Ok(Self {
+            storage_dir,
+            credentials_dir,
+            runtime,
+            stores: Mutex::new(HashMap::new()),
+            manifests: RwLock::new(manifests),
+        })
+    }
+
+    /// Root directory of the built-in `local` location.
+    pub fn storage_dir(&self) -> &std::path::Path {
+        &self.storage_dir
+    }
+
+    pub fn credentials_dir(&self) -> &std::path::Path {
+        &self.credentials_dir
+    }
+
+    /// The files of one partition (empty when it never flushed).
+    pub fn segments(&self, cf: &str, partition: &Partition) -> Segments {
+        self.manifests
+            .read()
+            .get(cf)
+            .and_then(|m| m.get(&partition.prefix()).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Every partition of a table with its files.
+    pub fn table_segments(&self, cf: &str) -> Vec<(Vec<u8>, Segments)> {
+        self.manifests
+            .read()
+            .get(cf)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Makes a committed manifest visible to queries (called under the table's write lock,
+    /// right after the RocksDB batch that holds it).
+    pub fn publish(&self, cf: &str, partition: &Partition, segments: Vec<Segment>) {
+        self.manifests
+            .write()
+            .entry(cf.to_string())
+            .or_default()
+            .insert(partition.prefix(), Arc::new(segments));
+    }
+
+    /// Forgets a dropped table's manifests (their meta keys go with its column family).
+    pub fn forget_table(&self, cf: &str) {
+        self.manifests.write().remove(cf);
+    }
+
+    /// The object store of a table's location, registered with DataFusion under a URL of
+    /// its own so that Parquet scans can reach it.
+    pub fn store(&self, ts: &TableStorage) -> Result<(ObjectStoreUrl, Arc<dyn ObjectStore>)> {
+        let key = (
+            format!("{}|{}", ts.kind.as_str(), ts.root),
+            ts.credentials_ref.clone(),
+        );
+        if let Some(found) = self.stores.lock().get(&key) {
+            return Ok(found.clone());
+        }
+        let store = location::build_store(
+            ts.kind,
+            &ts.root,
+            ts.credentials_ref.as_deref(),
+            &self.credentials_dir,
+        )?;
+        let n = self.stores.lock().len();
+        let url =
+            ObjectStoreUrl::parse(format!("kalam{n}://store")).map_err(KalamError::internal)?;
+        self.runtime
+            .register_object_store(url.as_ref(), store.clone());
+        let entry = (url, store);
+        self.stores.lock().insert(key, entry.clone());
+        Ok(entry)
+    }
+
+    /// The directory of a partition's files inside the table's store. A user id becomes one
+    /// path segment (`.` and `..` are escaped), so it never leaves the table's directory.
+    pub fn partition_dir(ts: &TableStorage, partition: &Partition) -> ObjectPath {
+        let user = match partition {
+            Partition::User(u) => Some(u.as_str()),
+            Partition::Shared => None,
+        };
+        location::expand_template(&ts.template, user)
+    }
+}

@@ -1,0 +1,253 @@
+//! Parquet files of the cold tier: their schema (the table's columns, `_updated`, `_deleted`
+//! and the hidden `_seq`), writer settings (zstd, bloom filter and page statistics on the
+//! key and `_updated`), streaming writes of hot rows, and the version lookup of keys that
+//! INSERT needs to refuse a key that is live only in Parquet.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, UInt64Array};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Int16Type, Int32Type, Int64Type, Schema, SchemaRef, TimestampMicrosecondType,
+    UInt64Type,
+};
+#[allow(deprecated)]
+use datafusion::parquet::arrow::async_reader::ParquetObjectReader;
+use datafusion::parquet::arrow::async_writer::AsyncArrowWriter;
+use datafusion::parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use datafusion::parquet::schema::types::ColumnPath;
+use futures::StreamExt;
+use object_store::buffered::BufWriter;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use super::{Segment, SEQ_COLUMN};
+use crate::catalog::{KalamType, TableDef, DELETED_COLUMN, UPDATED_COLUMN};
+use crate::error::{KalamError, Result};
+use crate::sql::rows::rows_to_batch;
+use crate::storage::{RowKey, StoredRow};
+
+/// Rows per row group: small enough that statistics prune well, large enough to compress.
+pub const ROW_GROUP_ROWS: usize = 65_536;
+/// Rows per file: a large backlog becomes several files instead of one huge buffer.
+pub const FILE_ROWS: usize = 1_000_000;
+
+/// The schema of a file: the table's query schema plus `_seq`.
+pub fn file_schema(def: &TableDef) -> SchemaRef {
+    let table = def.arrow_schema();
+    let mut fields: Vec<Field> = table.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(SEQ_COLUMN, DataType::UInt64, false));
+    Arc::new(Schema::new(fields))
+}
+
+fn properties(def: &TableDef) -> WriterProperties {
+    let pk = ColumnPath::from(def.primary_key.as_str());
+    let updated = ColumnPath::from(UPDATED_COLUMN);
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_column_statistics_enabled(pk.clone(), EnabledStatistics::Page)
+        .set_column_statistics_enabled(updated.clone(), EnabledStatistics::Page)
+        .set_column_bloom_filter_enabled(pk, true)
+        .set_column_bloom_filter_enabled(updated, true)
+        .build()
+}
+
+/// Writes one file from rows given in key order; tracks what its manifest entry needs.
+pub struct SegmentWriter {
+    writer: AsyncArrowWriter<BufWriter>,
+    store: Arc<dyn ObjectStore>,
+    def: Arc<TableDef>,
+    table_schema: SchemaRef,
+    schema: SchemaRef,
+    path: ObjectPath,
+    pending: Vec<StoredRow>,
+    segment: Segment,
+    /// Keys written, for deleting them from the hot tier at commit.
+    pub keys: Vec<Vec<u8>>,
+}
+
+impl SegmentWriter {
+    pub fn new(store: Arc<dyn ObjectStore>, path: ObjectPath, def: Arc<TableDef>) -> Result<Self> {
+        let schema = file_schema(&def);
+        let writer = AsyncArrowWriter::try_new(
+            BufWriter::new(store.clone(), path.clone()),
+            schema.clone(),
+            Some(properties(&def)),
+        )
+        .map_err(KalamError::storage)?;
+        Ok(Self {
+            writer,
+            store,
+            table_schema: def.arrow_schema(),
+            segment: Segment {
+                path: path.to_string(),
+                seq_from: u64::MAX,
+                seq_to: 0,
+                rows: 0,
+                bytes: 0,
+                min_updated: i64::MAX,
+                max_updated: i64::MIN,
+                min_key: Vec::new(),
+                max_key: Vec::new(),
+                schema_version: def.schema_version,
+            },
+            def,
+            schema,
+            path,
+            pending: Vec::new(),
+            keys: Vec::new(),
+        })
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.segment.rows + self.pending.len() as u64
+    }
+
+    /// Bytes buffered in memory by the writer (for the job's memory figure).
+    pub fn memory_size(&self) -> usize {
+        self.writer.memory_size()
+    }
+
+    /// Adds one row (hot key, stored version); rows must come in key order.
+    pub async fn push(&mut self, hot_key: &[u8], row_key: RowKey, row: StoredRow) -> Result<()> {
+        let s = &mut self.segment;
+        if s.rows == 0 && self.pending.is_empty() {
+            s.min_key = row_key.0.clone();
+        }
+        s.max_key = row_key.0;
+        s.seq_from = s.seq_from.min(row.seq);
+        s.seq_to = s.seq_to.max(row.seq);
+        s.min_updated = s.min_updated.min(row.updated_micros);
+        s.max_updated = s.max_updated.max(row.updated_micros);
+        self.keys.push(hot_key.to_vec());
+        self.pending.push(row);
+        if self.pending.len() >= 8192 {
+            self.write_pending().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = rows_to_batch(&self.def, &self.table_schema, &self.pending)?;
+        let seqs = UInt64Array::from(self.pending.iter().map(|r| r.seq).collect::<Vec<_>>());
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(seqs));
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), columns).map_err(KalamError::internal)?;
+        self.writer
+            .write(&batch)
+            .await
+            .map_err(KalamError::storage)?;
+        self.segment.rows += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Finishes the file (the object appears in the store only now) and returns its entry.
+    pub async fn finish(mut self) -> Result<(Segment, Vec<Vec<u8>>)> {
+        self.write_pending().await?;
+        let Self {
+            writer,
+            store,
+            path,
+            mut segment,
+            keys,
+            ..
+        } = self;
+        writer
+            .close()
+            .await
+            .map_err(|e| KalamError::LocationUnreachable(format!("writing {path}: {e}")))?;
+        segment.bytes = store
+            .head(&path)
+            .await
+            .map_err(|e| KalamError::LocationUnreachable(format!("reading back {path}: {e}")))?
+            .size;
+        Ok((segment, keys))
+    }
+}
+
+/// The newest cold version of keys of one partition: key -> (seq, `_updated`, deleted).
+pub async fn lookup_versions(
+    store: &Arc<dyn ObjectStore>,
+    def: &TableDef,
+    segments: &[Segment],
+    keys: &[RowKey],
+) -> Result<HashMap<Vec<u8>, (u64, i64, bool)>> {
+    let mut found: HashMap<Vec<u8>, (u64, i64, bool)> = HashMap::new();
+    let wanted: std::collections::HashSet<&[u8]> = keys.iter().map(|k| k.0.as_slice()).collect();
+    let pk_type = def.columns[def.primary_key_index()].data_type;
+    for seg in segments {
+        let candidate = keys.iter().any(|k| {
+            k.0.as_slice() >= seg.min_key.as_slice() && k.0.as_slice() <= seg.max_key.as_slice()
+        });
+        if !candidate {
+            continue;
+        }
+        #[allow(deprecated)] // its replacement (a hand-written AsyncFileReader) is more code
+        let reader = ParquetObjectReader::new(store.clone(), ObjectPath::from(seg.path.as_str()));
+        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(KalamError::storage)?;
+        let names = [
+            def.primary_key.as_str(),
+            UPDATED_COLUMN,
+            DELETED_COLUMN,
+            SEQ_COLUMN,
+        ];
+        let mask = ProjectionMask::columns(builder.parquet_schema(), names.iter().copied());
+        let mut stream = builder
+            .with_projection(mask)
+            .build()
+            .map_err(KalamError::storage)?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(KalamError::storage)?;
+            let col = |n: &str| {
+                batch
+                    .column_by_name(n)
+                    .cloned()
+                    .ok_or_else(|| KalamError::Storage(format!("parquet file lacks column {n}")))
+            };
+            let pk = col(def.primary_key.as_str())?;
+            let updated = col(UPDATED_COLUMN)?;
+            let deleted = col(DELETED_COLUMN)?;
+            let seq = col(SEQ_COLUMN)?;
+            let (updated, deleted, seq) = (
+                updated.as_primitive::<TimestampMicrosecondType>(),
+                deleted.as_boolean(),
+                seq.as_primitive::<UInt64Type>(),
+            );
+            for i in 0..batch.num_rows() {
+                if pk.is_null(i) {
+                    continue;
+                }
+                let key = match pk_type {
+                    KalamType::SmallInt => {
+                        RowKey::from_int(pk.as_primitive::<Int16Type>().value(i) as i64)
+                    }
+                    KalamType::Int => {
+                        RowKey::from_int(pk.as_primitive::<Int32Type>().value(i) as i64)
+                    }
+                    KalamType::BigInt => RowKey::from_int(pk.as_primitive::<Int64Type>().value(i)),
+                    _ => RowKey::from_text(pk.as_string::<i32>().value(i)),
+                };
+                if !wanted.contains(key.0.as_slice()) {
+                    continue;
+                }
+                let version = (seq.value(i), updated.value(i), deleted.value(i));
+                let entry = found.entry(key.0).or_insert(version);
+                if version.0 > entry.0 {
+                    *entry = version;
+                }
+            }
+        }
+    }
+    Ok(found)
+}
