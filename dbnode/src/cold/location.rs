@@ -53,11 +53,6 @@ pub fn validate_location(def: &StorageLocationDef) -> Result<()> {
     crate::ids::NamespaceId::new(def.name.clone()).map_err(|_| {
         KalamError::InvalidValue("location_name must match ^[a-z][a-z0-9_]*$".into())
     })?;
-    if def.name == LOCAL_LOCATION {
-        return Err(KalamError::InvalidValue(
-            "the 'local' location is built in and cannot be changed".into(),
-        ));
-    }
     if def.path.contains("${") {
         return Err(KalamError::InvalidValue(
             "a storage location path takes no placeholders; USER tables add their user directory"

@@ -252,7 +252,11 @@ impl KalamTableProvider {
         let pruning = self.pruning_filters(filters);
         if let Some(predicate) = pruning.into_iter().reduce(|a, b| a.and(b)) {
             let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
-            source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+            // Applied to rows too, not only to prune: the planner takes the predicate as true
+            // of the scan's output (an `id = 1` makes `id` constant in the merge order).
+            source = source
+                .with_predicate(state.create_physical_expr(predicate, &df_schema)?)
+                .with_pushdown_filters(true);
         }
         let groups = files
             .iter()
