@@ -3,7 +3,8 @@
 //! Rooms (see `DESIGN.md`): [`config`] settings, [`catalog`] namespaces and table definitions,
 //! [`storage`] the RocksDB hot tier, [`engine`] catalog + storage kept consistent, [`sql`]
 //! parsing, planning and execution, [`auth`] tokens, [`api`] HTTP, [`metrics`] Prometheus,
-//! [`jobs`] the record of background jobs (`system.jobs`).
+//! [`jobs`] the record of background jobs (`system.jobs`), [`cold`] object-store locations,
+//! Parquet files and segment manifests, [`flush`] moving hot rows into the cold tier.
 
 pub mod api;
 pub mod auth;
