@@ -26,6 +26,7 @@ use crate::engine::{Engine, TableRuntime};
 use crate::error::{KalamError, Result};
 use crate::ids::{TableId, UserId, SYSTEM_NAMESPACE};
 use crate::jobs::{JobHandle, JobType};
+use crate::metrics::Metrics;
 use crate::storage::{Partition, RowKey};
 
 /// Aborts the process at a named step when `FAILPOINTS` asks for it (debug builds only; see
@@ -57,15 +58,17 @@ struct Backoff {
 #[derive(Debug)]
 pub struct Flusher {
     engine: Arc<Engine>,
+    metrics: Metrics,
     retry_base: Duration,
     running: Mutex<HashMap<TableId, String>>,
     backoff: Mutex<HashMap<TableId, Backoff>>,
 }
 
 impl Flusher {
-    pub fn new(engine: Arc<Engine>, retry_base: Duration) -> Arc<Self> {
+    pub fn new(engine: Arc<Engine>, metrics: Metrics, retry_base: Duration) -> Arc<Self> {
         Arc::new(Self {
             engine,
+            metrics,
             retry_base,
             running: Mutex::new(HashMap::new()),
             backoff: Mutex::new(HashMap::new()),
@@ -130,6 +133,7 @@ impl Flusher {
         let _ = started.send(Ok(job.id().to_string()));
         let span = tracing::info_span!("flush", table = %def.id(), job = job.id());
         let _enter = span.enter();
+        let started_at = Instant::now();
         let outcome = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -139,6 +143,16 @@ impl Flusher {
         };
         // Let a FLUSH TABLE that arrives from now on start a new job.
         self.running.lock().remove(&def.id());
+        let written = match &outcome {
+            Ok(r) | Err((_, r)) => r,
+        };
+        let count = |k: &str| written.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        self.metrics.flush(
+            outcome.is_ok(),
+            count("rows"),
+            count("bytes"),
+            started_at.elapsed().as_secs_f64(),
+        );
         match outcome {
             Ok(result) => {
                 crash_point!("flush-before-complete");

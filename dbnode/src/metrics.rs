@@ -1,8 +1,9 @@
 //! Prometheus metrics users graph: statement rates and latencies by kind and outcome, HTTP
-//! requests by route and status. Served at `GET /metrics`.
+//! requests by route and status, flush jobs with the rows and bytes they wrote. Served at `GET /metrics`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
 };
 
 #[derive(Debug, Clone)]
@@ -12,6 +13,10 @@ pub struct Metrics {
     pub statement_seconds: HistogramVec,
     pub http_requests: IntCounterVec,
     pub http_seconds: HistogramVec,
+    pub flush_jobs: IntCounterVec,
+    pub flush_rows: IntCounter,
+    pub flush_bytes: IntCounter,
+    pub flush_seconds: Histogram,
 }
 
 /// Buckets from 50µs to 10s: single-row writes live at the bottom, scans at the top.
@@ -53,6 +58,30 @@ impl Metrics {
             .buckets(BUCKETS.to_vec()),
             &["route"],
         )?;
+        let flush_jobs = IntCounterVec::new(
+            Opts::new(
+                "kalamdb_flush_jobs_total",
+                "Flush jobs finished, by status (completed, failed)",
+            ),
+            &["status"],
+        )?;
+        let flush_rows = IntCounter::new(
+            "kalamdb_flush_rows_total",
+            "Row versions written to Parquet by flushes",
+        )?;
+        let flush_bytes = IntCounter::new(
+            "kalamdb_flush_bytes_total",
+            "Bytes of Parquet written by flushes",
+        )?;
+        let flush_seconds = Histogram::with_opts(
+            HistogramOpts::new("kalamdb_flush_duration_seconds", "Duration of flush jobs").buckets(
+                vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0],
+            ),
+        )?;
+        registry.register(Box::new(flush_jobs.clone()))?;
+        registry.register(Box::new(flush_rows.clone()))?;
+        registry.register(Box::new(flush_bytes.clone()))?;
+        registry.register(Box::new(flush_seconds.clone()))?;
         registry.register(Box::new(statements.clone()))?;
         registry.register(Box::new(statement_seconds.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
@@ -63,6 +92,10 @@ impl Metrics {
             statement_seconds,
             http_requests,
             http_seconds,
+            flush_jobs,
+            flush_rows,
+            flush_bytes,
+            flush_seconds,
         })
     }
 
@@ -73,6 +106,16 @@ impl Metrics {
         self.statement_seconds
             .with_label_values(&[kind])
             .observe(seconds);
+    }
+
+    /// Records a finished flush job (rows and bytes of a failed one count what it wrote).
+    pub fn flush(&self, ok: bool, rows: u64, bytes: u64, seconds: f64) {
+        self.flush_jobs
+            .with_label_values(&[if ok { "completed" } else { "failed" }])
+            .inc();
+        self.flush_rows.inc_by(rows);
+        self.flush_bytes.inc_by(bytes);
+        self.flush_seconds.observe(seconds);
     }
 
     pub fn render(&self) -> String {

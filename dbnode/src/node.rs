@@ -53,8 +53,10 @@ impl Node {
             Some(Arc::new(KalamCatalogList::new(engine.clone()))),
             runtime,
         );
+        let metrics = Metrics::new().map_err(KalamError::internal)?;
         let flusher = Flusher::new(
             engine.clone(),
+            metrics.clone(),
             std::time::Duration::from_millis(config.flush_retry_base_ms),
         );
         let executor = Executor::new(
@@ -64,7 +66,6 @@ impl Node {
             base,
             config.max_result_rows,
         );
-        let metrics = Metrics::new().map_err(KalamError::internal)?;
         Ok(Arc::new(Self {
             config,
             executor,

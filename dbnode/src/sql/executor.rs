@@ -565,7 +565,12 @@ impl Executor {
             select.join(", "),
             relation.relation
         );
-        let stmt = state.sql_to_statement(&sql, &datafusion::config::Dialect::Generic)?;
+        self.run_text(state, &sql).await
+    }
+
+    /// Every batch of a query the node wrote itself (no result-size limit).
+    async fn run_text(&self, state: &SessionState, sql: &str) -> Result<Vec<RecordBatch>> {
+        let stmt = state.sql_to_statement(sql, &datafusion::config::Dialect::Generic)?;
         Ok(self.run(state, stmt, usize::MAX).await?.1)
     }
 
@@ -962,8 +967,7 @@ impl Executor {
                     .map(|s| format!(" WHERE {s}"))
                     .unwrap_or_default();
                 let sql = format!("SELECT location_name, location_type, path, credentials_ref, created_at{extra} FROM system.storage_locations{filter}");
-                let stmt = state.sql_to_statement(&sql, &datafusion::config::Dialect::Generic)?;
-                let (_, batches) = self.run(&state, stmt, usize::MAX).await?;
+                let batches = self.run_text(&state, &sql).await?;
                 let mut n = 0;
                 for batch in &batches {
                     for i in 0..batch.num_rows() {
@@ -1001,8 +1005,7 @@ impl Executor {
                     .map(|s| format!(" WHERE {s}"))
                     .unwrap_or_default();
                 let sql = format!("SELECT location_name FROM system.storage_locations{filter}");
-                let stmt = state.sql_to_statement(&sql, &datafusion::config::Dialect::Generic)?;
-                let (_, batches) = self.run(&state, stmt, usize::MAX).await?;
+                let batches = self.run_text(&state, &sql).await?;
                 let mut n = 0;
                 for batch in &batches {
                     for i in 0..batch.num_rows() {
