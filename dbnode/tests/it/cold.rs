@@ -1468,6 +1468,20 @@ async fn flush_jobs_are_recorded_in_system_jobs() {
     let job = flush(&node, "app.notes").await;
     let finished = Utc::now() + TimeDelta::seconds(5);
 
+    // Operators graph flushes from /metrics.
+    let (status, _, metrics) = node.get("/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "kalamdb_flush_jobs_total{status=\"completed\"} 1",
+        "kalamdb_flush_rows_total 6",
+        "kalamdb_flush_duration_seconds_count 1",
+    ] {
+        assert!(
+            metrics.contains(line),
+            "/metrics lacks {line:?}:\n{metrics}"
+        );
+    }
+
     let body = node.admin("SELECT * FROM system.jobs").await;
     let names = column_names(&body, 0);
     for expected in JOB_COLUMNS {
