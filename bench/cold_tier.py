@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Cold-tier load tool: starts a `kalamdb` node and measures, checking results first:
+
+1. flush throughput: MB of Parquet written per second by one FLUSH TABLE of 1 KiB rows;
+2. pruning: a time-range query on `_updated` over many flushed files, fraction of files
+   skipped (counted from the EXPLAIN plan's Parquet file groups);
+3. hot vs cold: a full scan of a table half hot / half cold against the same rows all cold.
+
+Usage: python3 bench/cold_tier.py --kalamdb target/release/kalamdb [--quick]
+Numbers only mean something with a release build; --quick checks correctness in seconds.
+Prints a JSON document on stdout, progress on stderr.
+"""
+import argparse, base64, hashlib, hmac, json, os, re, statistics, subprocess, sys, tempfile, time
+import urllib.request
+from datetime import datetime, timezone
+
+SECRET = "kalamdb-bench-secret-0123456789abcdef0123"
+
+
+def jwt(user, admin):
+    enc = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    head = enc(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = enc(json.dumps({"sub": user, "role": "admin" if admin else "user",
+                           "exp": int(time.time()) + 7200}).encode())
+    sig = hmac.new(SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{enc(sig)}"
+
+
+ADMIN, USER = jwt("root", True), jwt("u1", False)
+
+
+def log(msg):
+    print(f"[cold_tier] {msg}", file=sys.stderr, flush=True)
+
+
+class Node:
+    def __init__(self, binary):
+        self.dir = tempfile.TemporaryDirectory(prefix="kalam-bench-cold-")
+        env = dict(os.environ, KALAMDB_JWT_SECRET=SECRET, KALAMDB_FLUSH_CHECK_INTERVAL_MS="200",
+                   KALAMDB_LOG="warn")
+        self.proc = subprocess.Popen([binary, "serve", "--data-dir", self.dir.name, "--listen",
+                                      "127.0.0.1:0"], stdout=subprocess.PIPE, env=env, text=True)
+        line = self.proc.stdout.readline()
+        m = re.search(r"http://(\S+)", line)
+        if not m:
+            raise SystemExit(f"node did not start: {line!r}")
+        self.url = f"http://{m.group(1)}/api/sql"
+
+    def sql(self, token, text):
+        req = urllib.request.Request(self.url, json.dumps({"sql": text}).encode(),
+                                     {"Authorization": f"Bearer {token}",
+                                      "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=600) as r:
+                body = json.load(r)
+        except urllib.error.HTTPError as e:
+            body = json.load(e)
+        if body.get("status") != "success":
+            raise SystemExit(f"{text[:120]}: {body}")
+        return body["results"][-1]["rows"]
+
+    def flush(self, table):
+        job = self.sql(ADMIN, f"FLUSH TABLE {table}")[0]["job_id"]
+        while True:
+            row = self.sql(ADMIN, f"SELECT status, result, duration_ms, error_message "
+                                  f"FROM system.jobs WHERE job_id = '{job}'")[0]
+            if row["status"] != "running":
+                if row["status"] != "completed":
+                    raise SystemExit(f"flush failed: {row}")
+                return row
+            time.sleep(0.05)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.dir.cleanup()
+
+
+def insert(node, token, table, start, n, body, batch):
+    for lo in range(start, start + n, batch):
+        hi = min(lo + batch, start + n)
+        values = ", ".join(f"({i}, '{body(i)}')" for i in range(lo, hi))
+        node.sql(token, f"INSERT INTO {table} (id, body) VALUES {values}")
+
+
+def flush_throughput(node, rows):
+    node.sql(ADMIN, "CREATE SHARED TABLE bench.f (id BIGINT PRIMARY KEY, body TEXT) "
+                    "FLUSH POLICY ROWS 100000000")
+    log(f"flush throughput: inserting {rows} rows of ~1 KiB")
+    insert(node, ADMIN, "bench.f", 1, rows, lambda i: base64.b64encode(os.urandom(768)).decode(), 500)
+    job = node.flush("bench.f")
+    result, ms = job["result"], job["duration_ms"]
+    if result["rows"] != rows:
+        raise SystemExit(f"flushed {result['rows']} rows, expected {rows}")
+    return {"rows": rows, "parquet_mb": result["bytes"] / 1e6, "files": result["files"],
+            "duration_ms": ms, "mb_per_s": result["bytes"] / 1e6 / (ms / 1000),
+            "rows_per_s": rows / (ms / 1000)}
+
+
+def pruning(node, rounds):
+    node.sql(ADMIN, "CREATE SHARED TABLE bench.p (id BIGINT PRIMARY KEY, body TEXT) "
+                    "FLUSH POLICY ROWS 100000000")
+    log(f"pruning: {rounds} flushes of 100 rows")
+    cutoff, recent = None, 0
+    for r in range(rounds):
+        if r == rounds - rounds // 10:
+            time.sleep(0.01)
+            cutoff = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        insert(node, ADMIN, "bench.p", r * 100 + 1, 100, lambda i: f"v{i}", 100)
+        node.flush("bench.p")
+        if cutoff:
+            recent += 100
+    where = f"WHERE _updated >= '{cutoff}'"
+    count = node.sql(ADMIN, f"SELECT count(*) AS n FROM bench.p {where}")[0]["n"]
+    if count != recent:
+        raise SystemExit(f"time-range query counted {count}, expected {recent}")
+    plan = "\n".join(r["plan"] for r in node.sql(ADMIN, f"EXPLAIN SELECT count(*) FROM bench.p {where}"))
+    m = re.search(r"file_groups=\{(\d+) groups?", plan)
+    read = int(m.group(1)) if m else 0
+    return {"files_total": rounds, "files_read": read, "fraction_skipped": 1 - read / rounds,
+            "rows_matched": count}
+
+
+def hot_vs_cold(node, rows):
+    for t in ("h", "c"):
+        node.sql(ADMIN, f"CREATE USER TABLE bench.{t} (id BIGINT PRIMARY KEY, body TEXT) "
+                        "FLUSH POLICY ROWS 100000000")
+    log(f"hot vs cold: {rows} rows in each table")
+    body = lambda i: f"message number {i} " + "x" * 80
+    insert(node, USER, "bench.c", 1, rows, body, 1000)
+    node.flush("bench.c")
+    insert(node, USER, "bench.h", 1, rows // 2, body, 1000)
+    node.flush("bench.h")
+    insert(node, USER, "bench.h", rows // 2 + 1, rows - rows // 2, body, 1000)
+    q = "SELECT count(*) AS n, sum(length(body)) AS bytes FROM bench.{}"
+    times = {}
+    for t in ("h", "c"):
+        samples = []
+        for _ in range(5):
+            started = time.perf_counter()
+            row = node.sql(USER, q.format(t))[0]
+            samples.append((time.perf_counter() - started) * 1000)
+            if row["n"] != rows:
+                raise SystemExit(f"bench.{t} counted {row['n']} rows, expected {rows}")
+        times[t] = statistics.median(samples)
+    return {"rows": rows, "half_hot_ms": times["h"], "all_cold_ms": times["c"],
+            "ratio": times["h"] / times["c"]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kalamdb", required=True)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    node = Node(args.kalamdb)
+    try:
+        node.sql(ADMIN, "CREATE NAMESPACE bench")
+        out = {"mode": "quick" if args.quick else "full",
+               "flush_throughput": flush_throughput(node, 20_000 if args.quick else 200_000),
+               "pruning": pruning(node, 20 if args.quick else 100),
+               "hot_vs_cold": hot_vs_cold(node, 20_000 if args.quick else 1_000_000)}
+    finally:
+        node.stop()
+    f, p, h = out["flush_throughput"], out["pruning"], out["hot_vs_cold"]
+    log(f"flush: {f['parquet_mb']:.1f} MB in {f['duration_ms']:.0f} ms = {f['mb_per_s']:.1f} MB/s (target >= 100)")
+    log(f"pruning: read {p['files_read']} of {p['files_total']} files, skipped {p['fraction_skipped']:.0%} (target >= 80%)")
+    log(f"scan: half hot {h['half_hot_ms']:.0f} ms, all cold {h['all_cold_ms']:.0f} ms, ratio {h['ratio']:.2f} (target <= 1.5)")
+    json.dump(out, sys.stdout, indent=1)
+    print()
+
+
+if __name__ == "__main__":
+    main()
