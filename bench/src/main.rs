@@ -9,6 +9,11 @@
 //! - `insert-batch`: multi-row INSERTs of 1,000 rows; rows/s.
 //! - `select-user`: filtered SELECT of 100 rows from one user's partition of a table holding
 //!   1,000,000 rows over 1,000 users; p50/p99.
+//!
+//! Live-query scenarios (issue "live queries", [`live`]): `live-memory`, `live-latency`,
+//! `live-fanout`, `live-stream`.
+
+mod live;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -48,6 +53,7 @@ struct Sizes {
     users: usize,
     rows_per_user: usize,
     selects: usize,
+    live: live::LiveSizes,
 }
 
 /// A node started for the run; killed when dropped.
@@ -131,8 +137,13 @@ struct Outcome {
     rows_per_sec: f64,
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
+    max_ms: Option<f64>,
     server_p50_ms: Option<f64>,
     server_p99_ms: Option<f64>,
+    /// Numbers of one scenario only (subscription counts, RSS, ...): JSON fields of their
+    /// own, and a `key=value` note after the row of the table.
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Outcome {
@@ -153,9 +164,17 @@ impl Outcome {
             rows_per_sec: rows as f64 / seconds,
             p50_ms: ms(client, 0.5),
             p99_ms: ms(client, 0.99),
+            max_ms: (!client.is_empty()).then(|| client.max() as f64 / 1000.0),
             server_p50_ms: server.and_then(|h| ms(h, 0.5)),
             server_p99_ms: server.and_then(|h| ms(h, 0.99)),
+            extra: serde_json::Map::new(),
         }
+    }
+
+    /// Adds a scenario-specific number.
+    fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.extra.insert(key.to_owned(), value.into());
+        self
     }
 }
 
@@ -370,18 +389,36 @@ async fn select_user(admin: &KalamClient, sizes: &Sizes) -> Result<Outcome> {
 fn print_table(outcomes: &[Outcome]) {
     let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
     println!(
-        "{:<18} {:>9} {:>9} {:>12} {:>9} {:>9} {:>11} {:>11}",
-        "scenario", "ops", "rows", "rows/s", "p50 ms", "p99 ms", "srv p50 ms", "srv p99 ms"
+        "{:<18} {:>9} {:>9} {:>12} {:>9} {:>9} {:>9} {:>11} {:>11}  notes",
+        "scenario",
+        "ops",
+        "rows",
+        "rows/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "srv p50 ms",
+        "srv p99 ms"
     );
     for o in outcomes {
+        let notes = o
+            .extra
+            .iter()
+            .map(|(key, value)| match value.as_f64() {
+                Some(x) if value.is_f64() => format!("{key}={x:.3}"),
+                _ => format!("{key}={value}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
         println!(
-            "{:<18} {:>9} {:>9} {:>12.0} {:>9} {:>9} {:>11} {:>11}",
+            "{:<18} {:>9} {:>9} {:>12.0} {:>9} {:>9} {:>9} {:>11} {:>11}  {notes}",
             o.scenario,
             o.operations,
             o.rows,
             o.rows_per_sec,
             f(o.p50_ms),
             f(o.p99_ms),
+            f(o.max_ms),
             f(o.server_p50_ms),
             f(o.server_p99_ms)
         );
@@ -401,6 +438,7 @@ async fn main() -> Result<()> {
             users: 20,
             rows_per_user: 100,
             selects: 50,
+            live: live::LiveSizes::new(true),
         }
     } else {
         Sizes {
@@ -412,6 +450,7 @@ async fn main() -> Result<()> {
             users: 1000,
             rows_per_user: 1000,
             selects: 2_000,
+            live: live::LiveSizes::new(false),
         }
     };
     let node = start_node(&args)?;
@@ -433,7 +472,7 @@ async fn main() -> Result<()> {
         )
         .await?;
     let alice = token(&args, "alice", false)?;
-    let outcomes = vec![
+    let mut outcomes = vec![
         insert_seq(&node.url, &alice, sizes.seq_inserts).await?,
         insert_concurrent(
             &node.url,
@@ -445,6 +484,7 @@ async fn main() -> Result<()> {
         insert_batch(&node.url, &alice, sizes.batches, sizes.batch_rows).await?,
         select_user(&admin, &sizes).await?,
     ];
+    outcomes.extend(live::run(&args, &admin, node.child.id(), &sizes.live).await?);
     println!("durability: sync_writes = {}", args.sync_writes);
     print_table(&outcomes);
     if let Some(path) = &args.json {

@@ -2,6 +2,7 @@
 //!
 //! One [`KalamClient`] wraps one `reqwest::Client`, whose connection pool is shared by every
 //! clone, so a load tool can clone it into each task without opening new connections.
+//! Live queries (`GET /ws`) are in [`crate::live`]; they share [`ClientError`].
 
 use std::fmt;
 use std::time::Duration;
@@ -33,6 +34,27 @@ pub enum ClientError {
     /// a wrong path prefix in the URL).
     #[error("unexpected response (HTTP {status}), not a KalamDB answer: {body_snippet}")]
     Protocol { status: u16, body_snippet: String },
+    /// No WebSocket could be opened to `url`: connection refused, reset or timed out before
+    /// the upgrade answer. (A refused upgrade, e.g. a bad token, is [`ClientError::Api`].)
+    #[error("cannot open a WebSocket to {url}: {message}")]
+    WebSocketConnect { url: String, message: String },
+    /// An open live connection failed: a reset, a frame that breaks the WebSocket protocol,
+    /// or a message that is not one of `API.md` section 5.
+    #[error("live connection: {0}")]
+    WebSocket(String),
+    /// The node closed the live connection with a close frame: `code` is one of
+    /// [`crate::live_wire`]'s close codes (4008 too slow, 4401 unauthorized, ...) or a
+    /// standard one (1000 normal, 1001 going away; 1005 when the frame had no code).
+    #[error("the node closed the live connection with code {code}{}", reason_suffix(.reason))]
+    Closed { code: u16, reason: String },
+}
+
+fn reason_suffix(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {reason}")
+    }
 }
 
 impl ClientError {
@@ -51,7 +73,38 @@ impl ClientError {
 
     /// True when no connection to the node could be made (it is down, or the URL is wrong).
     pub fn is_connect(&self) -> bool {
-        matches!(self, ClientError::Http(e) if e.is_connect())
+        match self {
+            ClientError::Http(e) => e.is_connect(),
+            ClientError::WebSocketConnect { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// True when the node refused the credentials: HTTP 401 (on `/api/sql` or on the `/ws`
+    /// upgrade) or close code 4401 (first-message authentication of a live connection).
+    pub fn is_unauthorized(&self) -> bool {
+        match self {
+            ClientError::Api { status, error } => {
+                *status == 401 || error.code == ErrorCode::Unauthorized
+            }
+            ClientError::Protocol { status, .. } => *status == 401,
+            ClientError::Closed { code, .. } => *code == crate::live_wire::CLOSE_UNAUTHORIZED,
+            _ => false,
+        }
+    }
+
+    /// The close code, when the node closed a live connection.
+    pub fn close_code(&self) -> Option<u16> {
+        match self {
+            ClientError::Closed { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// True for a close that is not a failure: 1000 (normal), 1001 (going away: the node
+    /// shuts down) or 1005 (a close frame without a code).
+    pub fn is_normal_close(&self) -> bool {
+        matches!(self.close_code(), Some(1000 | 1001 | 1005))
     }
 
     /// The message followed by its causes (`a: b: c`), because reqwest hides the useful part
@@ -73,12 +126,26 @@ impl ClientError {
     fn protocol(status: u16, body: &[u8]) -> Self {
         ClientError::Protocol {
             status,
-            body_snippet: String::from_utf8_lossy(body)
-                .chars()
-                .take(SNIPPET_CHARS)
-                .collect(),
+            body_snippet: snippet(body),
         }
     }
+
+    /// A non-success answer: the node's error object when the body holds the JSON error shape
+    /// (a `/ws` upgrade refused with 401), else [`ClientError::Protocol`].
+    pub(crate) fn from_error_body(status: u16, body: &[u8]) -> Self {
+        match serde_json::from_slice::<SqlResponse>(body) {
+            Ok(SqlResponse::Error { error }) => ClientError::Api { status, error },
+            _ => ClientError::protocol(status, body),
+        }
+    }
+}
+
+/// The start of an unexpected body or message, lossily decoded, for error messages.
+pub(crate) fn snippet(body: &[u8]) -> String {
+    String::from_utf8_lossy(body)
+        .chars()
+        .take(SNIPPET_CHARS)
+        .collect()
 }
 
 /// A `POST /api/sql` answer kept as the JSON the node sent, for tools that print it verbatim
@@ -321,6 +388,20 @@ mod tests {
         assert_eq!(body_snippet.chars().count(), SNIPPET_CHARS);
         assert!(body_snippet.starts_with("<html>"));
         assert_eq!(err.code(), None);
+    }
+
+    #[test]
+    fn error_bodies_keep_the_node_error_when_there_is_one() {
+        let err = ClientError::from_error_body(
+            401,
+            br#"{"status":"error","error":{"code":"UNAUTHORIZED","message":"m"}}"#,
+        );
+        assert!(matches!(err, ClientError::Api { status: 401, .. }));
+        assert!(err.is_unauthorized());
+        let err = ClientError::from_error_body(401, b"");
+        assert!(matches!(err, ClientError::Protocol { status: 401, .. }));
+        assert!(err.is_unauthorized());
+        assert!(!ClientError::from_error_body(404, b"not found").is_unauthorized());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //!
 //! - [`wire`]: the serde types of the `POST /api/sql` contract (`API.md`), shared with the
 //!   node so the two sides cannot drift apart.
+//! - [`live_wire`]: the serde types of the `GET /ws` live-query protocol.
+//! - [`live`]: [`LiveConnection`], the async live-query client over one WebSocket.
 //! - [`client`]: [`KalamClient`], a small async HTTP client over one pooled `reqwest::Client`,
 //!   cheap to clone and fit for latency benchmarks.
 //! - [`table`]: psql-style text rendering of results and errors, for people.
@@ -12,8 +14,12 @@
 //! build in seconds.
 
 pub mod client;
+pub mod live;
+pub mod live_wire;
 pub mod table;
 pub mod wire;
 
 pub use client::{ClientError, KalamClient, RawSqlResponse};
+pub use live::{LiveConnection, RawServerMessage, DEFAULT_QUERY_ID};
+pub use live_wire::{ChangeType, ClientMessage, ServerMessage, Subscription, SubscriptionOptions};
 pub use wire::*;

@@ -181,6 +181,23 @@ error_codes! {
     InternalError => "INTERNAL_ERROR", 500;
     /// The node is starting up or its storage is unavailable.
     NotReady => "NOT_READY", 503;
+    /// A live query that is not one `SELECT <columns> FROM <table> [WHERE ...]`, names an
+    /// unknown column, or a WebSocket message that is not valid.
+    InvalidQuery => "INVALID_QUERY", 400;
+    /// A `query_id` already used by another subscription of the connection.
+    DuplicateQueryId => "DUPLICATE_QUERY_ID", 409;
+    /// `from_seq` is older than the change log retains (or newer than the table has):
+    /// refetch with `last_rows`.
+    ResumeGap => "RESUME_GAP", 410;
+    /// A `KILL LIVE QUERY` of a live id that does not exist (or belongs to someone else).
+    LiveQueryNotFound => "LIVE_QUERY_NOT_FOUND", 404;
+    /// The subscription was ended by `KILL LIVE QUERY`.
+    LiveQueryKilled => "LIVE_QUERY_KILLED", 410;
+    /// DROP TABLE or ALTER TABLE DROP COLUMN while live queries use the table or column;
+    /// `details` lists their live ids.
+    TableInUse => "TABLE_IN_USE", 409;
+    /// The table was dropped while subscribed to.
+    TableDropped => "TABLE_DROPPED", 410;
 }
 
 impl fmt::Display for ErrorCode {

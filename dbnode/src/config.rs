@@ -52,6 +52,21 @@ pub struct Config {
     pub flush_retry_base_ms: u64,
     /// How long finished jobs stay in `system.jobs`, e.g. `7d`.
     pub job_retention: String,
+    /// How far back `from_seq` can resume a live query: changes are kept in memory this
+    /// long (e.g. `1h`) ...
+    pub live_log_retention: String,
+    /// ... and up to this many bytes per table, whichever bound is hit first.
+    pub live_log_max_bytes: usize,
+    /// Messages queued for one WebSocket connection before the node closes it with code
+    /// 4008 (the client then resumes with `from_seq`).
+    pub ws_max_queued_messages: usize,
+    /// How often the node pings each WebSocket client, in milliseconds.
+    pub ws_ping_interval_ms: u64,
+    /// A connection that sent nothing (not even a pong) for this long is closed and its
+    /// subscriptions removed, in milliseconds.
+    pub ws_idle_timeout_ms: u64,
+    /// How often STREAM tables drop events past their retention, in milliseconds.
+    pub stream_eviction_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -82,6 +97,12 @@ impl Default for Config {
             flush_check_interval_ms: 1000,
             flush_retry_base_ms: 1000,
             job_retention: "7d".to_string(),
+            live_log_retention: "1h".to_string(),
+            live_log_max_bytes: 64 * 1024 * 1024,
+            ws_max_queued_messages: 10_000,
+            ws_ping_interval_ms: 2_000,
+            ws_idle_timeout_ms: 4_500,
+            stream_eviction_interval_ms: 1_000,
         }
     }
 }
@@ -120,6 +141,12 @@ impl Config {
         "flush_check_interval_ms",
         "flush_retry_base_ms",
         "job_retention",
+        "live_log_retention",
+        "live_log_max_bytes",
+        "ws_max_queued_messages",
+        "ws_ping_interval_ms",
+        "ws_idle_timeout_ms",
+        "stream_eviction_interval_ms",
     ];
 
     /// Loads settings in the documented order of precedence.
@@ -170,6 +197,11 @@ impl Config {
             .unwrap_or(std::time::Duration::from_secs(7 * 86_400))
     }
 
+    pub fn live_log_retention(&self) -> std::time::Duration {
+        crate::auth::parse_duration(&self.live_log_retention)
+            .unwrap_or(std::time::Duration::from_secs(3600))
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.node_id.is_empty() || self.node_id.len() > 63 {
             return Err(ConfigError::Invalid(
@@ -199,6 +231,24 @@ impl Config {
         if crate::auth::parse_duration(&self.job_retention).is_none() {
             return Err(ConfigError::Invalid(
                 "job_retention must be a duration such as 7d or 12h".into(),
+            ));
+        }
+        if crate::auth::parse_duration(&self.live_log_retention).is_none() {
+            return Err(ConfigError::Invalid(
+                "live_log_retention must be a duration such as 1h or 30m".into(),
+            ));
+        }
+        if self.ws_max_queued_messages == 0
+            || self.ws_ping_interval_ms == 0
+            || self.stream_eviction_interval_ms == 0
+        {
+            return Err(ConfigError::Invalid(
+                "ws_max_queued_messages, ws_ping_interval_ms and stream_eviction_interval_ms must be at least 1".into(),
+            ));
+        }
+        if self.ws_idle_timeout_ms <= self.ws_ping_interval_ms {
+            return Err(ConfigError::Invalid(
+                "ws_idle_timeout_ms must be longer than ws_ping_interval_ms".into(),
             ));
         }
         if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {

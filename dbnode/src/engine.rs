@@ -20,7 +20,9 @@ use crate::config::Config;
 use crate::error::{KalamError, Result};
 use crate::ids::{ColumnName, NamespaceId, Role, TableId, TableName, UserId, SYSTEM_NAMESPACE};
 use crate::jobs::Jobs;
+use crate::live::{LiveHub, LiveSettings};
 use crate::sql::fast_insert::{fast_default, FastDefault};
+use crate::storage::table::ChangeSink;
 use crate::storage::table::{ColdVersions, Inserted};
 use crate::storage::table::{RowValidator, TableStore};
 use crate::storage::Partition;
@@ -51,6 +53,8 @@ pub struct Engine {
     pub storage: Arc<Storage>,
     pub cold: Arc<ColdStorage>,
     pub jobs: Arc<Jobs>,
+    /// Live queries: every commit of a namespace table is published here.
+    pub live: Arc<LiveHub>,
     tables: RwLock<HashMap<TableId, Arc<TableRuntime>>>,
     users: Arc<TableRuntime>,
 }
@@ -127,17 +131,31 @@ impl Engine {
             runtime,
         )?);
         let jobs = Arc::new(Jobs::open(storage.clone(), config.node_id.clone())?);
+        let live = LiveHub::new(LiveSettings {
+            node_id: config.node_id.clone(),
+            retention: config.live_log_retention(),
+            max_log_bytes: config.live_log_max_bytes,
+            queue_messages: config.ws_max_queued_messages,
+        })?;
         let users_def = Arc::new(users_table_def()?);
         let users = Arc::new(Self::runtime(
             &storage,
             &cold,
             users_def,
             Some(validate_user_row as RowValidator),
+            None,
             planner,
         )?);
         let mut tables = HashMap::new();
         for def in catalog.tables(None) {
-            let rt = Self::runtime(&storage, &cold, def.clone(), None, planner)?;
+            let rt = Self::runtime(
+                &storage,
+                &cold,
+                def.clone(),
+                None,
+                Some(live.clone()),
+                planner,
+            )?;
             tables.insert(def.id(), Arc::new(rt));
         }
         let known: std::collections::HashSet<String> = tables
@@ -169,6 +187,7 @@ impl Engine {
             storage,
             cold,
             jobs,
+            live,
             tables: RwLock::new(tables),
             users,
         })
@@ -179,6 +198,7 @@ impl Engine {
         cold: &ColdStorage,
         def: Arc<TableDef>,
         validator: Option<RowValidator>,
+        sink: Option<Arc<LiveHub>>,
         planner: &SessionState,
     ) -> Result<TableRuntime> {
         let schema = def.arrow_schema();
@@ -217,7 +237,8 @@ impl Engine {
             Some(s) => s.clone(),
             None => crate::cold::location::local_storage(cold.storage_dir(), &def.id(), def.kind),
         };
-        let store = Arc::new(TableStore::open(storage.clone(), def, validator)?);
+        let sink = sink.map(|hub| hub as Arc<dyn ChangeSink>);
+        let store = Arc::new(TableStore::open(storage.clone(), def, validator, sink)?);
         Ok(TableRuntime {
             store,
             schema,
@@ -244,17 +265,35 @@ impl Engine {
         let Some(def) = self.catalog.create_table(def, if_not_exists)? else {
             return Ok(false);
         };
-        let rt = Self::runtime(&self.storage, &self.cold, def.clone(), None, planner)?;
+        let rt = Self::runtime(
+            &self.storage,
+            &self.cold,
+            def.clone(),
+            None,
+            Some(self.live.clone()),
+            planner,
+        )?;
         self.tables.write().insert(def.id(), Arc::new(rt));
         Ok(true)
     }
 
-    /// Removes the definition (the commit point), then the column family.
+    /// Removes the definition (the commit point), then the column family. Refused while
+    /// live queries use the table: their clients would silently stop hearing anything.
     pub fn drop_table(&self, id: &TableId) -> Result<Arc<TableDef>> {
+        if let Some(def) = self.catalog.table(id) {
+            let users = self.live.table_users(&def);
+            if !users.is_empty() {
+                return Err(KalamError::TableInUse {
+                    what: format!("table {id}"),
+                    live_ids: users,
+                });
+            }
+        }
         let def = self.catalog.drop_table(id)?;
         self.tables.write().remove(id);
         self.storage.drop_cf(&def.cf_name())?;
         self.cold.forget_table(&def.cf_name());
+        self.live.forget_table(&def);
         Ok(def)
     }
 

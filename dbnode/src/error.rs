@@ -89,6 +89,16 @@ pub enum KalamError {
     Internal(String),
     #[error("the node is not ready")]
     NotReady,
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error("query_id '{0}' is already used by a subscription of this connection")]
+    DuplicateQueryId(String),
+    #[error("changes after seq {from_seq} are no longer retained (oldest resumable seq is {oldest}); refetch with last_rows")]
+    ResumeGap { from_seq: u64, oldest: u64 },
+    #[error("live query '{0}' does not exist")]
+    LiveQueryNotFound(String),
+    #[error("{what} is used by {} live quer{}", live_ids.len(), if live_ids.len() == 1 { "y" } else { "ies" })]
+    TableInUse { what: String, live_ids: Vec<String> },
 }
 
 impl KalamError {
@@ -122,6 +132,11 @@ impl KalamError {
             ResourcesExhausted(_) => ErrorCode::ResourcesExhausted,
             Storage(_) | CatalogIo(_) | Internal(_) => ErrorCode::InternalError,
             NotReady => ErrorCode::NotReady,
+            InvalidQuery(_) => ErrorCode::InvalidQuery,
+            DuplicateQueryId(_) => ErrorCode::DuplicateQueryId,
+            ResumeGap { .. } => ErrorCode::ResumeGap,
+            LiveQueryNotFound(_) => ErrorCode::LiveQueryNotFound,
+            TableInUse { .. } => ErrorCode::TableInUse,
         }
     }
 
@@ -140,6 +155,10 @@ impl KalamError {
                 Some(format!("tables: {}", tables.join(", "))),
             ),
             KalamError::LocationUnreachable(reason) => (self.to_string(), Some(reason.clone())),
+            KalamError::TableInUse { live_ids, .. } => (
+                self.to_string(),
+                Some(format!("live queries: {}", live_ids.join(", "))),
+            ),
             other => (other.to_string(), None),
         };
         ApiError {

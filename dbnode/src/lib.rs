@@ -4,7 +4,8 @@
 //! [`storage`] the RocksDB hot tier, [`engine`] catalog + storage kept consistent, [`sql`]
 //! parsing, planning and execution, [`auth`] tokens, [`api`] HTTP, [`metrics`] Prometheus,
 //! [`jobs`] the record of background jobs (`system.jobs`), [`cold`] object-store locations,
-//! Parquet files and segment manifests, [`flush`] moving hot rows into the cold tier.
+//! Parquet files and segment manifests, [`flush`] moving hot rows into the cold tier, [`live`]
+//! live-query subscriptions and change fan-out.
 
 pub mod api;
 pub mod auth;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod flush;
 pub mod ids;
 pub mod jobs;
+pub mod live;
 pub mod metrics;
 pub mod node;
 pub mod sql;

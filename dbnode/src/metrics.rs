@@ -118,6 +118,17 @@ impl Metrics {
         self.flush_seconds.observe(seconds);
     }
 
+    /// Adds metrics owned by another room (the live-query hub keeps its own gauges).
+    pub fn register(
+        &self,
+        collectors: Vec<Box<dyn prometheus::core::Collector>>,
+    ) -> Result<(), prometheus::Error> {
+        for c in collectors {
+            self.registry.register(c)?;
+        }
+        Ok(())
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

@@ -54,6 +54,9 @@ impl Node {
             runtime,
         );
         let metrics = Metrics::new().map_err(KalamError::internal)?;
+        metrics
+            .register(engine.live.metrics.collectors())
+            .map_err(KalamError::internal)?;
         let flusher = Flusher::new(
             engine.clone(),
             metrics.clone(),
@@ -98,6 +101,36 @@ impl Node {
                             tracing::warn!(error = %e, "job history retention failed");
                         }
                     });
+                }
+            }
+        });
+        let node = self.clone();
+        // STREAM retention: a plain background task, not a `system.jobs` row, because it runs
+        // every second and would drown the job history.
+        tokio::spawn(async move {
+            let every = std::time::Duration::from_millis(node.config.stream_eviction_interval_ms);
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let engine = node.executor.engine().clone();
+                let evicted = tokio::task::spawn_blocking(move || {
+                    let now = chrono::Utc::now().timestamp_micros();
+                    let mut total = 0;
+                    for rt in engine.runtimes() {
+                        if rt.def().stream.is_none() {
+                            continue;
+                        }
+                        match rt.store.evict_expired(now) {
+                            Ok(n) => total += n,
+                            Err(e) => tracing::warn!(table = %rt.def().id(), error = %e, "stream eviction failed"),
+                        }
+                    }
+                    total
+                })
+                .await
+                .unwrap_or(0);
+                if evicted > 0 {
+                    tracing::debug!(evicted, "stream events past retention evicted");
                 }
             }
         });

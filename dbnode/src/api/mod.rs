@@ -1,8 +1,9 @@
-//! The HTTP surface of API.md: `POST /api/sql`, `/healthz`, `/readyz`, `/metrics`, with CORS,
+//! The HTTP surface of API.md: `POST /api/sql`, `GET /ws`, `/healthz`, `/readyz`, `/metrics`, with CORS,
 //! the body-size limit, request logs (method, path, status, latency: never headers, query
 //! strings or bodies, which may carry tokens) and per-route metrics.
 
 mod sql;
+mod ws;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +23,7 @@ use crate::node::Node;
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/api/sql", post(sql::handle))
+        .route("/ws", get(ws::handle))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

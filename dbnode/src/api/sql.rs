@@ -23,7 +23,7 @@ use crate::node::Node;
 use crate::sql::parser::parse_statements;
 use crate::sql::provider::RequestContext;
 
-fn bearer(headers: &HeaderMap) -> Result<&str, KalamError> {
+pub(super) fn bearer(headers: &HeaderMap) -> Result<&str, KalamError> {
     let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
         KalamError::Unauthorized("missing Authorization: Bearer <token> header".into())
     })?;

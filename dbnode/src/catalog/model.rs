@@ -191,6 +191,17 @@ pub struct StreamOptions {
     pub max_buffer: u64,
 }
 
+impl Default for StreamOptions {
+    /// What `CREATE STREAM TABLE` without `WITH (...)` gets (docs/adr/0009-live-queries.md).
+    fn default() -> Self {
+        Self {
+            retention_secs: 600,
+            ephemeral: false,
+            max_buffer: 10_000,
+        }
+    }
+}
+
 /// A table as the catalog stores it (`manifest.json` + `schema_v{N}.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableDef {

@@ -8,7 +8,8 @@ use rand::RngCore;
 
 use crate::auth::parse_duration;
 use crate::catalog::{
-    ColumnDef, KalamType, LocationSpec, TableDef, TableKind, DELETED_COLUMN, UPDATED_COLUMN,
+    ColumnDef, KalamType, LocationSpec, StreamOptions, TableDef, TableKind, DELETED_COLUMN,
+    UPDATED_COLUMN,
 };
 use crate::error::{clip, KalamError, Result};
 use crate::ids::ColumnName;
@@ -111,9 +112,11 @@ pub fn table_def(
     c: &CreateTable,
     check_default: impl Fn(&str, KalamType) -> Result<()>,
 ) -> Result<TableDef> {
-    if c.kind == TableKind::Stream {
-        return Err(KalamError::Unsupported(
-            "STREAM tables are not available on this node yet; use a USER or SHARED table".into(),
+    if c.kind == TableKind::Stream
+        && (c.flush_policy.is_some() || !matches!(c.location, LocationSpec::Default))
+    {
+        return Err(bad(
+            "a STREAM table is never flushed: it takes no LOCATION or FLUSH POLICY".to_string(),
         ));
     }
     let mut columns: Vec<ColumnDef> = Vec::with_capacity(c.columns.len() + 1);
@@ -206,7 +209,12 @@ pub fn table_def(
     }
     check_location(c.kind, &c.location)?;
     let mut deleted_retention_secs = None;
+    let mut stream = (c.kind == TableKind::Stream).then(StreamOptions::default);
     for (key, value) in &c.with {
+        if let Some(options) = stream.as_mut() {
+            stream_option(options, key, value)?;
+            continue;
+        }
         match (key.as_str(), value) {
             ("deleted_retention", serde_json::Value::String(s))
                 if s.eq_ignore_ascii_case("off") =>
@@ -253,9 +261,41 @@ pub fn table_def(
         location: c.location.clone(),
         flush_policy: c.flush_policy.unwrap_or_default(),
         deleted_retention_secs,
-        stream: None,
+        stream,
         storage: None,
     })
+}
+
+/// One `WITH` option of a STREAM table: `retention = '10s'`, `ephemeral = true`,
+/// `max_buffer = 1000`.
+fn stream_option(options: &mut StreamOptions, key: &str, value: &serde_json::Value) -> Result<()> {
+    let invalid = |what: &str| {
+        KalamError::InvalidOption(format!(
+            "STREAM table option {what} (known: retention = '10s', ephemeral = true|false, max_buffer = n)"
+        ))
+    };
+    match (key, value) {
+        ("retention", serde_json::Value::String(s)) => {
+            let d = crate::auth::parse_duration(s)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    invalid(&format!(
+                        "retention: '{}' is not a duration such as '10s'",
+                        clip(s)
+                    ))
+                })?;
+            options.retention_secs = d.as_secs().max(1);
+        }
+        ("ephemeral", serde_json::Value::Bool(b)) => options.ephemeral = *b,
+        ("max_buffer", serde_json::Value::Number(n)) => {
+            options.max_buffer = n
+                .as_u64()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| invalid("max_buffer must be a whole number of at least 1"))?;
+        }
+        (key, _) => return Err(invalid(&format!("'{}' is unknown or ill-typed", clip(key)))),
+    }
+    Ok(())
 }
 
 fn default_text(expr: &SqlExpr) -> String {

@@ -160,7 +160,8 @@ impl Executor {
         &self.engine
     }
 
-    fn state(&self, ctx: &Arc<RequestContext>) -> SessionState {
+    /// The session a request's statements plan in: its user, its `CURRENT_USER()`.
+    pub fn state(&self, ctx: &Arc<RequestContext>) -> SessionState {
         let mut state = self.base.clone();
         state.config_mut().set_extension(ctx.clone());
         // NOW() and friends are folded to this instant by the optimizer.
@@ -259,6 +260,11 @@ impl Executor {
             KalamStatement::FlushTable { table } => {
                 admin_only(ctx, "FLUSH TABLE")?;
                 let rt = self.user_table(&table)?;
+                if rt.def().kind == crate::catalog::TableKind::Stream {
+                    return Err(KalamError::Unsupported(format!(
+                        "{table} is a STREAM table: its events are never flushed"
+                    )));
+                }
                 let job = self.flusher.start(rt, "manual", Some(&ctx.principal.user_id))?;
                 let mut row = Row::new();
                 row.insert("job_id".into(), json!(job));
@@ -275,6 +281,10 @@ impl Executor {
                 admin_only(ctx, "SHOW TABLE STATS")?;
                 let rt = self.user_table(&table)?;
                 self.table_stats(&rt)
+            }
+            KalamStatement::KillLiveQuery { live_id } => {
+                self.engine.live.kill(&live_id, &ctx.principal)?;
+                Ok(message(format!("live query {live_id} killed")))
             }
             KalamStatement::NotYetSupported(what) => {
                 // The role rule of API.md holds even for statements this node cannot run yet.
@@ -396,7 +406,8 @@ impl Executor {
         Ok((schema, batches))
     }
 
-    async fn query_text(&self, ctx: &Arc<RequestContext>, sql: &str) -> Result<QueryResult> {
+    /// Runs one query the node wrote itself, as the request's user, within the result limit.
+    pub async fn query_text(&self, ctx: &Arc<RequestContext>, sql: &str) -> Result<QueryResult> {
         let state = self.state(ctx);
         let stmt = state.sql_to_statement(sql, &datafusion::config::Dialect::Generic)?;
         let (schema, batches) = self.run(&state, stmt, self.max_result_rows).await?;
@@ -413,6 +424,17 @@ impl Executor {
         self.engine
             .table(&id)
             .ok_or_else(|| KalamError::TableNotFound(id.to_string()))
+    }
+
+    /// UPDATE and DELETE: STREAM tables hold events, which are never changed.
+    fn check_changeable(rt: &TableRuntime) -> Result<()> {
+        if rt.def().kind == crate::catalog::TableKind::Stream {
+            return Err(KalamError::Unsupported(format!(
+                "{} is a STREAM table: its events are append-only (no UPDATE or DELETE)",
+                rt.def().id()
+            )));
+        }
+        Ok(())
     }
 
     fn check_writable(ctx: &RequestContext, rt: &TableRuntime) -> Result<()> {
@@ -592,6 +614,7 @@ impl Executor {
         }
         let rt = self.runtime(Self::dml_target(&update.table)?)?;
         Self::check_writable(ctx, &rt)?;
+        Self::check_changeable(&rt)?;
         let def = rt.def().clone();
         let mut targets: Vec<(usize, String)> = Vec::new();
         for assignment in &update.assignments {
@@ -651,7 +674,8 @@ impl Executor {
                 .await?;
             let mut changes = Vec::new();
             for batch in &batches {
-                let mut values = batch_to_values(&def, batch)?;
+                let old = batch_to_values(&def, batch)?;
+                let mut values = old.clone();
                 for (n, (idx, _)) in targets.iter().enumerate() {
                     let col = &def.columns[*idx];
                     let array = cast_to_column(
@@ -663,12 +687,14 @@ impl Executor {
                         row[*idx] = value_at(&array, i, col.data_type, col.name.as_str())?;
                     }
                 }
-                for (values, (read_updated, deleted)) in
-                    values.into_iter().zip(read_versions(batch)?)
+                for ((values, old), (read_updated, deleted)) in
+                    values.into_iter().zip(old).zip(read_versions(batch)?)
                 {
                     // An UPDATE changes values, never `_deleted`.
                     changes.push(RowChange {
                         values,
+                        old,
+                        old_deleted: deleted,
                         read_updated,
                         deleted,
                     });
@@ -706,6 +732,7 @@ impl Executor {
         };
         let rt = self.runtime(Self::dml_target(relation)?)?;
         Self::check_writable(ctx, &rt)?;
+        Self::check_changeable(&rt)?;
         let def = rt.def().clone();
         let partition = partition_for(&def, ctx);
         let lock = rt.store.dml_lock(&partition);
@@ -718,9 +745,13 @@ impl Executor {
             let mut changes = Vec::new();
             for batch in &batches {
                 let values = batch_to_values(&def, batch)?;
-                for (values, (read_updated, _)) in values.into_iter().zip(read_versions(batch)?) {
+                for (values, (read_updated, old_deleted)) in
+                    values.into_iter().zip(read_versions(batch)?)
+                {
                     changes.push(RowChange {
+                        old: values.clone(),
                         values,
+                        old_deleted,
                         read_updated,
                         deleted: true,
                     });

@@ -58,6 +58,10 @@ pub enum KalamStatement {
     ShowTableStats {
         table: TableId,
     },
+    /// `KILL LIVE QUERY '<live_id>'`.
+    KillLiveQuery {
+        live_id: String,
+    },
     /// A statement of the dialect that this node does not run yet.
     NotYetSupported(&'static str),
     /// Anything else: SELECT, INSERT, UPDATE, DELETE, EXPLAIN, ...
@@ -78,6 +82,7 @@ impl KalamStatement {
             KalamStatement::DescribeTable { .. } => "describe_table",
             KalamStatement::FlushTable { .. } => "flush_table",
             KalamStatement::ShowTableStats { .. } => "show_table_stats",
+            KalamStatement::KillLiveQuery { .. } => "kill_live_query",
             KalamStatement::NotYetSupported(_) => "unsupported",
             KalamStatement::Sql(s) => match s.as_ref() {
                 SqlStatement::Query(_) => "select",
@@ -390,12 +395,18 @@ fn parse_one(p: &mut Parser) -> Result<KalamStatement> {
             table: table_id(p)?,
         });
     }
+    if words_are(p, &["KILL", "LIVE", "QUERY"]) {
+        for _ in 0..3 {
+            p.next_token();
+        }
+        let live_id = p.parse_literal_string().map_err(parse_error)?;
+        return Ok(KalamStatement::KillLiveQuery { live_id });
+    }
     for (words, what) in [
         (&["ALTER", "TABLE"][..], "ALTER TABLE"),
         (&["BACKUP"][..], "BACKUP NAMESPACE"),
         (&["RESTORE"][..], "RESTORE NAMESPACE"),
         (&["SHOW", "BACKUP"][..], "SHOW BACKUP"),
-        (&["KILL", "LIVE"][..], "KILL LIVE QUERY"),
     ] {
         if words_are(p, words) {
             skip_statement(p);
@@ -675,6 +686,12 @@ mod tests {
             one("SHOW TABLE STATS app.m"),
             KalamStatement::ShowTableStats { .. }
         ));
+        assert_eq!(
+            one("KILL LIVE QUERY 'alice-0a1b-messages-q1'"),
+            KalamStatement::KillLiveQuery {
+                live_id: "alice-0a1b-messages-q1".into()
+            }
+        );
         assert_eq!(one("select * from app.m where id = 1").kind(), "select");
         let KalamStatement::Sql(s) = one("SELECT CURRENT_USER(), current_user ( ) AS me") else {
             panic!()

@@ -100,6 +100,10 @@ impl KalamTableProvider {
     /// `pk = literal` among the filters: the scan becomes one point read.
     fn point_key(&self, filters: &[Expr]) -> Option<RowKey> {
         let def = self.rt.def();
+        // STREAM keys start with the event's timestamp: no point reads by key.
+        if def.kind == TableKind::Stream {
+            return None;
+        }
         let pk = def.primary_key.as_str();
         filters.iter().find_map(|f| {
             let (col, op, value) = column_op_literal(f)?;

@@ -146,6 +146,15 @@ impl SchemaProvider for SystemSchema {
                     })) as Arc<dyn TableProvider>
                 })
             }
+            system_tables::LIVE_QUERIES => {
+                let hub = self.engine.live.clone();
+                system_tables::live_queries(&hub, None).map(|admin_view| {
+                    Arc::new(system_tables::PerRequest::new(admin_view, move |ctx| {
+                        let viewer = (!ctx.principal.is_admin()).then_some(&ctx.principal.user_id);
+                        system_tables::live_queries(&hub, viewer)
+                    })) as Arc<dyn TableProvider>
+                })
+            }
             system_tables::STORAGE_LOCATIONS => {
                 let engine = self.engine.clone();
                 system_tables::storage_locations(catalog, engine.cold.storage_dir()).map(

@@ -1,5 +1,6 @@
 //! Read-only system tables built at query time: `system.namespaces` and `system.tables` from
-//! the catalog, `system.jobs` from the job table. (`system.users` is a real SHARED table; see
+//! the catalog, `system.jobs` from the job table, `system.live_queries` from the live-query
+//! registry. (`system.users` is a real SHARED table; see
 //! `engine`.)
 
 use std::sync::Arc;
@@ -15,14 +16,23 @@ use crate::catalog::{Catalog, KalamType, JSON_METADATA_KEY, TIMESTAMP_TZ};
 use crate::error::{KalamError, Result};
 use crate::ids::UserId;
 use crate::jobs::{JobRecord, Jobs};
+use crate::live::LiveHub;
 
 pub const NAMESPACES: &str = "namespaces";
 pub const TABLES: &str = "tables";
 pub const USERS: &str = "users";
 pub const JOBS: &str = "jobs";
 pub const STORAGE_LOCATIONS: &str = "storage_locations";
+pub const LIVE_QUERIES: &str = "live_queries";
 /// Every table of the `system` namespace.
-pub const ALL: &[&str] = &[NAMESPACES, TABLES, USERS, JOBS, STORAGE_LOCATIONS];
+pub const ALL: &[&str] = &[
+    NAMESPACES,
+    TABLES,
+    USERS,
+    JOBS,
+    STORAGE_LOCATIONS,
+    LIVE_QUERIES,
+];
 
 fn text(name: &str) -> Field {
     Field::new(name, DataType::Utf8, true)
@@ -127,6 +137,52 @@ pub fn tables(catalog: &Catalog) -> Result<Arc<dyn TableProvider>> {
 
 /// `system.jobs`: every job of this node, or only the viewer's own when `viewer` is a user
 /// (admins pass `None`).
+/// `system.live_queries`: the subscriptions registered now, the viewer's own unless admin.
+pub fn live_queries(hub: &LiveHub, viewer: Option<&UserId>) -> Result<Arc<dyn TableProvider>> {
+    let rows: Vec<_> = hub
+        .list()
+        .into_iter()
+        .filter(|s| viewer.is_none_or(|u| &s.connection.principal.user_id == u))
+        .collect();
+    snapshot(
+        vec![
+            text("live_id"),
+            text("connection_id"),
+            text("namespace"),
+            text("table_name"),
+            text("query_id"),
+            text("user_id"),
+            text("query"),
+            json("options"),
+            timestamp("created_at"),
+            timestamp("updated_at"),
+            Field::new("changes", DataType::Int64, false),
+            text("node"),
+        ],
+        vec![
+            strings(rows.iter().map(|s| Some(s.live_id.clone()))),
+            strings(rows.iter().map(|s| Some(s.connection.id.clone()))),
+            strings(rows.iter().map(|s| Some(s.table.namespace.to_string()))),
+            strings(rows.iter().map(|s| Some(s.table.table.to_string()))),
+            strings(rows.iter().map(|s| Some(s.query_id.clone()))),
+            strings(
+                rows.iter()
+                    .map(|s| Some(s.connection.principal.user_id.to_string())),
+            ),
+            strings(rows.iter().map(|s| Some(s.sql.clone()))),
+            strings(rows.iter().map(|s| Some(s.options.to_string()))),
+            times(rows.iter().map(|s| s.created_at.timestamp_micros())),
+            times(rows.iter().map(|s| s.updated_at().timestamp_micros())),
+            Arc::new(Int64Array::from(
+                rows.iter()
+                    .map(|s| s.changes().min(i64::MAX as u64) as i64)
+                    .collect::<Vec<_>>(),
+            )),
+            strings(rows.iter().map(|_| Some(hub.node_id().to_string()))),
+        ],
+    )
+}
+
 pub fn jobs(jobs: &Jobs, viewer: Option<&UserId>) -> Result<Arc<dyn TableProvider>> {
     let rows: Vec<JobRecord> = jobs
         .list()

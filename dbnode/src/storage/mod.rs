@@ -261,6 +261,43 @@ impl Storage {
         Ok(())
     }
 
+    /// Deletes the first `n` keys of a column family (the oldest events of a STREAM table).
+    /// Returns how many were deleted.
+    pub fn delete_first(&self, cf_name: &str, n: u64) -> Result<u64> {
+        let cf = self.cf(cf_name)?;
+        let mut batch = WriteBatch::default();
+        let mut deleted = 0;
+        for item in self.db.iterator_cf(&cf, IteratorMode::Start) {
+            if deleted >= n {
+                break;
+            }
+            let (k, _) = item?;
+            batch.delete_cf(&cf, k);
+            deleted += 1;
+        }
+        self.db.write_opt(batch, &self.write_opts)?;
+        Ok(deleted)
+    }
+
+    /// Deletes every key below `bound` (events older than a STREAM table's retention).
+    /// Returns how many were deleted.
+    pub fn delete_before(&self, cf_name: &str, bound: &[u8]) -> Result<u64> {
+        let cf = self.cf(cf_name)?;
+        let mut read_opts = ReadOptions::default();
+        read_opts.set_iterate_upper_bound(bound.to_vec());
+        let mut batch = WriteBatch::default();
+        let mut deleted = 0;
+        for item in self.db.iterator_cf_opt(&cf, read_opts, IteratorMode::Start) {
+            let (k, _) = item?;
+            batch.delete_cf(&cf, k);
+            deleted += 1;
+        }
+        if deleted > 0 {
+            self.db.write_opt(batch, &self.write_opts)?;
+        }
+        Ok(deleted)
+    }
+
     /// Counts the keys of a partition without decoding their values.
     pub fn count_partition(&self, cf_name: &str, partition: &Partition) -> Result<u64> {
         let cf = self.cf(cf_name)?;

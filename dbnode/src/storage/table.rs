@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::catalog::TableDef;
+use crate::catalog::{TableDef, TableKind};
 use crate::error::{KalamError, Result};
 use crate::storage::{Partition, RowKey, Storage, StoredRow, Value};
 
@@ -21,10 +21,61 @@ pub type RowValidator = fn(&TableDef, &[Value]) -> Result<()>;
 #[derive(Debug, Clone)]
 pub struct RowChange {
     pub values: Vec<Value>,
+    /// The user-column values of the version the statement read (the old image that live
+    /// queries compare against).
+    pub old: Vec<Value>,
+    /// `_deleted` of the version the statement read.
+    pub old_deleted: bool,
     /// `_updated` of the version the statement read.
     pub read_updated: i64,
     /// `_deleted` of the new version (UPDATE keeps the row's flag, DELETE sets it).
     pub deleted: bool,
+}
+
+/// The version of a row an UPDATE or DELETE replaced, as the statement read it.
+#[derive(Debug, Clone)]
+pub struct OldImage {
+    pub values: Vec<Value>,
+    pub deleted: bool,
+    pub updated_micros: i64,
+}
+
+/// One row version a commit wrote, with the version it replaced when the writer read it.
+#[derive(Debug, Clone)]
+pub struct ChangedRow {
+    /// The replaced version (UPDATE, DELETE); `None` for an INSERT (a row that did not
+    /// exist, or was soft-deleted).
+    pub old: Option<OldImage>,
+    pub new: Vec<Value>,
+    pub deleted: bool,
+}
+
+/// Everything one commit wrote: one sequence number, one `_updated`, one partition.
+#[derive(Debug, Clone)]
+pub struct CommittedBatch {
+    pub partition: Partition,
+    pub seq: u64,
+    pub updated_micros: i64,
+    pub rows: Vec<ChangedRow>,
+}
+
+/// Receives every commit of a table, in commit order, while the table's write lock is held
+/// (live queries). It must not block: it queues work and returns.
+pub trait ChangeSink: Send + Sync + std::fmt::Debug {
+    fn committed(&self, table: &Arc<TableDef>, batch: CommittedBatch);
+    /// Whether anyone listens to this table now (ephemeral STREAM tables drop events
+    /// nobody would receive).
+    fn has_listeners(&self, table: &Arc<TableDef>) -> bool;
+}
+
+/// The RocksDB key of a STREAM table event: `{timestamp_micros}:{row_key}`, the timestamp
+/// big-endian so keys sort by time and eviction deletes a key prefix range.
+pub fn stream_key(timestamp_micros: i64, row_key: &RowKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + row_key.0.len());
+    k.extend_from_slice(&(timestamp_micros.max(0) as u64).to_be_bytes());
+    k.push(b':');
+    k.extend_from_slice(&row_key.0);
+    k
 }
 
 #[derive(Debug)]
@@ -51,6 +102,10 @@ pub struct TableStore {
     oldest_pending: Mutex<Option<Instant>>,
     /// Set while a flush of this table runs: one flush per table at a time.
     pub flushing: AtomicBool,
+    /// Where commits are published (live queries); `None` for system tables.
+    sink: Option<Arc<dyn ChangeSink>>,
+    /// STREAM tables: events held now (for `max_buffer`), kept under `write_lock`.
+    stream_rows: AtomicU64,
 }
 
 /// The outcome of [`TableStore::insert`].
@@ -69,6 +124,10 @@ pub struct ColdVersions {
     pub versions: HashMap<Vec<u8>, (u64, i64, bool)>,
 }
 
+/// A row version about to be committed: key, values, the replaced version (for the change
+/// sink), `_deleted`.
+type PendingRow = (Vec<u8>, Vec<Value>, Option<OldImage>, bool);
+
 fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
@@ -78,11 +137,22 @@ impl TableStore {
         storage: Arc<Storage>,
         def: Arc<TableDef>,
         validator: Option<RowValidator>,
+        sink: Option<Arc<dyn ChangeSink>>,
     ) -> Result<Self> {
         let cf = def.cf_name();
         storage.create_cf(&cf)?;
         let (seq, last_updated) = storage.last_seq(&cf)?;
-        let pending = storage.estimate_keys(&cf);
+        let stream_rows = if def.kind == TableKind::Stream {
+            storage.count_partition(&cf, &Partition::Shared)?
+        } else {
+            0
+        };
+        // STREAM events are never flushed: nothing is pending for the flush policies.
+        let pending = if def.kind == TableKind::Stream {
+            0
+        } else {
+            storage.estimate_keys(&cf)
+        };
         Ok(Self {
             def,
             seq: AtomicU64::new(seq),
@@ -93,6 +163,8 @@ impl TableStore {
             pending_rows: AtomicU64::new(pending),
             oldest_pending: Mutex::new((pending > 0).then(Instant::now)),
             flushing: AtomicBool::new(false),
+            sink,
+            stream_rows: AtomicU64::new(stream_rows),
             cf,
             storage,
         })
@@ -226,19 +298,90 @@ impl TableStore {
         rows: Vec<Vec<Value>>,
         cold: &ColdVersions,
     ) -> Result<Inserted> {
+        if self.def.kind == TableKind::Stream {
+            return self.insert_events(rows).map(Inserted::Rows);
+        }
         let mut keyed = Vec::with_capacity(rows.len());
         for values in rows {
             self.check_values(&values)?;
-            keyed.push((partition.key(&self.key_of(&values)?), values, false));
+            keyed.push((partition.key(&self.key_of(&values)?), values, None, false));
         }
         let mut last_updated = self.write_lock.lock();
         if self.cold_generation() != cold.generation {
             return Ok(Inserted::ColdChanged(
-                keyed.into_iter().map(|(_, v, _)| v).collect(),
+                keyed.into_iter().map(|(_, v, _, _)| v).collect(),
             ));
         }
         self.check_new_keys(partition, &keyed, cold)?;
-        self.commit(&mut last_updated, keyed).map(Inserted::Rows)
+        self.commit(&mut last_updated, partition, None, keyed)
+            .map(Inserted::Rows)
+    }
+
+    /// STREAM tables: events keyed `{timestamp}:{row_key}`, one timestamp per batch; with
+    /// `ephemeral` and nobody listening they are dropped (and still counted as accepted);
+    /// past `max_buffer` the oldest are evicted.
+    fn insert_events(&self, rows: Vec<Vec<Value>>) -> Result<u64> {
+        let count = rows.len() as u64;
+        let mut keyed = Vec::with_capacity(rows.len());
+        for values in rows {
+            self.check_values(&values)?;
+            let key = self.key_of(&values)?;
+            keyed.push((key, values));
+        }
+        let options = self.def.stream.clone().unwrap_or_default();
+        let mut last_updated = self.write_lock.lock();
+        if options.ephemeral
+            && !self
+                .sink
+                .as_ref()
+                .is_some_and(|s| s.has_listeners(&self.def))
+        {
+            return Ok(count);
+        }
+        let timestamp = now_micros().max(*last_updated + 1);
+        let mut seen = std::collections::HashSet::with_capacity(keyed.len());
+        let mut rows = Vec::with_capacity(keyed.len());
+        for (key, values) in keyed {
+            if !seen.insert(key.0.clone()) {
+                return Err(KalamError::PrimaryKeyViolation {
+                    table: self.def.id().to_string(),
+                    key: format!("{:?}", values.get(self.def.primary_key_index())),
+                });
+            }
+            rows.push((stream_key(timestamp, &key), values, None, false));
+        }
+        let n = self.commit(&mut last_updated, &Partition::Shared, Some(timestamp), rows)?;
+        let held = self.stream_rows.fetch_add(n, Ordering::AcqRel) + n;
+        if options.max_buffer > 0 && held > options.max_buffer {
+            let evicted = self
+                .storage
+                .delete_first(&self.cf, held - options.max_buffer)?;
+            self.stream_rows
+                .fetch_sub(evicted.min(held), Ordering::AcqRel);
+        }
+        Ok(count)
+    }
+
+    /// STREAM tables: deletes the events older than the retention. Returns how many.
+    pub fn evict_expired(&self, now_micros: i64) -> Result<u64> {
+        let Some(options) = &self.def.stream else {
+            return Ok(0);
+        };
+        let cutoff =
+            now_micros.saturating_sub((options.retention_secs as i64).saturating_mul(1_000_000));
+        let bound = (cutoff.max(0) as u64).to_be_bytes();
+        // Under the write lock so the count stays exact; the delete touches old keys only.
+        let _lock = self.write_lock.lock();
+        let evicted = self.storage.delete_before(&self.cf, &bound)?;
+        let held = self.stream_rows.load(Ordering::Acquire);
+        self.stream_rows
+            .store(held.saturating_sub(evicted), Ordering::Release);
+        Ok(evicted)
+    }
+
+    /// STREAM tables: events held now.
+    pub fn stream_len(&self) -> u64 {
+        self.stream_rows.load(Ordering::Acquire)
     }
 
     /// The row keys (without partition prefix) of rows to insert, for the cold lookup.
@@ -267,12 +410,17 @@ impl TableStore {
             keyed.push((
                 partition.key(&self.key_of(&change.values)?),
                 change.values,
+                Some(OldImage {
+                    values: change.old,
+                    deleted: change.old_deleted,
+                    updated_micros: change.read_updated,
+                }),
                 change.deleted,
             ));
             read.push(change.read_updated);
         }
         let mut last_updated = self.write_lock.lock();
-        let keys: Vec<Vec<u8>> = keyed.iter().map(|(k, _, _)| k.clone()).collect();
+        let keys: Vec<Vec<u8>> = keyed.iter().map(|(k, _, _, _)| k.clone()).collect();
         let cold_unchanged = self.cold_generation() == read_generation;
         for (current, read_updated) in self.storage.multi_get(&self.cf, &keys)?.iter().zip(&read) {
             let current_ok = match current {
@@ -283,24 +431,32 @@ impl TableStore {
                 return Err(KalamError::WriteConflict(self.def.id().to_string()));
             }
         }
-        self.commit(&mut last_updated, keyed)
+        self.commit(&mut last_updated, partition, None, keyed)
     }
 
-    /// One batch, one sequence number, one `_updated` (strictly after the previous one).
+    /// One batch, one sequence number, one `_updated` (strictly after the previous one,
+    /// or `updated` when the caller chose it under the same lock), then published to the
+    /// change sink before the lock is released, so subscribers see commit order.
     fn commit(
         &self,
         last_updated: &mut i64,
-        rows: Vec<(Vec<u8>, Vec<Value>, bool)>,
+        partition: &Partition,
+        updated: Option<i64>,
+        rows: Vec<PendingRow>,
     ) -> Result<u64> {
         if rows.is_empty() {
             return Ok(0);
         }
         let seq = self.seq.load(Ordering::Acquire) + 1;
-        let updated_micros = now_micros().max(*last_updated + 1);
+        let updated_micros = updated.unwrap_or_else(|| now_micros().max(*last_updated + 1));
         let count = rows.len() as u64;
+        let mut olds = Vec::with_capacity(if self.sink.is_some() { rows.len() } else { 0 });
         let batch: Vec<(Vec<u8>, StoredRow)> = rows
             .into_iter()
-            .map(|(key, values, deleted)| {
+            .map(|(key, values, old, deleted)| {
+                if self.sink.is_some() {
+                    olds.push(old);
+                }
                 let row = StoredRow {
                     schema_version: self.def.schema_version,
                     seq,
@@ -315,8 +471,30 @@ impl TableStore {
             .write_rows(&self.cf, &batch, seq, updated_micros)?;
         self.seq.store(seq, Ordering::Release);
         *last_updated = updated_micros;
-        self.pending_rows.fetch_add(count, Ordering::AcqRel);
-        self.oldest_pending.lock().get_or_insert_with(Instant::now);
+        if self.def.kind != TableKind::Stream {
+            self.pending_rows.fetch_add(count, Ordering::AcqRel);
+            self.oldest_pending.lock().get_or_insert_with(Instant::now);
+        }
+        if let Some(sink) = &self.sink {
+            let rows = batch
+                .into_iter()
+                .zip(olds)
+                .map(|((_, row), old)| ChangedRow {
+                    old,
+                    new: row.values,
+                    deleted: row.deleted,
+                })
+                .collect();
+            sink.committed(
+                &self.def,
+                CommittedBatch {
+                    partition: partition.clone(),
+                    seq,
+                    updated_micros,
+                    rows,
+                },
+            );
+        }
         Ok(count)
     }
 
@@ -324,7 +502,7 @@ impl TableStore {
     fn check_new_keys(
         &self,
         partition: &Partition,
-        keyed: &[(Vec<u8>, Vec<Value>, bool)],
+        keyed: &[PendingRow],
         cold: &ColdVersions,
     ) -> Result<()> {
         let pk = self.def.primary_key_index();
@@ -337,14 +515,14 @@ impl TableStore {
             },
         };
         let mut seen = std::collections::HashSet::with_capacity(keyed.len());
-        for (key, values, _) in keyed {
+        for (key, values, _, _) in keyed {
             if !seen.insert(key.as_slice()) {
                 return Err(violation(values));
             }
         }
-        let keys: Vec<Vec<u8>> = keyed.iter().map(|(k, _, _)| k.clone()).collect();
+        let keys: Vec<Vec<u8>> = keyed.iter().map(|(k, _, _, _)| k.clone()).collect();
         let prefix_len = partition.prefix().len();
-        for (existing, (key, values, _)) in
+        for (existing, (key, values, _, _)) in
             self.storage.multi_get(&self.cf, &keys)?.iter().zip(keyed)
         {
             let live = match existing {

@@ -1,7 +1,9 @@
 //! The harness of the black-box suite: it starts real `kalamdb serve` processes on a free port
 //! with a temporary data directory, mints JWTs with the test secret, sends raw HTTP requests
 //! (so that tests see the exact JSON of API.md), and checks the success and error shapes every
-//! response must have. On a failing test the node's stderr is printed.
+//! response must have. On a failing test the node's stderr is printed. For `GET /ws` it opens
+//! raw WebSocket connections ([`WsClient`]) whose frames are parsed to JSON and checked
+//! against the message shapes of API.md §5.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -779,17 +782,25 @@ pub fn http_status_of(code: &str) -> u16 {
         | "SYSTEM_COLUMN_READONLY"
         | "INVALID_TABLE_DEFINITION"
         | "INVALID_OPTION"
-        | "LOCATION_UNREACHABLE" => 400,
+        | "LOCATION_UNREACHABLE"
+        | "INVALID_QUERY" => 400,
         "UNAUTHORIZED" => 401,
         "FORBIDDEN" => 403,
-        "NAMESPACE_NOT_FOUND" | "TABLE_NOT_FOUND" | "STORAGE_LOCATION_NOT_FOUND" => 404,
+        "NAMESPACE_NOT_FOUND"
+        | "TABLE_NOT_FOUND"
+        | "STORAGE_LOCATION_NOT_FOUND"
+        | "LIVE_QUERY_NOT_FOUND" => 404,
         "NAMESPACE_ALREADY_EXISTS"
         | "TABLE_ALREADY_EXISTS"
         | "NAMESPACE_NOT_EMPTY"
         | "PRIMARY_KEY_VIOLATION"
+        | "WRITE_CONFLICT"
         | "STORAGE_LOCATION_ALREADY_EXISTS"
-        | "STORAGE_LOCATION_IN_USE" => 409,
-        "PAYLOAD_TOO_LARGE" | "RESULT_TOO_LARGE" => 413,
+        | "STORAGE_LOCATION_IN_USE"
+        | "DUPLICATE_QUERY_ID"
+        | "TABLE_IN_USE" => 409,
+        "RESUME_GAP" | "LIVE_QUERY_KILLED" | "TABLE_DROPPED" => 410,
+        "PAYLOAD_TOO_LARGE" | "RESULT_TOO_LARGE" | "RESOURCES_EXHAUSTED" => 413,
         "INTERNAL_ERROR" => 500,
         "NOT_READY" => 503,
         other => panic!("unknown error code {other:?} (not in client/src/wire.rs)"),
@@ -1594,5 +1605,651 @@ impl TestNode {
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.ok()?;
         Some((status, parse_body(&bytes)))
+    }
+}
+
+// =============================================================================================
+// WebSocket live queries (API.md §5): raw tokio-tungstenite, frames parsed to `serde_json::Value`
+// =============================================================================================
+
+/// How long the WebSocket helpers wait for one expected message (or the upgrade).
+pub const WS_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A client WebSocket over a plain TCP socket.
+pub type WsStream = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// How a `/ws` connection authenticates (API.md §2).
+#[derive(Debug, Clone)]
+pub enum WsAuth {
+    /// `Authorization: Bearer <token>` on the upgrade request.
+    Header(String),
+    /// `GET /ws?token=<token>` (a JWT is URL-safe as it is).
+    Query(String),
+    /// Nothing on the upgrade; the first text message is `{"type":"auth","token":...}`.
+    FirstMessage(String),
+    /// No credentials at all: the node waits 5 s for an `auth` message.
+    Nothing,
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WsClose {
+    /// The code of the node's close frame; `None` when the connection ended without one.
+    pub code: Option<u16>,
+    /// The reason of the close frame (empty without one).
+    pub reason: String,
+    /// What ended the connection when there was no close frame (EOF, reset, ...).
+    pub error: Option<String>,
+}
+
+#[derive(Debug)]
+enum WsEvent {
+    /// A text frame (parsed JSON; a `"<not JSON> ..."` string otherwise) and when it was read.
+    Message(Instant, Value),
+    Closed(WsClose),
+}
+
+static WS_CLIENTS: AtomicUsize = AtomicUsize::new(0);
+
+/// `{"query_id", "sql", "options"?}` for a `subscribe` message; `options` is left out when
+/// it is `null`.
+pub fn subscription(query_id: &str, sql: &str, options: Value) -> Value {
+    let mut sub = json!({"query_id": query_id, "sql": sql});
+    if !options.is_null() {
+        sub["options"] = options;
+    }
+    sub
+}
+
+/// The shape of a server message of API.md §5 (`client/src/live_wire.rs`).
+pub fn check_ws_shape(v: &Value) -> Result<(), String> {
+    fn string(v: &Value, key: &str) -> Result<(), String> {
+        match v.get(key) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(()),
+            other => Err(format!("`{key}` is not a non-empty string: {other:?}")),
+        }
+    }
+    fn rows(v: &Value, key: &str) -> Result<usize, String> {
+        let rows = v
+            .get(key)
+            .and_then(Value::as_array)
+            .ok_or(format!("`{key}` is not an array"))?;
+        if let Some(r) = rows.iter().find(|r| !r.is_object()) {
+            return Err(format!("`{key}` holds a non-object row: {r}"));
+        }
+        Ok(rows.len())
+    }
+    fn seq(v: &Value) -> Result<(), String> {
+        match v.get("seq") {
+            Some(s) if s.is_u64() => Ok(()),
+            other => Err(format!("`seq` is not an unsigned integer: {other:?}")),
+        }
+    }
+    let obj = v.as_object().ok_or("the message is not a JSON object")?;
+    let ty = obj
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or("`type` is not a string")?;
+    match ty {
+        "subscribed" => {
+            string(v, "query_id")?;
+            string(v, "live_id")
+        }
+        "initial_data" => {
+            string(v, "query_id")?;
+            string(v, "live_id")?;
+            rows(v, "rows")?;
+            seq(v)
+        }
+        "change" => {
+            string(v, "query_id")?;
+            string(v, "live_id")?;
+            seq(v)?;
+            let n = rows(v, "rows")?;
+            if n == 0 {
+                return Err("a change carries at least one row".into());
+            }
+            match v["change_type"].as_str() {
+                Some("UPDATE") => {
+                    let old = rows(v, "old_values")?;
+                    if old != n {
+                        return Err(format!("{n} rows but {old} old_values"));
+                    }
+                    Ok(())
+                }
+                Some("INSERT") | Some("DELETE") => match obj.get("old_values") {
+                    None | Some(Value::Null) => Ok(()),
+                    Some(_) => Err("old_values on a change that is not an UPDATE".into()),
+                },
+                other => Err(format!(
+                    "change_type {other:?} is not INSERT, UPDATE or DELETE"
+                )),
+            }
+        }
+        "pong" => Ok(()),
+        "error" => {
+            let code = obj
+                .get("code")
+                .and_then(Value::as_str)
+                .ok_or("error.code is not a string")?;
+            if code.is_empty() || !code.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+                return Err(format!("error code {code:?} is not UPPER_SNAKE"));
+            }
+            string(v, "message")?;
+            match obj.get("query_id") {
+                None | Some(Value::Null) | Some(Value::String(_)) => {}
+                Some(other) => return Err(format!("query_id is not a string: {other}")),
+            }
+            match obj.get("details") {
+                None | Some(Value::Null) | Some(Value::String(_)) => Ok(()),
+                Some(other) => Err(format!("details is not a string: {other}")),
+            }
+        }
+        other => Err(format!("unknown message type {other:?}")),
+    }
+}
+
+/// A client connection to `GET /ws`. A background task reads the socket all the time (so
+/// that tungstenite answers the node's pings) and queues every text frame, parsed, for the
+/// `recv`/`expect_*` methods; [`pause_reading`](Self::pause_reading) stops it touching the
+/// socket (a slow or dead peer). Dropping the client drops the TCP connection without a
+/// close frame.
+pub struct WsClient {
+    name: String,
+    sink: futures::stream::SplitSink<WsStream, tokio_tungstenite::tungstenite::Message>,
+    events: tokio::sync::mpsc::UnboundedReceiver<WsEvent>,
+    reading: tokio::sync::watch::Sender<bool>,
+    reader: JoinHandle<()>,
+    closed: Option<WsClose>,
+}
+
+impl TestNode {
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> &str {
+        self.url.strip_prefix("http://").expect("http:// url")
+    }
+
+    /// `ws://127.0.0.1:PORT/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr())
+    }
+
+    /// Opens `/ws`; `Err` when the upgrade is refused (`tungstenite::Error::Http` carries the
+    /// HTTP response) or the connection fails.
+    pub async fn ws_try_connect(
+        &self,
+        auth: WsAuth,
+    ) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+        self.ws_try_connect_with(auth, None).await
+    }
+
+    /// [`ws_try_connect`](Self::ws_try_connect) with the client socket's `SO_RCVBUF` set to
+    /// `recv_buffer` bytes before connecting (a small one makes a client that stops reading
+    /// fill the node's queue quickly).
+    pub async fn ws_try_connect_with(
+        &self,
+        auth: WsAuth,
+        recv_buffer: Option<u32>,
+    ) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+        let url = match &auth {
+            WsAuth::Query(t) => format!("{}?token={t}", self.ws_url()),
+            _ => self.ws_url(),
+        };
+        let mut request = url.as_str().into_client_request()?;
+        if let WsAuth::Header(t) = &auth {
+            let value = HeaderValue::from_str(&format!("Bearer {t}"))
+                .unwrap_or_else(|e| panic!("{t:?} does not fit in a header: {e}"));
+            request.headers_mut().insert("authorization", value);
+        }
+        let addr: std::net::SocketAddr = self.addr().parse().expect("127.0.0.1:PORT");
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size)?;
+        }
+        let tcp = socket.connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream =
+            match tokio::time::timeout(WS_TIMEOUT, tokio_tungstenite::client_async(request, tcp))
+                .await
+            {
+                Ok(result) => result?.0,
+                Err(_) => {
+                    panic!("the WebSocket upgrade of {url} got no answer within {WS_TIMEOUT:?}")
+                }
+            };
+        let n = WS_CLIENTS.fetch_add(1, Ordering::SeqCst);
+        let who = match &auth {
+            WsAuth::Header(_) => "header",
+            WsAuth::Query(_) => "query",
+            WsAuth::FirstMessage(_) => "first-message",
+            WsAuth::Nothing => "no-auth",
+        };
+        let mut client = WsClient::start(stream, format!("ws#{n} ({who} auth)"));
+        if let WsAuth::FirstMessage(t) = &auth {
+            client.send_json(&json!({"type": "auth", "token": t})).await;
+        }
+        Ok(client)
+    }
+
+    /// Opens `/ws` with `auth`; panics when that fails.
+    pub async fn ws_connect(&self, auth: WsAuth) -> WsClient {
+        let what = format!("{auth:?}");
+        match self.ws_try_connect(auth).await {
+            Ok(client) => client,
+            Err(e) => panic!("opening {} with {}: {e}", self.ws_url(), short(&what)),
+        }
+    }
+
+    /// Opens `/ws` with `Authorization: Bearer <token>`; panics when that fails.
+    pub async fn ws(&self, token: &str) -> WsClient {
+        self.ws_connect(WsAuth::Header(token.to_string())).await
+    }
+
+    /// The rows of `system.live_queries` that `token` sees, ordered by `live_id`.
+    pub async fn live_queries(&self, token: &str) -> Vec<Value> {
+        self.query(token, "SELECT * FROM system.live_queries ORDER BY live_id")
+            .await
+    }
+
+    /// Polls [`live_queries`](Self::live_queries) every 50 ms until `done(rows)` holds and
+    /// returns those rows; panics with `what` and the last rows after `timeout`.
+    pub async fn wait_live_queries(
+        &self,
+        token: &str,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let rows = self.live_queries(token).await;
+            if done(&rows) {
+                return rows;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "system.live_queries: {what} within {timeout:?}; it holds {}",
+                    pretty(&json!(rows))
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Reads `source` until it ends, forwarding text frames and the close to `tx`; while
+/// `reading` is false it does not touch the socket at all.
+async fn ws_read_frames(
+    mut source: futures::stream::SplitStream<WsStream>,
+    tx: tokio::sync::mpsc::UnboundedSender<WsEvent>,
+    mut reading: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio_tungstenite::tungstenite::Message;
+    let mut close_sent = false;
+    loop {
+        let on = *reading.borrow_and_update();
+        if !on {
+            if reading.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let next = tokio::select! {
+            next = source.next() => next,
+            changed = reading.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        match next {
+            Some(Ok(Message::Text(text))) => {
+                let value = serde_json::from_str::<Value>(text.as_str()).unwrap_or_else(|_| {
+                    Value::String(format!("<not JSON> {}", head(text.as_str(), 2000)))
+                });
+                let _ = tx.send(WsEvent::Message(Instant::now(), value));
+            }
+            Some(Ok(Message::Binary(data))) => {
+                let value = Value::String(format!("<binary frame of {} bytes>", data.len()));
+                let _ = tx.send(WsEvent::Message(Instant::now(), value));
+            }
+            Some(Ok(Message::Close(frame))) => {
+                // Reported at once; reading on lets tungstenite answer the close.
+                if !close_sent {
+                    close_sent = true;
+                    let _ = tx.send(WsEvent::Closed(WsClose {
+                        code: frame.as_ref().map(|f| u16::from(f.code)),
+                        reason: frame
+                            .as_ref()
+                            .map(|f| f.reason.as_str().to_string())
+                            .unwrap_or_default(),
+                        error: None,
+                    }));
+                }
+            }
+            // Pings are answered by tungstenite on the next read or write.
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                if !close_sent {
+                    let _ = tx.send(WsEvent::Closed(WsClose {
+                        code: None,
+                        reason: String::new(),
+                        error: Some(e.to_string()),
+                    }));
+                }
+                return;
+            }
+            None => {
+                if !close_sent {
+                    let _ = tx.send(WsEvent::Closed(WsClose {
+                        code: None,
+                        reason: String::new(),
+                        error: Some("the connection ended without a close frame".into()),
+                    }));
+                }
+                return;
+            }
+        }
+    }
+}
+
+impl WsClient {
+    fn start(stream: WsStream, name: String) -> WsClient {
+        let (sink, source) = stream.split();
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let (reading, reading_rx) = tokio::sync::watch::channel(true);
+        let reader = tokio::spawn(ws_read_frames(source, tx, reading_rx));
+        WsClient {
+            name,
+            sink,
+            events,
+            reading,
+            reader,
+            closed: None,
+        }
+    }
+
+    /// A name for assertion messages (`ws#3 (header auth)`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sends one text frame.
+    pub async fn try_send_text(
+        &mut self,
+        text: &str,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.sink
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                text.to_string(),
+            ))
+            .await
+    }
+
+    /// Sends one text frame; panics when that fails.
+    pub async fn send_text(&mut self, text: &str) {
+        if let Err(e) = self.try_send_text(text).await {
+            panic!("{}: sending {}: {e}", self.name, short(text));
+        }
+    }
+
+    /// Sends one binary frame; panics when that fails.
+    pub async fn send_binary(&mut self, data: Vec<u8>) {
+        if let Err(e) = self
+            .sink
+            .send(tokio_tungstenite::tungstenite::Message::binary(data))
+            .await
+        {
+            panic!("{}: sending a binary frame: {e}", self.name);
+        }
+    }
+
+    pub async fn send_json(&mut self, v: &Value) {
+        self.send_text(&v.to_string()).await
+    }
+
+    /// `{"type":"subscribe","subscriptions":[{query_id, sql, options}]}` (`options` left out
+    /// when `null`).
+    pub async fn subscribe(&mut self, query_id: &str, sql: &str, options: Value) {
+        self.subscribe_many(vec![subscription(query_id, sql, options)])
+            .await
+    }
+
+    /// One `subscribe` message with several [`subscription`]s.
+    pub async fn subscribe_many(&mut self, subscriptions: Vec<Value>) {
+        self.send_json(&json!({"type": "subscribe", "subscriptions": subscriptions}))
+            .await
+    }
+
+    pub async fn unsubscribe(&mut self, query_id: &str) {
+        self.send_json(&json!({"type": "unsubscribe", "query_id": query_id}))
+            .await
+    }
+
+    /// Sends `{"type":"ping"}` and returns every message that arrived before the `pong`: once
+    /// it returns, the node has handled everything sent before.
+    pub async fn sync(&mut self) -> Vec<Value> {
+        self.send_json(&json!({"type": "ping"})).await;
+        let mut before = Vec::new();
+        loop {
+            let msg = self.recv().await;
+            if msg["type"] == "pong" {
+                return before;
+            }
+            before.push(msg);
+        }
+    }
+
+    /// Stops reading the socket: no frame is read and no ping answered until
+    /// [`resume_reading`](Self::resume_reading).
+    pub fn pause_reading(&self) {
+        let _ = self.reading.send(false);
+    }
+
+    pub fn resume_reading(&self) {
+        let _ = self.reading.send(true);
+    }
+
+    async fn next_event(&mut self, timeout: Duration) -> Option<WsEvent> {
+        if let Some(close) = &self.closed {
+            return Some(WsEvent::Closed(close.clone()));
+        }
+        match tokio::time::timeout(timeout, self.events.recv()).await {
+            Err(_) => None,
+            Ok(None) => {
+                let close = WsClose {
+                    code: None,
+                    reason: String::new(),
+                    error: Some("the reader task ended".into()),
+                };
+                self.closed = Some(close.clone());
+                Some(WsEvent::Closed(close))
+            }
+            Ok(Some(WsEvent::Closed(close))) => {
+                self.closed = Some(close.clone());
+                Some(WsEvent::Closed(close))
+            }
+            Ok(Some(WsEvent::Message(at, v))) => {
+                if let Err(problem) = check_ws_shape(&v) {
+                    panic!(
+                        "{}: the message does not match API.md §5 ({problem}): {}",
+                        self.name,
+                        pretty(&v)
+                    );
+                }
+                Some(WsEvent::Message(at, v))
+            }
+        }
+    }
+
+    /// The next message and when it was read, or `None` when none comes within `timeout`.
+    /// Panics when the connection is closed.
+    pub async fn recv_timed_within(&mut self, timeout: Duration) -> Option<(Instant, Value)> {
+        match self.next_event(timeout).await {
+            None => None,
+            Some(WsEvent::Message(at, v)) => Some((at, v)),
+            Some(WsEvent::Closed(close)) => {
+                panic!(
+                    "{}: expected a message, the connection closed: {close:?}",
+                    self.name
+                )
+            }
+        }
+    }
+
+    /// The next message, or `None` when none comes within `timeout`.
+    pub async fn recv_within(&mut self, timeout: Duration) -> Option<Value> {
+        self.recv_timed_within(timeout).await.map(|(_, v)| v)
+    }
+
+    /// The next message; panics when none comes within [`WS_TIMEOUT`].
+    pub async fn recv(&mut self) -> Value {
+        match self.recv_within(WS_TIMEOUT).await {
+            Some(v) => v,
+            None => panic!("{}: no message within {WS_TIMEOUT:?}", self.name),
+        }
+    }
+
+    /// The next message, which must have `type` = `ty`.
+    pub async fn expect_type(&mut self, ty: &str) -> Value {
+        let msg = self.recv().await;
+        assert_eq!(
+            msg["type"],
+            ty,
+            "{}: expected a `{ty}` message, got {}",
+            self.name,
+            pretty(&msg)
+        );
+        msg
+    }
+
+    /// The next message must be `subscribed` for `query_id`; returns its `live_id`.
+    pub async fn expect_subscribed(&mut self, query_id: &str) -> String {
+        let msg = self.recv().await;
+        assert!(
+            msg["type"] == "subscribed" && msg["query_id"] == query_id,
+            "{}: expected `subscribed` for {query_id:?}, got {}",
+            self.name,
+            pretty(&msg)
+        );
+        msg["live_id"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// The next message must be `initial_data` for `query_id`.
+    pub async fn expect_initial_data(&mut self, query_id: &str) -> Value {
+        let msg = self.recv().await;
+        assert!(
+            msg["type"] == "initial_data" && msg["query_id"] == query_id,
+            "{}: expected `initial_data` for {query_id:?}, got {}",
+            self.name,
+            pretty(&msg)
+        );
+        msg
+    }
+
+    /// The next message must be a `change` of `change_type` for `query_id`.
+    pub async fn expect_change(&mut self, query_id: &str, change_type: &str) -> Value {
+        let msg = self.recv().await;
+        assert!(
+            msg["type"] == "change"
+                && msg["query_id"] == query_id
+                && msg["change_type"] == change_type,
+            "{}: expected a {change_type} change for {query_id:?}, got {}",
+            self.name,
+            pretty(&msg)
+        );
+        msg
+    }
+
+    /// The next message must be an `error` with `code`, for `query_id` (`None`: one without
+    /// a query id). Returns it.
+    pub async fn expect_error(&mut self, query_id: Option<&str>, code: &str) -> Value {
+        let msg = self.recv().await;
+        assert!(
+            msg["type"] == "error" && msg["code"] == code,
+            "{}: expected an error {code} (query_id {query_id:?}), got {}",
+            self.name,
+            pretty(&msg)
+        );
+        match query_id {
+            Some(q) => assert_eq!(
+                msg["query_id"],
+                q,
+                "{}: the {code} error names its query_id: {}",
+                self.name,
+                pretty(&msg)
+            ),
+            None => assert!(
+                msg.get("query_id").is_none_or(Value::is_null),
+                "{}: the {code} error belongs to no subscription: {}",
+                self.name,
+                pretty(&msg)
+            ),
+        }
+        msg
+    }
+
+    /// Reads until the connection ends (at most `timeout`); returns the messages read before
+    /// and how it ended.
+    pub async fn expect_close(&mut self, timeout: Duration) -> (Vec<Value>, WsClose) {
+        let deadline = Instant::now() + timeout;
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_event(left).await {
+                Some(WsEvent::Message(_, v)) => before.push(v),
+                Some(WsEvent::Closed(close)) => return (before, close),
+                None => {
+                    let newest: Vec<&Value> = before.iter().rev().take(5).collect();
+                    panic!(
+                        "{}: the connection is still open after {timeout:?}; {} messages read \
+                         meanwhile, the newest: {}",
+                        self.name,
+                        before.len(),
+                        pretty(&json!(newest))
+                    )
+                }
+            }
+        }
+    }
+
+    /// Whether the connection has ended (as far as already-read frames tell).
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_some()
+    }
+
+    /// A clean close: a close frame (1000), then the node's answer (at most 5 s).
+    pub async fn close(mut self) {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        use tokio_tungstenite::tungstenite::Message;
+        if self.closed.is_some() {
+            return;
+        }
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        };
+        if self.sink.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.events.recv()).await {
+                Ok(Some(WsEvent::Message(..))) => continue,
+                Ok(Some(WsEvent::Closed(_))) | Ok(None) | Err(_) => return,
+            }
+        }
+    }
+}
+
+impl Drop for WsClient {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }

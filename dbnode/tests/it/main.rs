@@ -4,8 +4,9 @@
 //! HTTP only, checking the contract of `shared/API.md` §1-4: the wire shapes of
 //! `POST /api/sql`, authentication and roles, namespaces, tables, DML, per-user isolation of
 //! USER tables, system tables, robustness against bad input, durability across restarts and
-//! `kill -9`, the operational endpoints, and the Parquet cold tier (flushes, storage locations,
-//! S3 through a moto server, crash safety at flush failpoints).
+//! `kill -9`, the operational endpoints, the Parquet cold tier (flushes, storage locations,
+//! S3 through a moto server, crash safety at flush failpoints), and live queries over
+//! `GET /ws` (§5, raw WebSocket frames).
 
 #[allow(dead_code)]
 mod harness;
@@ -17,6 +18,7 @@ mod dml;
 mod durability;
 mod http;
 mod isolation;
+mod live;
 mod namespaces;
 mod robustness;
 mod system_tables;

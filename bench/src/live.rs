@@ -1,0 +1,657 @@
+//! Live-query scenarios (`GET /ws`, API.md section 5): the node's memory per subscription,
+//! notification latency while many other subscriptions sit idle, fan-out of one change to
+//! many subscribers, and delivery throughput of a STREAM table.
+//!
+//! Each scenario first checks that every expected change arrived exactly once and that
+//! nothing else arrived (a row no subscription matches is written at the end, and the
+//! connections must then stay quiet); only then do its numbers count. The WebSocket side is
+//! `kalam_client::live`, so a run exercises the client crate as well as the node.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::future::join_all;
+use kalam_client::wire::Row;
+use kalam_client::{ChangeType, KalamClient, LiveConnection, ServerMessage, Subscription};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::{count, hist, progress, token, Args, Outcome};
+
+/// How long one expected message may take (a debug node on a busy 2-core machine is slow).
+const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a set of connections must stay silent when nothing more is expected.
+const QUIET: Duration = Duration::from_millis(500);
+/// How long the node may take to confirm the subscriptions of one connection.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Time for the node's allocations to settle before its RSS is read again.
+const SETTLE: Duration = Duration::from_secs(1);
+
+const HOT_SQL: &str = "SELECT * FROM bench.live_msgs WHERE conversation_id = 'hot'";
+const FANOUT_SQL: &str = "SELECT * FROM bench.fanout WHERE room = 'r1'";
+const STREAM_SQL: &str = "SELECT * FROM bench.events";
+const MEMORY_USER: &str = "live_mem";
+
+/// Sizes of the live scenarios; `--quick` keeps each to a few seconds.
+pub struct LiveSizes {
+    idle_subs: usize,
+    idle_conns: usize,
+    latency_inserts: usize,
+    fanout_subs: usize,
+    fanout_conns: usize,
+    fanout_rounds: usize,
+    stream_writers: usize,
+    stream_batch_rows: usize,
+    stream_duration: Duration,
+    memory_subs: usize,
+    memory_conns: usize,
+}
+
+impl LiveSizes {
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                idle_subs: 100,
+                idle_conns: 10,
+                latency_inserts: 50,
+                fanout_subs: 200,
+                fanout_conns: 10,
+                fanout_rounds: 3,
+                stream_writers: 4,
+                stream_batch_rows: 100,
+                stream_duration: Duration::from_secs(1),
+                memory_subs: 1_000,
+                memory_conns: 100,
+            }
+        } else {
+            Self {
+                idle_subs: 1_000,
+                idle_conns: 10,
+                latency_inserts: 2_000,
+                fanout_subs: 10_000,
+                fanout_conns: 100,
+                fanout_rounds: 5,
+                stream_writers: 4,
+                stream_batch_rows: 100,
+                stream_duration: Duration::from_secs(5),
+                memory_subs: 10_000,
+                memory_conns: 100,
+            }
+        }
+    }
+}
+
+/// Creates the tables of the live scenarios (namespace `bench` exists) and runs them all.
+/// `node_pid` is the node process the tool started, whose RSS the memory scenario reads.
+pub async fn run(
+    args: &Args,
+    admin: &KalamClient,
+    node_pid: u32,
+    sizes: &LiveSizes,
+) -> Result<Vec<Outcome>> {
+    admin
+        .sql(
+            "CREATE USER TABLE bench.live_msgs (id BIGINT PRIMARY KEY, conversation_id TEXT NOT NULL, content TEXT); \
+             CREATE SHARED TABLE bench.fanout (id BIGINT PRIMARY KEY, room TEXT NOT NULL, body TEXT); \
+             CREATE STREAM TABLE bench.events (id BIGINT PRIMARY KEY DEFAULT SNOWFLAKE_ID(), kind TEXT, payload TEXT) \
+               WITH (retention = '60s', ephemeral = false, max_buffer = 1000000)",
+        )
+        .await
+        .context("creating the tables of the live scenarios")?;
+    let url = admin.base_url();
+    // Memory first: the other scenarios' freed allocations would blur its RSS difference.
+    Ok(vec![
+        memory(args, admin, node_pid, sizes).await?,
+        latency(args, url, sizes).await?,
+        fanout(args, admin, sizes).await?,
+        stream_throughput(args, url, sizes).await?,
+    ])
+}
+
+/// a. Latency of one subscriber's notifications while `idle_subs` other subscriptions are
+/// registered: half on other users' partitions with the same filter, half on the writer's
+/// own partition with filters no row matches. Timed from just before the INSERT request
+/// is sent to the arrival of its `change` message.
+async fn latency(args: &Args, url: &str, sizes: &LiveSizes) -> Result<Outcome> {
+    let n = sizes.latency_inserts;
+    progress(&format!(
+        "live-latency: {} idle subscriptions on {} connections, {n} sequential inserts",
+        sizes.idle_subs, sizes.idle_conns
+    ));
+    let hot = KalamClient::new(url)?.with_token(token(args, "live_hot", false)?);
+    let per_conn = sizes.idle_subs / sizes.idle_conns;
+    let mut plan = Vec::with_capacity(sizes.idle_conns);
+    for c in 0..sizes.idle_conns {
+        let other_user = c % 2 == 0;
+        let client = if other_user {
+            KalamClient::new(url)?.with_token(token(args, &format!("live_idle{c}"), false)?)
+        } else {
+            hot.clone()
+        };
+        let subs: Vec<Subscription> = (0..per_conn)
+            .map(|i| {
+                let conversation = if other_user {
+                    "hot".to_string()
+                } else {
+                    format!("idle-{c}-{i}")
+                };
+                subscription(
+                    format!("idle{i}"),
+                    format!(
+                        "SELECT * FROM bench.live_msgs WHERE conversation_id = '{conversation}'"
+                    ),
+                )
+            })
+            .collect();
+        plan.push((client, subs));
+    }
+    let mut idle = Readers::open(plan).await.context("live-latency: idle")?;
+    let mut subscriber = Readers::open(vec![(hot.clone(), vec![subscription("hot", HOT_SQL)])])
+        .await
+        .context("live-latency: subscriber")?;
+
+    let mut h = hist();
+    let mut last_seq = 0;
+    let started = Instant::now();
+    for i in 0..n {
+        let sent = Instant::now();
+        hot.sql(&format!(
+            "INSERT INTO bench.live_msgs (id, conversation_id, content) VALUES ({i}, 'hot', 'message {i}')"
+        ))
+        .await?;
+        let received = subscriber
+            .recv(EVENT_TIMEOUT)
+            .await
+            .with_context(|| format!("live-latency: waiting for insert {i}"))?;
+        let change = expect_insert(received)?;
+        let ids = row_ids(&change.rows)?;
+        if ids != [i as i64] {
+            bail!("live-latency: insert {i} delivered as rows {ids:?}");
+        }
+        if change.seq <= last_seq {
+            bail!(
+                "live-latency: seq {} after {last_seq}: it must grow",
+                change.seq
+            );
+        }
+        last_seq = change.seq;
+        h.record(micros(change.at.duration_since(sent)))?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+
+    hot.sql("INSERT INTO bench.live_msgs (id, conversation_id, content) VALUES (-1, 'cold', 'matches no subscription')")
+        .await?;
+    subscriber
+        .expect_quiet(QUIET)
+        .await
+        .context("live-latency: subscriber")?;
+    idle.expect_quiet(QUIET)
+        .await
+        .context("live-latency: idle subscriptions")?;
+    subscriber.close().await?;
+    idle.close().await?;
+    Ok(Outcome::new("live-latency", n, n, seconds, &h, None)
+        .with("idle_subscriptions", per_conn * sizes.idle_conns))
+}
+
+/// b. One INSERT into a SHARED table matched by `fanout_subs` subscriptions over
+/// `fanout_conns` connections: time from the start of the request until the last
+/// subscription has received it, once per round.
+async fn fanout(args: &Args, admin: &KalamClient, sizes: &LiveSizes) -> Result<Outcome> {
+    let conns = sizes.fanout_conns;
+    let per_conn = sizes.fanout_subs / conns;
+    let expected = per_conn * conns;
+    let rounds = sizes.fanout_rounds;
+    progress(&format!(
+        "live-fanout: {expected} subscriptions on {conns} connections, {rounds} inserts"
+    ));
+    let client = KalamClient::new(admin.base_url())?.with_token(token(args, "live_fan", false)?);
+    let plan: Vec<_> = (0..conns)
+        .map(|_| {
+            let subs: Vec<Subscription> = (0..per_conn)
+                .map(|i| subscription(format!("room{i}"), FANOUT_SQL))
+                .collect();
+            (client.clone(), subs)
+        })
+        .collect();
+    let mut readers = Readers::open(plan).await.context("live-fanout")?;
+
+    let mut h = hist();
+    let started = Instant::now();
+    for round in 0..rounds {
+        let mut seen = HashSet::with_capacity(expected);
+        let mut seq = None;
+        let sent = Instant::now();
+        admin
+            .sql(&format!(
+                "INSERT INTO bench.fanout (id, room, body) VALUES ({round}, 'r1', 'round {round}')"
+            ))
+            .await?;
+        let mut last = sent;
+        while seen.len() < expected {
+            let received = readers.recv(EVENT_TIMEOUT).await.with_context(|| {
+                format!(
+                    "live-fanout: round {round}, {} of {expected} delivered",
+                    seen.len()
+                )
+            })?;
+            let change = expect_insert(received)?;
+            let ids = row_ids(&change.rows)?;
+            if ids != [round as i64] {
+                bail!("live-fanout: round {round} delivered rows {ids:?}");
+            }
+            // API.md: every subscriber of one change sees the same seq.
+            if *seq.get_or_insert(change.seq) != change.seq {
+                bail!("live-fanout: round {round} arrived with different seq values");
+            }
+            last = last.max(change.at);
+            if !seen.insert((change.conn, change.query_id)) {
+                bail!("live-fanout: round {round} delivered twice to one subscription");
+            }
+        }
+        h.record(micros(last.duration_since(sent)))?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+
+    admin
+        .sql("INSERT INTO bench.fanout (id, room, body) VALUES (-1, 'r2', 'another room')")
+        .await?;
+    readers.expect_quiet(QUIET).await.context("live-fanout")?;
+    readers.close().await?;
+    Ok(
+        Outcome::new("live-fanout", rounds, rounds * expected, seconds, &h, None)
+            .with("subscriptions", expected)
+            .with("connections", conns),
+    )
+}
+
+/// c. Events per second delivered to one subscriber of a STREAM table while
+/// `stream_writers` clients insert multi-row batches for `stream_duration`. Every inserted
+/// event must arrive exactly once; the time runs from the first INSERT to the last delivery.
+async fn stream_throughput(args: &Args, url: &str, sizes: &LiveSizes) -> Result<Outcome> {
+    progress(&format!(
+        "live-stream: {} writers x {}-row INSERTs for {:?}, one subscriber",
+        sizes.stream_writers, sizes.stream_batch_rows, sizes.stream_duration
+    ));
+    let reader = KalamClient::new(url)?.with_token(token(args, "live_stream", false)?);
+    let mut subscriber = Readers::open(vec![(reader, vec![subscription("events", STREAM_SQL)])])
+        .await
+        .context("live-stream")?;
+    let writer_token = token(args, "live_stream_writer", false)?;
+
+    let started = Instant::now();
+    let mut writers = Vec::with_capacity(sizes.stream_writers);
+    for w in 0..sizes.stream_writers {
+        let client = KalamClient::new(url)?.with_token(writer_token.clone());
+        let (rows, duration) = (sizes.stream_batch_rows, sizes.stream_duration);
+        writers.push(tokio::spawn(async move {
+            let (mut inserted, mut statements) = (0u64, 0usize);
+            while started.elapsed() < duration {
+                let values = (0..rows)
+                    .map(|i| format!("('w{w}', 'batch {statements} event {i}')"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let r = client
+                    .sql(&format!(
+                        "INSERT INTO bench.events (kind, payload) VALUES {values}"
+                    ))
+                    .await?;
+                let affected = r.results.first().and_then(|r| r.affected_rows);
+                if affected != Some(rows as u64) {
+                    bail!("live-stream: affected_rows {affected:?}, expected {rows}");
+                }
+                inserted += rows as u64;
+                statements += 1;
+            }
+            anyhow::Ok((inserted, statements))
+        }));
+    }
+    let (mut inserted, mut statements) = (0u64, 0usize);
+    for writer in writers {
+        let (rows, sent) = writer.await.context("a stream writer panicked")??;
+        inserted += rows;
+        statements += sent;
+    }
+
+    let mut delivered = HashSet::with_capacity(inserted as usize);
+    let mut last = started;
+    while (delivered.len() as u64) < inserted {
+        let received = subscriber.recv(EVENT_TIMEOUT).await.with_context(|| {
+            format!(
+                "live-stream: {} of {inserted} events delivered",
+                delivered.len()
+            )
+        })?;
+        let change = expect_insert(received)?;
+        for id in row_ids(&change.rows)? {
+            if !delivered.insert(id) {
+                bail!("live-stream: event {id} delivered twice");
+            }
+        }
+        last = last.max(change.at);
+    }
+    subscriber
+        .expect_quiet(QUIET)
+        .await
+        .context("live-stream: more events than inserted")?;
+    subscriber.close().await?;
+    let seconds = last.duration_since(started).as_secs_f64();
+    let rows = delivered.len();
+    Ok(
+        Outcome::new("live-stream", statements, rows, seconds, &hist(), None)
+            .with("writers", sizes.stream_writers)
+            .with("batch_rows", sizes.stream_batch_rows),
+    )
+}
+
+/// d. The node's RSS before and after opening `memory_subs` idle subscriptions (distinct
+/// filters) over `memory_conns` connections, scaled to MB per 10,000 subscriptions. An
+/// approximation: the allocator may reuse memory freed earlier, or keep pages it freed.
+async fn memory(
+    args: &Args,
+    admin: &KalamClient,
+    node_pid: u32,
+    sizes: &LiveSizes,
+) -> Result<Outcome> {
+    let conns = sizes.memory_conns;
+    let per_conn = sizes.memory_subs / conns;
+    let subs = per_conn * conns;
+    progress(&format!(
+        "live-memory: {subs} idle subscriptions on {conns} connections"
+    ));
+    let client = KalamClient::new(admin.base_url())?.with_token(token(args, MEMORY_USER, false)?);
+    let listed_sql =
+        format!("SELECT COUNT(*) FROM system.live_queries WHERE user_id = '{MEMORY_USER}'");
+
+    let before = rss_kib(node_pid)?;
+    let started = Instant::now();
+    let plan: Vec<_> = (0..conns)
+        .map(|c| {
+            let subs: Vec<Subscription> = (0..per_conn)
+                .map(|i| {
+                    subscription(
+                        format!("m{i}"),
+                        format!(
+                            "SELECT * FROM bench.live_msgs WHERE conversation_id = 'mem-{c}-{i}'"
+                        ),
+                    )
+                })
+                .collect();
+            (client.clone(), subs)
+        })
+        .collect();
+    let mut readers = Readers::open(plan).await.context("live-memory")?;
+    let seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(SETTLE).await;
+    let after = rss_kib(node_pid)?;
+
+    let listed = count(admin, &listed_sql).await?;
+    if listed != subs as u64 {
+        bail!("live-memory: system.live_queries lists {listed} subscriptions, {subs} are open");
+    }
+    readers.expect_quiet(QUIET).await.context("live-memory")?;
+    readers.close().await?;
+    // API.md: closing a connection removes its rows from system.live_queries at once.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = count(admin, &listed_sql).await?;
+        if left == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "live-memory: {left} subscriptions still listed 5 s after their connections closed"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (before_mb, after_mb) = (before as f64 / 1024.0, after as f64 / 1024.0);
+    Ok(
+        Outcome::new("live-memory", subs, subs, seconds, &hist(), None)
+            .with("rss_before_mb", before_mb)
+            .with("rss_after_mb", after_mb)
+            .with(
+                "mb_per_10k_subscriptions",
+                (after_mb - before_mb) / subs as f64 * 10_000.0,
+            ),
+    )
+}
+
+fn subscription(query_id: impl Into<String>, sql: impl Into<String>) -> Subscription {
+    Subscription {
+        query_id: query_id.into(),
+        sql: sql.into(),
+        options: Default::default(),
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+fn row_ids(rows: &[Row]) -> Result<Vec<i64>> {
+    rows.iter()
+        .map(|row| {
+            row.get("id")
+                .and_then(serde_json::Value::as_i64)
+                .ok_or_else(|| anyhow!("a delivered row has no integer id: {row:?}"))
+        })
+        .collect()
+}
+
+/// Resident set size of a process in KiB, from `/proc/<pid>/status` (Linux only).
+fn rss_kib(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {path} (the live-memory scenario needs Linux)"))?;
+    parse_vm_rss(&status).ok_or_else(|| anyhow!("no VmRSS line in {path}"))
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Opens a connection and waits until the node has confirmed every one of `subs`: only
+/// writes completed after `subscribed` are guaranteed to be delivered.
+async fn open_subscribed(client: &KalamClient, subs: Vec<Subscription>) -> Result<LiveConnection> {
+    let mut live = client.live().await?;
+    let mut waiting: HashSet<String> = subs.iter().map(|s| s.query_id.clone()).collect();
+    live.subscribe(subs).await?;
+    let deadline = tokio::time::Instant::now() + SUBSCRIBE_TIMEOUT;
+    while !waiting.is_empty() {
+        let next = tokio::time::timeout_at(deadline, live.next())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "{} subscriptions not confirmed within {SUBSCRIBE_TIMEOUT:?}",
+                    waiting.len()
+                )
+            })?;
+        match next {
+            None => bail!("the node ended the connection before confirming every subscription"),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(ServerMessage::Subscribed { query_id, .. })) => {
+                if !waiting.remove(&query_id) {
+                    bail!("'subscribed' for {query_id}, which was not asked for or came twice");
+                }
+            }
+            Some(Ok(ServerMessage::Error {
+                query_id,
+                code,
+                message,
+                ..
+            })) => bail!("subscription {query_id:?} refused: {code}: {message}"),
+            Some(Ok(other)) => bail!("unexpected message while subscribing: {other:?}"),
+        }
+    }
+    Ok(live)
+}
+
+/// One message read by a [`Readers`] task, stamped when it arrived.
+struct Received {
+    conn: usize,
+    at: Instant,
+    message: std::result::Result<ServerMessage, String>,
+}
+
+/// An INSERT change as a scenario checks it.
+struct Insert {
+    conn: usize,
+    at: Instant,
+    query_id: String,
+    seq: u64,
+    rows: Vec<Row>,
+}
+
+fn expect_insert(received: Received) -> Result<Insert> {
+    match received.message {
+        Ok(ServerMessage::Change {
+            query_id,
+            change_type: ChangeType::Insert,
+            rows,
+            seq,
+            ..
+        }) => Ok(Insert {
+            conn: received.conn,
+            at: received.at,
+            query_id,
+            seq,
+            rows,
+        }),
+        Ok(other) => bail!(
+            "connection {}: expected an INSERT change, got {other:?}",
+            received.conn
+        ),
+        Err(e) => bail!("connection {} failed: {e}", received.conn),
+    }
+}
+
+/// Connections with their subscriptions confirmed, each read by its own task from the
+/// moment it is confirmed: the node pings every connection and closes one that does not
+/// answer within `ws_idle_timeout_ms`, so even idle ones must be read. Everything read
+/// goes to one channel, stamped on arrival, so a scenario sees exactly what was delivered.
+struct Readers {
+    rx: mpsc::UnboundedReceiver<Received>,
+    /// Tells the tasks to stop; dropping it (a scenario failed) stops them too.
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Option<LiveConnection>>>,
+}
+
+impl Readers {
+    /// Opens one connection per `(client, subscriptions)`, concurrently, and returns once
+    /// every subscription is confirmed.
+    async fn open(plan: Vec<(KalamClient, Vec<Subscription>)>) -> Result<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (stop, stopped) = watch::channel(false);
+        let mut confirmations = Vec::with_capacity(plan.len());
+        let mut tasks = Vec::with_capacity(plan.len());
+        for (conn, (client, subs)) in plan.into_iter().enumerate() {
+            let (confirmed, confirmation) = oneshot::channel::<Result<()>>();
+            let (tx, stopped) = (tx.clone(), stopped.clone());
+            tasks.push(tokio::spawn(async move {
+                match open_subscribed(&client, subs).await {
+                    Ok(live) => {
+                        let _ = confirmed.send(Ok(()));
+                        Some(read_until_stopped(conn, live, tx, stopped).await)
+                    }
+                    Err(e) => {
+                        let _ = confirmed.send(Err(e));
+                        None
+                    }
+                }
+            }));
+            confirmations.push(confirmation);
+        }
+        // Built before waiting, so that an error drops it and stops the connections opened.
+        let readers = Readers { rx, stop, tasks };
+        for (conn, confirmation) in confirmations.into_iter().enumerate() {
+            confirmation
+                .await
+                .map_err(|_| anyhow!("the task of live connection {conn} panicked"))?
+                .with_context(|| format!("opening live connection {conn}"))?;
+        }
+        Ok(readers)
+    }
+
+    /// The next message of any connection.
+    async fn recv(&mut self, within: Duration) -> Result<Received> {
+        match tokio::time::timeout(within, self.rx.recv()).await {
+            Ok(Some(received)) => Ok(received),
+            Ok(None) => bail!("every live connection has ended"),
+            Err(_) => bail!("no live message within {within:?}"),
+        }
+    }
+
+    /// Fails when any message arrives within `within`: nothing more is expected.
+    async fn expect_quiet(&mut self, within: Duration) -> Result<()> {
+        match tokio::time::timeout(within, self.rx.recv()).await {
+            Err(_) => Ok(()),
+            Ok(None) => bail!("every live connection has ended"),
+            Ok(Some(r)) => bail!(
+                "unexpected message on live connection {}: {:?}",
+                r.conn,
+                r.message
+            ),
+        }
+    }
+
+    /// Stops the readers and closes the connections; the node drops their subscriptions.
+    async fn close(self) -> Result<()> {
+        // Fails only when every task has ended already, which is fine here.
+        let _ = self.stop.send(true);
+        let mut connections = Vec::with_capacity(self.tasks.len());
+        for task in self.tasks {
+            if let Some(live) = task.await.context("a live reader task panicked")? {
+                connections.push(live);
+            }
+        }
+        // A failed close changes no result: the connection is gone either way.
+        let _ = join_all(connections.into_iter().map(LiveConnection::close)).await;
+        Ok(())
+    }
+}
+
+async fn read_until_stopped(
+    conn: usize,
+    mut live: LiveConnection,
+    tx: mpsc::UnboundedSender<Received>,
+    mut stop: watch::Receiver<bool>,
+) -> LiveConnection {
+    loop {
+        tokio::select! {
+            // A stop, or the scenario dropped its `Readers`.
+            _ = stop.changed() => break,
+            next = live.next() => {
+                let Some(result) = next else { break };
+                let failed = result.is_err();
+                let message = result.map_err(|e| e.with_causes());
+                let _ = tx.send(Received { conn, at: Instant::now(), message });
+                if failed {
+                    break;
+                }
+            }
+        }
+    }
+    live
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_is_read_from_proc_status() {
+        let status = "Name:\tkalamdb\nVmPeak:\t  900000 kB\nVmRSS:\t   51234 kB\nThreads:\t9\n";
+        assert_eq!(parse_vm_rss(status), Some(51_234));
+        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+    }
+}

@@ -1,0 +1,181 @@
+//! The wire types of `GET /ws` (API.md section 5): the JSON text frames a client and a node
+//! exchange for live queries. The node serialises with these very types and the client
+//! parses them, like [`crate::wire`] for `POST /api/sql`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::Row;
+
+/// WebSocket close code: the first-message authentication failed or timed out.
+pub const CLOSE_UNAUTHORIZED: u16 = 4401;
+/// WebSocket close code: the client did not keep up and its queue overflowed; reconnect
+/// and resume with `from_seq`.
+pub const CLOSE_TOO_SLOW: u16 = 4008;
+/// WebSocket close code: the client sent frames that are not valid JSON messages of the
+/// protocol too many times, or a binary frame.
+pub const CLOSE_PROTOCOL: u16 = 1008;
+
+/// Options of one subscription.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionOptions {
+    /// Send the newest `last_rows` matching rows first, as `initial_data` (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rows: Option<u64>,
+    /// Resume: deliver every matching change with `seq > from_seq`, then continue live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_seq: Option<u64>,
+}
+
+/// One subscription of a `subscribe` message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// Unique per connection; names the subscription in every message about it.
+    pub query_id: String,
+    /// `SELECT <columns> FROM <table> [WHERE <predicate>]`.
+    pub sql: String,
+    #[serde(default)]
+    pub options: SubscriptionOptions,
+}
+
+/// Client to server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Authenticates a connection opened without a token (must be the first message,
+    /// within 5 seconds).
+    Auth {
+        token: String,
+    },
+    Subscribe {
+        subscriptions: Vec<Subscription>,
+    },
+    Unsubscribe {
+        query_id: String,
+    },
+    Ping,
+}
+
+/// The kind of a `change` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ChangeType {
+    /// A row that starts matching (new, or changed into the filter).
+    Insert,
+    /// A row that keeps matching; `old_values` holds its previous values.
+    Update,
+    /// A row that stops matching or was deleted; `rows` holds its last matching values.
+    Delete,
+}
+
+impl ChangeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeType::Insert => "INSERT",
+            ChangeType::Update => "UPDATE",
+            ChangeType::Delete => "DELETE",
+        }
+    }
+}
+
+/// Server to client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The subscription is registered: every write completed after this is delivered.
+    Subscribed {
+        query_id: String,
+        live_id: String,
+    },
+    /// The newest `last_rows` matching rows, oldest first, read at or after `seq`.
+    InitialData {
+        query_id: String,
+        live_id: String,
+        rows: Vec<Row>,
+        seq: u64,
+    },
+    Change {
+        query_id: String,
+        live_id: String,
+        change_type: ChangeType,
+        rows: Vec<Row>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        old_values: Option<Vec<Row>>,
+        seq: u64,
+    },
+    Pong,
+    /// A subscription (named by `query_id`) or the connection failed; `code` is one of the
+    /// stable codes of [`crate::wire::ErrorCode`].
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        query_id: Option<String>,
+        code: crate::wire::ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        details: Option<String>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_have_api_md_shape() {
+        let text = r#"{"type": "subscribe", "subscriptions": [
+           {"query_id": "msgs", "sql": "SELECT * FROM app.messages WHERE conversation_id = 'c1'",
+            "options": {"last_rows": 50}}]}"#;
+        let ClientMessage::Subscribe { subscriptions } = serde_json::from_str(text).unwrap() else {
+            panic!("not a subscribe")
+        };
+        assert_eq!(subscriptions[0].options.last_rows, Some(50));
+        assert_eq!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"ping"}"#).unwrap(),
+            ClientMessage::Ping
+        );
+        assert_eq!(
+            serde_json::to_string(&ClientMessage::Unsubscribe {
+                query_id: "msgs".into()
+            })
+            .unwrap(),
+            r#"{"type":"unsubscribe","query_id":"msgs"}"#
+        );
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"subscribe"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(
+            r#"{"type":"subscribe","subscriptions":[{"query_id":"a","sql":"x","options":{"bogus":1}}]}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn server_messages_have_api_md_shape() {
+        let text = r#"{"type": "change", "query_id": "msgs", "live_id": "l", "change_type": "UPDATE", "rows": [{"id": 1}], "old_values": [{"id": 1}], "seq": 57}"#;
+        let parsed: ServerMessage = serde_json::from_str(text).unwrap();
+        let ServerMessage::Change {
+            change_type, seq, ..
+        } = &parsed
+        else {
+            panic!("not a change")
+        };
+        assert_eq!((*change_type, *seq), (ChangeType::Update, 57));
+        let insert = ServerMessage::Change {
+            query_id: "q".into(),
+            live_id: "l".into(),
+            change_type: ChangeType::Insert,
+            rows: vec![],
+            old_values: None,
+            seq: 1,
+        };
+        let json = serde_json::to_value(&insert).unwrap();
+        assert_eq!(json["change_type"], "INSERT");
+        assert!(json.get("old_values").is_none());
+        let err: ServerMessage = serde_json::from_str(
+            r#"{"type":"error","query_id":"msgs","code":"INVALID_QUERY","message":"m","details":"d"}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(err, ServerMessage::Error { code, .. } if code == crate::wire::ErrorCode::InvalidQuery)
+        );
+    }
+}

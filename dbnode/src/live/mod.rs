@@ -1,0 +1,798 @@
+//! Live queries: the registry of subscriptions, the per-table change log that `from_seq`
+//! resumes from, and the fan-out of committed changes to each connection's bounded queue.
+//!
+//! Every commit of a USER, SHARED or STREAM table reaches [`LiveHub::committed`] while the
+//! table's write lock is held, so events arrive in commit order. The hub appends the event
+//! to the table's log and hands it, with a snapshot of the partition's subscriptions, to one
+//! dispatcher thread that evaluates the compiled predicates and queues the messages. Writers
+//! never evaluate predicates and never wait for a socket; a connection whose queue is full is
+//! closed (code 4008), never silently skipped.
+//!
+//! Registration takes the same per-table lock the commit path appends under: a subscription
+//! sees exactly the commits appended after it registered (plus the replay of `from_seq`),
+//! which is what makes "a write completed after `subscribed` is always delivered" and a
+//! resume without gap or duplicate hold.
+
+pub mod query;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
+use datafusion::physical_expr::PhysicalExpr;
+use kalam_client::live_wire::{ChangeType, ServerMessage, CLOSE_TOO_SLOW};
+use kalam_client::wire::Row;
+use parking_lot::{Mutex, RwLock};
+use prometheus::{IntCounter, IntGauge};
+use tokio::sync::{mpsc, watch};
+
+use crate::auth::Principal;
+use crate::catalog::TableDef;
+use crate::error::{KalamError, Result};
+use crate::ids::TableId;
+use crate::live::query::CompiledQuery;
+use crate::sql::output::query_result;
+use crate::sql::rows::rows_to_batch;
+use crate::storage::table::{ChangeSink, CommittedBatch};
+use crate::storage::{Partition, StoredRow, Value};
+
+/// Why the node closes a connection: a WebSocket close code and a reason for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// A WebSocket connection as the hub sees it: who it is, its outgoing queue, and the
+/// signal that tells its socket task to close.
+#[derive(Debug)]
+pub struct Connection {
+    pub id: String,
+    pub principal: Principal,
+    queue: mpsc::Sender<String>,
+    close: watch::Sender<Option<CloseReason>>,
+    subscriptions: Mutex<HashMap<String, Arc<Subscription>>>,
+    metrics: LiveMetrics,
+}
+
+impl Connection {
+    /// Queues one message; a full queue closes the connection (code 4008) instead of
+    /// waiting or dropping. Returns whether the message was queued.
+    pub fn send(&self, text: String) -> bool {
+        match self.queue.try_send(text) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.slow_closed.inc();
+                self.close(
+                    CLOSE_TOO_SLOW,
+                    format!(
+                        "client too slow: {} messages queued; reconnect and resume with from_seq",
+                        self.queue.max_capacity()
+                    ),
+                );
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub fn send_message(&self, message: &ServerMessage) -> bool {
+        match serde_json::to_string(message) {
+            Ok(text) => self.send(text),
+            Err(e) => {
+                tracing::error!(error = %e, "encoding a live-query message");
+                false
+            }
+        }
+    }
+
+    /// Asks the socket task to close with `code`; the first reason wins.
+    pub fn close(&self, code: u16, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.close.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(CloseReason { code, reason });
+            true
+        });
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.close.borrow().is_some()
+    }
+}
+
+/// One registered subscription.
+#[derive(Debug)]
+pub struct Subscription {
+    pub live_id: String,
+    pub query_id: String,
+    pub connection: Arc<Connection>,
+    pub table: TableId,
+    table_uid: String,
+    pub partition: Partition,
+    pub query: CompiledQuery,
+    pub sql: String,
+    /// The options as the client sent them, for `system.live_queries`.
+    pub options: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    updated_at_micros: AtomicI64,
+    changes: AtomicU64,
+    active: AtomicBool,
+    /// While `initial_data` is being read, messages wait here so that the client sees
+    /// `subscribed`, `initial_data`, then changes.
+    held: Mutex<Option<Vec<String>>>,
+}
+
+impl Subscription {
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    pub fn updated_at(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(self.updated_at_micros.load(Ordering::Relaxed))
+            .unwrap_or(self.created_at)
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    fn deliver(&self, text: String) {
+        let mut held = self.held.lock();
+        match held.as_mut() {
+            Some(buffer) => {
+                if buffer.len() >= self.connection.queue.max_capacity() {
+                    self.connection.metrics.slow_closed.inc();
+                    self.connection.close(
+                        CLOSE_TOO_SLOW,
+                        "too many changes while initial_data was read; resume with from_seq",
+                    );
+                } else {
+                    buffer.push(text);
+                }
+            }
+            None => {
+                self.connection.send(text);
+            }
+        }
+    }
+
+    /// Sends what was held back while `initial_data` was read, then delivers directly.
+    pub fn release(&self) {
+        let mut held = self.held.lock();
+        if let Some(buffer) = held.take() {
+            for text in buffer {
+                if !self.connection.send(text) {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn counted(&self, messages: u64) {
+        self.changes.fetch_add(messages, Ordering::Relaxed);
+        self.updated_at_micros
+            .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
+    }
+}
+
+/// A commit as the live side keeps it: the rows, and their Arrow and JSON images built
+/// once, on first use, for every subscription that evaluates it.
+#[derive(Debug)]
+struct ChangeEvent {
+    batch: CommittedBatch,
+    def: Arc<TableDef>,
+    at: Instant,
+    bytes: usize,
+    images: OnceLock<Option<Images>>,
+}
+
+#[derive(Debug)]
+struct Images {
+    new: RecordBatch,
+    new_json: Vec<Row>,
+    /// Old images of the rows that have one, and which row each belongs to.
+    old: RecordBatch,
+    old_json: Vec<Row>,
+    old_of: Vec<Option<usize>>,
+}
+
+impl ChangeEvent {
+    fn images(&self) -> Option<&Images> {
+        self.images
+            .get_or_init(|| match self.build_images() {
+                Ok(images) => Some(images),
+                Err(e) => {
+                    tracing::error!(table = %self.def.id(), seq = self.batch.seq, error = %e, "building live-query images");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    fn build_images(&self) -> Result<Images> {
+        let schema = self.def.arrow_schema();
+        let version = self.def.schema_version;
+        let mut new_rows = Vec::with_capacity(self.batch.rows.len());
+        let mut old_rows = Vec::new();
+        let mut old_of = Vec::with_capacity(self.batch.rows.len());
+        for row in &self.batch.rows {
+            new_rows.push(StoredRow {
+                schema_version: version,
+                seq: self.batch.seq,
+                updated_micros: self.batch.updated_micros,
+                deleted: row.deleted,
+                values: row.new.clone(),
+            });
+            old_of.push(row.old.as_ref().map(|old| {
+                old_rows.push(StoredRow {
+                    schema_version: version,
+                    seq: 0,
+                    updated_micros: old.updated_micros,
+                    deleted: old.deleted,
+                    values: old.values.clone(),
+                });
+                old_rows.len() - 1
+            }));
+        }
+        let new = rows_to_batch(&self.def, &schema, &new_rows)?;
+        let old = rows_to_batch(&self.def, &schema, &old_rows)?;
+        let new_json = query_result(&schema, std::slice::from_ref(&new))?.rows;
+        let old_json = query_result(&schema, std::slice::from_ref(&old))?.rows;
+        Ok(Images {
+            new,
+            new_json,
+            old,
+            old_json,
+            old_of,
+        })
+    }
+}
+
+/// Rough in-memory size of a commit, for the change log's byte bound.
+fn event_bytes(batch: &CommittedBatch) -> usize {
+    fn values(v: &[Value]) -> usize {
+        v.iter()
+            .map(|v| match v {
+                Value::Text(s) => 24 + s.len(),
+                Value::Bytes(b) => 24 + b.len(),
+                _ => 16,
+            })
+            .sum()
+    }
+    batch
+        .rows
+        .iter()
+        .map(|r| 64 + values(&r.new) + r.old.as_ref().map_or(0, |o| 32 + values(&o.values)))
+        .sum::<usize>()
+        + 96
+}
+
+/// Per table: the retained change log and the subscriptions by partition.
+#[derive(Debug, Default)]
+struct TableLive {
+    log: VecDeque<Arc<ChangeEvent>>,
+    log_bytes: usize,
+    /// Changes with `seq <= evicted_through` are no longer retained.
+    evicted_through: u64,
+    /// The last commit appended.
+    last_seq: u64,
+    /// Partition prefix -> its subscriptions (copy on write: the dispatcher gets a snapshot).
+    subscriptions: HashMap<Vec<u8>, Arc<Vec<Arc<Subscription>>>>,
+}
+
+impl TableLive {
+    fn evict(&mut self, retention: Duration, max_bytes: usize) {
+        while let Some(front) = self.log.front() {
+            if self.log_bytes <= max_bytes && front.at.elapsed() <= retention {
+                break;
+            }
+            self.log_bytes -= front.bytes;
+            self.evicted_through = front.batch.seq;
+            self.log.pop_front();
+        }
+    }
+}
+
+struct Dispatch {
+    event: Arc<ChangeEvent>,
+    subscriptions: Arc<Vec<Arc<Subscription>>>,
+}
+
+/// Live-query metrics, registered with the node's registry.
+#[derive(Debug, Clone)]
+pub struct LiveMetrics {
+    pub subscriptions: IntGauge,
+    pub connections: IntGauge,
+    pub messages: IntCounter,
+    pub slow_closed: IntCounter,
+}
+
+impl LiveMetrics {
+    fn new() -> Self {
+        // Names and help texts are constants: construction cannot fail.
+        let gauge = |n: &str, h: &str| IntGauge::new(n, h).expect("valid metric");
+        let counter = |n: &str, h: &str| IntCounter::new(n, h).expect("valid metric");
+        Self {
+            subscriptions: gauge("kalamdb_live_subscriptions", "Live queries registered now"),
+            connections: gauge("kalamdb_ws_connections", "WebSocket connections open now"),
+            messages: counter(
+                "kalamdb_live_change_messages_total",
+                "Change messages queued to subscribers",
+            ),
+            slow_closed: counter(
+                "kalamdb_ws_slow_closed_total",
+                "Connections closed because their queue overflowed (code 4008)",
+            ),
+        }
+    }
+
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.subscriptions.clone()),
+            Box::new(self.connections.clone()),
+            Box::new(self.messages.clone()),
+            Box::new(self.slow_closed.clone()),
+        ]
+    }
+}
+
+/// Settings of the hub, from the node's configuration.
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    pub node_id: String,
+    pub retention: Duration,
+    pub max_log_bytes: usize,
+    pub queue_messages: usize,
+}
+
+/// How a subscription starts.
+#[derive(Debug, Clone, Default)]
+pub struct Start {
+    /// Replay every matching change after this sequence first.
+    pub from_seq: Option<u64>,
+    /// Hold changes back until [`Subscription::release`] (an `initial_data` is coming).
+    pub hold: bool,
+}
+
+#[derive(Debug)]
+pub struct LiveHub {
+    settings: LiveSettings,
+    /// Keyed by the table's creation uid: a table dropped and created again starts afresh.
+    tables: RwLock<HashMap<String, Arc<Mutex<TableLive>>>>,
+    registry: Mutex<BTreeMap<String, Arc<Subscription>>>,
+    dispatch: Mutex<std::sync::mpsc::Sender<Dispatch>>,
+    next_connection: AtomicU64,
+    pub metrics: LiveMetrics,
+}
+
+impl std::fmt::Debug for Dispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Dispatch(seq {})", self.event.batch.seq)
+    }
+}
+
+impl LiveHub {
+    /// Creates the hub and its dispatcher thread.
+    pub fn new(settings: LiveSettings) -> Result<Arc<Self>> {
+        let (tx, rx) = std::sync::mpsc::channel::<Dispatch>();
+        std::thread::Builder::new()
+            .name("kalamdb-live".into())
+            .spawn(move || {
+                for job in rx {
+                    dispatch(&job);
+                }
+            })
+            .map_err(KalamError::internal)?;
+        Ok(Arc::new(Self {
+            settings,
+            tables: RwLock::new(HashMap::new()),
+            registry: Mutex::new(BTreeMap::new()),
+            dispatch: Mutex::new(tx),
+            next_connection: AtomicU64::new(1),
+            metrics: LiveMetrics::new(),
+        }))
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.settings.node_id
+    }
+
+    /// Registers a new connection: its handle, the receiving end of its queue, and the
+    /// signal its socket task watches for a close.
+    pub fn connect(
+        &self,
+        principal: Principal,
+    ) -> (
+        Arc<Connection>,
+        mpsc::Receiver<String>,
+        watch::Receiver<Option<CloseReason>>,
+    ) {
+        let (tx, rx) = mpsc::channel(self.settings.queue_messages.max(1));
+        let (close, close_rx) = watch::channel(None);
+        // Random high bits so ids do not repeat across restarts; a counter so they never
+        // repeat within one process.
+        let n = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{:04x}{:04x}", rand::random::<u16>(), n & 0xffff);
+        self.metrics.connections.inc();
+        let connection = Arc::new(Connection {
+            id,
+            principal,
+            queue: tx,
+            close,
+            subscriptions: Mutex::new(HashMap::new()),
+            metrics: self.metrics.clone(),
+        });
+        (connection, rx, close_rx)
+    }
+
+    fn table_state(&self, def: &TableDef, last_seq: u64) -> Arc<Mutex<TableLive>> {
+        if let Some(t) = self.tables.read().get(&def.uid) {
+            return t.clone();
+        }
+        self.tables
+            .write()
+            .entry(def.uid.clone())
+            .or_insert_with(|| {
+                // Nothing before now is retained (the log lives in memory).
+                Arc::new(Mutex::new(TableLive {
+                    evicted_through: last_seq,
+                    last_seq,
+                    ..Default::default()
+                }))
+            })
+            .clone()
+    }
+
+    /// Registers a subscription and sends `subscribed` (and, with `from_seq`, the replay)
+    /// before any later commit can reach it. Returns the subscription and the sequence it
+    /// starts after (what `initial_data` reports).
+    pub fn subscribe(
+        &self,
+        connection: &Arc<Connection>,
+        query_id: String,
+        sql: String,
+        options: serde_json::Value,
+        query: CompiledQuery,
+        partition: Partition,
+        start: Start,
+    ) -> Result<(Arc<Subscription>, u64)> {
+        let def = query.runtime.def().clone();
+        let live_id = format!(
+            "{}-{}-{}-{}",
+            connection.principal.user_id, connection.id, def.name, query_id
+        );
+        let mut subs = connection.subscriptions.lock();
+        if subs.contains_key(&query_id) {
+            return Err(KalamError::DuplicateQueryId(query_id));
+        }
+        let now = Utc::now();
+        let subscription = Arc::new(Subscription {
+            live_id: live_id.clone(),
+            query_id: query_id.clone(),
+            connection: connection.clone(),
+            table: def.id(),
+            table_uid: def.uid.clone(),
+            partition: partition.clone(),
+            query,
+            sql,
+            options,
+            created_at: now,
+            updated_at_micros: AtomicI64::new(now.timestamp_micros()),
+            changes: AtomicU64::new(0),
+            active: AtomicBool::new(true),
+            held: Mutex::new(start.hold.then(Vec::new)),
+        });
+        let table = self.table_state(&def, subscription.query.runtime.store.last_seq());
+        let mut state = table.lock();
+        state.evict(self.settings.retention, self.settings.max_log_bytes);
+        if let Some(from) = start.from_seq {
+            if from < state.evicted_through || from > state.last_seq {
+                return Err(KalamError::ResumeGap {
+                    from_seq: from,
+                    oldest: state.evicted_through,
+                });
+            }
+        }
+        let start_seq = state.last_seq;
+        // `subscribed` goes straight to the queue, ahead of anything held back.
+        connection.send_message(&ServerMessage::Subscribed {
+            query_id: query_id.clone(),
+            live_id: live_id.clone(),
+        });
+        if let Some(from) = start.from_seq {
+            for event in state.log.iter().filter(|e| e.batch.seq > from) {
+                if event.batch.partition == partition {
+                    deliver(event, &subscription);
+                }
+            }
+        }
+        let key = partition.prefix();
+        let list = state.subscriptions.entry(key).or_default();
+        let mut updated: Vec<Arc<Subscription>> = list.as_ref().clone();
+        updated.push(subscription.clone());
+        *list = Arc::new(updated);
+        drop(state);
+        subs.insert(query_id, subscription.clone());
+        drop(subs);
+        self.registry.lock().insert(live_id, subscription.clone());
+        self.metrics.subscriptions.inc();
+        Ok((subscription, start_seq))
+    }
+
+    /// Removes a subscription everywhere; nothing is delivered to it afterwards.
+    fn remove(&self, subscription: &Arc<Subscription>) {
+        if !subscription.active.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        self.registry.lock().remove(&subscription.live_id);
+        subscription
+            .connection
+            .subscriptions
+            .lock()
+            .remove(&subscription.query_id);
+        if let Some(table) = self.tables.read().get(&subscription.table_uid) {
+            let mut state = table.lock();
+            let key = subscription.partition.prefix();
+            if let Some(list) = state.subscriptions.get_mut(&key) {
+                let kept: Vec<Arc<Subscription>> = list
+                    .iter()
+                    .filter(|s| !Arc::ptr_eq(s, subscription))
+                    .cloned()
+                    .collect();
+                if kept.is_empty() {
+                    state.subscriptions.remove(&key);
+                } else {
+                    *list = Arc::new(kept);
+                }
+            }
+        }
+        self.metrics.subscriptions.dec();
+    }
+
+    /// `unsubscribe`: false when the connection has no such subscription.
+    pub fn unsubscribe(&self, connection: &Connection, query_id: &str) -> bool {
+        let found = connection.subscriptions.lock().get(query_id).cloned();
+        match found {
+            Some(s) => {
+                self.remove(&s);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A connection ended: all its subscriptions go.
+    pub fn disconnect(&self, connection: &Connection) {
+        let all: Vec<Arc<Subscription>> =
+            connection.subscriptions.lock().values().cloned().collect();
+        for s in all {
+            self.remove(&s);
+        }
+        self.metrics.connections.dec();
+    }
+
+    /// `KILL LIVE QUERY`: users end their own subscriptions, admins anyone's. The
+    /// subscription's client gets an `error` with `LIVE_QUERY_KILLED`.
+    pub fn kill(&self, live_id: &str, by: &Principal) -> Result<()> {
+        let found = self.registry.lock().get(live_id).cloned();
+        let Some(subscription) = found else {
+            return Err(KalamError::LiveQueryNotFound(crate::error::clip(live_id)));
+        };
+        if !by.is_admin() && subscription.connection.principal.user_id != by.user_id {
+            return Err(KalamError::Forbidden(
+                "only admins may kill another user's live query".into(),
+            ));
+        }
+        self.remove(&subscription);
+        // Released first so the error follows anything already held for the client.
+        subscription.release();
+        subscription.connection.send_message(&ServerMessage::Error {
+            query_id: Some(subscription.query_id.clone()),
+            code: kalam_client::wire::ErrorCode::LiveQueryKilled,
+            message: format!("live query {live_id} was killed by {}", by.user_id),
+            details: None,
+        });
+        Ok(())
+    }
+
+    /// Every registered subscription, for `system.live_queries`.
+    pub fn list(&self) -> Vec<Arc<Subscription>> {
+        self.registry.lock().values().cloned().collect()
+    }
+
+    /// Live ids of the subscriptions on a table (DROP TABLE refuses while there are any).
+    pub fn table_users(&self, def: &TableDef) -> Vec<String> {
+        self.registry
+            .lock()
+            .values()
+            .filter(|s| s.table_uid == def.uid)
+            .map(|s| s.live_id.clone())
+            .collect()
+    }
+
+    /// Live ids of the subscriptions that select or filter on a column (ALTER TABLE DROP
+    /// COLUMN refuses while there are any).
+    pub fn column_users(&self, def: &TableDef, column: &str) -> Vec<String> {
+        let Ok(index) = def.arrow_schema().index_of(column) else {
+            return Vec::new();
+        };
+        self.registry
+            .lock()
+            .values()
+            .filter(|s| s.table_uid == def.uid)
+            .filter(|s| {
+                s.query.projection.contains(&index)
+                    || s.query.predicate.as_ref().is_some_and(|p| {
+                        datafusion::physical_expr::utils::collect_columns(p)
+                            .iter()
+                            .any(|c| c.index() == index)
+                    })
+            })
+            .map(|s| s.live_id.clone())
+            .collect()
+    }
+
+    /// The table is gone: its log goes too.
+    pub fn forget_table(&self, def: &TableDef) {
+        self.tables.write().remove(&def.uid);
+    }
+}
+
+impl ChangeSink for LiveHub {
+    fn committed(&self, def: &Arc<TableDef>, batch: CommittedBatch) {
+        let table = self.table_state(def, batch.seq.saturating_sub(1));
+        let bytes = event_bytes(&batch);
+        let key = batch.partition.prefix();
+        let event = Arc::new(ChangeEvent {
+            batch,
+            def: def.clone(),
+            at: Instant::now(),
+            bytes,
+            images: OnceLock::new(),
+        });
+        let mut state = table.lock();
+        state.last_seq = event.batch.seq;
+        state.log.push_back(event.clone());
+        state.log_bytes += bytes;
+        state.evict(self.settings.retention, self.settings.max_log_bytes);
+        let subscriptions = state.subscriptions.get(&key).cloned();
+        drop(state);
+        if let Some(subscriptions) = subscriptions {
+            let job = Dispatch {
+                event,
+                subscriptions,
+            };
+            if self.dispatch.lock().send(job).is_err() {
+                tracing::error!("the live-query dispatcher thread is gone");
+            }
+        }
+    }
+
+    fn has_listeners(&self, def: &Arc<TableDef>) -> bool {
+        self.tables
+            .read()
+            .get(&def.uid)
+            .is_some_and(|t| t.lock().subscriptions.values().any(|list| !list.is_empty()))
+    }
+}
+
+fn dispatch(job: &Dispatch) {
+    for subscription in job.subscriptions.iter() {
+        if subscription.is_active() {
+            deliver(&job.event, subscription);
+        }
+    }
+}
+
+/// Which rows of a batch a predicate matches (`None` matches all; NULL is no match).
+fn matches(predicate: Option<&Arc<dyn PhysicalExpr>>, batch: &RecordBatch) -> Option<BooleanArray> {
+    let predicate = predicate?;
+    let result = predicate
+        .evaluate(batch)
+        .and_then(|v| v.into_array(batch.num_rows()));
+    match result {
+        Ok(array) => array
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .cloned()
+            .or_else(|| Some(BooleanArray::from(vec![false; batch.num_rows()]))),
+        Err(e) => {
+            // A predicate that fails on a row (a cast of a bad value) matches nothing
+            // rather than stopping the dispatcher.
+            tracing::warn!(error = %e, "live-query predicate failed on a change batch");
+            Some(BooleanArray::from(vec![false; batch.num_rows()]))
+        }
+    }
+}
+
+fn is_true(mask: &Option<BooleanArray>, i: usize) -> bool {
+    match mask {
+        None => true,
+        Some(m) => m.is_valid(i) && m.value(i),
+    }
+}
+
+/// Evaluates one commit for one subscription and queues its messages: rows entering the
+/// filter as INSERT, staying as UPDATE (with old values), leaving or deleted as DELETE.
+fn deliver(event: &ChangeEvent, subscription: &Subscription) {
+    let Some(images) = event.images() else {
+        return;
+    };
+    let predicate = subscription.query.predicate.as_ref();
+    let new_mask = matches(predicate, &images.new);
+    let old_mask = if images.old.num_rows() > 0 {
+        matches(predicate, &images.old)
+    } else {
+        None
+    };
+    let project = |row: &Row| -> Row {
+        let mut out = Row::new();
+        for name in &subscription.query.column_names {
+            if let Some(v) = row.get(name) {
+                out.insert(name.clone(), v.clone());
+            }
+        }
+        out
+    };
+    let mut inserts = Vec::new();
+    let mut updates = Vec::new();
+    let mut olds = Vec::new();
+    let mut deletes = Vec::new();
+    for (i, row) in event.batch.rows.iter().enumerate() {
+        let new_in = !row.deleted && is_true(&new_mask, i);
+        let old_in = match (images.old_of[i], &row.old) {
+            (Some(j), Some(old)) => !old.deleted && is_true(&old_mask, j),
+            _ => false,
+        };
+        match (old_in, new_in) {
+            (false, true) => inserts.push(project(&images.new_json[i])),
+            (true, true) => {
+                updates.push(project(&images.new_json[i]));
+                if let Some(j) = images.old_of[i] {
+                    olds.push(project(&images.old_json[j]));
+                }
+            }
+            (true, false) => {
+                if let Some(j) = images.old_of[i] {
+                    deletes.push(project(&images.old_json[j]));
+                }
+            }
+            (false, false) => {}
+        }
+    }
+    let mut sent = 0;
+    for (change_type, rows, old_values) in [
+        (ChangeType::Insert, inserts, None),
+        (ChangeType::Update, updates, Some(olds)),
+        (ChangeType::Delete, deletes, None),
+    ] {
+        if rows.is_empty() {
+            continue;
+        }
+        let message = ServerMessage::Change {
+            query_id: subscription.query_id.clone(),
+            live_id: subscription.live_id.clone(),
+            change_type,
+            rows,
+            old_values,
+            seq: event.batch.seq,
+        };
+        match serde_json::to_string(&message) {
+            Ok(text) => {
+                subscription.deliver(text);
+                sent += 1;
+            }
+            Err(e) => tracing::error!(error = %e, "encoding a change message"),
+        }
+    }
+    if sent > 0 {
+        subscription.counted(sent);
+        subscription.connection.metrics.messages.inc_by(sent);
+    }
+}

@@ -1,0 +1,195 @@
+//! Validation and compilation of a live query: exactly `SELECT <columns> FROM <table>
+//! [WHERE <predicate>]` over one USER, SHARED or STREAM table. The predicate is compiled
+//! once, to a DataFusion physical expression over the table's full schema (user columns and
+//! system columns), and evaluated on every change batch afterwards.
+
+use std::sync::Arc;
+
+use datafusion::common::DFSchema;
+use datafusion::execution::context::SessionState;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::sql::sqlparser::ast::{
+    GroupByExpr, SelectItem, SetExpr, Statement, TableFactor, WildcardAdditionalOptions,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use crate::engine::{Engine, TableRuntime};
+use crate::error::{clip, KalamError, Result};
+use crate::ids::SYSTEM_NAMESPACE;
+use crate::sql::parser::table_id_from_object_name;
+
+/// A subscription's query, ready to evaluate on change batches.
+#[derive(Debug)]
+pub struct CompiledQuery {
+    pub runtime: Arc<TableRuntime>,
+    /// Indexes into the table's full schema of the columns each row carries, in order.
+    pub projection: Vec<usize>,
+    /// Names of those columns, as rows show them.
+    pub column_names: Vec<String>,
+    /// `None`: every row matches.
+    pub predicate: Option<Arc<dyn PhysicalExpr>>,
+    /// The WHERE clause as SQL, for the `initial_data` query ...
+    pub where_sql: Option<String>,
+    /// ... which names the table by this alias (the table name when none was given).
+    pub alias: String,
+}
+
+fn invalid(msg: impl Into<String>) -> KalamError {
+    KalamError::InvalidQuery(msg.into())
+}
+
+/// Parses and checks `sql`, resolves its table, and compiles its predicate with `state`'s
+/// functions (`NOW()`, `CURRENT_USER()` are the subscriber's, fixed at subscribe time).
+pub fn compile(engine: &Engine, state: &SessionState, sql: &str) -> Result<CompiledQuery> {
+    const SHAPE: &str =
+        "a live query is SELECT <columns> FROM <namespace.table> [WHERE <predicate>]";
+    let mut statements = Parser::parse_sql(&GenericDialect {}, sql)
+        .map_err(|e| invalid(format!("{SHAPE}: {}", clip(&e.to_string()))))?;
+    if statements.len() != 1 {
+        return Err(invalid(format!(
+            "{SHAPE}; got {} statements",
+            statements.len()
+        )));
+    }
+    let Some(Statement::Query(query)) = statements.pop() else {
+        return Err(invalid(SHAPE));
+    };
+    if query.with.is_some() {
+        return Err(invalid("a live query cannot use WITH"));
+    }
+    if query.order_by.is_some() {
+        return Err(invalid(
+            "a live query cannot use ORDER BY (changes arrive in commit order)",
+        ));
+    }
+    if query.limit_clause.is_some() || query.fetch.is_some() {
+        return Err(invalid(
+            "a live query cannot use LIMIT; use options.last_rows for initial rows",
+        ));
+    }
+    let SetExpr::Select(select) = *query.body else {
+        return Err(invalid(format!(
+            "{SHAPE}; UNION, VALUES and nested queries are not supported"
+        )));
+    };
+    if select.distinct.is_some() {
+        return Err(invalid("a live query cannot use DISTINCT"));
+    }
+    let grouped = match &select.group_by {
+        GroupByExpr::All(_) => true,
+        GroupByExpr::Expressions(e, _) => !e.is_empty(),
+    };
+    if grouped || select.having.is_some() {
+        return Err(invalid("a live query cannot aggregate (GROUP BY, HAVING)"));
+    }
+    if !select.named_window.is_empty() || select.qualify.is_some() || select.into.is_some() {
+        return Err(invalid(SHAPE));
+    }
+    let [from] = select.from.as_slice() else {
+        return Err(invalid("a live query reads exactly one table (no joins)"));
+    };
+    if !from.joins.is_empty() {
+        return Err(invalid("a live query reads exactly one table (no joins)"));
+    }
+    let TableFactor::Table {
+        name,
+        args: None,
+        alias,
+        ..
+    } = &from.relation
+    else {
+        return Err(invalid("a live query reads one plain table"));
+    };
+    let id = table_id_from_object_name(name)?;
+    if id.namespace.as_str() == SYSTEM_NAMESPACE {
+        return Err(invalid("system tables cannot be subscribed to"));
+    }
+    if engine.catalog.namespace(&id.namespace).is_none() {
+        return Err(KalamError::NamespaceNotFound(id.namespace.to_string()));
+    }
+    let runtime = engine
+        .table(&id)
+        .ok_or_else(|| KalamError::TableNotFound(id.to_string()))?;
+    let schema = runtime.schema.clone();
+    let qualifier = alias
+        .as_ref()
+        .map(|a| a.name.value.clone())
+        .unwrap_or_else(|| id.table.to_string());
+    let df_schema = DFSchema::try_from_qualified_schema(qualifier.as_str(), &schema)?;
+
+    let mut projection = Vec::new();
+    for item in &select.projection {
+        match item {
+            SelectItem::Wildcard(WildcardAdditionalOptions {
+                opt_ilike: None,
+                opt_exclude: None,
+                opt_except: None,
+                opt_replace: None,
+                opt_rename: None,
+                ..
+            }) => projection.extend(0..schema.fields().len()),
+            SelectItem::UnnamedExpr(expr) => {
+                let name = match expr {
+                    datafusion::sql::sqlparser::ast::Expr::Identifier(i) => i.value.clone(),
+                    datafusion::sql::sqlparser::ast::Expr::CompoundIdentifier(parts)
+                        if parts.len() == 2 && parts[0].value == qualifier =>
+                    {
+                        parts[1].value.clone()
+                    }
+                    other => {
+                        return Err(invalid(format!(
+                            "a live query selects plain columns or *; '{}' is not one",
+                            clip(&other.to_string())
+                        )))
+                    }
+                };
+                let idx = schema.index_of(&name).map_err(|_| {
+                    invalid(format!("column '{}' does not exist in {id}", clip(&name)))
+                })?;
+                projection.push(idx);
+            }
+            other => {
+                return Err(invalid(format!(
+                    "a live query selects plain columns or *; '{}' is not one",
+                    clip(&other.to_string())
+                )))
+            }
+        }
+    }
+    if projection.is_empty() {
+        return Err(invalid("a live query selects at least one column"));
+    }
+    let column_names = projection
+        .iter()
+        .map(|i| schema.field(*i).name().clone())
+        .collect();
+
+    let (predicate, where_sql) = match &select.selection {
+        None => (None, None),
+        Some(expr) => {
+            let text = expr.to_string();
+            let logical = state
+                .create_logical_expr(&text, &df_schema)
+                .map_err(|e| invalid(format!("WHERE: {}", KalamError::from(e))))?;
+            let physical = state
+                .create_physical_expr(logical, &df_schema)
+                .map_err(|e| invalid(format!("WHERE: {}", KalamError::from(e))))?;
+            let data_type = physical.data_type(&schema)?;
+            if data_type != datafusion::arrow::datatypes::DataType::Boolean {
+                return Err(invalid(format!(
+                    "WHERE must be a boolean condition, not {data_type}"
+                )));
+            }
+            (Some(physical), Some(text))
+        }
+    };
+    Ok(CompiledQuery {
+        runtime,
+        projection,
+        column_names,
+        predicate,
+        where_sql,
+        alias: qualifier,
+    })
+}

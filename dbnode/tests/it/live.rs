@@ -1,0 +1,1768 @@
+//! Live queries over `GET /ws` (API.md §5, docs/live-queries.md), black-box: raw WebSocket
+//! frames parsed to JSON. Authentication by header, `?token=` and first message (and how each
+//! fails); `subscribed` / `initial_data`; delivery of every write completed after
+//! `subscribed`; filters and the INSERT/UPDATE/DELETE transitions; per-user partitions;
+//! resume with `from_seq` and `RESUME_GAP`; `system.live_queries`; unsubscribe, disconnect,
+//! dead peers, `KILL LIVE QUERY`, `DROP TABLE` while in use; validation errors; slow clients
+//! (close 4008); STREAM tables.
+//!
+//! Orderings the tests rely on: messages of one connection arrive in the node's commit order,
+//! so a "marker" write that matches is a barrier: whatever an earlier write would have sent
+//! must have arrived before the marker's change. Messages of one commit for different
+//! subscriptions of one connection may come in any order.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite;
+
+use crate::harness::*;
+
+const ALL_IDS: &str = "SELECT id FROM app.messages";
+
+fn insert_msg(id: i64, conversation: &str, content: &str) -> String {
+    format!(
+        "INSERT INTO app.messages (id, conversation_id, content) VALUES ({id}, {}, {})",
+        lit(conversation),
+        lit(content)
+    )
+}
+
+fn kill(live_id: &str) -> String {
+    format!("KILL LIVE QUERY {}", lit(live_id))
+}
+
+fn seq(msg: &Value) -> u64 {
+    msg["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no seq: {}", pretty(msg)))
+}
+
+/// The `id`s of a message's `rows`.
+fn row_ids(msg: &Value) -> Vec<i64> {
+    ids(msg["rows"].as_array().map(Vec::as_slice).unwrap_or(&[]))
+}
+
+/// A cell as text (strings as they are, anything else as JSON).
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+async fn chat_node() -> TestNode {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    node
+}
+
+/// Receives `n` messages, one per query id, and returns them by query id.
+async fn recv_by_query(ws: &mut WsClient, n: usize) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        let msg = ws.recv().await;
+        let query_id = msg["query_id"]
+            .as_str()
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: a message without query_id: {}",
+                    ws.name(),
+                    pretty(&msg)
+                )
+            })
+            .to_string();
+        if let Some(first) = out.insert(query_id.clone(), msg.clone()) {
+            panic!(
+                "{}: two messages for {query_id} where one was expected: {} and {}",
+                ws.name(),
+                pretty(&first),
+                pretty(&msg)
+            );
+        }
+    }
+    out
+}
+
+fn query_ids(got: &BTreeMap<String, Value>) -> Vec<&str> {
+    got.keys().map(String::as_str).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authentication
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn ws_authenticates_by_header_query_or_first_message() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let ways = [
+        ("header", WsAuth::Header(alice.clone())),
+        ("query", WsAuth::Query(alice.clone())),
+        ("first message", WsAuth::FirstMessage(alice.clone())),
+    ];
+    for (n, (how, auth)) in ways.into_iter().enumerate() {
+        let mut ws = node.ws_connect(auth).await;
+        ws.send_json(&json!({"type": "ping"})).await;
+        let pong = ws.expect_type("pong").await;
+        assert_eq!(pong, json!({"type": "pong"}), "{how}");
+
+        let query_id = format!("mine{n}");
+        ws.subscribe(
+            &query_id,
+            "SELECT id, content FROM app.messages",
+            Value::Null,
+        )
+        .await;
+        let live_id = ws.expect_subscribed(&query_id).await;
+        assert!(
+            live_id.starts_with("alice-") && live_id.ends_with(&format!("-messages-{query_id}")),
+            "{how}: live_id {live_id:?} is {{user_id}}-{{connection_id}}-{{table_name}}-{{query_id}} \
+             with the token's user"
+        );
+        let id = 10 + n as i64;
+        node.exec(&alice, &insert_msg(id, "c1", how)).await;
+        let change = ws.expect_change(&query_id, "INSERT").await;
+        assert_eq!(change["rows"], json!([{"id": id, "content": how}]), "{how}");
+        assert_eq!(change["live_id"], live_id.as_str(), "{how}");
+        ws.close().await;
+    }
+}
+
+fn assert_upgrade_refused(result: Result<WsClient, tungstenite::Error>, what: &str) {
+    match result {
+        Err(tungstenite::Error::Http(resp)) => {
+            assert_eq!(
+                resp.status().as_u16(),
+                401,
+                "{what}: the upgrade is refused with HTTP 401"
+            );
+            // The body may be cut short by the client; when it is there it is the error shape.
+            if let Some(body) = resp.body() {
+                if let Ok(v) = serde_json::from_slice::<Value>(body) {
+                    assert_eq!(
+                        v["error"]["code"],
+                        "UNAUTHORIZED",
+                        "{what}: the 401 body: {}",
+                        pretty(&v)
+                    );
+                }
+            }
+        }
+        Err(other) => panic!("{what}: expected HTTP 401 on the upgrade, got {other}"),
+        Ok(_) => panic!("{what}: the upgrade was accepted"),
+    }
+}
+
+#[tokio::test]
+async fn bad_tokens_on_the_upgrade_get_http_401() {
+    let node = chat_node().await;
+    let hour = now_secs() + 3600;
+    let bad = [
+        ("garbage", "not-a-jwt".to_string()),
+        (
+            "wrong secret",
+            sign(
+                &json!({"sub": "alice", "role": "user", "exp": hour}),
+                "some-other-secret-some-other-secret-0123",
+            ),
+        ),
+        (
+            "expired",
+            sign(
+                &json!({"sub": "alice", "role": "user", "exp": now_secs() - 3600}),
+                TEST_SECRET,
+            ),
+        ),
+        (
+            "bad user id",
+            sign(
+                &json!({"sub": "../alice", "role": "user", "exp": hour}),
+                TEST_SECRET,
+            ),
+        ),
+        (
+            "no sub",
+            sign(&json!({"role": "user", "exp": hour}), TEST_SECRET),
+        ),
+    ];
+    for (what, t) in &bad {
+        assert_upgrade_refused(
+            node.ws_try_connect(WsAuth::Header(t.clone())).await,
+            &format!("{what} token in the Authorization header"),
+        );
+        assert_upgrade_refused(
+            node.ws_try_connect(WsAuth::Query(t.clone())).await,
+            &format!("{what} token in ?token="),
+        );
+    }
+    assert!(
+        node.live_queries(&admin_token()).await.is_empty(),
+        "refused connections register nothing"
+    );
+    // A good token still gets in.
+    let mut ws = node.ws(&token("alice", false)).await;
+    assert!(ws.sync().await.is_empty());
+}
+
+fn assert_unauthorized_close(msgs: &[Value], close: &WsClose, what: &str) {
+    assert_eq!(
+        msgs.len(),
+        1,
+        "{what}: one `error` message before the close: {}",
+        pretty(&json!(msgs))
+    );
+    assert_eq!(msgs[0]["type"], "error", "{what}: {}", pretty(&msgs[0]));
+    assert_eq!(
+        msgs[0]["code"],
+        "UNAUTHORIZED",
+        "{what}: {}",
+        pretty(&msgs[0])
+    );
+    assert!(
+        msgs[0].get("query_id").is_none_or(Value::is_null),
+        "{what}: the error belongs to no subscription: {}",
+        pretty(&msgs[0])
+    );
+    assert_eq!(close.code, Some(4401), "{what}: close code 4401: {close:?}");
+}
+
+#[tokio::test]
+async fn first_message_auth_failures_get_unauthorized_and_close_4401() {
+    let node = chat_node().await;
+    let expired = sign(
+        &json!({"sub": "alice", "role": "user", "exp": now_secs() - 3600}),
+        TEST_SECRET,
+    );
+    for (what, t) in [
+        ("garbage token", "not-a-jwt".to_string()),
+        ("expired token", expired),
+    ] {
+        let mut ws = node.ws_connect(WsAuth::FirstMessage(t)).await;
+        let (msgs, close) = ws.expect_close(WS_TIMEOUT).await;
+        assert_unauthorized_close(&msgs, &close, what);
+    }
+
+    // A first message that is not `auth`.
+    let mut ws = node.ws_connect(WsAuth::Nothing).await;
+    ws.subscribe("q", ALL_IDS, Value::Null).await;
+    let (msgs, close) = ws.expect_close(WS_TIMEOUT).await;
+    assert_unauthorized_close(&msgs, &close, "subscribe before auth");
+
+    // Nothing at all: the node waits 5 s for the auth message.
+    let started = Instant::now();
+    let mut ws = node.ws_connect(WsAuth::Nothing).await;
+    let (msgs, close) = ws.expect_close(Duration::from_secs(20)).await;
+    let waited = started.elapsed();
+    assert_unauthorized_close(&msgs, &close, "no auth message");
+    assert!(
+        waited >= Duration::from_millis(4500) && waited <= Duration::from_secs(10),
+        "a connection without auth message is closed after about 5 s, not after {waited:?}"
+    );
+    assert!(node.live_queries(&admin_token()).await.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// subscribed, initial_data, delivery
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn initial_data_has_the_newest_matching_rows_oldest_first() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe("probe", ALL_IDS, Value::Null).await;
+    ws.expect_subscribed("probe").await;
+
+    let mut expected = Vec::new();
+    for i in 1..=10i64 {
+        node.exec(&alice, &insert_msg(i, "c1", &format!("m{i}")))
+            .await;
+        node.exec(&alice, &insert_msg(100 + i, "c2", &format!("n{i}")))
+            .await;
+        expected.push(("INSERT", i));
+        expected.push(("INSERT", 100 + i));
+    }
+    node.exec(&alice, "DELETE FROM app.messages WHERE id = 9")
+        .await;
+    expected.push(("DELETE", 9));
+    let mut last = 0u64;
+    for (change_type, id) in expected {
+        let change = ws.expect_change("probe", change_type).await;
+        assert_eq!(row_ids(&change), [id], "{}", pretty(&change));
+        let s = seq(&change);
+        assert!(s > last, "seq grows with every commit: {s} after {last}");
+        last = s;
+    }
+
+    ws.subscribe_many(vec![
+        subscription(
+            "recent",
+            "SELECT id, content FROM app.messages WHERE conversation_id = 'c1'",
+            json!({"last_rows": 3}),
+        ),
+        subscription(
+            "all_c2",
+            "SELECT id FROM app.messages WHERE conversation_id = 'c2'",
+            json!({"last_rows": 50}),
+        ),
+        subscription(
+            "star",
+            "SELECT * FROM app.messages",
+            json!({"last_rows": 1}),
+        ),
+        subscription(
+            "none",
+            "SELECT id FROM app.messages WHERE conversation_id = 'c1'",
+            json!({"last_rows": 0}),
+        ),
+    ])
+    .await;
+
+    // In order: subscribed, then initial_data, for each subscription.
+    let recent_live_id = ws.expect_subscribed("recent").await;
+    let recent = ws.expect_initial_data("recent").await;
+    assert_eq!(recent["live_id"], recent_live_id.as_str());
+    assert_eq!(
+        recent["rows"],
+        json!([
+            {"id": 7, "content": "m7"},
+            {"id": 8, "content": "m8"},
+            {"id": 10, "content": "m10"}
+        ]),
+        "the newest 3 matching rows (9 is deleted), oldest first"
+    );
+    ws.expect_subscribed("all_c2").await;
+    let all_c2 = ws.expect_initial_data("all_c2").await;
+    assert_eq!(
+        row_ids(&all_c2),
+        (101..=110).collect::<Vec<i64>>(),
+        "last_rows above the number of matching rows gives them all, oldest first"
+    );
+    ws.expect_subscribed("star").await;
+    let star = ws.expect_initial_data("star").await;
+    let star_rows = star["rows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(star_rows.len(), 1, "{}", pretty(&star));
+    let keys: Vec<&str> = star_rows[0]
+        .as_object()
+        .expect("rows are objects")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys, MESSAGES_COLUMNS,
+        "SELECT * rows carry the user columns and _updated, _deleted, like SQL"
+    );
+    assert_eq!(star_rows[0]["id"], 110);
+    assert_eq!(star_rows[0]["conversation_id"], "c2");
+    assert_eq!(star_rows[0]["content"], "n10");
+    assert_eq!(star_rows[0]["_deleted"], false);
+    parse_utc(&star_rows[0]["_updated"], "initial_data _updated");
+    // last_rows 0: no initial_data (the next message is checked below).
+    ws.expect_subscribed("none").await;
+
+    for initial in [&recent, &all_c2, &star] {
+        assert!(
+            seq(initial) >= last,
+            "initial_data is read at or after the last commit before it ({last}): {}",
+            pretty(initial)
+        );
+    }
+
+    node.exec(&alice, &insert_msg(11, "c1", "m11")).await;
+    let got = recv_by_query(&mut ws, 4).await;
+    assert_eq!(query_ids(&got), ["none", "probe", "recent", "star"]);
+    let live_seq = seq(&got["probe"]);
+    for (query_id, msg) in &got {
+        assert_eq!(msg["type"], "change", "{query_id}: {}", pretty(msg));
+        assert_eq!(msg["change_type"], "INSERT", "{query_id}: {}", pretty(msg));
+        assert_eq!(row_ids(msg), [11], "{query_id}: {}", pretty(msg));
+        assert_eq!(
+            seq(msg),
+            live_seq,
+            "one commit, one seq for every subscription"
+        );
+    }
+    for initial in [&recent, &all_c2, &star] {
+        assert!(
+            live_seq > seq(initial),
+            "a change after initial_data has a greater seq ({live_seq}): {}",
+            pretty(initial)
+        );
+    }
+
+    node.exec(&alice, &insert_msg(111, "c2", "n11")).await;
+    let got = recv_by_query(&mut ws, 3).await;
+    assert_eq!(query_ids(&got), ["all_c2", "probe", "star"]);
+    for msg in got.values() {
+        assert_eq!(row_ids(msg), [111], "{}", pretty(msg));
+        assert!(seq(msg) > live_seq);
+    }
+}
+
+#[tokio::test]
+async fn a_write_completed_after_subscribed_is_always_delivered() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let bob = token("bob", false);
+    for i in 0..20i64 {
+        let mut ws = node.ws(&alice).await;
+        if i % 2 == 0 {
+            let conversation = format!("race{i}");
+            let sql = format!(
+                "SELECT id, conversation_id FROM app.messages WHERE conversation_id = {}",
+                lit(&conversation)
+            );
+            ws.subscribe("race", &sql, Value::Null).await;
+            ws.expect_subscribed("race").await;
+            node.exec(&alice, &insert_msg(i, &conversation, "x")).await;
+            let change = ws.expect_change("race", "INSERT").await;
+            assert_eq!(
+                change["rows"],
+                json!([{"id": i, "conversation_id": conversation}]),
+                "round {i}"
+            );
+        } else {
+            // A SHARED table, written by another user.
+            let room = format!("r{i}");
+            let sql = format!(
+                "SELECT id, title FROM app.conversations WHERE id = {}",
+                lit(&room)
+            );
+            ws.subscribe("race", &sql, Value::Null).await;
+            ws.expect_subscribed("race").await;
+            node.exec(
+                &bob,
+                &format!(
+                    "INSERT INTO app.conversations (id, title) VALUES ({}, 'race')",
+                    lit(&room)
+                ),
+            )
+            .await;
+            let change = ws.expect_change("race", "INSERT").await;
+            assert_eq!(
+                change["rows"],
+                json!([{"id": room, "title": "race"}]),
+                "round {i}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn non_matching_changes_are_never_sent() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let bob = token("bob", false);
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe(
+        "c1",
+        "SELECT id, content FROM app.messages WHERE conversation_id = 'c1'",
+        Value::Null,
+    )
+    .await;
+    ws.expect_subscribed("c1").await;
+
+    for i in 1..=30i64 {
+        let conversation = if i % 2 == 1 { "c1" } else { "c2" };
+        node.exec(&alice, &insert_msg(i, conversation, &format!("m{i}")))
+            .await;
+    }
+    node.exec(
+        &alice,
+        "UPDATE app.messages SET content = 'edited' WHERE conversation_id = 'c2'",
+    )
+    .await;
+    node.exec(&alice, "DELETE FROM app.messages WHERE id = 2")
+        .await;
+    // Another user's c1 row lives in another partition.
+    node.exec(&bob, &insert_msg(31, "c1", "bob's")).await;
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (id, conversation_id, content) VALUES \
+         (40, 'c1', 'a'), (41, 'c2', 'b'), (42, 'c1', 'c')",
+    )
+    .await;
+    node.exec(&alice, &insert_msg(50, "c1", "end")).await;
+
+    let mut last = 0u64;
+    let mut check_seq = |msg: &Value| {
+        let s = seq(msg);
+        assert!(s > last, "seq grows: {s} after {last}");
+        last = s;
+    };
+    for i in (1..=29i64).step_by(2) {
+        let change = ws.expect_change("c1", "INSERT").await;
+        assert_eq!(
+            change["rows"],
+            json!([{"id": i, "content": format!("m{i}")}]),
+            "only the matching rows, in commit order"
+        );
+        check_seq(&change);
+    }
+    let multi = ws.expect_change("c1", "INSERT").await;
+    assert_eq!(
+        multi["rows"],
+        json!([{"id": 40, "content": "a"}, {"id": 42, "content": "c"}]),
+        "one message for the multi-row INSERT, with only its matching rows"
+    );
+    check_seq(&multi);
+    let end = ws.expect_change("c1", "INSERT").await;
+    assert_eq!(end["rows"], json!([{"id": 50, "content": "end"}]));
+    check_seq(&end);
+}
+
+/// A row of `SELECT id, conversation_id, content FROM app.messages`.
+fn row(id: i64, conversation: &str, content: &str) -> Value {
+    json!({"id": id, "conversation_id": conversation, "content": content})
+}
+
+#[tokio::test]
+async fn rows_entering_staying_in_and_leaving_the_filter() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe(
+        "t",
+        "SELECT id, conversation_id, content FROM app.messages WHERE conversation_id = 'c1'",
+        Value::Null,
+    )
+    .await;
+    ws.expect_subscribed("t").await;
+    let mut last = 0u64;
+    let mut grows = |msg: &Value| {
+        let s = seq(msg);
+        assert!(s > last, "seq grows: {s} after {last}: {}", pretty(msg));
+        last = s;
+        s
+    };
+
+    node.exec(&alice, &insert_msg(1, "c1", "a")).await;
+    let c = ws.expect_change("t", "INSERT").await;
+    assert_eq!(c["rows"], json!([row(1, "c1", "a")]));
+    grows(&c);
+
+    node.exec(&alice, "UPDATE app.messages SET content = 'b' WHERE id = 1")
+        .await;
+    let c = ws.expect_change("t", "UPDATE").await;
+    assert_eq!(c["rows"], json!([row(1, "c1", "b")]), "{}", pretty(&c));
+    assert_eq!(
+        c["old_values"],
+        json!([row(1, "c1", "a")]),
+        "{}",
+        pretty(&c)
+    );
+    grows(&c);
+
+    node.exec(
+        &alice,
+        "UPDATE app.messages SET conversation_id = 'c2' WHERE id = 1",
+    )
+    .await;
+    let c = ws.expect_change("t", "DELETE").await;
+    assert_eq!(
+        c["rows"],
+        json!([row(1, "c1", "b")]),
+        "a row leaving the filter is a DELETE with its last matching values"
+    );
+    grows(&c);
+
+    // Changes outside the filter: nothing.
+    node.exec(&alice, "UPDATE app.messages SET content = 'c' WHERE id = 1")
+        .await;
+
+    node.exec(
+        &alice,
+        "UPDATE app.messages SET conversation_id = 'c1' WHERE id = 1",
+    )
+    .await;
+    let c = ws.expect_change("t", "INSERT").await;
+    assert_eq!(
+        c["rows"],
+        json!([row(1, "c1", "c")]),
+        "a row entering the filter is an INSERT with its new values"
+    );
+    grows(&c);
+
+    node.exec(&alice, "DELETE FROM app.messages WHERE id = 1")
+        .await;
+    let c = ws.expect_change("t", "DELETE").await;
+    assert_eq!(
+        c["rows"],
+        json!([row(1, "c1", "c")]),
+        "a soft delete is a DELETE with the last values"
+    );
+    grows(&c);
+
+    node.exec(&alice, &insert_msg(2, "c2", "x")).await;
+    node.exec(&alice, "DELETE FROM app.messages WHERE id = 2")
+        .await;
+
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (id, conversation_id, content) VALUES (10, 'c1', 'p'), (11, 'c1', 'q')",
+    )
+    .await;
+    let c = ws.expect_change("t", "INSERT").await;
+    assert_eq!(c["rows"], json!([row(10, "c1", "p"), row(11, "c1", "q")]));
+    grows(&c);
+
+    node.exec(
+        &alice,
+        "UPDATE app.messages SET content = 'r' WHERE id IN (10, 11)",
+    )
+    .await;
+    let c = ws.expect_change("t", "UPDATE").await;
+    let new = c["rows"].as_array().cloned().unwrap_or_default();
+    let old = c["old_values"].as_array().cloned().unwrap_or_default();
+    let mut pairs: Vec<(Value, Value)> = new.into_iter().zip(old).collect();
+    for (n, o) in &pairs {
+        assert_eq!(
+            n["id"],
+            o["id"],
+            "old_values[i] belongs to rows[i]: {}",
+            pretty(&c)
+        );
+    }
+    pairs.sort_by_key(|(n, _)| n["id"].as_i64());
+    assert_eq!(
+        pairs,
+        [
+            (row(10, "c1", "r"), row(10, "c1", "p")),
+            (row(11, "c1", "r"), row(11, "c1", "q"))
+        ],
+        "one UPDATE message for a two-row UPDATE: {}",
+        pretty(&c)
+    );
+    let update_seq = grows(&c);
+
+    // One statement, two change types: one message each, with the same seq.
+    node.exec(
+        &alice,
+        "UPDATE app.messages SET conversation_id = CASE WHEN id = 10 THEN 'c1' ELSE 'c2' END, \
+         content = 's' WHERE id IN (10, 11)",
+    )
+    .await;
+    let mut by_type = BTreeMap::new();
+    for _ in 0..2 {
+        let msg = ws.recv().await;
+        assert_eq!(msg["query_id"], "t", "{}", pretty(&msg));
+        let change_type = text(&msg["change_type"]);
+        assert!(
+            by_type.insert(change_type, msg.clone()).is_none(),
+            "one message per change type: {}",
+            pretty(&msg)
+        );
+    }
+    let kinds: Vec<&str> = by_type.keys().map(String::as_str).collect();
+    assert_eq!(kinds, ["DELETE", "UPDATE"]);
+    assert_eq!(by_type["UPDATE"]["rows"], json!([row(10, "c1", "s")]));
+    assert_eq!(by_type["UPDATE"]["old_values"], json!([row(10, "c1", "r")]));
+    assert_eq!(by_type["DELETE"]["rows"], json!([row(11, "c1", "r")]));
+    assert_eq!(seq(&by_type["UPDATE"]), seq(&by_type["DELETE"]));
+    assert!(seq(&by_type["UPDATE"]) > update_seq);
+    last = seq(&by_type["UPDATE"]);
+
+    node.exec(&alice, &insert_msg(99, "c1", "end")).await;
+    let c = ws.expect_change("t", "INSERT").await;
+    assert_eq!(c["rows"], json!([row(99, "c1", "end")]));
+    assert!(seq(&c) > last);
+}
+
+#[tokio::test]
+async fn user_tables_deliver_only_the_subscribers_partition_shared_tables_everyone() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let bob = token("bob", false);
+    let mut a = node.ws(&alice).await;
+    let mut b = node.ws(&bob).await;
+    let mut msgs_live_ids = Vec::new();
+    for ws in [&mut a, &mut b] {
+        ws.subscribe_many(vec![
+            subscription("msgs", "SELECT id, content FROM app.messages", Value::Null),
+            subscription(
+                "convs",
+                "SELECT id, title FROM app.conversations",
+                Value::Null,
+            ),
+        ])
+        .await;
+        msgs_live_ids.push(ws.expect_subscribed("msgs").await);
+        ws.expect_subscribed("convs").await;
+    }
+    assert!(msgs_live_ids[0].starts_with("alice-"), "{msgs_live_ids:?}");
+    assert!(msgs_live_ids[1].starts_with("bob-"), "{msgs_live_ids:?}");
+
+    node.exec(&bob, &insert_msg(201, "c1", "b1")).await;
+    node.exec(&alice, &insert_msg(101, "c1", "a1")).await;
+    node.exec(
+        &bob,
+        "UPDATE app.messages SET content = 'b1-edited' WHERE id = 201",
+    )
+    .await;
+    node.exec(&bob, "DELETE FROM app.messages WHERE id = 201")
+        .await;
+    // Bob cannot reach alice's row 101: his statement changes nothing.
+    node.exec(
+        &bob,
+        "UPDATE app.messages SET content = 'hacked' WHERE id = 101",
+    )
+    .await;
+    node.exec_as(&admin_token(), "alice", &insert_msg(102, "c1", "a2"))
+        .await;
+    node.exec(
+        &alice,
+        "INSERT INTO app.conversations (id, title) VALUES ('c1', 'General')",
+    )
+    .await;
+    node.exec(
+        &bob,
+        "UPDATE app.conversations SET title = 'General chat' WHERE id = 'c1'",
+    )
+    .await;
+    node.exec(&alice, &insert_msg(103, "c1", "a-end")).await;
+    node.exec(&bob, &insert_msg(203, "c1", "b-end")).await;
+
+    async fn take(ws: &mut WsClient, n: usize) -> BTreeMap<String, Vec<Value>> {
+        let mut by_query: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for _ in 0..n {
+            let msg = ws.recv().await;
+            assert_eq!(msg["type"], "change", "{}: {}", ws.name(), pretty(&msg));
+            by_query
+                .entry(text(&msg["query_id"]))
+                .or_default()
+                .push(msg);
+        }
+        by_query
+    }
+    fn summary(msgs: &[Value]) -> Vec<(String, Value)> {
+        msgs.iter()
+            .map(|m| (text(&m["change_type"]), m["rows"].clone()))
+            .collect()
+    }
+
+    let got_a = take(&mut a, 5).await;
+    assert_eq!(
+        summary(&got_a["msgs"]),
+        [
+            ("INSERT".to_string(), json!([{"id": 101, "content": "a1"}])),
+            ("INSERT".to_string(), json!([{"id": 102, "content": "a2"}])),
+            (
+                "INSERT".to_string(),
+                json!([{"id": 103, "content": "a-end"}])
+            ),
+        ],
+        "alice sees her own partition only (and the admin's as_user write into it)"
+    );
+    let got_b = take(&mut b, 6).await;
+    assert_eq!(
+        summary(&got_b["msgs"]),
+        [
+            ("INSERT".to_string(), json!([{"id": 201, "content": "b1"}])),
+            (
+                "UPDATE".to_string(),
+                json!([{"id": 201, "content": "b1-edited"}])
+            ),
+            (
+                "DELETE".to_string(),
+                json!([{"id": 201, "content": "b1-edited"}])
+            ),
+            (
+                "INSERT".to_string(),
+                json!([{"id": 203, "content": "b-end"}])
+            ),
+        ],
+        "bob sees his own partition only"
+    );
+    let expected_convs = [
+        (
+            "INSERT".to_string(),
+            json!([{"id": "c1", "title": "General"}]),
+        ),
+        (
+            "UPDATE".to_string(),
+            json!([{"id": "c1", "title": "General chat"}]),
+        ),
+    ];
+    assert_eq!(summary(&got_a["convs"]), expected_convs);
+    assert_eq!(summary(&got_b["convs"]), expected_convs);
+    for (x, y) in got_a["convs"].iter().zip(&got_b["convs"]) {
+        assert_eq!(
+            seq(x),
+            seq(y),
+            "every subscriber sees the same seq of a change"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resume
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn resume_from_seq_delivers_every_missed_change_once_then_live_ones() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let sql = "SELECT id, content FROM app.messages WHERE conversation_id = 'c1'";
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe("feed", sql, Value::Null).await;
+    ws.expect_subscribed("feed").await;
+    node.exec(&alice, &insert_msg(0, "c1", "before")).await;
+    let first = ws.expect_change("feed", "INSERT").await;
+    let last_seen = seq(&first);
+    ws.close().await;
+
+    // Offline: 100 matching and 100 non-matching writes, interleaved, one commit each.
+    let numbers: Vec<i64> = (1..=100).collect();
+    for chunk in numbers.chunks(10) {
+        let statements: Vec<String> = chunk
+            .iter()
+            .flat_map(|i| {
+                [
+                    insert_msg(*i, "c1", &format!("m{i}")),
+                    insert_msg(1000 + i, "c2", &format!("x{i}")),
+                ]
+            })
+            .collect();
+        node.exec(&alice, &statements.join("; ")).await;
+    }
+
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe("feed", sql, json!({"from_seq": last_seen}))
+        .await;
+    ws.expect_subscribed("feed").await;
+    let mut prev = last_seen;
+    for i in 1..=100i64 {
+        let change = ws.expect_change("feed", "INSERT").await;
+        assert_eq!(
+            change["rows"],
+            json!([{"id": i, "content": format!("m{i}")}]),
+            "the missed matching changes, in order"
+        );
+        let s = seq(&change);
+        assert!(s > prev, "seq grows: {s} after {prev}");
+        prev = s;
+    }
+    node.exec(&alice, &insert_msg(101, "c1", "live")).await;
+    let live = ws.expect_change("feed", "INSERT").await;
+    assert_eq!(
+        live["rows"],
+        json!([{"id": 101, "content": "live"}]),
+        "after the replay, live changes, with nothing repeated in between"
+    );
+    assert!(seq(&live) > prev);
+    let live_seq = seq(&live);
+
+    // Resuming from the current seq replays nothing.
+    ws.subscribe("feed2", sql, json!({"from_seq": live_seq}))
+        .await;
+    ws.expect_subscribed("feed2").await;
+    node.exec(&alice, &insert_msg(102, "c1", "live2")).await;
+    let got = recv_by_query(&mut ws, 2).await;
+    assert_eq!(query_ids(&got), ["feed", "feed2"]);
+    for msg in got.values() {
+        assert_eq!(row_ids(msg), [102], "{}", pretty(msg));
+        assert!(seq(msg) > live_seq);
+    }
+
+    // A from_seq the table never reached.
+    ws.subscribe("future", sql, json!({"from_seq": live_seq + 1000}))
+        .await;
+    ws.expect_error(Some("future"), "RESUME_GAP").await;
+    assert!(ws.sync().await.is_empty());
+}
+
+#[tokio::test]
+async fn resume_after_a_restart_is_a_resume_gap_and_last_rows_refetches() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let sql = "SELECT id, content FROM app.messages WHERE conversation_id = 'c1'";
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe("feed", sql, Value::Null).await;
+    ws.expect_subscribed("feed").await;
+    node.exec(&alice, &insert_msg(1, "c1", "one")).await;
+    let s1 = seq(&ws.expect_change("feed", "INSERT").await);
+    node.exec(&alice, &insert_msg(2, "c1", "two")).await;
+    let s2 = seq(&ws.expect_change("feed", "INSERT").await);
+    drop(ws);
+
+    let dir = node.stop().await;
+    let node = TestNode::start_in(&dir).await;
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe("feed", sql, json!({"from_seq": s1})).await;
+    ws.expect_error(Some("feed"), "RESUME_GAP").await;
+
+    // The client refetches with last_rows, on the same connection and query id.
+    ws.subscribe("feed", sql, json!({"last_rows": 10})).await;
+    ws.expect_subscribed("feed").await;
+    let initial = ws.expect_initial_data("feed").await;
+    assert_eq!(
+        initial["rows"],
+        json!([{"id": 1, "content": "one"}, {"id": 2, "content": "two"}])
+    );
+    assert!(
+        seq(&initial) >= s2,
+        "the commit sequence survives a restart: {} < {s2}",
+        seq(&initial)
+    );
+    node.exec(&alice, &insert_msg(3, "c1", "three")).await;
+    let change = ws.expect_change("feed", "INSERT").await;
+    assert_eq!(change["rows"], json!([{"id": 3, "content": "three"}]));
+    assert!(
+        seq(&change) > s2,
+        "seq only grows, across restarts too: {} after {s2}",
+        seq(&change)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// system.live_queries, unsubscribe, disconnect, dead peers
+// ---------------------------------------------------------------------------------------------
+
+fn changes_of(rows: &[Value], query_id: &str) -> Option<i64> {
+    rows.iter()
+        .find(|r| r["query_id"] == query_id)
+        .and_then(|r| r["changes"].as_i64())
+}
+
+#[tokio::test]
+async fn system_live_queries_lists_subscriptions_with_their_counters() {
+    let node =
+        TestNode::start_with_options(NodeOptions::default().env("KALAMDB_NODE_ID", "live-node-7"))
+            .await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    let bob = token("bob", false);
+    let before = Utc::now() - TimeDelta::seconds(5);
+
+    let subs = [
+        ("q1", "SELECT * FROM app.messages", json!({})),
+        (
+            "q2",
+            "SELECT id, content FROM app.messages WHERE conversation_id = 'c1'",
+            json!({"last_rows": 5}),
+        ),
+        ("q3", "SELECT id, title FROM app.conversations", Value::Null),
+    ];
+    let mut a = node.ws(&alice).await;
+    a.subscribe_many(
+        subs.iter()
+            .map(|(q, sql, options)| subscription(q, sql, options.clone()))
+            .collect(),
+    )
+    .await;
+    let l1 = a.expect_subscribed("q1").await;
+    let l2 = a.expect_subscribed("q2").await;
+    let initial = a.expect_initial_data("q2").await;
+    assert_eq!(initial["rows"], json!([]), "no rows yet");
+    let l3 = a.expect_subscribed("q3").await;
+    let after = Utc::now() + TimeDelta::seconds(5);
+
+    let rows = node.live_queries(&alice).await;
+    assert_eq!(rows.len(), 3, "{}", pretty(&json!(rows)));
+    let connection_id = text(&rows[0]["connection_id"]);
+    assert!(!connection_id.is_empty());
+    for ((query_id, sql, options), live_id) in subs.iter().zip([&l1, &l2, &l3]) {
+        let row = rows
+            .iter()
+            .find(|r| r["query_id"] == *query_id)
+            .unwrap_or_else(|| panic!("no row for {query_id}: {}", pretty(&json!(rows))));
+        for column in [
+            "live_id",
+            "connection_id",
+            "namespace",
+            "table_name",
+            "query_id",
+            "user_id",
+            "query",
+            "options",
+            "created_at",
+            "updated_at",
+            "changes",
+            "node",
+        ] {
+            assert!(
+                row.get(column).is_some(),
+                "system.live_queries has `{column}`: {}",
+                pretty(row)
+            );
+        }
+        let table = if sql.contains("conversations") {
+            "conversations"
+        } else {
+            "messages"
+        };
+        assert_eq!(
+            text(&row["connection_id"]),
+            connection_id,
+            "one connection: {}",
+            pretty(&json!(rows))
+        );
+        assert_eq!(row["live_id"], live_id.as_str(), "{}", pretty(row));
+        assert_eq!(
+            live_id.as_str(),
+            format!("alice-{connection_id}-{table}-{query_id}"),
+            "live_id is {{user_id}}-{{connection_id}}-{{table_name}}-{{query_id}}"
+        );
+        assert_eq!(row["namespace"], "app");
+        assert_eq!(row["table_name"], table);
+        assert_eq!(row["user_id"], "alice");
+        assert_eq!(row["query"], *sql);
+        assert_eq!(row["node"], "live-node-7", "the node's configured node_id");
+        assert_eq!(row["changes"], 0);
+        assert!(
+            row["options"].is_object(),
+            "options is a JSON object: {}",
+            pretty(row)
+        );
+        if let Some(n) = options.get("last_rows") {
+            assert_eq!(row["options"]["last_rows"], *n, "{}", pretty(row));
+        }
+        let created = ts_micros(&row["created_at"], "live_queries.created_at");
+        assert!(
+            created >= before && created <= after,
+            "created_at {created} is the subscribe time"
+        );
+        let updated = ts_micros(&row["updated_at"], "live_queries.updated_at");
+        assert!(updated >= created);
+    }
+
+    // Users see their own rows, admins all.
+    let mut b = node.ws(&bob).await;
+    b.subscribe("b1", ALL_IDS, Value::Null).await;
+    let lb = b.expect_subscribed("b1").await;
+    let mine = sorted(vec![l1.clone(), l2.clone(), l3.clone()]);
+    assert_eq!(
+        sorted(strings(&node.live_queries(&alice).await, "live_id")),
+        mine
+    );
+    assert_eq!(
+        strings(&node.live_queries(&bob).await, "live_id"),
+        [lb.clone()]
+    );
+    let mut everyone = mine.clone();
+    everyone.push(lb.clone());
+    assert_eq!(
+        sorted(strings(&node.live_queries(&admin_token()).await, "live_id")),
+        sorted(everyone)
+    );
+
+    // `changes` counts change messages sent (a multi-row INSERT is one).
+    node.exec(&alice, &insert_msg(1, "c1", "x")).await;
+    node.exec(&alice, &insert_msg(2, "c2", "y")).await;
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (id, conversation_id, content) VALUES (3, 'c1', 'z'), (4, 'c1', 'w')",
+    )
+    .await;
+    let mut counted: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..5 {
+        let msg = a.recv().await;
+        assert_eq!(msg["type"], "change", "{}", pretty(&msg));
+        *counted.entry(text(&msg["query_id"])).or_default() += 1;
+    }
+    assert_eq!(
+        counted,
+        BTreeMap::from([("q1".to_string(), 3), ("q2".to_string(), 2)])
+    );
+    let rows = node
+        .wait_live_queries(
+            &alice,
+            Duration::from_secs(5),
+            "changes q1 = 3, q2 = 2",
+            |rows| changes_of(rows, "q1") == Some(3) && changes_of(rows, "q2") == Some(2),
+        )
+        .await;
+    assert_eq!(changes_of(&rows, "q3"), Some(0));
+    let q1 = rows.iter().find(|r| r["query_id"] == "q1").unwrap();
+    assert!(
+        ts_micros(&q1["updated_at"], "updated_at") >= ts_micros(&q1["created_at"], "created_at")
+    );
+    assert_eq!(
+        changes_of(&node.live_queries(&bob).await, "b1"),
+        Some(0),
+        "alice's writes never reach bob's partition"
+    );
+}
+
+#[tokio::test]
+async fn unsubscribe_and_disconnect_remove_live_queries() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe_many(vec![
+        subscription("gone", ALL_IDS, Value::Null),
+        subscription("stays", ALL_IDS, Value::Null),
+    ])
+    .await;
+    let gone = ws.expect_subscribed("gone").await;
+    let stays = ws.expect_subscribed("stays").await;
+    assert_eq!(
+        sorted(strings(&node.live_queries(&alice).await, "live_id")),
+        sorted(vec![gone.clone(), stays.clone()])
+    );
+
+    ws.unsubscribe("gone").await;
+    assert!(
+        ws.sync().await.is_empty(),
+        "unsubscribe has no answer on success"
+    );
+    assert_eq!(
+        strings(&node.live_queries(&alice).await, "live_id"),
+        [stays.clone()],
+        "unsubscribe removes the row at once"
+    );
+    node.exec(&alice, &insert_msg(1, "c1", "x")).await;
+    node.exec(&alice, &insert_msg(2, "c1", "y")).await;
+    // Had `gone` still been subscribed, its change for 1 would come before `stays`'s for 2.
+    assert_eq!(row_ids(&ws.expect_change("stays", "INSERT").await), [1]);
+    assert_eq!(row_ids(&ws.expect_change("stays", "INSERT").await), [2]);
+
+    ws.unsubscribe("never-subscribed").await;
+    ws.expect_error(Some("never-subscribed"), "LIVE_QUERY_NOT_FOUND")
+        .await;
+
+    // The query id is free again.
+    ws.subscribe("gone", ALL_IDS, Value::Null).await;
+    let again = ws.expect_subscribed("gone").await;
+
+    let mut other = node.ws(&alice).await;
+    other.subscribe("dropped", ALL_IDS, Value::Null).await;
+    let dropped = other.expect_subscribed("dropped").await;
+    assert_eq!(
+        sorted(strings(&node.live_queries(&alice).await, "live_id")),
+        sorted(vec![again.clone(), stays.clone(), dropped.clone()])
+    );
+
+    // A clean close.
+    ws.close().await;
+    node.wait_live_queries(
+        &alice,
+        Duration::from_secs(5),
+        "the closed connection's rows are gone",
+        |rows| strings(rows, "live_id") == [dropped.clone()],
+    )
+    .await;
+    // A TCP connection dropped without a close frame.
+    drop(other);
+    node.wait_live_queries(
+        &alice,
+        Duration::from_secs(5),
+        "the dropped connection's row is gone",
+        |rows| rows.is_empty(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_dead_peer_is_dropped_within_five_seconds() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe("q", ALL_IDS, Value::Null).await;
+    let live_id = ws.expect_subscribed("q").await;
+    // From now on the client neither reads nor writes: nobody answers the node's pings, but
+    // the TCP connection stays open (a peer that vanished without a FIN).
+    ws.pause_reading();
+    let silent_since = Instant::now();
+    assert_eq!(
+        strings(&node.live_queries(&alice).await, "live_id"),
+        [live_id]
+    );
+    node.wait_live_queries(
+        &alice,
+        Duration::from_secs(15),
+        "the dead peer's subscription is removed",
+        |rows| rows.is_empty(),
+    )
+    .await;
+    let took = silent_since.elapsed();
+    // API.md §5: within 5 seconds after an unclean disconnect (the polling adds up to 50 ms,
+    // a loaded debug build a little more).
+    assert!(
+        took <= Duration::from_millis(5500),
+        "the dead peer's row left system.live_queries {took:?} after it went silent (API.md: 5 s)"
+    );
+    ws.resume_reading();
+    let (_, close) = ws.expect_close(Duration::from_secs(10)).await;
+    assert_ne!(close.code, Some(1000), "not a normal close: {close:?}");
+}
+
+#[tokio::test]
+async fn the_idle_timeout_drops_silent_peers_but_keeps_peers_that_answer_pings() {
+    let node = TestNode::start_with_options(
+        NodeOptions::default()
+            .env("KALAMDB_WS_PING_INTERVAL_MS", "200")
+            .env("KALAMDB_WS_IDLE_TIMEOUT_MS", "1000"),
+    )
+    .await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    let mut healthy = node.ws(&alice).await;
+    healthy.subscribe("healthy", ALL_IDS, Value::Null).await;
+    let healthy_id = healthy.expect_subscribed("healthy").await;
+    let mut dead = node.ws(&alice).await;
+    dead.subscribe("dead", ALL_IDS, Value::Null).await;
+    dead.expect_subscribed("dead").await;
+    dead.pause_reading();
+    let silent_since = Instant::now();
+
+    node.wait_live_queries(
+        &alice,
+        Duration::from_secs(10),
+        "only the healthy subscription remains",
+        |rows| strings(rows, "live_id") == [healthy_id.clone()],
+    )
+    .await;
+    let took = silent_since.elapsed();
+    assert!(
+        took <= Duration::from_millis(2500),
+        "with ws_idle_timeout_ms = 1000 the dead peer went after {took:?}"
+    );
+
+    // The healthy client never sent a message of its own, only pongs: three idle timeouts
+    // later it is still subscribed and still gets changes.
+    tokio::time::sleep_until(silent_since + Duration::from_secs(3)).await;
+    assert_eq!(
+        strings(&node.live_queries(&alice).await, "live_id"),
+        [healthy_id.clone()]
+    );
+    node.exec(&alice, &insert_msg(1, "c1", "still here")).await;
+    assert_eq!(
+        row_ids(&healthy.expect_change("healthy", "INSERT").await),
+        [1]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// KILL LIVE QUERY, DROP TABLE, ALTER TABLE
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn kill_live_query_ends_a_subscription() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let bob = token("bob", false);
+    let admin = admin_token();
+    let mut a = node.ws(&alice).await;
+    a.subscribe_many(vec![
+        subscription("victim", ALL_IDS, Value::Null),
+        subscription("sentinel", ALL_IDS, Value::Null),
+    ])
+    .await;
+    let victim = a.expect_subscribed("victim").await;
+    let sentinel = a.expect_subscribed("sentinel").await;
+    let mut b = node.ws(&bob).await;
+    b.subscribe("bobs", ALL_IDS, Value::Null).await;
+    let bobs = b.expect_subscribed("bobs").await;
+
+    node.expect_error(&bob, &kill(&victim), "FORBIDDEN").await;
+    node.expect_error(
+        &alice,
+        &kill("alice-nope-messages-nope"),
+        "LIVE_QUERY_NOT_FOUND",
+    )
+    .await;
+    assert_eq!(node.live_queries(&admin).await.len(), 3);
+
+    node.exec(&alice, &kill(&victim)).await;
+    let killed = a.expect_error(Some("victim"), "LIVE_QUERY_KILLED").await;
+    assert_eq!(
+        strings(&node.live_queries(&alice).await, "live_id"),
+        [sentinel.clone()],
+        "KILL removes the row at once: {}",
+        pretty(&killed)
+    );
+    node.exec(&alice, &insert_msg(1, "c1", "x")).await;
+    node.exec(&alice, &insert_msg(2, "c1", "y")).await;
+    assert_eq!(
+        row_ids(&a.expect_change("sentinel", "INSERT").await),
+        [1],
+        "nothing more for the killed subscription"
+    );
+    assert_eq!(row_ids(&a.expect_change("sentinel", "INSERT").await), [2]);
+    node.expect_error(&alice, &kill(&victim), "LIVE_QUERY_NOT_FOUND")
+        .await;
+
+    // An admin kills anyone's.
+    node.exec(&admin, &kill(&bobs)).await;
+    b.expect_error(Some("bobs"), "LIVE_QUERY_KILLED").await;
+    assert!(node.live_queries(&bob).await.is_empty());
+    // The connection stays usable.
+    b.subscribe("bobs", ALL_IDS, Value::Null).await;
+    b.expect_subscribed("bobs").await;
+    node.exec(&bob, &insert_msg(5, "c1", "z")).await;
+    assert_eq!(row_ids(&b.expect_change("bobs", "INSERT").await), [5]);
+}
+
+#[tokio::test]
+async fn drop_table_is_refused_while_subscribed_and_works_after_unsubscribe() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let admin = admin_token();
+    node.admin("CREATE SHARED TABLE app.rooms (id TEXT PRIMARY KEY, title TEXT)")
+        .await;
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe("rooms", "SELECT id, title FROM app.rooms", Value::Null)
+        .await;
+    let live_id = ws.expect_subscribed("rooms").await;
+
+    let err = node
+        .expect_error(&admin, "DROP TABLE app.rooms", "TABLE_IN_USE")
+        .await;
+    assert!(
+        err["details"]
+            .as_str()
+            .is_some_and(|d| d.contains(&live_id)),
+        "TABLE_IN_USE lists the live ids ({live_id}): {}",
+        pretty(&err)
+    );
+    // The table and the subscription are untouched.
+    node.exec(
+        &alice,
+        "INSERT INTO app.rooms (id, title) VALUES ('r1', 'Lobby')",
+    )
+    .await;
+    let change = ws.expect_change("rooms", "INSERT").await;
+    assert_eq!(change["rows"], json!([{"id": "r1", "title": "Lobby"}]));
+
+    ws.unsubscribe("rooms").await;
+    assert!(ws.sync().await.is_empty());
+    node.admin("DROP TABLE app.rooms").await;
+    node.expect_error(&alice, "SELECT * FROM app.rooms", "TABLE_NOT_FOUND")
+        .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation and bad frames
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn invalid_subscriptions_get_errors_and_the_connection_stays_usable() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    node.exec(&alice, &insert_msg(1, "c1", "kept")).await;
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "join",
+            "SELECT m.id FROM app.messages m JOIN app.conversations c ON m.conversation_id = c.id",
+            "INVALID_QUERY",
+        ),
+        (
+            "two_tables",
+            "SELECT * FROM app.messages, app.conversations",
+            "INVALID_QUERY",
+        ),
+        ("aggregate", "SELECT COUNT(*) FROM app.messages", "INVALID_QUERY"),
+        (
+            "group_by",
+            "SELECT conversation_id FROM app.messages GROUP BY conversation_id",
+            "INVALID_QUERY",
+        ),
+        ("order_by", "SELECT id FROM app.messages ORDER BY id", "INVALID_QUERY"),
+        ("limit", "SELECT id FROM app.messages LIMIT 5", "INVALID_QUERY"),
+        (
+            "distinct",
+            "SELECT DISTINCT conversation_id FROM app.messages",
+            "INVALID_QUERY",
+        ),
+        (
+            "subquery",
+            "SELECT id FROM app.messages WHERE conversation_id IN (SELECT id FROM app.conversations)",
+            "INVALID_QUERY",
+        ),
+        (
+            "insert",
+            "INSERT INTO app.messages (id, conversation_id) VALUES (2, 'c1')",
+            "INVALID_QUERY",
+        ),
+        ("delete", "DELETE FROM app.messages", "INVALID_QUERY"),
+        ("ddl", "DROP TABLE app.messages", "INVALID_QUERY"),
+        ("not_sql", "SELEKT id FROM app.messages", "INVALID_QUERY"),
+        (
+            "two_statements",
+            "SELECT id FROM app.messages; SELECT id FROM app.messages",
+            "INVALID_QUERY",
+        ),
+        ("unknown_column", "SELECT nope FROM app.messages", "INVALID_QUERY"),
+        (
+            "unknown_column_in_where",
+            "SELECT id FROM app.messages WHERE nope = 'x'",
+            "INVALID_QUERY",
+        ),
+        ("system_table", "SELECT * FROM system.live_queries", "INVALID_QUERY"),
+        ("unknown_table", "SELECT * FROM app.nope", "TABLE_NOT_FOUND"),
+        ("unknown_namespace", "SELECT * FROM nope.messages", "NAMESPACE_NOT_FOUND"),
+        ("bad query id", "SELECT id FROM app.messages", "INVALID_QUERY"),
+    ];
+    let mut ws = node.ws(&alice).await;
+    let mut subs: Vec<Value> = cases
+        .iter()
+        .map(|(query_id, sql, _)| subscription(query_id, sql, Value::Null))
+        .collect();
+    subs.push(subscription("ok", ALL_IDS, Value::Null));
+    ws.subscribe_many(subs).await;
+    // One answer per subscription, in order.
+    for (query_id, sql, code) in cases {
+        let msg = ws.recv().await;
+        assert!(
+            msg["type"] == "error" && msg["code"] == *code && msg["query_id"] == *query_id,
+            "{sql}\nexpected error {code} for {query_id:?}, got {}",
+            pretty(&msg)
+        );
+    }
+    ws.expect_subscribed("ok").await;
+    assert!(
+        ws.sync().await.is_empty(),
+        "the connection still answers pings"
+    );
+    assert_eq!(
+        strings(&node.live_queries(&alice).await, "query_id"),
+        ["ok"],
+        "failed subscriptions register nothing"
+    );
+    // Nothing of the rejected statements ran.
+    assert_eq!(
+        node.query(&alice, "SELECT id, content FROM app.messages ORDER BY id")
+            .await,
+        [json!({"id": 1, "content": "kept"})]
+    );
+    node.exec(&alice, &insert_msg(3, "c1", "new")).await;
+    assert_eq!(row_ids(&ws.expect_change("ok", "INSERT").await), [3]);
+}
+
+#[tokio::test]
+async fn a_duplicate_query_id_is_refused_and_leaves_the_first_subscription_alone() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe(
+        "q",
+        "SELECT id FROM app.messages WHERE conversation_id = 'c1'",
+        Value::Null,
+    )
+    .await;
+    ws.expect_subscribed("q").await;
+    ws.subscribe("q", ALL_IDS, Value::Null).await;
+    ws.expect_error(Some("q"), "DUPLICATE_QUERY_ID").await;
+    // Within one subscribe message too.
+    ws.subscribe_many(vec![
+        subscription(
+            "r",
+            "SELECT id FROM app.messages WHERE conversation_id = 'c2'",
+            Value::Null,
+        ),
+        subscription("r", ALL_IDS, Value::Null),
+    ])
+    .await;
+    ws.expect_subscribed("r").await;
+    ws.expect_error(Some("r"), "DUPLICATE_QUERY_ID").await;
+    assert_eq!(
+        sorted(strings(&node.live_queries(&alice).await, "query_id")),
+        ["q", "r"]
+    );
+
+    node.exec(&alice, &insert_msg(1, "c1", "x")).await;
+    node.exec(&alice, &insert_msg(2, "c2", "y")).await;
+    node.exec(&alice, &insert_msg(3, "c1", "z")).await;
+    // Had a duplicate replaced a filter, `q` or `r` would get every row.
+    assert_eq!(row_ids(&ws.expect_change("q", "INSERT").await), [1]);
+    assert_eq!(row_ids(&ws.expect_change("r", "INSERT").await), [2]);
+    assert_eq!(row_ids(&ws.expect_change("q", "INSERT").await), [3]);
+
+    // Query ids are per connection.
+    let mut other = node.ws(&alice).await;
+    other.subscribe("q", ALL_IDS, Value::Null).await;
+    other.expect_subscribed("q").await;
+}
+
+#[tokio::test]
+async fn invalid_frames_get_invalid_query_and_the_connection_stays_open() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let mut ws = node.ws(&alice).await;
+    ws.send_text("this is not JSON").await;
+    ws.expect_error(None, "INVALID_QUERY").await;
+    ws.send_json(&json!({"type": "bogus"})).await;
+    ws.expect_error(None, "INVALID_QUERY").await;
+    ws.send_json(&json!({"type": "subscribe"})).await;
+    ws.expect_error(None, "INVALID_QUERY").await;
+    assert!(ws.sync().await.is_empty(), "still open, still answering");
+    ws.subscribe("q", ALL_IDS, Value::Null).await;
+    ws.expect_subscribed("q").await;
+    node.exec(&alice, &insert_msg(1, "c1", "x")).await;
+    assert_eq!(row_ids(&ws.expect_change("q", "INSERT").await), [1]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slow clients
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_closed_with_4008_and_slows_nobody_else() {
+    const PER_REQUEST: i64 = 10;
+    const MAX_REQUESTS: i64 = 150;
+    let node = TestNode::start_with_options(
+        NodeOptions::default()
+            .env("KALAMDB_WS_MAX_QUEUED_MESSAGES", "50")
+            // Only the queue bound may end the slow connection here, not the idle timeout.
+            .env("KALAMDB_WS_PING_INTERVAL_MS", "1000")
+            .env("KALAMDB_WS_IDLE_TIMEOUT_MS", "120000"),
+    )
+    .await;
+    node.admin("CREATE NAMESPACE app").await;
+    node.admin("CREATE SHARED TABLE app.blobs (id BIGINT PRIMARY KEY, body TEXT)")
+        .await;
+    let alice = token("alice", false);
+    let bob = token("bob", false);
+    let admin = admin_token();
+    let sql = "SELECT id, body FROM app.blobs";
+
+    // A small receive buffer: the node's queue fills after a few hundred KB, not many MB.
+    let mut slow = node
+        .ws_try_connect_with(WsAuth::Header(alice.clone()), Some(4096))
+        .await
+        .unwrap_or_else(|e| panic!("connecting the slow client: {e}"));
+    slow.subscribe("all", sql, Value::Null).await;
+    let slow_id = slow.expect_subscribed("all").await;
+    slow.pause_reading();
+    let mut fast = node.ws(&bob).await;
+    fast.subscribe("all", sql, Value::Null).await;
+    fast.expect_subscribed("all").await;
+
+    let body = "x".repeat(16 * 1024);
+    let mut written: Vec<Instant> = Vec::new();
+    let mut slowest_write = Duration::ZERO;
+    let mut slow_gone_at: Option<i64> = None;
+    let mut next_id = 1i64;
+    for request in 0..MAX_REQUESTS {
+        let statements: Vec<String> = (0..PER_REQUEST)
+            .map(|k| {
+                format!(
+                    "INSERT INTO app.blobs (id, body) VALUES ({}, '{body}')",
+                    next_id + k
+                )
+            })
+            .collect();
+        let started = Instant::now();
+        let resp = tokio::time::timeout(
+            Duration::from_secs(30),
+            node.sql(&alice, &statements.join("; ")),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("a write blocked for 30 s behind the slow client"));
+        node.assert_success(&resp, "10 INSERTs of 16 KiB rows");
+        let done = Instant::now();
+        slowest_write = slowest_write.max(done - started);
+        written.extend((0..PER_REQUEST).map(|_| done));
+        next_id += PER_REQUEST;
+        match slow_gone_at {
+            None => {
+                let rows = node.live_queries(&admin).await;
+                if !rows.iter().any(|r| r["live_id"] == slow_id.as_str()) {
+                    slow_gone_at = Some(request);
+                    // Read again at once, so that the close frame can get through.
+                    slow.resume_reading();
+                }
+            }
+            // A few more writes: the fast subscriber keeps getting them.
+            Some(at) if request >= at + 3 => break,
+            Some(_) => {}
+        }
+    }
+    let total = next_id - 1;
+    assert!(
+        slow_gone_at.is_some(),
+        "the client that stopped reading was not closed after {total} changes of 16 KiB \
+         (ws_max_queued_messages = 50)"
+    );
+
+    // The other subscriber got every change, in order, promptly.
+    let mut max_lag = Duration::ZERO;
+    for id in 1..=total {
+        let (at, msg) = fast
+            .recv_timed_within(WS_TIMEOUT)
+            .await
+            .unwrap_or_else(|| panic!("the fast subscriber got no change for id {id}"));
+        assert!(
+            msg["type"] == "change" && msg["change_type"] == "INSERT" && msg["query_id"] == "all",
+            "fast subscriber, id {id}: {}",
+            pretty(&msg)
+        );
+        assert_eq!(
+            row_ids(&msg),
+            [id],
+            "fast subscriber: every change, in order"
+        );
+        max_lag = max_lag.max(at.saturating_duration_since(written[(id - 1) as usize]));
+    }
+    assert!(
+        max_lag <= Duration::from_secs(3),
+        "the fast subscriber got changes up to {max_lag:?} after their write returned"
+    );
+    assert!(
+        slowest_write <= Duration::from_secs(10),
+        "a batch of writes took {slowest_write:?}"
+    );
+
+    // The slow client: what it did get is every change from the start, then close 4008.
+    let (got, close) = slow.expect_close(Duration::from_secs(60)).await;
+    assert_eq!(close.code, Some(4008), "the slow client's close: {close:?}");
+    assert!(
+        !close.reason.trim().is_empty(),
+        "close 4008 comes with a reason"
+    );
+    let mut got_ids = Vec::new();
+    for msg in &got {
+        assert!(
+            msg["type"] == "change" && msg["query_id"] == "all",
+            "slow client: {}",
+            pretty(msg)
+        );
+        got_ids.extend(row_ids(msg));
+    }
+    assert_eq!(
+        got_ids,
+        (1..=got_ids.len() as i64).collect::<Vec<i64>>(),
+        "a slow client is closed, never silently skipped"
+    );
+    assert!(
+        (got_ids.len() as i64) < total,
+        "the slow client got all {total} changes: the queue never overflowed"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// STREAM tables
+// ---------------------------------------------------------------------------------------------
+
+const TYPING_DDL: &str = "CREATE STREAM TABLE app.typing (\
+    id BIGINT PRIMARY KEY DEFAULT SNOWFLAKE_ID(), conversation_id TEXT, user_name TEXT) \
+    WITH (retention = '10s', ephemeral = true, max_buffer = 1000)";
+
+fn typing(conversation: &str, user: &str) -> String {
+    format!(
+        "INSERT INTO app.typing (conversation_id, user_name) VALUES ({}, {})",
+        lit(conversation),
+        lit(user)
+    )
+}
+
+#[tokio::test]
+async fn stream_tables_deliver_events_live_and_ephemeral_ones_keep_only_heard_events() {
+    let node = TestNode::start().await;
+    node.admin("CREATE NAMESPACE app").await;
+    node.admin(TYPING_DDL).await;
+    let alice = token("alice", false);
+    let bob = token("bob", false);
+
+    // Nobody listens: an ephemeral event is dropped at once.
+    node.exec(&alice, &typing("c1", "unheard")).await;
+    assert_eq!(
+        node.count(&alice, "SELECT COUNT(*) FROM app.typing").await,
+        0
+    );
+
+    let mut ws = node.ws(&bob).await;
+    ws.subscribe_many(vec![
+        subscription(
+            "c1",
+            "SELECT conversation_id, user_name FROM app.typing WHERE conversation_id = 'c1'",
+            Value::Null,
+        ),
+        subscription("star", "SELECT * FROM app.typing", Value::Null),
+    ])
+    .await;
+    ws.expect_subscribed("c1").await;
+    ws.expect_subscribed("star").await;
+
+    node.exec(&alice, &typing("c1", "alice")).await;
+    let got = recv_by_query(&mut ws, 2).await;
+    assert_eq!(query_ids(&got), ["c1", "star"]);
+    assert_eq!(got["c1"]["change_type"], "INSERT");
+    assert_eq!(
+        got["c1"]["rows"],
+        json!([{"conversation_id": "c1", "user_name": "alice"}]),
+        "another user's event on a STREAM table"
+    );
+    assert_eq!(got["star"]["change_type"], "INSERT");
+    let star_rows = got["star"]["rows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(star_rows.len(), 1);
+    let keys: Vec<&str> = star_rows[0]
+        .as_object()
+        .expect("rows are objects")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        ["id", "conversation_id", "user_name"],
+        "STREAM rows have no _updated/_deleted"
+    );
+    assert!(star_rows[0]["id"].is_i64(), "{}", pretty(&star_rows[0]));
+    assert_eq!(seq(&got["c1"]), seq(&got["star"]));
+
+    node.exec(&alice, &typing("c2", "alice")).await;
+    let other = ws.expect_change("star", "INSERT").await;
+    assert_eq!(other["rows"][0]["conversation_id"], "c2");
+    node.exec(&alice, &typing("c1", "carol")).await;
+    let got = recv_by_query(&mut ws, 2).await;
+    assert_eq!(query_ids(&got), ["c1", "star"]);
+    assert_eq!(
+        got["c1"]["rows"],
+        json!([{"conversation_id": "c1", "user_name": "carol"}])
+    );
+
+    // Events heard by a subscriber are stored.
+    assert_eq!(
+        node.count(&alice, "SELECT COUNT(*) FROM app.typing").await,
+        3
+    );
+    assert_eq!(
+        strings(
+            &node
+                .query(
+                    &alice,
+                    "SELECT user_name FROM app.typing WHERE conversation_id = 'c1' ORDER BY id"
+                )
+                .await,
+            "user_name"
+        ),
+        ["alice", "carol"]
+    );
+
+    // Nobody listens any more: dropped again.
+    ws.unsubscribe("c1").await;
+    ws.unsubscribe("star").await;
+    assert!(ws.sync().await.is_empty());
+    node.exec(&alice, &typing("c1", "late")).await;
+    assert_eq!(
+        node.count(
+            &alice,
+            "SELECT COUNT(*) FROM app.typing WHERE user_name = 'late'"
+        )
+        .await,
+        0
+    );
+
+    // A STREAM table that is not ephemeral keeps events nobody heard.
+    node.admin(
+        "CREATE STREAM TABLE app.events (id BIGINT PRIMARY KEY DEFAULT SNOWFLAKE_ID(), kind TEXT) \
+         WITH (retention = '10s', ephemeral = false, max_buffer = 1000)",
+    )
+    .await;
+    node.exec(&alice, "INSERT INTO app.events (kind) VALUES ('boot')")
+        .await;
+    assert_eq!(
+        node.count(&alice, "SELECT COUNT(*) FROM app.events").await,
+        1
+    );
+}
