@@ -63,6 +63,10 @@ pub async fn handle(
     let user = principal.as_ref().map(|p| p.user_id.to_string());
     let mut response = upgrade
         .max_message_size(node.config.max_request_bytes)
+        // tungstenite's 128 KiB defaults per direction dominate the memory of idle
+        // connections; live messages are small and the queue does the buffering.
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| {
             let span = tracing::info_span!(
                 "ws",
