@@ -84,6 +84,11 @@ impl Flusher {
         user: Option<&UserId>,
     ) -> Result<String> {
         let id = rt.def().id();
+        if rt.def().kind == crate::catalog::TableKind::Stream {
+            return Err(KalamError::Unsupported(format!(
+                "{id} is a STREAM table: its events are never flushed"
+            )));
+        }
         let mut running = self.running.lock();
         if let Some(job) = running.get(&id) {
             return Ok(job.clone());
@@ -189,7 +194,10 @@ impl Flusher {
         let now = Instant::now();
         for rt in self.engine.runtimes() {
             let def = rt.def();
-            if def.namespace.as_str() == SYSTEM_NAMESPACE || !def.kind.has_system_columns() {
+            // STREAM tables are never flushed: their events leave by retention or max_buffer.
+            if def.namespace.as_str() == SYSTEM_NAMESPACE
+                || def.kind == crate::catalog::TableKind::Stream
+            {
                 continue;
             }
             let retry = self.backoff.lock().get(&def.id()).copied();

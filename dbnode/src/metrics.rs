@@ -1,5 +1,6 @@
 //! Prometheus metrics users graph: statement rates and latencies by kind and outcome, HTTP
-//! requests by route and status, flush jobs with the rows and bytes they wrote. Served at `GET /metrics`.
+//! requests by route and status, flush jobs with the rows and bytes they wrote, STREAM events
+//! evicted. Served at `GET /metrics`.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
@@ -17,6 +18,9 @@ pub struct Metrics {
     pub flush_rows: IntCounter,
     pub flush_bytes: IntCounter,
     pub flush_seconds: Histogram,
+    /// STREAM table events evicted, by reason: `retention` (the eviction scheduler) or
+    /// `max_buffer` (at INSERT).
+    pub stream_evicted: IntCounterVec,
 }
 
 /// Buckets from 50µs to 10s: single-row writes live at the bottom, scans at the top.
@@ -78,6 +82,18 @@ impl Metrics {
                 vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0],
             ),
         )?;
+        let stream_evicted = IntCounterVec::new(
+            Opts::new(
+                "kalamdb_stream_events_evicted_total",
+                "STREAM table events evicted, by reason (retention, max_buffer)",
+            ),
+            &["reason"],
+        )?;
+        // The scheduler's series exists from the start, at 0, so rates work before the first
+        // eviction. (`max_buffer` evictions happen inside `TableStore::insert`, which has no
+        // metrics handle: that series appears once something records it.)
+        let _ = stream_evicted.with_label_values(&["retention"]);
+        registry.register(Box::new(stream_evicted.clone()))?;
         registry.register(Box::new(flush_jobs.clone()))?;
         registry.register(Box::new(flush_rows.clone()))?;
         registry.register(Box::new(flush_bytes.clone()))?;
@@ -96,7 +112,17 @@ impl Metrics {
             flush_rows,
             flush_bytes,
             flush_seconds,
+            stream_evicted,
         })
+    }
+
+    /// Counts STREAM events evicted for `reason` (`retention` or `max_buffer`).
+    pub fn record_stream_eviction(&self, reason: &str, events: u64) {
+        if events > 0 {
+            self.stream_evicted
+                .with_label_values(&[reason])
+                .inc_by(events);
+        }
     }
 
     pub fn statement(&self, kind: &str, ok: bool, seconds: f64) {

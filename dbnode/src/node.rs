@@ -7,6 +7,7 @@ use std::sync::Arc;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 
 use crate::auth::{self, Authenticator, SecretSource};
+use crate::catalog::TableKind;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::{KalamError, Result};
@@ -80,7 +81,8 @@ impl Node {
     }
 
     /// Starts the background work: the flush-policy scheduler (every
-    /// `flush_check_interval_ms`) and the hourly job-history retention.
+    /// `flush_check_interval_ms`), the hourly job-history retention and the STREAM eviction
+    /// scheduler (every `stream_eviction_interval_ms`).
     pub fn start_background(self: &Arc<Self>) {
         let node = self.clone();
         tokio::spawn(async move {
@@ -104,33 +106,61 @@ impl Node {
                 }
             }
         });
+        self.start_stream_eviction();
+    }
+
+    /// Every `stream_eviction_interval_ms`, deletes the events of every STREAM table that
+    /// are older than the table's `retention`, and counts them in
+    /// `kalamdb_stream_events_evicted_total{reason="retention"}`.
+    ///
+    /// The deletes take the table's write lock and touch RocksDB, so each pass runs on the
+    /// blocking pool, never on the async runtime's threads; a pass that is still running
+    /// when the next tick comes delays it instead of piling up.
+    ///
+    /// Eviction is not a job and writes no row to `system.jobs`: it runs every second, and
+    /// one row per pass (most of them evicting nothing) would flood the job history and push
+    /// the flush and cleanup jobs people look for out of it. It is visible in the metric and
+    /// in debug logs instead.
+    fn start_stream_eviction(self: &Arc<Self>) {
         let node = self.clone();
-        // STREAM retention: a plain background task, not a `system.jobs` row, because it runs
-        // every second and would drown the job history.
         tokio::spawn(async move {
             let every = std::time::Duration::from_millis(node.config.stream_eviction_interval_ms);
             let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let engine = node.executor.engine().clone();
-                let evicted = tokio::task::spawn_blocking(move || {
+                let pass = tokio::task::spawn_blocking(move || {
                     let now = chrono::Utc::now().timestamp_micros();
-                    let mut total = 0;
+                    let mut total = 0u64;
                     for rt in engine.runtimes() {
-                        if rt.def().stream.is_none() {
+                        if rt.def().kind != TableKind::Stream {
                             continue;
                         }
                         match rt.store.evict_expired(now) {
-                            Ok(n) => total += n,
-                            Err(e) => tracing::warn!(table = %rt.def().id(), error = %e, "stream eviction failed"),
+                            Ok(0) => {}
+                            Ok(n) => {
+                                tracing::debug!(
+                                    table = %rt.def().id(),
+                                    evicted = n,
+                                    held = rt.store.stream_len(),
+                                    "stream events past retention evicted"
+                                );
+                                total += n;
+                            }
+                            Err(e) => tracing::warn!(
+                                table = %rt.def().id(),
+                                error = %e,
+                                "stream eviction failed"
+                            ),
                         }
                     }
                     total
                 })
-                .await
-                .unwrap_or(0);
-                if evicted > 0 {
-                    tracing::debug!(evicted, "stream events past retention evicted");
+                .await;
+                match pass {
+                    Ok(evicted) => node.metrics.record_stream_eviction("retention", evicted),
+                    Err(e) => tracing::warn!(error = %e, "stream eviction pass did not finish"),
                 }
             }
         });

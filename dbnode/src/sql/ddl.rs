@@ -112,12 +112,19 @@ pub fn table_def(
     c: &CreateTable,
     check_default: impl Fn(&str, KalamType) -> Result<()>,
 ) -> Result<TableDef> {
-    if c.kind == TableKind::Stream
-        && (c.flush_policy.is_some() || !matches!(c.location, LocationSpec::Default))
-    {
-        return Err(bad(
-            "a STREAM table is never flushed: it takes no LOCATION or FLUSH POLICY".to_string(),
-        ));
+    if c.kind == TableKind::Stream {
+        // Events live in the hot tier only: there is no cold location to name and nothing
+        // to flush.
+        if !matches!(c.location, LocationSpec::Default) {
+            return Err(bad(
+                "a STREAM table is never written to Parquet: it takes no LOCATION",
+            ));
+        }
+        if c.flush_policy.is_some() {
+            return Err(bad(
+                "a STREAM table is never flushed: it takes no FLUSH POLICY (events expire after their retention)",
+            ));
+        }
     }
     let mut columns: Vec<ColumnDef> = Vec::with_capacity(c.columns.len() + 1);
     let mut primary: Vec<String> = Vec::new();
@@ -216,6 +223,12 @@ pub fn table_def(
             continue;
         }
         match (key.as_str(), value) {
+            (k, _) if STREAM_OPTIONS.contains(&k) => {
+                return Err(bad(format!(
+                    "{k} is an option of STREAM tables; a {} table takes deleted_retention = '7d' | 'off'",
+                    c.kind.as_str().to_uppercase()
+                )))
+            }
             ("deleted_retention", serde_json::Value::String(s))
                 if s.eq_ignore_ascii_case("off") =>
             {
@@ -266,34 +279,55 @@ pub fn table_def(
     })
 }
 
-/// One `WITH` option of a STREAM table: `retention = '10s'`, `ephemeral = true`,
-/// `max_buffer = 1000`.
+/// The `WITH` options only STREAM tables take.
+const STREAM_OPTIONS: &[&str] = &["retention", "ephemeral", "max_buffer"];
+
+/// One `WITH` option of a STREAM table: `retention = '10s'` (whole seconds, at least one),
+/// `ephemeral = true | false`, `max_buffer = n` (at least 1). A bad value or an unknown key is
+/// `INVALID_OPTION`; `deleted_retention`, which only USER and SHARED tables have, is
+/// `INVALID_TABLE_DEFINITION`.
 fn stream_option(options: &mut StreamOptions, key: &str, value: &serde_json::Value) -> Result<()> {
-    let invalid = |what: &str| {
-        KalamError::InvalidOption(format!(
-            "STREAM table option {what} (known: retention = '10s', ephemeral = true|false, max_buffer = n)"
-        ))
-    };
-    match (key, value) {
-        ("retention", serde_json::Value::String(s)) => {
-            let d = crate::auth::parse_duration(s)
-                .filter(|d| !d.is_zero())
+    let invalid = |msg: String| KalamError::InvalidOption(format!("STREAM table option {msg}"));
+    let shown = || clip(&value.to_string());
+    match key {
+        "retention" => {
+            options.retention_secs = value
+                .as_str()
+                .and_then(parse_duration)
+                .filter(|d| d.subsec_nanos() == 0 && d.as_secs() >= 1)
+                .map(|d| d.as_secs())
                 .ok_or_else(|| {
-                    invalid(&format!(
-                        "retention: '{}' is not a duration such as '10s'",
-                        clip(s)
+                    invalid(format!(
+                        "retention = {}: expected a duration of whole seconds, at least '1s', such as '10s', '5 minutes' or '1h'",
+                        shown()
                     ))
                 })?;
-            options.retention_secs = d.as_secs().max(1);
         }
-        ("ephemeral", serde_json::Value::Bool(b)) => options.ephemeral = *b,
-        ("max_buffer", serde_json::Value::Number(n)) => {
-            options.max_buffer = n
-                .as_u64()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| invalid("max_buffer must be a whole number of at least 1"))?;
+        "ephemeral" => {
+            options.ephemeral = value.as_bool().ok_or_else(|| {
+                invalid(format!("ephemeral = {}: expected true or false", shown()))
+            })?;
         }
-        (key, _) => return Err(invalid(&format!("'{}' is unknown or ill-typed", clip(key)))),
+        "max_buffer" => {
+            options.max_buffer = value.as_u64().filter(|n| *n >= 1).ok_or_else(|| {
+                invalid(format!(
+                    "max_buffer = {}: expected a whole number of at least 1",
+                    shown()
+                ))
+            })?;
+        }
+        "deleted_retention" => {
+            return Err(bad(
+                "a STREAM table has no soft deletes, so deleted_retention does not apply \
+                 (its events expire after `retention`)",
+            ))
+        }
+        other => {
+            return Err(invalid(format!(
+                "'{}' is unknown (known: retention, ephemeral, max_buffer)",
+                clip(other)
+            )))
+        }
     }
     Ok(())
 }
@@ -372,6 +406,66 @@ mod tests {
             code("CREATE USER TABLE app.m (a DECIMAL(50,2))"),
             "INVALID_TABLE_DEFINITION"
         );
+    }
+
+    #[test]
+    fn stream_tables_take_their_options_and_nothing_else() {
+        let t = def("CREATE STREAM TABLE app.typing (user_name TEXT)").unwrap();
+        assert_eq!(t.kind, TableKind::Stream);
+        assert_eq!(t.stream, Some(StreamOptions::default()));
+        assert_eq!(t.primary_key.as_str(), "id");
+        assert!(!t
+            .arrow_schema()
+            .fields()
+            .iter()
+            .any(|f| f.name().starts_with('_')));
+        let t = def(
+            "CREATE STREAM TABLE IF NOT EXISTS app.typing (user_name TEXT) \
+             WITH (retention = '10s', ephemeral = true, max_buffer = 1000)",
+        )
+        .unwrap();
+        assert_eq!(
+            t.stream,
+            Some(StreamOptions {
+                retention_secs: 10,
+                ephemeral: true,
+                max_buffer: 1000
+            })
+        );
+        let code = |sql: &str| def(sql).unwrap_err().code().to_string();
+        for (with, expected) in [
+            ("retention = '0s'", "INVALID_OPTION"),
+            ("retention = '1500ms'", "INVALID_OPTION"),
+            ("retention = 10", "INVALID_OPTION"),
+            ("retention = 'soon'", "INVALID_OPTION"),
+            ("max_buffer = 0", "INVALID_OPTION"),
+            ("max_buffer = 2.5", "INVALID_OPTION"),
+            ("max_buffer = '10'", "INVALID_OPTION"),
+            ("ephemeral = 'yes'", "INVALID_OPTION"),
+            ("colour = 'red'", "INVALID_OPTION"),
+            ("deleted_retention = '7d'", "INVALID_TABLE_DEFINITION"),
+        ] {
+            assert_eq!(
+                code(&format!("CREATE STREAM TABLE app.s (a INT) WITH ({with})")),
+                expected,
+                "{with}"
+            );
+        }
+        assert_eq!(
+            code("CREATE STREAM TABLE app.s (a INT) LOCATION '/tmp/s'"),
+            "INVALID_TABLE_DEFINITION"
+        );
+        assert_eq!(
+            code("CREATE STREAM TABLE app.s (a INT) FLUSH POLICY ROWS 10"),
+            "INVALID_TABLE_DEFINITION"
+        );
+        for with in ["retention = '10s'", "ephemeral = true", "max_buffer = 5"] {
+            assert_eq!(
+                code(&format!("CREATE USER TABLE app.u (a INT) WITH ({with})")),
+                "INVALID_TABLE_DEFINITION",
+                "{with}"
+            );
+        }
     }
 
     #[test]

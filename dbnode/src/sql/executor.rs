@@ -27,7 +27,8 @@ use kalam_client::wire::{ColumnInfo, QueryResult, Row};
 use serde_json::json;
 
 use crate::catalog::{
-    LocationKind, NamespaceDef, StorageLocationDef, TableDef, DELETED_COLUMN, UPDATED_COLUMN,
+    human_duration, LocationKind, NamespaceDef, StorageLocationDef, TableDef, TableKind,
+    DELETED_COLUMN, UPDATED_COLUMN,
 };
 use crate::cold::location;
 use crate::engine::{compile_default, Engine, TableRuntime};
@@ -209,13 +210,18 @@ impl Executor {
                     return Err(KalamError::NamespaceNotFound(c.table.namespace.to_string()));
                 }
                 let mut def = ddl::table_def(&c, |text, t| compile_default(&self.base, text, t).map(|_| ()))?;
-                def.storage = Some(location::resolve(
-                    catalog,
-                    self.engine.cold.storage_dir(),
-                    &def.id(),
-                    def.kind,
-                    &def.location,
-                )?);
+                // A STREAM table has no cold tier: it resolves no location and counts towards
+                // no location's `usage_count`.
+                def.storage = match def.kind {
+                    TableKind::Stream => None,
+                    TableKind::User | TableKind::Shared => Some(location::resolve(
+                        catalog,
+                        self.engine.cold.storage_dir(),
+                        &def.id(),
+                        def.kind,
+                        &def.location,
+                    )?),
+                };
                 let id = def.id();
                 Ok(if self.engine.create_table(def, c.if_not_exists, &self.base)? {
                     message(format!("{} table {id} created", c.kind.as_str()))
@@ -250,7 +256,7 @@ impl Executor {
                 self.query_text(
                     ctx,
                     &format!(
-                        "SELECT table_name, namespace, table_type, location, flush_policy FROM system.tables {filter} \
+                        "SELECT table_name, namespace, table_type, location, flush_policy, options FROM system.tables {filter} \
                          ORDER BY namespace, table_name"
                     ),
                 )
@@ -260,9 +266,10 @@ impl Executor {
             KalamStatement::FlushTable { table } => {
                 admin_only(ctx, "FLUSH TABLE")?;
                 let rt = self.user_table(&table)?;
-                if rt.def().kind == crate::catalog::TableKind::Stream {
+                if rt.def().kind == TableKind::Stream {
                     return Err(KalamError::Unsupported(format!(
-                        "{table} is a STREAM table: its events are never flushed"
+                        "{table} is a STREAM table: its events stay in the hot tier until their retention \
+                         or max_buffer evicts them, and are never flushed to Parquet"
                     )));
                 }
                 let job = self.flusher.start(rt, "manual", Some(&ctx.principal.user_id))?;
@@ -428,9 +435,10 @@ impl Executor {
 
     /// UPDATE and DELETE: STREAM tables hold events, which are never changed.
     fn check_changeable(rt: &TableRuntime) -> Result<()> {
-        if rt.def().kind == crate::catalog::TableKind::Stream {
+        if rt.def().kind == TableKind::Stream {
             return Err(KalamError::Unsupported(format!(
-                "{} is a STREAM table: its events are append-only (no UPDATE or DELETE)",
+                "STREAM tables are append-only: {} takes INSERT and SELECT, not UPDATE or DELETE \
+                 (events leave by retention or max_buffer)",
                 rt.def().id()
             )));
         }
@@ -781,15 +789,25 @@ impl Executor {
     }
 
     /// `SHOW TABLE STATS`: rows in each tier, files, bytes and users with data.
+    /// A STREAM table: its buffered events are the hot rows, and it has no cold tier.
     fn table_stats(&self, rt: &TableRuntime) -> Result<QueryResult> {
         let def = rt.def();
-        let (hot_rows, hot_partitions) = self.engine.storage.key_stats(
-            rt.store.cf_name(),
-            def.kind == crate::catalog::TableKind::User,
-        )?;
+        let is_stream = def.kind == TableKind::Stream;
+        let (hot_rows, hot_partitions) = if is_stream {
+            (rt.store.stream_len(), std::collections::BTreeSet::new())
+        } else {
+            self.engine
+                .storage
+                .key_stats(rt.store.cf_name(), def.kind == TableKind::User)?
+        };
         let mut partitions: std::collections::BTreeSet<Vec<u8>> = hot_partitions;
         let (mut cold_rows, mut files, mut bytes) = (0u64, 0u64, 0u64);
-        for (prefix, segments) in self.engine.cold.table_segments(rt.store.cf_name()) {
+        let cold = if is_stream {
+            Vec::new()
+        } else {
+            self.engine.cold.table_segments(rt.store.cf_name())
+        };
+        for (prefix, segments) in cold {
             if !segments.is_empty() {
                 partitions.insert(prefix);
             }
@@ -799,7 +817,7 @@ impl Executor {
                 bytes += s.bytes;
             }
         }
-        let users = (def.kind == crate::catalog::TableKind::User).then_some(partitions.len());
+        let users = (def.kind == TableKind::User).then_some(partitions.len());
         let v = json!({
             "table_name": def.name.as_str(), "namespace": def.namespace.as_str(),
             "hot_rows": hot_rows, "cold_rows": cold_rows, "parquet_files": files,
@@ -1104,16 +1122,29 @@ impl Executor {
             row_count: rows.len(),
             rows,
             affected_rows: None,
-            message: Some(format!(
-                "{} table {}, primary key {}, schema version {}, location {}, flush policy {}, deleted_retention {}",
-                def.kind.as_str().to_uppercase(),
-                def.id(),
-                def.primary_key,
-                def.schema_version,
-                def.location,
-                def.flush_policy,
-                def.deleted_retention_text()
-            )),
+            message: Some(match &def.stream {
+                // A STREAM table has no location, flush policy or soft deletes: its options
+                // are how long and how many events it keeps.
+                Some(stream) if def.kind == TableKind::Stream => format!(
+                    "STREAM table {}, primary key {}, schema version {}, retention {}, ephemeral {}, max_buffer {}",
+                    def.id(),
+                    def.primary_key,
+                    def.schema_version,
+                    human_duration(stream.retention_secs),
+                    stream.ephemeral,
+                    stream.max_buffer
+                ),
+                _ => format!(
+                    "{} table {}, primary key {}, schema version {}, location {}, flush policy {}, deleted_retention {}",
+                    def.kind.as_str().to_uppercase(),
+                    def.id(),
+                    def.primary_key,
+                    def.schema_version,
+                    def.location,
+                    def.flush_policy,
+                    def.deleted_retention_text()
+                ),
+            }),
             execution_time_ms: 0.0,
         })
     }

@@ -641,6 +641,29 @@ mod tests {
     }
 
     #[test]
+    fn create_stream_table_with_options() {
+        let s = one(
+            "CREATE STREAM TABLE IF NOT EXISTS app.typing (user_name TEXT) \
+             WITH (retention = '10s', ephemeral = true, max_buffer = 1000)",
+        );
+        let KalamStatement::CreateTable(c) = s else {
+            panic!("{s:?}")
+        };
+        assert_eq!(c.kind, TableKind::Stream);
+        assert!(c.if_not_exists);
+        assert_eq!(c.with["retention"], "10s");
+        assert_eq!(c.with["ephemeral"], true);
+        assert_eq!(c.with["max_buffer"], 1000);
+        assert!(matches!(
+            one("DROP STREAM TABLE app.typing"),
+            KalamStatement::DropTable {
+                kind: Some(TableKind::Stream),
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn statement_errors_name_their_position() {
         let (ok, err) = parse_statements("SELECT 1; SELEC 2; SELECT 3");
         assert_eq!(ok.len(), 1);

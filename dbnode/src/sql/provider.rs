@@ -1,7 +1,9 @@
 //! The `TableProvider` of USER and SHARED tables: one implementation, parametrised by the
 //! partition it reads and writes (the request's user for USER tables, the single shared
 //! partition for SHARED ones). The partition comes from the request's [`RequestContext`],
-//! so no statement can name another user's rows.
+//! so no statement can name another user's rows. STREAM tables use it too: their scan is
+//! the hot tier alone, in key (= event time) order, with no merge, no `_deleted` and no
+//! point reads.
 //!
 //! A scan merges the tiers: the partition's hot rows and those of its Parquet files that can
 //! match are each sorted by key; a sort-preserving merge on (key, `_seq` DESC) followed by
@@ -367,6 +369,12 @@ impl TableProvider for KalamTableProvider {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let partition = self.partition(state)?;
         let def = self.rt.def();
+        if def.kind == TableKind::Stream {
+            // Events are never flushed, so the hot tier is all there is; they have no
+            // `_deleted` to hide by, and their keys start with the event time, so the scan
+            // returns them oldest first. No point read: the key is not `pk = literal`.
+            return self.hot_scan(&partition, projection, filters, limit, true);
+        }
         let include_deleted = !def.kind.has_system_columns() || mentions_deleted(filters);
         let segments = self
             .engine

@@ -12,7 +12,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 
-use crate::catalog::{Catalog, KalamType, JSON_METADATA_KEY, TIMESTAMP_TZ};
+use crate::catalog::{
+    human_duration, Catalog, KalamType, TableDef, TableKind, JSON_METADATA_KEY, TIMESTAMP_TZ,
+};
 use crate::error::{KalamError, Result};
 use crate::ids::UserId;
 use crate::jobs::{JobRecord, Jobs};
@@ -102,9 +104,28 @@ pub fn namespaces(catalog: &Catalog) -> Result<Arc<dyn TableProvider>> {
     )
 }
 
+/// The table's options as JSON: a STREAM table's `retention`, `ephemeral` and `max_buffer`,
+/// or the `deleted_retention` of a USER or SHARED table. Durations are spelled as they can be
+/// written in `WITH (...)`.
+pub fn table_options(t: &TableDef) -> serde_json::Value {
+    match (&t.stream, t.kind) {
+        (Some(s), TableKind::Stream) => serde_json::json!({
+            "retention": human_duration(s.retention_secs),
+            "ephemeral": s.ephemeral,
+            "max_buffer": s.max_buffer,
+        }),
+        _ => serde_json::json!({ "deleted_retention": t.deleted_retention_text() }),
+    }
+}
+
 /// `system.tables`: one row per table with its kind, location, policies and schema version.
+/// A STREAM table has no location, flush policy or deleted_retention (`NULL`); its stream
+/// options are in `options`.
 pub fn tables(catalog: &Catalog) -> Result<Arc<dyn TableProvider>> {
     let rows = catalog.tables(None);
+    fn cold(t: &TableDef) -> bool {
+        t.kind != TableKind::Stream
+    }
     snapshot(
         vec![
             text("table_name"),
@@ -116,14 +137,21 @@ pub fn tables(catalog: &Catalog) -> Result<Arc<dyn TableProvider>> {
             text("primary_key"),
             Field::new("schema_version", DataType::Int64, false),
             timestamp("created_at"),
+            json("options"),
         ],
         vec![
             strings(rows.iter().map(|t| Some(t.name.to_string()))),
             strings(rows.iter().map(|t| Some(t.namespace.to_string()))),
             strings(rows.iter().map(|t| Some(t.kind.as_str().to_string()))),
-            strings(rows.iter().map(|t| Some(t.location.to_string()))),
-            strings(rows.iter().map(|t| Some(t.flush_policy.to_string()))),
-            strings(rows.iter().map(|t| Some(t.deleted_retention_text()))),
+            strings(rows.iter().map(|t| cold(t).then(|| t.location.to_string()))),
+            strings(
+                rows.iter()
+                    .map(|t| cold(t).then(|| t.flush_policy.to_string())),
+            ),
+            strings(
+                rows.iter()
+                    .map(|t| cold(t).then(|| t.deleted_retention_text())),
+            ),
             strings(rows.iter().map(|t| Some(t.primary_key.to_string()))),
             Arc::new(Int64Array::from(
                 rows.iter()
@@ -131,6 +159,7 @@ pub fn tables(catalog: &Catalog) -> Result<Arc<dyn TableProvider>> {
                     .collect::<Vec<_>>(),
             )),
             times(rows.iter().map(|t| t.created_at.timestamp_micros())),
+            strings(rows.iter().map(|t| Some(table_options(t).to_string()))),
         ],
     )
 }

@@ -5,8 +5,8 @@
 //! `POST /api/sql`, authentication and roles, namespaces, tables, DML, per-user isolation of
 //! USER tables, system tables, robustness against bad input, durability across restarts and
 //! `kill -9`, the operational endpoints, the Parquet cold tier (flushes, storage locations,
-//! S3 through a moto server, crash safety at flush failpoints), and live queries over
-//! `GET /ws` (§5, raw WebSocket frames).
+//! S3 through a moto server, crash safety at flush failpoints), STREAM tables (options,
+//! eviction, append-only), and live queries over `GET /ws` (§5, raw WebSocket frames).
 
 #[allow(dead_code)]
 mod harness;
@@ -21,5 +21,6 @@ mod isolation;
 mod live;
 mod namespaces;
 mod robustness;
+mod stream;
 mod system_tables;
 mod tables;

@@ -8,12 +8,13 @@ use serde_json::json;
 
 use crate::harness::*;
 
-const SHOW_TABLES_COLUMNS: [&str; 5] = [
+const SHOW_TABLES_COLUMNS: [&str; 6] = [
     "table_name",
     "namespace",
     "table_type",
     "location",
     "flush_policy",
+    "options",
 ];
 const DESCRIBE_COLUMNS: [&str; 6] = [
     "column_name",
@@ -256,6 +257,15 @@ async fn show_tables_and_system_tables() {
     );
     let drafts = find("other", "drafts");
     assert_eq!(drafts["table_type"], "user");
+    assert_eq!(
+        drafts["options"],
+        json!({"deleted_retention": "7d"}),
+        "SHOW TABLES options of a USER table: {drafts}"
+    );
+    assert_eq!(
+        find("app", "messages")["options"],
+        json!({"deleted_retention": "off"})
+    );
     assert!(
         drafts["flush_policy"]
             .as_str()
