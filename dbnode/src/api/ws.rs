@@ -397,8 +397,9 @@ async fn subscribe(
 }
 
 /// The query of `initial_data`: the subscription's columns and filter, newest `last_rows`
-/// by `_updated` (STREAM tables: all matching events in time order; the caller keeps the
-/// newest).
+/// by `_updated`, ties (rows of one multi-row INSERT) broken by the primary key, which for
+/// the default `SNOWFLAKE_ID()` keys is insertion order (STREAM tables: all matching events in
+/// time order; the caller keeps the newest).
 fn initial_query(
     compiled: &query::CompiledQuery,
     def: &crate::catalog::TableDef,
@@ -417,8 +418,9 @@ fn initial_query(
     let table = format!("{}.{} AS \"{}\"", def.namespace, def.name, compiled.alias);
     if def.kind.has_system_columns() {
         format!(
-            "SELECT {} FROM {table}{filter} ORDER BY \"_updated\" DESC LIMIT {last_rows}",
-            columns.join(", ")
+            "SELECT {} FROM {table}{filter} ORDER BY \"_updated\" DESC, \"{}\" DESC LIMIT {last_rows}",
+            columns.join(", "),
+            def.primary_key
         )
     } else {
         format!("SELECT {} FROM {table}{filter}", columns.join(", "))
