@@ -156,6 +156,8 @@ error_codes! {
     Forbidden => "FORBIDDEN", 403;
     NamespaceNotFound => "NAMESPACE_NOT_FOUND", 404;
     TableNotFound => "TABLE_NOT_FOUND", 404;
+    /// ALTER TABLE DROP COLUMN or MODIFY COLUMN of a column the table does not have.
+    ColumnNotFound => "COLUMN_NOT_FOUND", 404;
     /// A `LOCATION REFERENCE`, or a storage location row, that does not exist.
     StorageLocationNotFound => "STORAGE_LOCATION_NOT_FOUND", 404;
     /// A storage location whose probe write and delete failed; `details` says why.
@@ -166,6 +168,8 @@ error_codes! {
     StorageLocationInUse => "STORAGE_LOCATION_IN_USE", 409;
     NamespaceAlreadyExists => "NAMESPACE_ALREADY_EXISTS", 409;
     TableAlreadyExists => "TABLE_ALREADY_EXISTS", 409;
+    /// ALTER TABLE ADD COLUMN of a name the table has.
+    ColumnAlreadyExists => "COLUMN_ALREADY_EXISTS", 409;
     NamespaceNotEmpty => "NAMESPACE_NOT_EMPTY", 409;
     /// An INSERT of a key that already holds a live row.
     PrimaryKeyViolation => "PRIMARY_KEY_VIOLATION", 409;
@@ -193,8 +197,9 @@ error_codes! {
     LiveQueryNotFound => "LIVE_QUERY_NOT_FOUND", 404;
     /// The subscription was ended by `KILL LIVE QUERY`.
     LiveQueryKilled => "LIVE_QUERY_KILLED", 410;
-    /// DROP TABLE or ALTER TABLE DROP COLUMN while live queries use the table or column;
-    /// `details` lists their live ids.
+    /// DROP TABLE while live queries use the table, ALTER TABLE DROP COLUMN while one
+    /// selects or filters on the column, MODIFY COLUMN while one filters on it; `details`
+    /// lists their live ids.
     TableInUse => "TABLE_IN_USE", 409;
     /// The table was dropped while subscribed to.
     TableDropped => "TABLE_DROPPED", 410;

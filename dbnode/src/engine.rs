@@ -1,6 +1,10 @@
 //! The node's data state: the catalog, the hot tier, and one runtime per table (its store,
 //! Arrow schema and compiled DEFAULT expressions). DDL goes through here so that the catalog
 //! and RocksDB never disagree for longer than a crash; `open` repairs what a crash left.
+//!
+//! A runtime belongs to one schema version. ALTER TABLE builds a new runtime over the same
+//! store and swaps it in; statements that planned with the old one finish with it (the
+//! store reads and writes rows in whatever version its caller planned with).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +24,9 @@ use crate::config::Config;
 use crate::error::{KalamError, Result};
 use crate::ids::{ColumnName, NamespaceId, Role, TableId, TableName, UserId, SYSTEM_NAMESPACE};
 use crate::jobs::Jobs;
+use crate::live::query::ColumnUse;
 use crate::live::{LiveHub, LiveSettings};
+use crate::sql::ddl::{self, Alteration};
 use crate::sql::fast_insert::{fast_default, FastDefault};
 use crate::storage::table::ChangeSink;
 use crate::storage::table::{ColdVersions, Inserted};
@@ -28,10 +34,13 @@ use crate::storage::table::{RowValidator, TableStore};
 use crate::storage::Partition;
 use crate::storage::{Storage, StorageOptions, Value};
 
-/// A table ready for queries: its store, schema and the DEFAULT expressions INSERT uses.
+/// A table ready for queries: its store, schema and the DEFAULT expressions INSERT uses, all
+/// of one schema version.
 #[derive(Debug)]
 pub struct TableRuntime {
     pub store: Arc<TableStore>,
+    /// The definition this runtime was built from (the store may hold a newer one).
+    def: Arc<TableDef>,
     pub schema: SchemaRef,
     /// Column name -> DEFAULT, including `_updated`/`_deleted` placeholders the sink replaces.
     pub defaults: HashMap<String, Expr>,
@@ -43,7 +52,7 @@ pub struct TableRuntime {
 
 impl TableRuntime {
     pub fn def(&self) -> &Arc<TableDef> {
-        self.store.def()
+        &self.def
     }
 }
 
@@ -69,6 +78,7 @@ fn users_table_def() -> Result<TableDef> {
                 data_type,
                 nullable,
                 default: default.map(String::from),
+                initial_default: None,
             })
         };
     Ok(TableDef {
@@ -91,6 +101,8 @@ fn users_table_def() -> Result<TableDef> {
         deleted_retention_secs: None,
         stream: None,
         storage: None,
+        last_column_id: 5,
+        history: Vec::new(),
     })
 }
 
@@ -201,6 +213,28 @@ impl Engine {
         sink: Option<Arc<LiveHub>>,
         planner: &SessionState,
     ) -> Result<TableRuntime> {
+        // Tables created before the cold tier existed live in the built-in location.
+        let location = match &def.storage {
+            Some(s) => s.clone(),
+            None => crate::cold::location::local_storage(cold.storage_dir(), &def.id(), def.kind),
+        };
+        let sink = sink.map(|hub| hub as Arc<dyn ChangeSink>);
+        let store = Arc::new(TableStore::open(
+            storage.clone(),
+            def.clone(),
+            validator,
+            sink,
+        )?);
+        Self::runtime_of(store, def, location, planner)
+    }
+
+    /// The runtime of one schema version over an open store (start-up, CREATE, ALTER).
+    fn runtime_of(
+        store: Arc<TableStore>,
+        def: Arc<TableDef>,
+        location: TableStorage,
+        planner: &SessionState,
+    ) -> Result<TableRuntime> {
         let schema = def.arrow_schema();
         let mut defaults = HashMap::new();
         for col in &def.columns {
@@ -232,15 +266,9 @@ impl Engine {
                     .and_then(|d| fast_default(d, c.data_type, c.name.as_str()))
             })
             .collect();
-        // Tables created before the cold tier existed live in the built-in location.
-        let location = match &def.storage {
-            Some(s) => s.clone(),
-            None => crate::cold::location::local_storage(cold.storage_dir(), &def.id(), def.kind),
-        };
-        let sink = sink.map(|hub| hub as Arc<dyn ChangeSink>);
-        let store = Arc::new(TableStore::open(storage.clone(), def, validator, sink)?);
         Ok(TableRuntime {
             store,
+            def,
             schema,
             defaults,
             fast_defaults,
@@ -297,6 +325,65 @@ impl Engine {
         Ok(def)
     }
 
+    /// ALTER TABLE (docs/adr/0011-schema-versions.md), all under the table's write lock
+    /// ([`TableStore::alter`]): the next schema version is built from the current one and
+    /// its runtime compiled; a DROP COLUMN (or a MODIFY COLUMN) is refused while a live query
+    /// selects or filters on (filters on) the column; the catalog commits the version
+    /// (schema file, then manifest); it becomes current for writers, and its runtime for new
+    /// statements. Returns the new definition, or `None` when nothing changed (`IF [NOT]
+    /// EXISTS`, a MODIFY to the type the column has).
+    pub fn alter_table(
+        &self,
+        id: &TableId,
+        change: &Alteration,
+        planner: &SessionState,
+    ) -> Result<Option<Arc<TableDef>>> {
+        let rt = self
+            .table(id)
+            .filter(|_| id.namespace.as_str() != SYSTEM_NAMESPACE)
+            .ok_or_else(|| KalamError::TableNotFound(id.to_string()))?;
+        rt.store.alter(|current, make_current| {
+            let Some(next) = ddl::apply_alter(current, change, chrono::Utc::now())? else {
+                return Ok(None);
+            };
+            let next = Arc::new(next);
+            let runtime = Arc::new(Self::runtime_of(
+                rt.store.clone(),
+                next.clone(),
+                rt.location.clone(),
+                planner,
+            )?);
+            // Current for writers (and for subscriptions registering) as soon as committed.
+            let commit = || -> Result<()> {
+                self.catalog.alter_table(next.clone())?;
+                make_current(next.clone());
+                Ok(())
+            };
+            let guarded = match change {
+                Alteration::DropColumn { name, .. } => Some((name.as_str(), ColumnUse::Any)),
+                Alteration::ModifyColumn { name, .. } => Some((name.as_str(), ColumnUse::Filter)),
+                Alteration::AddColumn { .. } => None,
+            };
+            match guarded {
+                Some((column, usage)) => self.live.while_column_unused(
+                    current,
+                    rt.store.last_seq(),
+                    column,
+                    usage,
+                    commit,
+                )?,
+                None => commit()?,
+            }
+            // A DROP TABLE racing this ALTER may have removed the table already.
+            if let Some(slot) = self.tables.write().get_mut(id) {
+                if slot.def().uid == next.uid {
+                    *slot = runtime;
+                }
+            }
+            Ok(Some(next))
+        })
+    }
+
     /// Every table runtime (for the flush scheduler).
     pub fn runtimes(&self) -> Vec<Arc<TableRuntime>> {
         self.tables.read().values().cloned().collect()
@@ -318,13 +405,13 @@ impl Engine {
                 ..Default::default()
             };
             if !segments.is_empty() {
-                let keys = rt.store.row_keys(&rows)?;
+                let keys = TableStore::row_keys(rt.def(), &rows)?;
                 let (_, store) = self.cold.store(&rt.location)?;
                 cold.versions =
                     crate::cold::parquet::lookup_versions(&store, rt.def(), &segments, &keys)
                         .await?;
             }
-            match rt.store.insert(partition, rows, &cold)? {
+            match rt.store.insert(rt.def(), partition, rows, &cold)? {
                 Inserted::Rows(n) => return Ok(n),
                 Inserted::ColdChanged(back) => rows = back,
             }

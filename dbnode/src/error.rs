@@ -51,6 +51,10 @@ pub enum KalamError {
     NamespaceNotFound(String),
     #[error("table '{0}' does not exist")]
     TableNotFound(String),
+    #[error("column '{column}' does not exist in {table}")]
+    ColumnNotFound { table: String, column: String },
+    #[error("column '{column}' already exists in {table}")]
+    ColumnAlreadyExists { table: String, column: String },
     #[error("storage location '{0}' does not exist")]
     StorageLocationNotFound(String),
     #[error("storage location '{0}' already exists")]
@@ -118,6 +122,8 @@ impl KalamError {
             Forbidden(_) => ErrorCode::Forbidden,
             NamespaceNotFound(_) => ErrorCode::NamespaceNotFound,
             TableNotFound(_) => ErrorCode::TableNotFound,
+            ColumnNotFound { .. } => ErrorCode::ColumnNotFound,
+            ColumnAlreadyExists { .. } => ErrorCode::ColumnAlreadyExists,
             NamespaceAlreadyExists(_) => ErrorCode::NamespaceAlreadyExists,
             StorageLocationNotFound(_) => ErrorCode::StorageLocationNotFound,
             StorageLocationAlreadyExists(_) => ErrorCode::StorageLocationAlreadyExists,

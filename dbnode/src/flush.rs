@@ -10,6 +10,10 @@
 //!
 //! A crash before 3 leaves the old state (plus an orphan file no query reads); after 3 the
 //! new one. Jobs run on a thread of their own, so their CPU figure is theirs.
+//!
+//! Files are written in the schema version current at the snapshot: hot rows encoded under
+//! older versions are brought into it on the way, and the manifest entry records the
+//! version, so readers adapt each file (docs/adr/0011-schema-versions.md).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use object_store::ObjectStoreExt;
 use parking_lot::Mutex;
 use serde_json::json;
 
+use crate::catalog::TableDef;
 use crate::cold::parquet::{SegmentWriter, FILE_ROWS};
 use crate::cold::{encode_manifest, manifest_key, ColdStorage, Segment};
 use crate::engine::{Engine, TableRuntime};
@@ -295,7 +300,6 @@ fn flush_steps(
     tokio: &tokio::runtime::Runtime,
     progress: &mut Progress,
 ) -> Result<()> {
-    let def = rt.def().clone();
     let cf = rt.store.cf_name().to_string();
     let storage = rt.store.storage().clone();
     let (_, store) = cold.store(&rt.location)?;
@@ -356,6 +360,7 @@ fn flush_steps(
     let mut failure: Option<KalamError> = None;
     let open_file = |partition: Partition,
                      snapshot_seq: u64,
+                     def: &Arc<TableDef>,
                      part_index: &mut HashMap<Vec<u8>, u32>|
      -> Result<Open> {
         let n = part_index.entry(partition.prefix()).or_insert(0);
@@ -374,7 +379,7 @@ fn flush_steps(
         })
     };
 
-    let seq = rt.store.snapshot_scan(|snapshot_seq, key, row| {
+    let seq = rt.store.snapshot_scan(|snapshot_seq, def, key, row| {
         let step = (|| -> Result<()> {
             let (partition, row_key) = split_key(rt, key)?;
             let switch = match &open {
@@ -392,7 +397,7 @@ fn flush_steps(
                 } else {
                     crash_point!("flush-before-write");
                 }
-                open = Some(open_file(partition, snapshot_seq, &mut part_index)?);
+                open = Some(open_file(partition, snapshot_seq, def, &mut part_index)?);
             }
             if let Some(o) = open.as_mut() {
                 tokio.block_on(o.writer.push(key, row_key, row))?;

@@ -10,7 +10,11 @@
 //! Every file is written to a temporary name, synced and renamed, so a crash leaves either the
 //! old or the new file. `namespace.json` and `manifest.json` are the commit points: a
 //! directory without one is the leftover of an interrupted create or drop and is removed at
-//! start-up. The in-memory state is the cache every query reads.
+//! start-up. ALTER TABLE writes `schema_v{N+1}.json` first and then the manifest naming
+//! N+1: a crash in between leaves a file no manifest names, which the next ALTER overwrites
+//! (docs/adr/0011-schema-versions.md). Schema files are never deleted while the table lives:
+//! rows and Parquet files of every version are read through them. The in-memory state is
+//! the cache every query reads.
 
 mod model;
 
@@ -22,6 +26,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
@@ -45,10 +50,20 @@ struct Manifest {
     table: serde_json::Value,
 }
 
+/// `schema_v{N}.json`. Files written before ALTER TABLE existed lack `created_at` and
+/// `change`: they are version 1, made when the table was.
 #[derive(Serialize, Deserialize)]
 struct SchemaFile {
     schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    change: Option<String>,
     columns: Vec<ColumnDef>,
+}
+
+fn schema_file_name(version: u32) -> String {
+    format!("schema_v{version}.json")
 }
 
 #[derive(Debug)]
@@ -196,6 +211,8 @@ impl Catalog {
         Ok(())
     }
 
+    /// A table with every schema version up to the one its manifest names. A missing older
+    /// version is an error, not a guess: rows written under it could not be read.
     fn load_table(dir: &Path) -> Result<Option<TableDef>> {
         let manifest_path = dir.join(MANIFEST_FILE);
         if !exists(&manifest_path)? {
@@ -205,22 +222,69 @@ impl Catalog {
         let version = value
             .get("schema_version")
             .and_then(|v| v.as_u64())
-            .ok_or_else(|| io_err(&manifest_path, "no schema_version"))?;
-        let schema: SchemaFile = read_json(&dir.join(format!("schema_v{version}.json")))?;
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v >= 1)
+            .ok_or_else(|| io_err(&manifest_path, "no valid schema_version"))?;
+        let mut files = Vec::with_capacity(version as usize);
+        for v in 1..=version {
+            let path = dir.join(schema_file_name(v));
+            let file: SchemaFile = read_json(&path)?;
+            if file.schema_version != v {
+                return Err(io_err(&path, "holds another schema version"));
+            }
+            files.push(file);
+        }
+        let current = files.last().map(|f| f.columns.clone()).unwrap_or_default();
         if let Some(obj) = value.as_object_mut() {
             obj.insert(
                 "columns".into(),
-                serde_json::to_value(schema.columns).map_err(KalamError::internal)?,
+                serde_json::to_value(current).map_err(KalamError::internal)?,
             );
         }
-        let def: TableDef = serde_json::from_value(value).map_err(|e| io_err(&manifest_path, e))?;
+        let mut def: TableDef =
+            serde_json::from_value(value).map_err(|e| io_err(&manifest_path, e))?;
         if def.column(def.primary_key.as_str()).is_none() {
             return Err(io_err(
                 &manifest_path,
                 "the primary key names no column of the schema",
             ));
         }
+        def.history = files
+            .into_iter()
+            .map(|f| SchemaVersion {
+                version: f.schema_version,
+                created_at: f.created_at.unwrap_or(def.created_at),
+                change: f.change.unwrap_or_else(|| "CREATE TABLE".into()),
+                columns: f.columns,
+            })
+            .collect();
         Ok(Some(def))
+    }
+
+    /// Writes one schema version's file (before the manifest that names it).
+    fn write_schema(dir: &Path, version: &SchemaVersion) -> Result<()> {
+        let file = SchemaFile {
+            schema_version: version.version,
+            created_at: Some(version.created_at),
+            change: Some(version.change.clone()),
+            columns: version.columns.clone(),
+        };
+        write_atomic(
+            &dir.join(schema_file_name(version.version)),
+            &to_json(&file)?,
+        )
+    }
+
+    /// Writes the manifest: the table without its columns (the commit point).
+    fn write_manifest(dir: &Path, def: &TableDef) -> Result<()> {
+        let mut manifest = serde_json::to_value(def).map_err(KalamError::internal)?;
+        if let Some(obj) = manifest.as_object_mut() {
+            obj.remove("columns");
+        }
+        write_atomic(
+            &dir.join(MANIFEST_FILE),
+            &to_json(&Manifest { table: manifest })?,
+        )
     }
 
     fn ns_dir(&self, ns: &NamespaceId) -> PathBuf {
@@ -382,27 +446,49 @@ impl Catalog {
             // A leftover of a drop that crashed after its commit point: not a live table.
             fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
         }
-        let schema = SchemaFile {
-            schema_version: def.schema_version,
-            columns: def.columns.clone(),
-        };
-        write_atomic(
-            &dir.join(format!("schema_v{}.json", def.schema_version)),
-            &to_json(&schema)?,
-        )?;
-        let mut manifest = serde_json::to_value(&def).map_err(KalamError::internal)?;
-        if let Some(obj) = manifest.as_object_mut() {
-            obj.remove("columns");
+        let mut def = def;
+        if def.history.is_empty() {
+            def.history = vec![def.initial_version()];
         }
-        write_atomic(
-            &dir.join(MANIFEST_FILE),
-            &to_json(&Manifest { table: manifest })?,
-        )?;
+        for version in &def.history {
+            Self::write_schema(&dir, version)?;
+        }
+        Self::write_manifest(&dir, &def)?;
         let def = Arc::new(def);
         if let Some(e) = self.state.write().get_mut(&def.namespace) {
             e.tables.insert(def.name.clone(), def.clone());
         }
         Ok(Some(def))
+    }
+
+    /// Persists the next schema version of a table: `schema_v{N+1}.json`, then the manifest
+    /// naming it (the commit point), then the cache. `next` must be the successor of the
+    /// table's current definition (same creation, version + 1): a stale ALTER is refused.
+    pub fn alter_table(&self, next: Arc<TableDef>) -> Result<()> {
+        let _ddl = self.ddl.lock();
+        let id = next.id();
+        let current = self
+            .table(&id)
+            .filter(|t| t.uid == next.uid)
+            .ok_or_else(|| KalamError::TableNotFound(id.to_string()))?;
+        if next.schema_version != current.schema_version + 1 {
+            return Err(KalamError::internal(format!(
+                "ALTER of {id} to schema version {} from {}",
+                next.schema_version, current.schema_version
+            )));
+        }
+        let version = next
+            .history
+            .iter()
+            .find(|v| v.version == next.schema_version)
+            .ok_or_else(|| KalamError::internal("ALTER without its schema version"))?;
+        let dir = self.table_dir(&id);
+        Self::write_schema(&dir, version)?;
+        Self::write_manifest(&dir, &next)?;
+        if let Some(e) = self.state.write().get_mut(&id.namespace) {
+            e.tables.insert(id.table.clone(), next);
+        }
+        Ok(())
     }
 
     /// Removes a table's definition (the commit point), then its directory.
@@ -477,6 +563,7 @@ mod tests {
                 data_type: KalamType::BigInt,
                 nullable: false,
                 default: Some("SNOWFLAKE_ID()".into()),
+                initial_default: None,
             }],
             primary_key: ColumnName::new("id").unwrap(),
             location: LocationSpec::Default,
@@ -484,6 +571,8 @@ mod tests {
             deleted_retention_secs: None,
             stream: None,
             storage: None,
+            last_column_id: 1,
+            history: Vec::new(),
         }
     }
 
@@ -534,9 +623,58 @@ mod tests {
         assert!(!dir.path().join("ghost").exists());
     }
 
+    #[test]
+    fn schema_versions_survive_reopen_and_stale_alters_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = table("messages").id();
+        {
+            let c = Catalog::open(dir.path()).unwrap();
+            c.create_namespace(ns("app"), false).unwrap();
+            let v1 = c.create_table(table("messages"), false).unwrap().unwrap();
+            let mut v2 = (*v1).clone();
+            v2.schema_version = 2;
+            let new_id = v2.next_column_id();
+            assert_eq!(new_id, 2);
+            v2.columns.push(ColumnDef {
+                id: new_id,
+                name: ColumnName::new("priority").unwrap(),
+                data_type: KalamType::Text,
+                nullable: true,
+                default: Some("'normal'".into()),
+                initial_default: Some(crate::storage::Value::Text("normal".into())),
+            });
+            v2.last_column_id = 2;
+            v2.history.push(SchemaVersion {
+                version: 2,
+                created_at: Utc::now(),
+                change: "ADD COLUMN priority TEXT DEFAULT 'normal'".into(),
+                columns: v2.columns.clone(),
+            });
+            c.alter_table(Arc::new(v2.clone())).unwrap();
+            // The same successor again is stale now.
+            assert!(c.alter_table(Arc::new(v2)).is_err());
+            // A crash between the schema file and the manifest of version 3.
+            fs::write(dir.path().join("app/messages/schema_v3.json"), "{}").unwrap();
+        }
+        let c = Catalog::open(dir.path()).unwrap();
+        let t = c.table(&id).unwrap();
+        assert_eq!(t.schema_version, 2);
+        assert_eq!(t.columns.len(), 2);
+        assert_eq!(t.history.len(), 2);
+        assert_eq!(t.history[0].change, "CREATE TABLE");
+        assert_eq!(t.columns_of(1).map(|c| c.len()), Some(1));
+        assert_eq!(
+            t.columns_of(2).and_then(|c| c[1].initial_default.clone()),
+            Some(crate::storage::Value::Text("normal".into()))
+        );
+        assert!(t.columns_of(3).is_none());
+        assert_eq!(t.next_column_id(), 3);
+    }
+
     impl TableDef {
         fn clone_with_created(mut self, at: chrono::DateTime<Utc>) -> Self {
             self.created_at = at;
+            self.history = vec![self.initial_version()];
             self
         }
     }

@@ -8,6 +8,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ColumnName, NamespaceId, TableId, TableName};
+use crate::storage::Value;
 
 /// Name of the system column with the time of a row's last change.
 pub const UPDATED_COLUMN: &str = "_updated";
@@ -104,6 +105,25 @@ impl KalamType {
             KalamType::SmallInt | KalamType::Int | KalamType::BigInt | KalamType::Text
         )
     }
+
+    /// Whether `MODIFY COLUMN` may change a column from `self` to `to`: every value of `self`
+    /// is a value of `to` with the same stored representation (`Value::Int` for every integer
+    /// width, `Value::Float` for both float widths, the same unscaled `i128` for a decimal of
+    /// the same scale), so no hot row and no Parquet file is rewritten; readers cast.
+    pub fn widens_to(self, to: KalamType) -> bool {
+        use KalamType::*;
+        match (self, to) {
+            (SmallInt, Int | BigInt) | (Int, BigInt) | (Float, Double) => true,
+            (
+                Decimal { precision, scale },
+                Decimal {
+                    precision: wider,
+                    scale: same,
+                },
+            ) => scale == same && wider > precision,
+            _ => false,
+        }
+    }
 }
 
 /// One user column of a table schema version.
@@ -117,6 +137,11 @@ pub struct ColumnDef {
     /// The DEFAULT expression as SQL text (`SNOWFLAKE_ID()`, `NOW()`, `'normal'`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<String>,
+    /// What rows written before this column existed read as: the DEFAULT of `ADD COLUMN`,
+    /// evaluated once when the column was added (Iceberg's `initial-default`). `None` (every
+    /// column of CREATE TABLE, and added columns without DEFAULT) reads as NULL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_default: Option<Value>,
 }
 
 /// When hot rows are flushed to Parquet (enforced by the cold tier).
@@ -202,6 +227,16 @@ impl Default for StreamOptions {
     }
 }
 
+/// One schema version of a table (`schema_v{N}.json`): its columns, when it was made and
+/// what changed, in one line (`CREATE TABLE`, `ADD COLUMN priority TEXT DEFAULT 'normal'`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaVersion {
+    pub version: u32,
+    pub created_at: DateTime<Utc>,
+    pub change: String,
+    pub columns: Vec<ColumnDef>,
+}
+
 /// A table as the catalog stores it (`manifest.json` + `schema_v{N}.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableDef {
@@ -229,6 +264,16 @@ pub struct TableDef {
     /// `None` (catalogs written before the cold tier) means the built-in `local` location.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<TableStorage>,
+    /// The largest column id ever given out, dropped columns included: an added column gets
+    /// a new id, so a re-added name never reads a dropped column's values. `0` in manifests
+    /// written before ALTER TABLE existed (ids were then never dropped).
+    #[serde(default)]
+    pub last_column_id: u32,
+    /// Every schema version up to and including the current one, oldest first: rows and
+    /// Parquet files written under any of them are read through it. Loaded from the
+    /// `schema_v{N}.json` files, never written into the manifest.
+    #[serde(skip)]
+    pub history: Vec<SchemaVersion>,
 }
 
 /// The two kinds of storage location of API.md.
@@ -297,6 +342,41 @@ impl TableDef {
 
     pub fn column(&self, name: &str) -> Option<&ColumnDef> {
         self.columns.iter().find(|c| c.name.as_str() == name)
+    }
+
+    /// The columns of schema version `version`, if this definition knows it (it knows its
+    /// own and every older one).
+    pub fn columns_of(&self, version: u32) -> Option<&[ColumnDef]> {
+        if version == self.schema_version {
+            return Some(&self.columns);
+        }
+        self.history
+            .iter()
+            .find(|v| v.version == version)
+            .map(|v| v.columns.as_slice())
+    }
+
+    /// The id the next added column gets: never one a column of any version had.
+    pub fn next_column_id(&self) -> u32 {
+        let used = self
+            .history
+            .iter()
+            .flat_map(|v| v.columns.iter())
+            .chain(&self.columns)
+            .map(|c| c.id)
+            .max()
+            .unwrap_or(0);
+        used.max(self.last_column_id) + 1
+    }
+
+    /// Version 1 as CREATE TABLE made it, for a definition without history yet.
+    pub fn initial_version(&self) -> SchemaVersion {
+        SchemaVersion {
+            version: self.schema_version,
+            created_at: self.created_at,
+            change: "CREATE TABLE".into(),
+            columns: self.columns.clone(),
+        }
     }
 
     pub fn primary_key_index(&self) -> usize {

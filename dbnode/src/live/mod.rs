@@ -12,6 +12,12 @@
 //! sees exactly the commits appended after it registered (plus the replay of `from_seq`),
 //! which is what makes "a write completed after `subscribed` is always delivered" and a
 //! resume without gap or duplicate hold.
+//!
+//! Schema versions: an event carries the definition its rows were committed in, and a
+//! subscription evaluates it in the version it was compiled against (columns matched by id,
+//! with the wider type of a column widened since). ALTER TABLE checks and commits a DROP or
+//! MODIFY COLUMN under the per-table lock ([`LiveHub::while_column_unused`]), so no
+//! subscription can start using a column while it is being dropped.
 
 pub mod query;
 
@@ -33,9 +39,10 @@ use crate::auth::Principal;
 use crate::catalog::TableDef;
 use crate::error::{KalamError, Result};
 use crate::ids::TableId;
-use crate::live::query::CompiledQuery;
+use crate::live::query::{ColumnUse, CompiledQuery};
 use crate::sql::output::query_result;
 use crate::sql::rows::rows_to_batch;
+use crate::storage::codec::Reshape;
 use crate::storage::table::{ChangeSink, CommittedBatch};
 use crate::storage::{Partition, StoredRow, Value};
 
@@ -182,14 +189,17 @@ impl Subscription {
 }
 
 /// A commit as the live side keeps it: the rows, and their Arrow and JSON images built
-/// once, on first use, for every subscription that evaluates it.
+/// once, on first use, for every subscription that evaluates it; images in another schema
+/// version (for subscriptions compiled before or after an ALTER) are built once per version.
 #[derive(Debug)]
 struct ChangeEvent {
     batch: CommittedBatch,
+    /// The definition the rows were committed in.
     def: Arc<TableDef>,
     at: Instant,
     bytes: usize,
-    images: OnceLock<Option<Images>>,
+    images: OnceLock<Option<Arc<Images>>>,
+    other_versions: Mutex<Vec<(u32, Option<Arc<Images>>)>>,
 }
 
 #[derive(Debug)]
@@ -202,22 +212,62 @@ struct Images {
     old_of: Vec<Option<usize>>,
 }
 
+/// The shape in which a subscription compiled against `sub` sees rows committed in `event`:
+/// the subscription's columns, each with the type it has in the newer of the two versions
+/// (types only widen), so a value written after a MODIFY COLUMN is never narrowed. Its
+/// predicate never reads a column widened since it was compiled (MODIFY COLUMN is refused
+/// while a live query filters on the column).
+fn image_def(sub: &TableDef, event: &TableDef) -> TableDef {
+    let mut def = sub.clone();
+    if event.schema_version > sub.schema_version {
+        for c in &mut def.columns {
+            if let Some(e) = event.columns.iter().find(|e| e.id == c.id) {
+                c.data_type = e.data_type;
+            }
+        }
+    }
+    def
+}
+
 impl ChangeEvent {
-    fn images(&self) -> Option<&Images> {
-        self.images
-            .get_or_init(|| match self.build_images() {
-                Ok(images) => Some(images),
-                Err(e) => {
-                    tracing::error!(table = %self.def.id(), seq = self.batch.seq, error = %e, "building live-query images");
-                    None
-                }
-            })
-            .as_ref()
+    /// The images for a subscription compiled against `sub`.
+    fn images_for(&self, sub: &TableDef) -> Option<Arc<Images>> {
+        if sub.schema_version == self.def.schema_version {
+            return self
+                .images
+                .get_or_init(|| self.build_logged(&self.def))
+                .clone();
+        }
+        let mut others = self.other_versions.lock();
+        if let Some((_, images)) = others.iter().find(|(v, _)| *v == sub.schema_version) {
+            return images.clone();
+        }
+        let images = self.build_logged(&image_def(sub, &self.def));
+        others.push((sub.schema_version, images.clone()));
+        images
     }
 
-    fn build_images(&self) -> Result<Images> {
-        let schema = self.def.arrow_schema();
-        let version = self.def.schema_version;
+    fn build_logged(&self, target: &TableDef) -> Option<Arc<Images>> {
+        match self.build_images(target) {
+            Ok(images) => Some(Arc::new(images)),
+            Err(e) => {
+                tracing::error!(table = %self.def.id(), seq = self.batch.seq, error = %e, "building live-query images");
+                None
+            }
+        }
+    }
+
+    /// The images of the rows in the columns of `target` (the event's own definition, or
+    /// one of another version of the table).
+    fn build_images(&self, target: &TableDef) -> Result<Images> {
+        let schema = target.arrow_schema();
+        let version = target.schema_version;
+        let reshape = (version != self.def.schema_version)
+            .then(|| Reshape::new(&self.def.columns, &target.columns));
+        let shaped = |values: &Vec<Value>| match &reshape {
+            Some(plan) => plan.apply(values.clone()),
+            None => values.clone(),
+        };
         let mut new_rows = Vec::with_capacity(self.batch.rows.len());
         let mut old_rows = Vec::new();
         let mut old_of = Vec::with_capacity(self.batch.rows.len());
@@ -227,7 +277,7 @@ impl ChangeEvent {
                 seq: self.batch.seq,
                 updated_micros: self.batch.updated_micros,
                 deleted: row.deleted,
-                values: row.new.clone(),
+                values: shaped(&row.new),
             });
             old_of.push(row.old.as_ref().map(|old| {
                 old_rows.push(StoredRow {
@@ -235,13 +285,13 @@ impl ChangeEvent {
                     seq: 0,
                     updated_micros: old.updated_micros,
                     deleted: old.deleted,
-                    values: old.values.clone(),
+                    values: shaped(&old.values),
                 });
                 old_rows.len() - 1
             }));
         }
-        let new = rows_to_batch(&self.def, &schema, &new_rows)?;
-        let old = rows_to_batch(&self.def, &schema, &old_rows)?;
+        let new = rows_to_batch(target, &schema, &new_rows)?;
+        let old = rows_to_batch(target, &schema, &old_rows)?;
         let new_json = query_result(&schema, std::slice::from_ref(&new))?.rows;
         let old_json = query_result(&schema, std::slice::from_ref(&old))?.rows;
         Ok(Images {
@@ -490,6 +540,12 @@ impl LiveHub {
         });
         let table = self.table_state(&def, subscription.query.runtime.store.last_seq());
         let mut state = table.lock();
+        // An ALTER commits under this lock too: either it saw this subscription, or it has
+        // committed and the query must still fit the table.
+        let current = subscription.query.runtime.store.def();
+        if current.schema_version != def.schema_version {
+            subscription.query.check_against(&current)?;
+        }
         state.evict(self.settings.retention, self.settings.max_log_bytes);
         if let Some(from) = start.from_seq {
             if from < state.evicted_through || from > state.last_seq {
@@ -616,26 +672,42 @@ impl LiveHub {
             .collect()
     }
 
-    /// Live ids of the subscriptions that select or filter on a column (ALTER TABLE DROP
-    /// COLUMN refuses while there are any).
-    pub fn column_users(&self, def: &TableDef, column: &str) -> Vec<String> {
-        let Ok(index) = def.arrow_schema().index_of(column) else {
-            return Vec::new();
+    /// Runs `commit` (an ALTER TABLE's catalog commit) unless a subscription of the table
+    /// uses `column` of `def` as `usage` says (DROP COLUMN: selects or filters on it; MODIFY
+    /// COLUMN: filters on it), which is `TableInUse` listing their live ids. Subscriptions
+    /// are matched by column id, whatever version they were compiled against, and none can
+    /// register meanwhile: this holds the per-table lock registration takes. The caller
+    /// holds the table's write lock (taken before this one, as on the commit path).
+    pub fn while_column_unused<T>(
+        &self,
+        def: &TableDef,
+        last_seq: u64,
+        column: &str,
+        usage: ColumnUse,
+        commit: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let Some(id) = def.column(column).map(|c| c.id) else {
+            return commit();
         };
-        self.registry
-            .lock()
+        let table = self.table_state(def, last_seq);
+        let state = table.lock();
+        let mut users: Vec<String> = state
+            .subscriptions
             .values()
-            .filter(|s| s.table_uid == def.uid)
-            .filter(|s| {
-                s.query.projection.contains(&index)
-                    || s.query.predicate.as_ref().is_some_and(|p| {
-                        datafusion::physical_expr::utils::collect_columns(p)
-                            .iter()
-                            .any(|c| c.index() == index)
-                    })
-            })
+            .flat_map(|list| list.iter())
+            .filter(|s| s.is_active() && s.query.uses(id, usage))
             .map(|s| s.live_id.clone())
-            .collect()
+            .collect();
+        if !users.is_empty() {
+            users.sort();
+            return Err(KalamError::TableInUse {
+                what: format!("column {column} of {}", def.id()),
+                live_ids: users,
+            });
+        }
+        let out = commit();
+        drop(state);
+        out
     }
 
     /// The table is gone: its log goes too.
@@ -655,6 +727,7 @@ impl ChangeSink for LiveHub {
             at: Instant::now(),
             bytes,
             images: OnceLock::new(),
+            other_versions: Mutex::new(Vec::new()),
         });
         let mut state = table.lock();
         state.last_seq = event.batch.seq;
@@ -721,7 +794,7 @@ fn is_true(mask: &Option<BooleanArray>, i: usize) -> bool {
 /// Evaluates one commit for one subscription and queues its messages: rows entering the
 /// filter as INSERT, staying as UPDATE (with old values), leaving or deleted as DELETE.
 fn deliver(event: &ChangeEvent, subscription: &Subscription) {
-    let Some(images) = event.images() else {
+    let Some(images) = event.images_for(subscription.query.runtime.def()) else {
         return;
     };
     let predicate = subscription.query.predicate.as_ref();

@@ -2,6 +2,10 @@
 //! [WHERE <predicate>]` over one USER, SHARED or STREAM table. The predicate is compiled
 //! once, to a DataFusion physical expression over the table's full schema (user columns and
 //! system columns), and evaluated on every change batch afterwards.
+//!
+//! A subscription keeps the schema version it was compiled against: after ADD COLUMN a
+//! `SELECT *` subscription goes on with the columns it had. Which columns it selects and
+//! filters on is kept by column id, so ALTER TABLE can refuse to drop (or retype) them.
 
 use std::sync::Arc;
 
@@ -14,6 +18,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
+use crate::catalog::TableDef;
 use crate::engine::{Engine, TableRuntime};
 use crate::error::{clip, KalamError, Result};
 use crate::ids::SYSTEM_NAMESPACE;
@@ -29,6 +34,10 @@ pub struct CompiledQuery {
     pub column_names: Vec<String>,
     /// `None`: every row matches.
     pub predicate: Option<Arc<dyn PhysicalExpr>>,
+    /// Ids of the user columns the subscription selects ...
+    pub selected: Vec<u32>,
+    /// ... and of those its WHERE reads.
+    pub filtered: Vec<u32>,
     /// The WHERE clause as SQL, for the `initial_data` query ...
     pub where_sql: Option<String>,
     /// ... which names the table by this alias (the table name when none was given).
@@ -37,6 +46,63 @@ pub struct CompiledQuery {
 
 fn invalid(msg: impl Into<String>) -> KalamError {
     KalamError::InvalidQuery(msg.into())
+}
+
+/// What ALTER TABLE asks of a column's use by live queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnUse {
+    /// Selected or filtered on (DROP COLUMN).
+    Any,
+    /// Filtered on (MODIFY COLUMN: the compiled predicate expects the old type).
+    Filter,
+}
+
+impl CompiledQuery {
+    pub fn uses(&self, column_id: u32, usage: ColumnUse) -> bool {
+        self.filtered.contains(&column_id)
+            || (usage == ColumnUse::Any && self.selected.contains(&column_id))
+    }
+
+    /// Whether the query still works on `current`, a definition newer than the one it was
+    /// compiled against (an ALTER committed while it was being registered): every column it
+    /// uses is still there, and the ones its WHERE reads still have their type.
+    pub fn check_against(&self, current: &TableDef) -> Result<()> {
+        let compiled = self.runtime.def();
+        for id in self.selected.iter().chain(&self.filtered) {
+            let Some(was) = compiled.columns.iter().find(|c| c.id == *id) else {
+                continue;
+            };
+            match current.columns.iter().find(|c| c.id == *id) {
+                None => {
+                    return Err(invalid(format!(
+                        "column '{}' was dropped from {} while subscribing",
+                        was.name,
+                        current.id()
+                    )))
+                }
+                Some(now) if self.filtered.contains(id) && now.data_type != was.data_type => {
+                    return Err(invalid(format!(
+                        "column '{}' of {} changed type while subscribing; subscribe again",
+                        was.name,
+                        current.id()
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The ids of the user columns among indexes into a table's full schema (user columns come
+/// first, in order; system columns have no id).
+fn column_ids(def: &TableDef, indexes: impl Iterator<Item = usize>) -> Vec<u32> {
+    let mut ids: Vec<u32> = indexes
+        .filter_map(|i| def.columns.get(i).map(|c| c.id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// Parses and checks `sql`, resolves its table, and compiles its predicate with `state`'s
@@ -184,7 +250,20 @@ pub fn compile(engine: &Engine, state: &SessionState, sql: &str) -> Result<Compi
             (Some(physical), Some(text))
         }
     };
+    let def = runtime.def();
+    let selected = column_ids(def, projection.iter().copied());
+    let filtered = match &predicate {
+        Some(p) => column_ids(
+            def,
+            datafusion::physical_expr::utils::collect_columns(p)
+                .iter()
+                .map(|c| c.index()),
+        ),
+        None => Vec::new(),
+    };
     Ok(CompiledQuery {
+        selected,
+        filtered,
         runtime,
         projection,
         column_names,

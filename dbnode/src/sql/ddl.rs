@@ -1,16 +1,20 @@
 //! Validates a parsed `CREATE ... TABLE` into the catalog's `TableDef`: column types and
 //! options, the primary key (declared, or an automatic `id` with `SNOWFLAKE_ID()`), location
-//! and flush policy, and the table's WITH options.
+//! and flush policy, and the table's WITH options. And ALTER TABLE: the next schema version
+//! of a table from its current one ([`apply_alter`], docs/adr/0011-schema-versions.md).
 
-use chrono::Utc;
-use datafusion::sql::sqlparser::ast::{ColumnOption, Expr as SqlExpr, TableConstraint};
+use chrono::{DateTime, Utc};
+use datafusion::sql::sqlparser::ast::{
+    ColumnDef as SqlColumnDef, ColumnOption, Expr as SqlExpr, TableConstraint,
+};
 use rand::RngCore;
 
 use crate::auth::parse_duration;
 use crate::catalog::{
-    ColumnDef, KalamType, LocationSpec, StreamOptions, TableDef, TableKind, DELETED_COLUMN,
-    UPDATED_COLUMN,
+    ColumnDef, KalamType, LocationSpec, SchemaVersion, StreamOptions, TableDef, TableKind,
+    DELETED_COLUMN, UPDATED_COLUMN,
 };
+use crate::cold::SEQ_COLUMN;
 use crate::error::{clip, KalamError, Result};
 use crate::ids::ColumnName;
 use crate::sql::parser::CreateTable;
@@ -107,6 +111,35 @@ fn check_location(kind: TableKind, location: &LocationSpec) -> Result<()> {
     Ok(())
 }
 
+/// One declared column (its `id` is the caller's) and whether it says PRIMARY KEY.
+fn declared_column(col: &SqlColumnDef, id: u32) -> Result<(ColumnDef, bool)> {
+    let mut def = ColumnDef {
+        id,
+        name: column_name(&col.name.value)?,
+        data_type: kalam_type(&col.data_type)?,
+        nullable: true,
+        default: None,
+        initial_default: None,
+    };
+    let mut primary = false;
+    for opt in &col.options {
+        match &opt.option {
+            ColumnOption::NotNull => def.nullable = false,
+            ColumnOption::Null => def.nullable = true,
+            ColumnOption::Default(expr) => def.default = Some(default_text(expr)),
+            ColumnOption::PrimaryKey(_) => primary = true,
+            other => {
+                return Err(bad(format!(
+                    "column '{}': option {} is not supported",
+                    def.name,
+                    clip(&other.to_string())
+                )))
+            }
+        }
+    }
+    Ok((def, primary))
+}
+
 /// Builds the table definition; `check_default` compiles a DEFAULT expression for its type.
 pub fn table_def(
     c: &CreateTable,
@@ -129,32 +162,12 @@ pub fn table_def(
     let mut columns: Vec<ColumnDef> = Vec::with_capacity(c.columns.len() + 1);
     let mut primary: Vec<String> = Vec::new();
     for (i, col) in c.columns.iter().enumerate() {
-        let name = column_name(&col.name.value)?;
-        if columns.iter().any(|c| c.name == name) {
-            return Err(bad(format!("column '{name}' is declared twice")));
+        let (def, is_key) = declared_column(col, i as u32 + 1)?;
+        if columns.iter().any(|c| c.name == def.name) {
+            return Err(bad(format!("column '{}' is declared twice", def.name)));
         }
-        let data_type = kalam_type(&col.data_type)?;
-        let mut def = ColumnDef {
-            id: i as u32 + 1,
-            name,
-            data_type,
-            nullable: true,
-            default: None,
-        };
-        for opt in &col.options {
-            match &opt.option {
-                ColumnOption::NotNull => def.nullable = false,
-                ColumnOption::Null => def.nullable = true,
-                ColumnOption::Default(expr) => def.default = Some(default_text(expr)),
-                ColumnOption::PrimaryKey(_) => primary.push(def.name.to_string()),
-                other => {
-                    return Err(bad(format!(
-                        "column '{}': option {} is not supported",
-                        def.name,
-                        clip(&other.to_string())
-                    )))
-                }
-            }
+        if is_key {
+            primary.push(def.name.to_string());
         }
         columns.push(def);
     }
@@ -186,6 +199,7 @@ pub fn table_def(
                 data_type: KalamType::BigInt,
                 nullable: false,
                 default: Some("SNOWFLAKE_ID()".into()),
+                initial_default: None,
             };
             let name = id.name.clone();
             columns.insert(0, id);
@@ -258,6 +272,7 @@ pub fn table_def(
     let mut uid = [0u8; 4];
     rand::rng().fill_bytes(&mut uid);
     let now = Utc::now();
+    let last_column_id = columns.iter().map(|c| c.id).max().unwrap_or(0);
     Ok(TableDef {
         namespace: c.table.namespace.clone(),
         name: c.table.table.clone(),
@@ -276,7 +291,179 @@ pub fn table_def(
         deleted_retention_secs,
         stream,
         storage: None,
+        last_column_id,
+        history: Vec::new(),
     })
+}
+
+/// One ALTER TABLE change, checked on its own ([`added_column`]); [`apply_alter`] checks
+/// it against the table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Alteration {
+    /// `column.id` is assigned by [`apply_alter`]; `initial_default` is the DEFAULT's value,
+    /// evaluated once by the caller, for the rows written before the column existed.
+    AddColumn {
+        column: ColumnDef,
+        if_not_exists: bool,
+    },
+    DropColumn {
+        name: String,
+        if_exists: bool,
+    },
+    ModifyColumn {
+        name: String,
+        data_type: KalamType,
+    },
+}
+
+/// Names of the server's own columns: `_updated`, `_deleted`, and `_seq` of Parquet files.
+fn is_system_column(name: &str) -> bool {
+    [UPDATED_COLUMN, DELETED_COLUMN, SEQ_COLUMN].contains(&name)
+}
+
+/// The column of `ADD COLUMN`, as declared: not a system column, not a key, and NOT NULL
+/// only with a DEFAULT (rows written before the column existed read as the DEFAULT; without
+/// one they would be NULL in a NOT NULL column).
+pub fn added_column(col: &SqlColumnDef) -> Result<ColumnDef> {
+    if is_system_column(&col.name.value) {
+        return Err(KalamError::SystemColumnReadonly(col.name.value.clone()));
+    }
+    let (def, is_key) = declared_column(col, 0)?;
+    if is_key {
+        return Err(bad(format!(
+            "ADD COLUMN {}: a table's PRIMARY KEY is chosen at CREATE TABLE and cannot be added",
+            def.name
+        )));
+    }
+    if !def.nullable && def.default.is_none() {
+        return Err(bad(format!(
+            "ADD COLUMN {} NOT NULL needs a DEFAULT: the rows written before the column existed read as it",
+            def.name
+        )));
+    }
+    Ok(def)
+}
+
+/// The column `name` of `current`, refusing system columns (which no ALTER touches) and
+/// the primary key (its encoding orders the hot tier and keys every Parquet file).
+fn altered_column<'a>(
+    current: &'a TableDef,
+    name: &str,
+    what: &str,
+) -> Result<Option<&'a ColumnDef>> {
+    if is_system_column(name) {
+        return Err(KalamError::SystemColumnReadonly(name.to_string()));
+    }
+    let Some(col) = current.column(name) else {
+        return Ok(None);
+    };
+    if col.name == current.primary_key {
+        return Err(bad(format!(
+            "{what} {name}: '{name}' is the primary key of {}, which cannot be dropped or changed",
+            current.id()
+        )));
+    }
+    Ok(Some(col))
+}
+
+fn column_not_found(current: &TableDef, name: &str) -> KalamError {
+    KalamError::ColumnNotFound {
+        table: current.id().to_string(),
+        column: clip(name),
+    }
+}
+
+/// The next schema version of `current` after `change`, made at `at`; `None` when the
+/// change does nothing (`ADD COLUMN IF NOT EXISTS` of an existing column, `DROP COLUMN IF
+/// EXISTS` of a missing one, `MODIFY COLUMN` to the type the column has). Only metadata
+/// changes: no row or file is rewritten, readers adapt by column id.
+pub fn apply_alter(
+    current: &TableDef,
+    change: &Alteration,
+    at: DateTime<Utc>,
+) -> Result<Option<TableDef>> {
+    if current.kind == TableKind::Stream {
+        return Err(KalamError::Unsupported(format!(
+            "{} is a STREAM table: its columns are fixed at CREATE (events are short-lived;              drop and create the table to change them)",
+            current.id()
+        )));
+    }
+    let mut next = current.clone();
+    let summary = match change {
+        Alteration::AddColumn {
+            column,
+            if_not_exists,
+        } => {
+            if current.column(column.name.as_str()).is_some() {
+                if *if_not_exists {
+                    return Ok(None);
+                }
+                return Err(KalamError::ColumnAlreadyExists {
+                    table: current.id().to_string(),
+                    column: column.name.to_string(),
+                });
+            }
+            let mut column = column.clone();
+            column.id = current.next_column_id();
+            next.last_column_id = column.id;
+            let summary = format!(
+                "ADD COLUMN {} {}{}{}",
+                column.name,
+                column.data_type.sql_name(),
+                if column.nullable { "" } else { " NOT NULL" },
+                column
+                    .default
+                    .as_ref()
+                    .map(|d| format!(" DEFAULT {d}"))
+                    .unwrap_or_default()
+            );
+            next.columns.push(column);
+            summary
+        }
+        Alteration::DropColumn { name, if_exists } => {
+            match altered_column(current, name, "DROP COLUMN")? {
+                Some(_) => {}
+                None if *if_exists => return Ok(None),
+                None => return Err(column_not_found(current, name)),
+            }
+            next.columns.retain(|c| c.name.as_str() != name);
+            format!("DROP COLUMN {name}")
+        }
+        Alteration::ModifyColumn { name, data_type } => {
+            let col = altered_column(current, name, "MODIFY COLUMN")?
+                .ok_or_else(|| column_not_found(current, name))?;
+            let from = col.data_type;
+            if from == *data_type {
+                return Ok(None);
+            }
+            if !from.widens_to(*data_type) {
+                return Err(bad(format!(
+                    "MODIFY COLUMN {name}: {} -> {} is not a widening; allowed are SMALLINT -> INT -> BIGINT,                      FLOAT -> DOUBLE and DECIMAL(p,s) -> DECIMAL(q,s) with q > p",
+                    from.sql_name(),
+                    data_type.sql_name()
+                )));
+            }
+            for c in next.columns.iter_mut().filter(|c| c.name.as_str() == name) {
+                c.data_type = *data_type;
+            }
+            format!(
+                "MODIFY COLUMN {name} {} -> {}",
+                from.sql_name(),
+                data_type.sql_name()
+            )
+        }
+    };
+    next.schema_version = current.schema_version + 1;
+    if next.history.is_empty() {
+        next.history.push(current.initial_version());
+    }
+    next.history.push(SchemaVersion {
+        version: next.schema_version,
+        created_at: at,
+        change: summary,
+        columns: next.columns.clone(),
+    });
+    Ok(Some(next))
 }
 
 /// The `WITH` options only STREAM tables take.
@@ -466,6 +653,167 @@ mod tests {
                 "{with}"
             );
         }
+    }
+
+    fn add(sql_column: &str) -> Result<Alteration> {
+        let (mut v, err) = parse_statements(&format!("ALTER TABLE app.m ADD COLUMN {sql_column}"));
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let KalamStatement::AlterTable {
+            change:
+                crate::sql::parser::AlterChange::AddColumn {
+                    column,
+                    if_not_exists,
+                },
+            ..
+        } = v.remove(0)
+        else {
+            panic!("not an ADD COLUMN")
+        };
+        Ok(Alteration::AddColumn {
+            column: added_column(&column)?,
+            if_not_exists,
+        })
+    }
+
+    fn alter(t: &TableDef, change: Result<Alteration>) -> Result<TableDef> {
+        apply_alter(t, &change?, Utc::now()).map(|next| next.expect("a change"))
+    }
+
+    fn drop_col(name: &str) -> Result<Alteration> {
+        Ok(Alteration::DropColumn {
+            name: name.into(),
+            if_exists: false,
+        })
+    }
+
+    fn modify(name: &str, data_type: KalamType) -> Result<Alteration> {
+        Ok(Alteration::ModifyColumn {
+            name: name.into(),
+            data_type,
+        })
+    }
+
+    #[test]
+    fn alter_builds_versions_with_fresh_column_ids() {
+        let v1 = def("CREATE USER TABLE app.m (content TEXT, n INT)").unwrap();
+        assert_eq!(v1.last_column_id, 3);
+        let v2 = alter(&v1, add("priority TEXT NOT NULL DEFAULT 'normal'")).unwrap();
+        assert_eq!(v2.schema_version, 2);
+        let priority = v2.column("priority").unwrap();
+        assert_eq!((priority.id, priority.nullable), (4, false));
+        assert_eq!(v2.history.len(), 2);
+        assert_eq!(
+            v2.history[1].change,
+            "ADD COLUMN priority TEXT NOT NULL DEFAULT 'normal'"
+        );
+        let v3 = alter(&v2, modify("n", KalamType::BigInt)).unwrap();
+        assert_eq!(v3.column("n").unwrap().data_type, KalamType::BigInt);
+        assert_eq!(v3.history[2].change, "MODIFY COLUMN n INT -> BIGINT");
+        let v4 = alter(&v3, drop_col("priority")).unwrap();
+        assert!(v4.column("priority").is_none());
+        // Added again: a new id, never the dropped column's.
+        let v5 = alter(&v4, add("priority INT")).unwrap();
+        assert_eq!(v5.column("priority").unwrap().id, 5);
+        assert_eq!(v5.columns_of(2).unwrap()[3].id, 4);
+        assert_eq!(v5.history.len(), 5);
+        // No-ops.
+        let same = Alteration::AddColumn {
+            column: v5.column("priority").unwrap().clone(),
+            if_not_exists: true,
+        };
+        assert!(apply_alter(&v5, &same, Utc::now()).unwrap().is_none());
+        assert!(
+            apply_alter(&v5, &modify("n", KalamType::BigInt).unwrap(), Utc::now())
+                .unwrap()
+                .is_none()
+        );
+        let gone = Alteration::DropColumn {
+            name: "nope".into(),
+            if_exists: true,
+        };
+        assert!(apply_alter(&v5, &gone, Utc::now()).unwrap().is_none());
+        // Dropping every column but the key is allowed.
+        let v6 = alter(&v5, drop_col("content")).unwrap();
+        let v7 = alter(&v6, drop_col("n")).unwrap();
+        let v8 = alter(&v7, drop_col("priority")).unwrap();
+        assert_eq!(v8.columns.len(), 1);
+    }
+
+    #[test]
+    fn bad_alters_are_refused_with_their_code() {
+        let t =
+            def("CREATE USER TABLE app.m (content TEXT, n INT, f FLOAT, d DECIMAL(10,2))").unwrap();
+        let code = |change: Result<Alteration>| alter(&t, change).unwrap_err().code().to_string();
+        assert_eq!(code(add("content TEXT")), "COLUMN_ALREADY_EXISTS");
+        assert_eq!(code(add("_updated TEXT")), "SYSTEM_COLUMN_READONLY");
+        assert_eq!(code(add("_seq BIGINT")), "SYSTEM_COLUMN_READONLY");
+        assert_eq!(code(add("_mine TEXT")), "INVALID_TABLE_DEFINITION");
+        assert_eq!(code(add("x INT NOT NULL")), "INVALID_TABLE_DEFINITION");
+        assert_eq!(code(add("x INT PRIMARY KEY")), "INVALID_TABLE_DEFINITION");
+        assert_eq!(code(add("x GEOMETRY")), "INVALID_TABLE_DEFINITION");
+        assert_eq!(code(add("x INT UNIQUE")), "INVALID_TABLE_DEFINITION");
+        assert_eq!(code(drop_col("nope")), "COLUMN_NOT_FOUND");
+        assert_eq!(code(drop_col("id")), "INVALID_TABLE_DEFINITION");
+        assert_eq!(code(drop_col("_deleted")), "SYSTEM_COLUMN_READONLY");
+        assert_eq!(code(modify("nope", KalamType::BigInt)), "COLUMN_NOT_FOUND");
+        assert_eq!(
+            code(modify("id", KalamType::Int)),
+            "INVALID_TABLE_DEFINITION"
+        );
+        assert_eq!(
+            code(modify("_updated", KalamType::Text)),
+            "SYSTEM_COLUMN_READONLY"
+        );
+        for (column, to) in [
+            ("n", KalamType::SmallInt),
+            ("n", KalamType::Text),
+            ("n", KalamType::Double),
+            ("f", KalamType::Int),
+            ("content", KalamType::Json),
+            (
+                "d",
+                KalamType::Decimal {
+                    precision: 8,
+                    scale: 2,
+                },
+            ),
+            (
+                "d",
+                KalamType::Decimal {
+                    precision: 12,
+                    scale: 3,
+                },
+            ),
+        ] {
+            assert_eq!(
+                code(modify(column, to)),
+                "INVALID_TABLE_DEFINITION",
+                "{column} -> {to:?}"
+            );
+        }
+        for (column, to) in [
+            ("n", KalamType::BigInt),
+            ("f", KalamType::Double),
+            (
+                "d",
+                KalamType::Decimal {
+                    precision: 20,
+                    scale: 2,
+                },
+            ),
+        ] {
+            assert!(alter(&t, modify(column, to)).is_ok(), "{column} -> {to:?}");
+        }
+        let s = def("CREATE STREAM TABLE app.s (a INT)").unwrap();
+        assert_eq!(
+            apply_alter(&s, &add("b INT").unwrap(), Utc::now())
+                .unwrap_err()
+                .code()
+                .to_string(),
+            "UNSUPPORTED_STATEMENT"
+        );
     }
 
     #[test]

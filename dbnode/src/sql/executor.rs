@@ -9,8 +9,12 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{SchemaRef, TimestampMicrosecondType, UInt64Type};
+use datafusion::arrow::array::{
+    AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Schema, SchemaRef, TimestampMicrosecondType, UInt64Type,
+};
 use datafusion::execution::context::{SQLOptions, SessionState};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -19,7 +23,7 @@ use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
-    AssignmentTarget, Delete, Expr as SqlExpr, FromTable, Ident, Insert, ObjectName,
+    Assignment, AssignmentTarget, Delete, Expr as SqlExpr, FromTable, Ident, Insert, ObjectName,
     ObjectNamePart, SetExpr, Statement, TableFactor, TableObject, TableWithJoins, Update,
 };
 use futures::StreamExt;
@@ -27,21 +31,23 @@ use kalam_client::wire::{ColumnInfo, QueryResult, Row};
 use serde_json::json;
 
 use crate::catalog::{
-    human_duration, LocationKind, NamespaceDef, StorageLocationDef, TableDef, TableKind,
-    DELETED_COLUMN, UPDATED_COLUMN,
+    human_duration, ColumnDef, KalamType, LocationKind, NamespaceDef, StorageLocationDef, TableDef,
+    TableKind, DELETED_COLUMN, TIMESTAMP_TZ, UPDATED_COLUMN,
 };
 use crate::cold::location;
 use crate::engine::{compile_default, Engine, TableRuntime};
 use crate::error::{clip, KalamError, Result};
 use crate::flush::Flusher;
 use crate::ids::{TableId, SYSTEM_NAMESPACE};
+use crate::sql::ddl::Alteration;
 use crate::sql::functions::{self, SnowflakeGenerator};
-use crate::sql::parser::{table_id_from_object_name, KalamStatement};
+use crate::sql::parser::{table_id_from_object_name, AlterChange, KalamStatement};
 use crate::sql::provider::{partition_for, RequestContext};
 use crate::sql::rows::{batch_to_values, cast_to_column, value_at};
 use crate::sql::schema::{KalamCatalogList, CATALOG};
 use crate::sql::{ddl, fast_insert, output, system_tables};
 use crate::storage::table::RowChange;
+use crate::storage::Value;
 
 /// The DataFusion state every request starts from: configuration and KalamDB's functions.
 /// Without `catalogs` it can compile expressions (DEFAULTs) but resolve no table.
@@ -262,7 +268,9 @@ impl Executor {
                 )
                 .await
             }
-            KalamStatement::DescribeTable { table } => self.describe(&table),
+            KalamStatement::DescribeTable { table, history: false } => self.describe(&table),
+            KalamStatement::DescribeTable { table, history: true } => self.describe_history(&table),
+            KalamStatement::AlterTable { table, change } => self.alter_table(ctx, &table, change).await,
             KalamStatement::FlushTable { table } => {
                 admin_only(ctx, "FLUSH TABLE")?;
                 let rt = self.user_table(&table)?;
@@ -295,7 +303,7 @@ impl Executor {
             }
             KalamStatement::NotYetSupported(what) => {
                 // The role rule of API.md holds even for statements this node cannot run yet.
-                if matches!(what, "ALTER TABLE" | "FLUSH TABLE" | "BACKUP NAMESPACE" | "RESTORE NAMESPACE") {
+                if matches!(what, "BACKUP NAMESPACE" | "RESTORE NAMESPACE") {
                     admin_only(ctx, what)?;
                 }
                 Err(KalamError::Unsupported(format!("{what} is not available on this node yet")))
@@ -620,12 +628,74 @@ impl Executor {
                 "UPDATE supports SET and WHERE only".into(),
             ));
         }
-        let rt = self.runtime(Self::dml_target(&update.table)?)?;
+        let target = Self::dml_target(&update.table)?;
+        let rt = self.runtime(target)?;
         Self::check_writable(ctx, &rt)?;
         Self::check_changeable(&rt)?;
-        let def = rt.def().clone();
+        let partition = partition_for(rt.def(), ctx);
+        let lock = rt.store.dml_lock(&partition);
+        let _serialised = lock.lock().await;
+        for attempt in 1..=WRITE_ATTEMPTS {
+            // Each attempt reads with the table's current schema version: one that an ALTER
+            // replaced would miss the new columns, and the write refuses it.
+            let rt = self.runtime(target)?;
+            let def = rt.def().clone();
+            let targets = Self::update_targets(&def, &update.assignments)?;
+            let extra: Vec<String> = targets.iter().map(|(_, e)| e.clone()).collect();
+            let generation = rt.store.cold_generation();
+            let batches = self
+                .select_targets(
+                    state,
+                    &def,
+                    &update.table,
+                    &extra,
+                    update.selection.as_ref(),
+                )
+                .await?;
+            let mut changes = Vec::new();
+            for batch in &batches {
+                let old = batch_to_values(&def, batch)?;
+                let mut values = old.clone();
+                for (n, (idx, _)) in targets.iter().enumerate() {
+                    let col = &def.columns[*idx];
+                    let array = cast_to_column(
+                        batch.column(def.columns.len() + n),
+                        col.data_type,
+                        col.name.as_str(),
+                    )?;
+                    for (i, row) in values.iter_mut().enumerate() {
+                        row[*idx] = value_at(&array, i, col.data_type, col.name.as_str())?;
+                    }
+                }
+                for ((values, old), (read_updated, deleted)) in
+                    values.into_iter().zip(old).zip(read_versions(batch)?)
+                {
+                    // An UPDATE changes values, never `_deleted`.
+                    changes.push(RowChange {
+                        values,
+                        old,
+                        old_deleted: deleted,
+                        read_updated,
+                        deleted,
+                    });
+                }
+            }
+            match rt
+                .store
+                .apply_changes(&def, &partition, changes, generation)
+            {
+                Err(KalamError::WriteConflict(_)) if attempt < WRITE_ATTEMPTS => continue,
+                other => return other.map(affected),
+            }
+        }
+        Err(KalamError::WriteConflict(rt.def().id().to_string()))
+    }
+
+    /// The columns an UPDATE assigns (their positions in `def`) with their SET expressions
+    /// as extra select items.
+    fn update_targets(def: &TableDef, assignments: &[Assignment]) -> Result<Vec<(usize, String)>> {
         let mut targets: Vec<(usize, String)> = Vec::new();
-        for assignment in &update.assignments {
+        for assignment in assignments {
             let AssignmentTarget::ColumnName(col) = &assignment.target else {
                 return Err(KalamError::Unsupported(
                     "UPDATE of a column tuple is not supported".into(),
@@ -665,55 +735,7 @@ impl Executor {
                 ),
             ));
         }
-        let extra: Vec<String> = targets.iter().map(|(_, e)| e.clone()).collect();
-        let partition = partition_for(&def, ctx);
-        let lock = rt.store.dml_lock(&partition);
-        let _serialised = lock.lock().await;
-        for attempt in 1..=WRITE_ATTEMPTS {
-            let generation = rt.store.cold_generation();
-            let batches = self
-                .select_targets(
-                    state,
-                    &def,
-                    &update.table,
-                    &extra,
-                    update.selection.as_ref(),
-                )
-                .await?;
-            let mut changes = Vec::new();
-            for batch in &batches {
-                let old = batch_to_values(&def, batch)?;
-                let mut values = old.clone();
-                for (n, (idx, _)) in targets.iter().enumerate() {
-                    let col = &def.columns[*idx];
-                    let array = cast_to_column(
-                        batch.column(def.columns.len() + n),
-                        col.data_type,
-                        col.name.as_str(),
-                    )?;
-                    for (i, row) in values.iter_mut().enumerate() {
-                        row[*idx] = value_at(&array, i, col.data_type, col.name.as_str())?;
-                    }
-                }
-                for ((values, old), (read_updated, deleted)) in
-                    values.into_iter().zip(old).zip(read_versions(batch)?)
-                {
-                    // An UPDATE changes values, never `_deleted`.
-                    changes.push(RowChange {
-                        values,
-                        old,
-                        old_deleted: deleted,
-                        read_updated,
-                        deleted,
-                    });
-                }
-            }
-            match rt.store.apply_changes(&partition, changes, generation) {
-                Err(KalamError::WriteConflict(_)) if attempt < WRITE_ATTEMPTS => continue,
-                other => return other.map(affected),
-            }
-        }
-        Err(KalamError::WriteConflict(def.id().to_string()))
+        Ok(targets)
     }
 
     async fn delete(
@@ -738,14 +760,17 @@ impl Executor {
                 "DELETE targets exactly one table".into(),
             ));
         };
-        let rt = self.runtime(Self::dml_target(relation)?)?;
+        let target = Self::dml_target(relation)?;
+        let rt = self.runtime(target)?;
         Self::check_writable(ctx, &rt)?;
         Self::check_changeable(&rt)?;
-        let def = rt.def().clone();
-        let partition = partition_for(&def, ctx);
+        let partition = partition_for(rt.def(), ctx);
         let lock = rt.store.dml_lock(&partition);
         let _serialised = lock.lock().await;
         for attempt in 1..=WRITE_ATTEMPTS {
+            // As in UPDATE: each attempt reads with the current schema version.
+            let rt = self.runtime(target)?;
+            let def = rt.def().clone();
             let generation = rt.store.cold_generation();
             let batches = self
                 .select_targets(state, &def, relation, &[], delete.selection.as_ref())
@@ -765,12 +790,123 @@ impl Executor {
                     });
                 }
             }
-            match rt.store.apply_changes(&partition, changes, generation) {
+            match rt
+                .store
+                .apply_changes(&def, &partition, changes, generation)
+            {
                 Err(KalamError::WriteConflict(_)) if attempt < WRITE_ATTEMPTS => continue,
                 other => return other.map(affected),
             }
         }
-        Err(KalamError::WriteConflict(def.id().to_string()))
+        Err(KalamError::WriteConflict(rt.def().id().to_string()))
+    }
+
+    /// `ALTER TABLE` (admins; docs/adr/0011-schema-versions.md). The change is checked on its
+    /// own, the DEFAULT of an added column is evaluated once (what older rows read), and the
+    /// engine checks it against the table and commits the next schema version.
+    async fn alter_table(
+        &self,
+        ctx: &Arc<RequestContext>,
+        table: &TableId,
+        change: AlterChange,
+    ) -> Result<QueryResult> {
+        admin_only(ctx, "ALTER TABLE")?;
+        if table.namespace.as_str() == SYSTEM_NAMESPACE {
+            return Err(KalamError::Unsupported(format!(
+                "{table} is a system table; its columns cannot be changed"
+            )));
+        }
+        let rt = self.user_table(table)?;
+        if rt.def().kind == TableKind::Stream {
+            return Err(KalamError::Unsupported(format!(
+                "{table} is a STREAM table: ALTER TABLE does not apply (its events are \
+                 short-lived; drop and create the table to change its columns)"
+            )));
+        }
+        let alteration = match change {
+            AlterChange::AddColumn {
+                column,
+                if_not_exists,
+            } => {
+                let mut column = ddl::added_column(&column)?;
+                if let Some(text) = column.default.clone() {
+                    column.initial_default = Some(self.default_value(ctx, &text, &column).await?);
+                }
+                Alteration::AddColumn {
+                    column,
+                    if_not_exists,
+                }
+            }
+            AlterChange::DropColumn { name, if_exists } => {
+                Alteration::DropColumn { name, if_exists }
+            }
+            AlterChange::ModifyColumn { name, data_type } => Alteration::ModifyColumn {
+                name,
+                data_type: ddl::kalam_type(&data_type)?,
+            },
+        };
+        Ok(
+            match self.engine.alter_table(table, &alteration, &self.base)? {
+                Some(def) => message(format!(
+                    "table {table} altered: {} (schema version {})",
+                    def.history
+                        .last()
+                        .map(|v| v.change.as_str())
+                        .unwrap_or_default(),
+                    def.schema_version
+                )),
+                None => message(format!(
+                    "table {table} unchanged (schema version {}): {}",
+                    rt.store.def().schema_version,
+                    match &alteration {
+                        Alteration::AddColumn { column, .. } =>
+                            format!("column {} already exists", column.name),
+                        Alteration::DropColumn { name, .. } =>
+                            format!("column {name} does not exist"),
+                        Alteration::ModifyColumn { name, data_type } =>
+                            format!("column {name} already has type {}", data_type.sql_name()),
+                    }
+                )),
+            },
+        )
+    }
+
+    /// The value of an added column's DEFAULT, computed once now (as the request's user, so
+    /// `NOW()` is the statement's time): what rows written before the column existed read.
+    async fn default_value(
+        &self,
+        ctx: &Arc<RequestContext>,
+        text: &str,
+        column: &ColumnDef,
+    ) -> Result<Value> {
+        let name = column.name.as_str();
+        let bad = |e: KalamError| {
+            KalamError::InvalidTableDefinition(format!("DEFAULT of column '{name}': {e}"))
+        };
+        // Type and shape first, with CREATE TABLE's rules (no columns, castable).
+        compile_default(&self.base, text, column.data_type).map_err(bad)?;
+        let state = self.state(ctx);
+        let batches = self
+            .run_text(&state, &format!("SELECT ({text}) AS v"))
+            .await
+            .map_err(bad)?;
+        let array = batches
+            .iter()
+            .find(|b| b.num_rows() > 0 && b.num_columns() > 0)
+            .map(|b| b.column(0).clone())
+            .ok_or_else(|| KalamError::internal("a DEFAULT evaluated to no row"))?;
+        let array = cast_to_column(&array, column.data_type, name).map_err(bad)?;
+        let value = value_at(&array, 0, column.data_type, name).map_err(bad)?;
+        match value {
+            Value::Null if !column.nullable => Err(bad(KalamError::InvalidValue(
+                "it is NULL, and the column is NOT NULL".into(),
+            ))),
+            // The value is kept in the schema file (JSON), which has no NaN or infinity.
+            Value::Float(f) if !f.is_finite() => Err(bad(KalamError::InvalidValue(
+                "NaN and infinities cannot be the value of existing rows".into(),
+            ))),
+            v => Ok(v),
+        }
     }
 
     /// A USER or SHARED table of a namespace (what FLUSH and SHOW TABLE STATS work on).
@@ -1074,6 +1210,64 @@ impl Executor {
             }
             _ => Err(KalamError::internal("not a storage location statement")),
         }
+    }
+
+    /// `DESCRIBE TABLE t HISTORY`: one row per schema version, oldest first, with when it
+    /// was made, what changed and its columns.
+    fn describe_history(&self, table: &TableId) -> Result<QueryResult> {
+        let rt = self
+            .engine
+            .table(table)
+            .ok_or_else(|| KalamError::TableNotFound(table.to_string()))?;
+        let def = rt.store.def();
+        let versions = if def.history.is_empty() {
+            vec![def.initial_version()]
+        } else {
+            def.history.clone()
+        };
+        let columns_text = |columns: &[ColumnDef]| {
+            columns
+                .iter()
+                .map(|c| format!("{} {}", c.name, c.data_type.sql_name()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("schema_version", DataType::Int64, false),
+            Field::new("created_at", KalamType::Timestamp.arrow(), false),
+            Field::new("change", DataType::Utf8, false),
+            Field::new("columns", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(
+                    versions.iter().map(|v| i64::from(v.version)),
+                )),
+                Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(
+                        versions.iter().map(|v| v.created_at.timestamp_micros()),
+                    )
+                    .with_timezone(TIMESTAMP_TZ),
+                ),
+                Arc::new(StringArray::from_iter_values(
+                    versions.iter().map(|v| v.change.as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    versions.iter().map(|v| columns_text(&v.columns)),
+                )),
+            ],
+        )
+        .map_err(KalamError::internal)?;
+        let mut result = output::query_result(&schema, &[batch])?;
+        result.message = Some(format!(
+            "{} table {}: schema version {}, {} version(s)",
+            def.kind.as_str().to_uppercase(),
+            def.id(),
+            def.schema_version,
+            versions.len()
+        ));
+        Ok(result)
     }
 
     fn describe(&self, table: &TableId) -> Result<QueryResult> {

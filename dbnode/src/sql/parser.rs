@@ -1,12 +1,13 @@
-//! KalamDB's SQL dialect: its own statements (namespaces, USER/SHARED/STREAM tables, SHOW,
-//! DESCRIBE) parsed on top of `sqlparser`, and everything else handed to `sqlparser` as is.
+//! KalamDB's SQL dialect: its own statements (namespaces, USER/SHARED/STREAM tables, ALTER
+//! TABLE, SHOW, DESCRIBE) parsed on top of `sqlparser`, and everything else handed to
+//! `sqlparser` as is.
 //!
 //! A request's text is parsed one statement at a time, so that when statement k does not
 //! parse, statements before it still run and the error names k (API.md section 3).
 
 use datafusion::sql::sqlparser::ast::{
-    ColumnDef as SqlColumnDef, ObjectName, Statement as SqlStatement, TableConstraint,
-    Value as SqlValue,
+    ColumnDef as SqlColumnDef, DataType as SqlDataType, ObjectName, Statement as SqlStatement,
+    TableConstraint, Value as SqlValue,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -41,6 +42,11 @@ pub enum KalamStatement {
     },
     ShowNamespaces,
     CreateTable(Box<CreateTable>),
+    /// `ALTER TABLE ns.t <change>`: one change per statement.
+    AlterTable {
+        table: TableId,
+        change: AlterChange,
+    },
     DropTable {
         table: TableId,
         kind: Option<TableKind>,
@@ -49,8 +55,10 @@ pub enum KalamStatement {
     ShowTables {
         namespace: Option<NamespaceId>,
     },
+    /// `DESCRIBE [TABLE] t`, or with `HISTORY` its schema versions.
     DescribeTable {
         table: TableId,
+        history: bool,
     },
     FlushTable {
         table: TableId,
@@ -77,6 +85,7 @@ impl KalamStatement {
             KalamStatement::DropNamespace { .. } => "drop_namespace",
             KalamStatement::ShowNamespaces => "show_namespaces",
             KalamStatement::CreateTable(_) => "create_table",
+            KalamStatement::AlterTable { .. } => "alter_table",
             KalamStatement::DropTable { .. } => "drop_table",
             KalamStatement::ShowTables { .. } => "show_tables",
             KalamStatement::DescribeTable { .. } => "describe_table",
@@ -107,6 +116,23 @@ pub struct CreateTable {
     pub location: LocationSpec,
     pub flush_policy: Option<FlushPolicy>,
     pub with: OptionList,
+}
+
+/// The change of an `ALTER TABLE`, as written; validated by `sql::ddl`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlterChange {
+    /// `ADD [COLUMN] [IF NOT EXISTS] c TYPE [NOT NULL] [DEFAULT expr]`.
+    AddColumn {
+        column: SqlColumnDef,
+        if_not_exists: bool,
+    },
+    /// `DROP [COLUMN] [IF EXISTS] c`.
+    DropColumn { name: String, if_exists: bool },
+    /// `MODIFY [COLUMN] c TYPE`, or PostgreSQL's `ALTER [COLUMN] c [SET DATA] TYPE t`.
+    ModifyColumn {
+        name: String,
+        data_type: SqlDataType,
+    },
 }
 
 /// Parses statements until the end or the first error. The statements parsed before the
@@ -376,9 +402,16 @@ fn parse_one(p: &mut Parser) -> Result<KalamStatement> {
     if matches!(word_at(p, 0).as_deref(), Some("DESCRIBE" | "DESC")) {
         p.next_token();
         eat(p, &["TABLE"]);
-        return Ok(KalamStatement::DescribeTable {
-            table: table_id(p)?,
-        });
+        let table = table_id(p)?;
+        let history = eat(p, &["HISTORY"]);
+        return Ok(KalamStatement::DescribeTable { table, history });
+    }
+    if words_are(p, &["ALTER", "TABLE"]) {
+        p.next_token();
+        p.next_token();
+        let table = table_id(p)?;
+        let change = alter_change(p)?;
+        return Ok(KalamStatement::AlterTable { table, change });
     }
     if words_are(p, &["SHOW", "TABLE", "STATS"]) {
         for _ in 0..3 {
@@ -403,7 +436,6 @@ fn parse_one(p: &mut Parser) -> Result<KalamStatement> {
         return Ok(KalamStatement::KillLiveQuery { live_id });
     }
     for (words, what) in [
-        (&["ALTER", "TABLE"][..], "ALTER TABLE"),
         (&["BACKUP"][..], "BACKUP NAMESPACE"),
         (&["RESTORE"][..], "RESTORE NAMESPACE"),
         (&["SHOW", "BACKUP"][..], "SHOW BACKUP"),
@@ -415,6 +447,47 @@ fn parse_one(p: &mut Parser) -> Result<KalamStatement> {
     }
     let stmt = p.parse_statement().map_err(parse_error)?;
     Ok(KalamStatement::Sql(Box::new(stmt)))
+}
+
+/// The change of an `ALTER TABLE` (after the table name).
+fn alter_change(p: &mut Parser) -> Result<AlterChange> {
+    let column_ident =
+        |p: &mut Parser| -> Result<String> { Ok(p.parse_identifier().map_err(parse_error)?.value) };
+    if eat(p, &["ADD"]) {
+        eat(p, &["COLUMN"]);
+        let if_not_exists = eat(p, &["IF", "NOT", "EXISTS"]);
+        let column = p.parse_column_def().map_err(parse_error)?;
+        return Ok(AlterChange::AddColumn {
+            column,
+            if_not_exists,
+        });
+    }
+    if eat(p, &["DROP"]) {
+        eat(p, &["COLUMN"]);
+        let if_exists = eat(p, &["IF", "EXISTS"]);
+        return Ok(AlterChange::DropColumn {
+            name: column_ident(p)?,
+            if_exists,
+        });
+    }
+    if eat(p, &["MODIFY"]) {
+        eat(p, &["COLUMN"]);
+        let name = column_ident(p)?;
+        let data_type = p.parse_data_type().map_err(parse_error)?;
+        return Ok(AlterChange::ModifyColumn { name, data_type });
+    }
+    if eat(p, &["ALTER"]) {
+        eat(p, &["COLUMN"]);
+        let name = column_ident(p)?;
+        eat(p, &["SET", "DATA"]);
+        expect(p, &["TYPE"])?;
+        let data_type = p.parse_data_type().map_err(parse_error)?;
+        return Ok(AlterChange::ModifyColumn { name, data_type });
+    }
+    Err(KalamError::SqlParse(format!(
+        "ALTER TABLE takes ADD COLUMN, DROP COLUMN or MODIFY COLUMN; found '{}'",
+        clip(&p.peek_token().token.to_string())
+    )))
 }
 
 fn namespace_name(p: &mut Parser) -> Result<NamespaceId> {
@@ -660,6 +733,80 @@ mod tests {
                 kind: Some(TableKind::Stream),
                 ..
             }
+        ));
+    }
+
+    #[test]
+    fn alter_table_statements() {
+        let KalamStatement::AlterTable { table, change } =
+            one("ALTER TABLE app.m ADD COLUMN priority TEXT NOT NULL DEFAULT 'normal'")
+        else {
+            panic!()
+        };
+        assert_eq!(table.to_string(), "app.m");
+        let AlterChange::AddColumn {
+            column,
+            if_not_exists: false,
+        } = change
+        else {
+            panic!("{change:?}")
+        };
+        assert_eq!(column.name.value, "priority");
+        assert_eq!(column.options.len(), 2);
+        assert!(matches!(
+            one("ALTER TABLE app.m ADD IF NOT EXISTS n INT"),
+            KalamStatement::AlterTable {
+                change: AlterChange::AddColumn {
+                    if_not_exists: true,
+                    ..
+                },
+                ..
+            }
+        ));
+        assert_eq!(
+            one("ALTER TABLE app.m DROP COLUMN IF EXISTS priority"),
+            KalamStatement::AlterTable {
+                table: table.clone(),
+                change: AlterChange::DropColumn {
+                    name: "priority".into(),
+                    if_exists: true
+                }
+            }
+        );
+        for sql in [
+            "ALTER TABLE app.m MODIFY COLUMN n BIGINT",
+            "ALTER TABLE app.m MODIFY n BIGINT",
+            "ALTER TABLE app.m ALTER COLUMN n TYPE BIGINT",
+            "ALTER TABLE app.m ALTER COLUMN n SET DATA TYPE BIGINT",
+        ] {
+            let KalamStatement::AlterTable {
+                change: AlterChange::ModifyColumn { name, data_type },
+                ..
+            } = one(sql)
+            else {
+                panic!("{sql}")
+            };
+            assert_eq!(
+                (name.as_str(), data_type.to_string().as_str()),
+                ("n", "BIGINT"),
+                "{sql}"
+            );
+        }
+        for sql in [
+            "ALTER TABLE app.m RENAME TO x",
+            "ALTER TABLE app.m ADD COLUMN a INT, ADD COLUMN b INT",
+            "ALTER TABLE app.m DROP COLUMN",
+            "ALTER TABLE app.m MODIFY COLUMN n",
+        ] {
+            let (_, err) = parse_statements(sql);
+            assert!(
+                matches!(err, Some(KalamError::SqlParse(_))),
+                "{sql}: {err:?}"
+            );
+        }
+        assert!(matches!(
+            one("DESCRIBE TABLE app.m HISTORY"),
+            KalamStatement::DescribeTable { history: true, .. }
         ));
     }
 

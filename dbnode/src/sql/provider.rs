@@ -10,6 +10,12 @@
 //! [`DedupExec`] keeps the newest version of every key, and only then are soft-deleted rows
 //! dropped. Files are pruned only by predicates that cannot expose an older version: the key,
 //! and lower bounds on `_updated` (the newest version of a key has the largest `_updated`).
+//!
+//! Everything is read in the schema version the provider's runtime has (the one the query
+//! planned with): hot rows are re-shaped by the store, and files written under another
+//! version are scanned with that version's schema and projected by column id (an added
+//! column as its `initial_default` or NULL, a widened one cast, a dropped one left out;
+//! docs/adr/0011-schema-versions.md).
 
 use std::sync::Arc;
 
@@ -30,7 +36,7 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{
     BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
 };
-use datafusion::physical_expr::expressions::{col, not};
+use datafusion::physical_expr::expressions::{col, not, CastExpr, Literal};
 use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
@@ -47,7 +53,7 @@ use crate::engine::{Engine, TableRuntime};
 use crate::error::KalamError;
 use crate::ids::{UserId, SYSTEM_NAMESPACE};
 use crate::sql::dedup::DedupExec;
-use crate::sql::rows::{batch_to_values, rows_to_batch};
+use crate::sql::rows::{batch_to_values, rows_to_batch, value_to_scalar};
 use crate::storage::{Partition, RowKey, StoredRow, Value};
 
 /// Who a request runs as; stored in the DataFusion session config of every request.
@@ -173,9 +179,10 @@ impl KalamTableProvider {
         include_deleted: bool,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let store = &self.rt.store;
+        let def = self.rt.def();
         let rows: Vec<StoredRow> = match self.point_key(filters) {
             Some(key) => store
-                .get(partition, &key)
+                .get(def, partition, &key)
                 .map_err(KalamError::into_datafusion)?
                 .filter(|r| include_deleted || !r.deleted)
                 .into_iter()
@@ -183,11 +190,10 @@ impl KalamTableProvider {
             None => {
                 let limit = if filters.is_empty() { limit } else { None };
                 store
-                    .scan(partition, include_deleted, limit)
+                    .scan(def, partition, include_deleted, limit)
                     .map_err(KalamError::into_datafusion)?
             }
         };
-        let def = self.rt.def();
         let batches = rows
             .chunks(BATCH_ROWS)
             .map(|chunk| rows_to_batch(def, &self.rt.schema, chunk))
@@ -209,12 +215,7 @@ impl KalamTableProvider {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let def = self.rt.def();
         let schema = file_schema(def);
-        let pk = def.primary_key.as_str();
-        let ordering = LexOrdering::new(vec![
-            PhysicalSortExpr::new(col(pk, &schema)?, SortOptions::new(false, false)),
-            PhysicalSortExpr::new(col(SEQ_COLUMN, &schema)?, SortOptions::new(true, false)),
-        ])
-        .ok_or_else(|| KalamError::internal("empty merge ordering").into_datafusion())?;
+        let ordering = merge_ordering(def, &schema)?;
 
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         // Every hot version takes part, deleted ones too: a hot tombstone hides older
@@ -223,14 +224,14 @@ impl KalamTableProvider {
             Some(key) => self
                 .rt
                 .store
-                .get(partition, &key)
+                .get(def, partition, &key)
                 .map_err(KalamError::into_datafusion)?
                 .into_iter()
                 .collect(),
             None => self
                 .rt
                 .store
-                .scan(partition, true, None)
+                .scan(def, partition, true, None)
                 .map_err(KalamError::into_datafusion)?,
         };
         if !hot.is_empty() {
@@ -254,25 +255,39 @@ impl KalamTableProvider {
             .cold
             .store(&self.rt.location)
             .map_err(KalamError::into_datafusion)?;
-        let mut source = ParquetSource::new(schema.clone()).with_bloom_filter_on_read(true);
-        let pruning = self.pruning_filters(filters);
-        if let Some(predicate) = pruning.into_iter().reduce(|a, b| a.and(b)) {
-            let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
-            // Applied to rows too, not only to prune: the planner takes the predicate as true
-            // of the scan's output (an `id = 1` makes `id` constant in the merge order).
-            source = source
-                .with_predicate(state.create_physical_expr(predicate, &df_schema)?)
-                .with_pushdown_filters(true);
+        let predicate = self
+            .pruning_filters(filters)
+            .into_iter()
+            .reduce(|a, b| a.and(b));
+        // One scan per schema version the files were written under (the manifest says).
+        let mut by_version: std::collections::BTreeMap<u32, Vec<&Segment>> = Default::default();
+        for f in files.iter().copied() {
+            by_version.entry(f.schema_version).or_default().push(f);
         }
-        let groups = files
-            .iter()
-            .map(|f| FileGroup::new(vec![PartitionedFile::new(f.path.clone(), f.bytes)]))
-            .collect();
-        let config = FileScanConfigBuilder::new(url, Arc::new(source))
-            .with_file_groups(groups)
-            .with_output_ordering(vec![ordering.clone()])
-            .build();
-        inputs.push(DataSourceExec::from_data_source(config));
+        let newest = self.rt.store.def();
+        for (version, files) in by_version {
+            let scan = if version == def.schema_version {
+                self.file_scan(state, &url, def, &files, predicate.as_ref())?
+            } else {
+                // The newest definition knows every version a file can have been written in.
+                let columns = newest
+                    .columns_of(version)
+                    .or_else(|| def.columns_of(version))
+                    .ok_or_else(|| {
+                        KalamError::Storage(format!(
+                            "a Parquet file of {} has schema version {version}, which the catalog does not hold",
+                            def.id()
+                        ))
+                        .into_datafusion()
+                    })?;
+                let mut written = def.as_ref().clone();
+                written.schema_version = version;
+                written.columns = columns.to_vec();
+                let scan = self.file_scan(state, &url, &written, &files, predicate.as_ref())?;
+                adapt_to_version(scan, &written, def)?
+            };
+            inputs.push(scan);
+        }
 
         let union = UnionExec::try_new(inputs)?;
         let merged: Arc<dyn ExecutionPlan> =
@@ -299,6 +314,93 @@ impl KalamTableProvider {
             .collect::<DfResult<_>>()?;
         Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
     }
+}
+
+impl KalamTableProvider {
+    /// A scan of files written under `written` (one file group each, every group sorted by
+    /// key then `_seq` descending), in that version's file schema.
+    fn file_scan(
+        &self,
+        state: &dyn Session,
+        url: &datafusion::execution::object_store::ObjectStoreUrl,
+        written: &TableDef,
+        files: &[&Segment],
+        predicate: Option<&Expr>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = file_schema(written);
+        let ordering = merge_ordering(written, &schema)?;
+        let mut source = ParquetSource::new(schema.clone()).with_bloom_filter_on_read(true);
+        if let Some(predicate) = predicate {
+            let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+            // Applied to rows too, not only to prune: the planner takes the predicate as true
+            // of the scan's output (an `id = 1` makes `id` constant in the merge order).
+            source = source
+                .with_predicate(state.create_physical_expr(predicate.clone(), &df_schema)?)
+                .with_pushdown_filters(true);
+        }
+        let groups = files
+            .iter()
+            .map(|f| FileGroup::new(vec![PartitionedFile::new(f.path.clone(), f.bytes)]))
+            .collect();
+        let config = FileScanConfigBuilder::new(url.clone(), Arc::new(source))
+            .with_file_groups(groups)
+            .with_output_ordering(vec![ordering])
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+/// The merge order of every input of a scan: key ascending, then `_seq` descending (newest
+/// version of a key first).
+fn merge_ordering(def: &TableDef, schema: &SchemaRef) -> DfResult<LexOrdering> {
+    LexOrdering::new(vec![
+        PhysicalSortExpr::new(
+            col(def.primary_key.as_str(), schema)?,
+            SortOptions::new(false, false),
+        ),
+        PhysicalSortExpr::new(col(SEQ_COLUMN, schema)?, SortOptions::new(true, false)),
+    ])
+    .ok_or_else(|| KalamError::internal("empty merge ordering").into_datafusion())
+}
+
+/// Projects a scan of files written under `written` onto the file schema of `target`, by
+/// column id: a column both have is read (and cast when it was widened since), a column
+/// `written` lacks is its `initial_default` (NULL without one), a column `target` lacks is
+/// not read. The key and `_seq` pass through as they are, so the merge order holds.
+fn adapt_to_version(
+    scan: Arc<dyn ExecutionPlan>,
+    written: &TableDef,
+    target: &TableDef,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let input = scan.schema();
+    let output = target.arrow_schema();
+    let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::new();
+    for (i, c) in target.columns.iter().enumerate() {
+        let source: Arc<dyn PhysicalExpr> = match written.columns.iter().find(|w| w.id == c.id) {
+            Some(w) if w.data_type == c.data_type => {
+                exprs.push((col(w.name.as_str(), &input)?, c.name.to_string()));
+                continue;
+            }
+            Some(w) => col(w.name.as_str(), &input)?,
+            None => {
+                let fill = c.initial_default.clone().unwrap_or(Value::Null);
+                Arc::new(Literal::new(
+                    value_to_scalar(c.data_type, &fill).map_err(KalamError::into_datafusion)?,
+                ))
+            }
+        };
+        // Cast to the target field itself, so the output carries its type, nullability and
+        // metadata (a JSON column stays JSON).
+        let field = Arc::new(output.field(i).clone());
+        exprs.push((
+            Arc::new(CastExpr::new_with_target_field(source, field, None)),
+            c.name.to_string(),
+        ));
+    }
+    for system in [UPDATED_COLUMN, DELETED_COLUMN, SEQ_COLUMN] {
+        exprs.push((col(system, &input)?, system.to_string()));
+    }
+    Ok(Arc::new(ProjectionExec::try_new(exprs, scan)?))
 }
 
 /// `column <op> literal` (either way round; the operator is as seen from the column).

@@ -13,6 +13,8 @@ use datafusion::arrow::datatypes::{
     SchemaRef, TimestampMicrosecondType,
 };
 
+use datafusion::common::ScalarValue;
+
 use crate::catalog::{KalamType, TableDef, TIMESTAMP_TZ};
 use crate::error::{KalamError, Result};
 use crate::storage::{StoredRow, Value};
@@ -43,6 +45,13 @@ pub fn rows_to_batch(
         columns.push(Arc::new(deleted.finish()));
     }
     RecordBatch::try_new(schema.clone(), columns).map_err(KalamError::internal)
+}
+
+/// A stored value as a DataFusion scalar of the column's Arrow type (a fill value of a
+/// column that a Parquet file's schema version lacks).
+pub fn value_to_scalar(t: KalamType, v: &Value) -> Result<ScalarValue> {
+    let array = build_column(t, 1, std::iter::once(v))?;
+    ScalarValue::try_from_array(&array, 0).map_err(KalamError::internal)
 }
 
 fn mismatch(t: KalamType, v: &Value) -> KalamError {

@@ -1,8 +1,18 @@
 //! Row codec of the hot tier: how one row version is stored as a RocksDB value, and how
 //! row keys are encoded so that byte order is key order. See docs/adr/0002-row-encoding.md.
+//!
+//! Values are positional in the schema version the row names. A row of an older (or, for a
+//! reader that planned before an ALTER, newer) version is brought into the reader's version
+//! by column id ([`Reshape`], [`Shaper`]; docs/adr/0011-schema-versions.md): a column the
+//! row's version lacks reads as its `initial_default` or NULL, a column the reader's version
+//! lacks is left out. Widened columns need no conversion: every widening ALTER allows keeps
+//! the stored representation (`KalamType::widens_to`).
+
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::{ColumnDef, TableDef};
 use crate::error::{KalamError, Result};
 
 /// One cell. Integers of every width are `Int`, floats of both widths `Float`; the column's
@@ -45,6 +55,96 @@ impl StoredRow {
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         postcard::from_bytes(bytes)
             .map_err(|e| KalamError::Storage(format!("undecodable row value: {e}")))
+    }
+}
+
+/// Where each column of a target version takes its value from, for rows of one source
+/// version: a position in the source row, or a fill value (the column did not exist yet).
+#[derive(Debug, Clone)]
+pub struct Reshape {
+    slots: Vec<Slot>,
+}
+
+#[derive(Debug, Clone)]
+enum Slot {
+    From(usize),
+    Fill(Value),
+}
+
+impl Reshape {
+    /// Maps the columns `from` (the row's version) onto `to`, matching by column id only: a
+    /// name dropped and added again is a different column.
+    pub fn new(from: &[ColumnDef], to: &[ColumnDef]) -> Self {
+        let slots = to
+            .iter()
+            .map(|c| match from.iter().position(|f| f.id == c.id) {
+                Some(i) => Slot::From(i),
+                None => Slot::Fill(c.initial_default.clone().unwrap_or(Value::Null)),
+            })
+            .collect();
+        Self { slots }
+    }
+
+    /// The values of one row in the target version.
+    pub fn apply(&self, values: Vec<Value>) -> Vec<Value> {
+        let mut values: Vec<Option<Value>> = values.into_iter().map(Some).collect();
+        self.slots
+            .iter()
+            .map(|slot| match slot {
+                // Ids are unique within a version, so each position is taken at most once.
+                Slot::From(i) => values
+                    .get_mut(*i)
+                    .and_then(Option::take)
+                    .unwrap_or(Value::Null),
+                Slot::Fill(v) => v.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Brings stored rows of any schema version into the columns of `target`, looking the row's
+/// version up in `history` (a definition that knows every version written so far: the
+/// table's newest) and reusing one [`Reshape`] per source version.
+#[derive(Debug)]
+pub struct Shaper<'a> {
+    history: &'a TableDef,
+    target: &'a TableDef,
+    plans: HashMap<u32, Reshape>,
+}
+
+impl<'a> Shaper<'a> {
+    pub fn new(history: &'a TableDef, target: &'a TableDef) -> Self {
+        Self {
+            history,
+            target,
+            plans: HashMap::new(),
+        }
+    }
+
+    pub fn shape(&mut self, row: &mut StoredRow) -> Result<()> {
+        let version = row.schema_version;
+        if version == self.target.schema_version {
+            return Ok(());
+        }
+        let plan = match self.plans.entry(version) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let from = self
+                    .history
+                    .columns_of(version)
+                    .or_else(|| self.target.columns_of(version))
+                    .ok_or_else(|| {
+                        KalamError::Storage(format!(
+                            "a row of {} is encoded under schema version {version}, which the catalog does not hold",
+                            self.target.id()
+                        ))
+                    })?;
+                e.insert(Reshape::new(from, &self.target.columns))
+            }
+        };
+        row.values = plan.apply(std::mem::take(&mut row.values));
+        row.schema_version = self.target.schema_version;
+        Ok(())
     }
 }
 
@@ -120,6 +220,7 @@ impl Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::{KalamType, SchemaVersion};
     use crate::ids::UserId;
 
     #[test]
@@ -145,6 +246,205 @@ mod tests {
         assert!(bytes.len() < 64, "encoded size {}", bytes.len());
         assert_eq!(StoredRow::decode(&bytes).unwrap(), row);
         assert!(StoredRow::decode(&[0xff, 0xff, 0xff]).is_err());
+    }
+
+    fn column(id: u32, name: &str, t: KalamType, initial: Option<Value>) -> ColumnDef {
+        ColumnDef {
+            id,
+            name: crate::ids::ColumnName::new(name).unwrap(),
+            data_type: t,
+            nullable: true,
+            default: None,
+            initial_default: initial,
+        }
+    }
+
+    /// Five versions of one table: v2 adds `a` (no default), v3 adds `b` DEFAULT 'x', v4
+    /// widens `n` to BIGINT, v5 drops `a`, v6 adds `a` again (a new id) DEFAULT 7.
+    fn versions() -> TableDef {
+        let id = column(1, "id", KalamType::BigInt, None);
+        let n = column(2, "n", KalamType::Int, None);
+        let a = column(3, "a", KalamType::Text, None);
+        let b = column(4, "b", KalamType::Text, Some(Value::Text("x".into())));
+        let wide_n = ColumnDef {
+            data_type: KalamType::BigInt,
+            ..n.clone()
+        };
+        let a2 = column(5, "a", KalamType::Int, Some(Value::Int(7)));
+        let all = [
+            vec![id.clone(), n.clone()],
+            vec![id.clone(), n.clone(), a.clone()],
+            vec![id.clone(), n.clone(), a.clone(), b.clone()],
+            vec![id.clone(), wide_n.clone(), a.clone(), b.clone()],
+            vec![id.clone(), wide_n.clone(), b.clone()],
+            vec![id.clone(), wide_n.clone(), b.clone(), a2.clone()],
+        ];
+        let history: Vec<SchemaVersion> = all
+            .iter()
+            .enumerate()
+            .map(|(i, columns)| SchemaVersion {
+                version: i as u32 + 1,
+                created_at: chrono::Utc::now(),
+                change: format!("v{}", i + 1),
+                columns: columns.clone(),
+            })
+            .collect();
+        TableDef {
+            namespace: crate::ids::NamespaceId::new("app").unwrap(),
+            name: crate::ids::TableName::new("t").unwrap(),
+            kind: crate::catalog::TableKind::Shared,
+            uid: "u".into(),
+            created_at: chrono::Utc::now(),
+            schema_version: 6,
+            columns: all[5].clone(),
+            primary_key: crate::ids::ColumnName::new("id").unwrap(),
+            location: Default::default(),
+            flush_policy: Default::default(),
+            deleted_retention_secs: None,
+            stream: None,
+            storage: None,
+            last_column_id: 5,
+            history,
+        }
+    }
+
+    fn stored(version: u32, values: Vec<Value>) -> StoredRow {
+        StoredRow {
+            schema_version: version,
+            seq: 1,
+            updated_micros: 0,
+            deleted: false,
+            values,
+        }
+    }
+
+    #[test]
+    fn rows_of_every_version_read_in_the_newest() {
+        let def = versions();
+        let mut shaper = Shaper::new(&def, &def);
+        let cases = [
+            (
+                stored(1, vec![Value::Int(1), Value::Int(10)]),
+                vec![
+                    Value::Int(1),
+                    Value::Int(10),
+                    Value::Text("x".into()),
+                    Value::Int(7),
+                ],
+            ),
+            (
+                stored(
+                    2,
+                    vec![Value::Int(2), Value::Int(20), Value::Text("old a".into())],
+                ),
+                // The dropped `a` is gone; the new `a` reads its DEFAULT, never "old a".
+                vec![
+                    Value::Int(2),
+                    Value::Int(20),
+                    Value::Text("x".into()),
+                    Value::Int(7),
+                ],
+            ),
+            (
+                stored(
+                    3,
+                    vec![
+                        Value::Int(3),
+                        Value::Int(30),
+                        Value::Null,
+                        Value::Text("y".into()),
+                    ],
+                ),
+                vec![
+                    Value::Int(3),
+                    Value::Int(30),
+                    Value::Text("y".into()),
+                    Value::Int(7),
+                ],
+            ),
+            (
+                stored(
+                    4,
+                    vec![
+                        Value::Int(4),
+                        Value::Int(1 << 40),
+                        Value::Text("a4".into()),
+                        Value::Null,
+                    ],
+                ),
+                vec![
+                    Value::Int(4),
+                    Value::Int(1 << 40),
+                    Value::Null,
+                    Value::Int(7),
+                ],
+            ),
+            (
+                stored(
+                    6,
+                    vec![
+                        Value::Int(6),
+                        Value::Int(60),
+                        Value::Text("z".into()),
+                        Value::Int(8),
+                    ],
+                ),
+                vec![
+                    Value::Int(6),
+                    Value::Int(60),
+                    Value::Text("z".into()),
+                    Value::Int(8),
+                ],
+            ),
+        ];
+        for (mut row, expected) in cases {
+            let from = row.schema_version;
+            shaper.shape(&mut row).unwrap();
+            assert_eq!(row.values, expected, "a row of version {from}");
+            assert_eq!(row.schema_version, 6);
+        }
+        // A version nobody knows is an error, not a guess.
+        assert!(shaper.shape(&mut stored(9, vec![])).is_err());
+    }
+
+    #[test]
+    fn a_reader_of_an_older_version_reads_newer_rows() {
+        // A query planned at version 2, reading a row written at version 6.
+        let newest = versions();
+        let mut v2 = newest.clone();
+        v2.schema_version = 2;
+        v2.columns = newest.history[1].columns.clone();
+        v2.history.truncate(2);
+        let mut shaper = Shaper::new(&newest, &v2);
+        let mut row = stored(
+            6,
+            vec![
+                Value::Int(6),
+                Value::Int(60),
+                Value::Text("z".into()),
+                Value::Int(8),
+            ],
+        );
+        shaper.shape(&mut row).unwrap();
+        // `a` of version 2 (id 3) was dropped in version 5: NULL, not the new `a`'s 8.
+        assert_eq!(row.values, vec![Value::Int(6), Value::Int(60), Value::Null]);
+    }
+
+    #[test]
+    fn initial_defaults_round_trip_through_json() {
+        for v in [
+            Value::Int(-5),
+            Value::Decimal(-123_456_789_012_345_678_901_234_567),
+            Value::Text("x".into()),
+            Value::Timestamp(1_764_000_000_000_000),
+            Value::Bytes(vec![0, 255]),
+            Value::Null,
+        ] {
+            let c = column(1, "c", KalamType::Text, Some(v));
+            let back: ColumnDef =
+                serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+            assert_eq!(back, c);
+        }
     }
 
     #[test]

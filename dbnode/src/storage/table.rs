@@ -1,15 +1,23 @@
 //! One table's hot tier: its column family, its commit sequence, and the write rules every
 //! statement goes through (key checks, `_updated`/`_deleted`, one atomic batch per write).
+//!
+//! The store holds the table's newest definition. ALTER TABLE replaces it under the write
+//! lock ([`TableStore::alter`]), so each commit encodes its rows in the schema version
+//! current at that moment, and every row in RocksDB names a version the catalog holds.
+//! Callers pass the definition their values are shaped by (the one they planned with):
+//! an INSERT planned before an ALTER is brought into the new version at commit, an UPDATE
+//! or DELETE is made to read again (its read values would miss the new columns).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::catalog::{TableDef, TableKind};
 use crate::error::{KalamError, Result};
+use crate::storage::codec::{Reshape, Shaper};
 use crate::storage::{Partition, RowKey, Storage, StoredRow, Value};
 
 /// Extra checks a table puts on the values written to it (`system.users` checks roles).
@@ -80,7 +88,9 @@ pub fn stream_key(timestamp_micros: i64, row_key: &RowKey) -> Vec<u8> {
 
 #[derive(Debug)]
 pub struct TableStore {
-    def: Arc<TableDef>,
+    /// The newest definition, with every schema version in its history; replaced only by
+    /// [`TableStore::alter`], under `write_lock`.
+    def: RwLock<Arc<TableDef>>,
     cf: String,
     storage: Arc<Storage>,
     /// Last committed sequence; only written under `write_lock`.
@@ -154,7 +164,7 @@ impl TableStore {
             storage.estimate_keys(&cf)
         };
         Ok(Self {
-            def,
+            def: RwLock::new(def),
             seq: AtomicU64::new(seq),
             write_lock: Mutex::new(last_updated),
             dml_locks: Mutex::new(HashMap::new()),
@@ -186,18 +196,28 @@ impl TableStore {
         &self.storage
     }
 
-    /// Takes a flush snapshot: returns its sequence; `f` gets that sequence and every row
-    /// version of the snapshot, in key order. Rows written after the snapshot count as pending for the next flush.
+    /// Takes a flush snapshot: returns its sequence; `f` gets that sequence, the definition
+    /// current at the snapshot, and every row version of the snapshot in key order, in that
+    /// definition's schema version (no row of the snapshot is newer). Rows written after the
+    /// snapshot count as pending for the next flush.
     pub fn snapshot_scan(
         &self,
-        mut f: impl FnMut(u64, &[u8], StoredRow) -> Result<bool>,
+        mut f: impl FnMut(u64, &Arc<TableDef>, &[u8], StoredRow) -> Result<bool>,
     ) -> Result<u64> {
         let guard = self.write_lock.lock();
         let seq = self.last_seq();
+        let def = self.def();
         self.pending_rows.store(0, Ordering::Release);
         *self.oldest_pending.lock() = None;
-        self.storage
-            .scan_snapshot(&self.cf, move || drop(guard), |k, r| f(seq, k, r))?;
+        let mut shaper = Shaper::new(&def, &def);
+        self.storage.scan_snapshot(
+            &self.cf,
+            move || drop(guard),
+            |k, mut r| {
+                shaper.shape(&mut r)?;
+                f(seq, &def, k, r)
+            },
+        )?;
         Ok(seq)
     }
 
@@ -246,8 +266,26 @@ impl TableStore {
             .clone()
     }
 
-    pub fn def(&self) -> &Arc<TableDef> {
-        &self.def
+    /// The newest definition (a reader keeps the one it planned with).
+    pub fn def(&self) -> Arc<TableDef> {
+        self.def.read().clone()
+    }
+
+    /// Runs an ALTER TABLE of this table under the write lock: `change` gets the current
+    /// definition and a function that makes the next one current (to call right after the
+    /// catalog commit). Concurrent ALTERs of the table queue here, and a concurrent writer
+    /// commits either wholly before (rows in the old version) or wholly after (rows in the
+    /// new one). `change` must not write to this table.
+    pub fn alter<T>(
+        &self,
+        change: impl FnOnce(&Arc<TableDef>, &dyn Fn(Arc<TableDef>)) -> Result<T>,
+    ) -> Result<T> {
+        let _lock = self.write_lock.lock();
+        let current = self.def();
+        let make_current = |next: Arc<TableDef>| {
+            *self.def.write() = next;
+        };
+        change(&current, &make_current)
     }
 
     pub fn cf_name(&self) -> &str {
@@ -258,53 +296,74 @@ impl TableStore {
         self.seq.load(Ordering::Acquire)
     }
 
-    fn key_of(&self, values: &[Value]) -> Result<RowKey> {
+    fn key_of(def: &TableDef, values: &[Value]) -> Result<RowKey> {
         let v = values
-            .get(self.def.primary_key_index())
+            .get(def.primary_key_index())
             .ok_or_else(|| KalamError::internal("row without primary key position"))?;
         RowKey::from_value(v)
     }
 
-    fn check_values(&self, values: &[Value]) -> Result<()> {
-        if values.len() != self.def.columns.len() {
+    fn check_values(&self, def: &TableDef, values: &[Value]) -> Result<()> {
+        if values.len() != def.columns.len() {
             return Err(KalamError::internal(
                 "row width differs from the table schema",
             ));
         }
-        for (col, v) in self.def.columns.iter().zip(values) {
+        for (col, v) in def.columns.iter().zip(values) {
             if !col.nullable && matches!(v, Value::Null) {
                 return Err(KalamError::InvalidValue(format!(
                     "column '{}' of {} is NOT NULL",
                     col.name,
-                    self.def.id()
+                    def.id()
                 )));
             }
         }
         if let Some(validate) = self.validator {
-            validate(&self.def, values)?;
+            validate(def, values)?;
         }
         Ok(())
     }
 
-    /// Inserts rows (user-column values in schema order) into one partition as one atomic
-    /// batch with one new sequence number. A key holding a live row, or repeated within the
-    /// batch, fails the whole batch. Returns the number of rows written.
+    /// Brings rows shaped by `def` (an INSERT planned before an ALTER) into `current`, the
+    /// definition under the write lock. The key column never changes, so keys stay valid; a
+    /// NOT NULL column added since has a non-NULL `initial_default`, so checks stay valid.
+    fn reshape_pending(def: &TableDef, current: &TableDef, rows: &mut [PendingRow]) {
+        if def.schema_version == current.schema_version {
+            return;
+        }
+        let plan = Reshape::new(&def.columns, &current.columns);
+        for (_, values, _, _) in rows.iter_mut() {
+            *values = plan.apply(std::mem::take(values));
+        }
+    }
+
+    /// Inserts rows (user-column values in the order of `def`, the definition they were
+    /// built with) into one partition as one atomic batch with one new sequence number. A
+    /// key holding a live row, or repeated within the batch, fails the whole batch. Returns
+    /// the number of rows written.
     ///
     /// `cold` holds what the cold tier has for these keys; when a flush committed since it
-    /// was looked up, nothing is written and `Ok(None)` asks the caller to look again.
+    /// was looked up, nothing is written and `Inserted::ColdChanged` gives the rows back (in
+    /// the order of `def`) to look again.
     pub fn insert(
         &self,
+        def: &TableDef,
         partition: &Partition,
         rows: Vec<Vec<Value>>,
         cold: &ColdVersions,
     ) -> Result<Inserted> {
-        if self.def.kind == TableKind::Stream {
-            return self.insert_events(rows).map(Inserted::Rows);
+        if def.kind == TableKind::Stream {
+            return self.insert_events(def, rows).map(Inserted::Rows);
         }
         let mut keyed = Vec::with_capacity(rows.len());
         for values in rows {
-            self.check_values(&values)?;
-            keyed.push((partition.key(&self.key_of(&values)?), values, None, false));
+            self.check_values(def, &values)?;
+            keyed.push((
+                partition.key(&Self::key_of(def, &values)?),
+                values,
+                None,
+                false,
+            ));
         }
         let mut last_updated = self.write_lock.lock();
         if self.cold_generation() != cold.generation {
@@ -312,29 +371,33 @@ impl TableStore {
                 keyed.into_iter().map(|(_, v, _, _)| v).collect(),
             ));
         }
-        self.check_new_keys(partition, &keyed, cold)?;
-        self.commit(&mut last_updated, partition, None, keyed)
+        let current = self.def();
+        Self::reshape_pending(def, &current, &mut keyed);
+        self.check_new_keys(&current, partition, &keyed, cold)?;
+        self.commit(&current, &mut last_updated, partition, None, keyed)
             .map(Inserted::Rows)
     }
 
     /// STREAM tables: events keyed `{timestamp}:{row_key}`, one timestamp per batch; with
     /// `ephemeral` and nobody listening they are dropped (and still counted as accepted);
     /// past `max_buffer` the oldest are evicted.
-    fn insert_events(&self, rows: Vec<Vec<Value>>) -> Result<u64> {
+    /// STREAM tables refuse ALTER, so `def` is the current definition.
+    fn insert_events(&self, def: &TableDef, rows: Vec<Vec<Value>>) -> Result<u64> {
         let count = rows.len() as u64;
         let mut keyed = Vec::with_capacity(rows.len());
         for values in rows {
-            self.check_values(&values)?;
-            let key = self.key_of(&values)?;
+            self.check_values(def, &values)?;
+            let key = Self::key_of(def, &values)?;
             keyed.push((key, values));
         }
-        let options = self.def.stream.clone().unwrap_or_default();
+        let options = def.stream.clone().unwrap_or_default();
         let mut last_updated = self.write_lock.lock();
+        let current = self.def();
         if options.ephemeral
             && !self
                 .sink
                 .as_ref()
-                .is_some_and(|s| s.has_listeners(&self.def))
+                .is_some_and(|s| s.has_listeners(&current))
         {
             return Ok(count);
         }
@@ -344,13 +407,20 @@ impl TableStore {
         for (key, values) in keyed {
             if !seen.insert(key.0.clone()) {
                 return Err(KalamError::PrimaryKeyViolation {
-                    table: self.def.id().to_string(),
-                    key: format!("{:?}", values.get(self.def.primary_key_index())),
+                    table: def.id().to_string(),
+                    key: format!("{:?}", values.get(def.primary_key_index())),
                 });
             }
             rows.push((stream_key(timestamp, &key), values, None, false));
         }
-        let n = self.commit(&mut last_updated, &Partition::Shared, Some(timestamp), rows)?;
+        Self::reshape_pending(def, &current, &mut rows);
+        let n = self.commit(
+            &current,
+            &mut last_updated,
+            &Partition::Shared,
+            Some(timestamp),
+            rows,
+        )?;
         let held = self.stream_rows.fetch_add(n, Ordering::AcqRel) + n;
         if options.max_buffer > 0 && held > options.max_buffer {
             let evicted = self
@@ -364,7 +434,8 @@ impl TableStore {
 
     /// STREAM tables: deletes the events older than the retention. Returns how many.
     pub fn evict_expired(&self, now_micros: i64) -> Result<u64> {
-        let Some(options) = &self.def.stream else {
+        let def = self.def();
+        let Some(options) = &def.stream else {
             return Ok(0);
         };
         let cutoff =
@@ -384,9 +455,10 @@ impl TableStore {
         self.stream_rows.load(Ordering::Acquire)
     }
 
-    /// The row keys (without partition prefix) of rows to insert, for the cold lookup.
-    pub fn row_keys(&self, rows: &[Vec<Value>]) -> Result<Vec<RowKey>> {
-        rows.iter().map(|v| self.key_of(v)).collect()
+    /// The row keys (without partition prefix) of rows to insert (in the order of `def`),
+    /// for the cold lookup.
+    pub fn row_keys(def: &TableDef, rows: &[Vec<Value>]) -> Result<Vec<RowKey>> {
+        rows.iter().map(|v| Self::key_of(def, v)).collect()
     }
 
     /// Writes new versions of rows an UPDATE or DELETE read, if each is still the version
@@ -394,9 +466,12 @@ impl TableStore {
     /// re-reads and tries again).
     ///
     /// A row missing from the hot tier was read from the cold tier; that read is current
-    /// when no flush committed since `read_generation`.
+    /// when no flush committed since `read_generation`. `def` is the definition the
+    /// statement read with: when an ALTER committed since, the read misses columns of the
+    /// current version, so this is a `WriteConflict` too.
     pub fn apply_changes(
         &self,
+        def: &TableDef,
         partition: &Partition,
         changes: Vec<RowChange>,
         read_generation: u64,
@@ -405,10 +480,10 @@ impl TableStore {
         let mut read = Vec::with_capacity(changes.len());
         for change in changes {
             if !change.deleted {
-                self.check_values(&change.values)?;
+                self.check_values(def, &change.values)?;
             }
             keyed.push((
-                partition.key(&self.key_of(&change.values)?),
+                partition.key(&Self::key_of(def, &change.values)?),
                 change.values,
                 Some(OldImage {
                     values: change.old,
@@ -420,6 +495,10 @@ impl TableStore {
             read.push(change.read_updated);
         }
         let mut last_updated = self.write_lock.lock();
+        let current_def = self.def();
+        if current_def.schema_version != def.schema_version {
+            return Err(KalamError::WriteConflict(def.id().to_string()));
+        }
         let keys: Vec<Vec<u8>> = keyed.iter().map(|(k, _, _, _)| k.clone()).collect();
         let cold_unchanged = self.cold_generation() == read_generation;
         for (current, read_updated) in self.storage.multi_get(&self.cf, &keys)?.iter().zip(&read) {
@@ -428,17 +507,19 @@ impl TableStore {
                 None => cold_unchanged,
             };
             if !current_ok {
-                return Err(KalamError::WriteConflict(self.def.id().to_string()));
+                return Err(KalamError::WriteConflict(def.id().to_string()));
             }
         }
-        self.commit(&mut last_updated, partition, None, keyed)
+        self.commit(&current_def, &mut last_updated, partition, None, keyed)
     }
 
     /// One batch, one sequence number, one `_updated` (strictly after the previous one,
     /// or `updated` when the caller chose it under the same lock), then published to the
-    /// change sink before the lock is released, so subscribers see commit order.
+    /// change sink before the lock is released, so subscribers see commit order. The rows
+    /// are shaped by `def`, the definition current under the lock.
     fn commit(
         &self,
+        def: &Arc<TableDef>,
         last_updated: &mut i64,
         partition: &Partition,
         updated: Option<i64>,
@@ -458,7 +539,7 @@ impl TableStore {
                     olds.push(old);
                 }
                 let row = StoredRow {
-                    schema_version: self.def.schema_version,
+                    schema_version: def.schema_version,
                     seq,
                     updated_micros,
                     deleted,
@@ -471,7 +552,7 @@ impl TableStore {
             .write_rows(&self.cf, &batch, seq, updated_micros)?;
         self.seq.store(seq, Ordering::Release);
         *last_updated = updated_micros;
-        if self.def.kind != TableKind::Stream {
+        if def.kind != TableKind::Stream {
             self.pending_rows.fetch_add(count, Ordering::AcqRel);
             self.oldest_pending.lock().get_or_insert_with(Instant::now);
         }
@@ -486,7 +567,7 @@ impl TableStore {
                 })
                 .collect();
             sink.committed(
-                &self.def,
+                def,
                 CommittedBatch {
                     partition: partition.clone(),
                     seq,
@@ -501,13 +582,14 @@ impl TableStore {
     /// Refuses keys that repeat within the batch or hold a live row already.
     fn check_new_keys(
         &self,
+        def: &TableDef,
         partition: &Partition,
         keyed: &[PendingRow],
         cold: &ColdVersions,
     ) -> Result<()> {
-        let pk = self.def.primary_key_index();
+        let pk = def.primary_key_index();
         let violation = |values: &Vec<Value>| KalamError::PrimaryKeyViolation {
-            table: self.def.id().to_string(),
+            table: def.id().to_string(),
             key: match values.get(pk) {
                 Some(Value::Int(i)) => i.to_string(),
                 Some(Value::Text(s)) => format!("'{}'", crate::error::clip(s)),
@@ -540,25 +622,42 @@ impl TableStore {
         Ok(())
     }
 
-    /// Every current row version of a partition, soft-deleted ones only when asked.
+    /// Every current row version of a partition, soft-deleted ones only when asked, in the
+    /// schema version of `target` (the definition the reader planned with).
     pub fn scan(
         &self,
+        target: &TableDef,
         partition: &Partition,
         include_deleted: bool,
         limit: Option<usize>,
     ) -> Result<Vec<StoredRow>> {
+        let history = self.def();
+        let mut shaper = Shaper::new(&history, target);
         let mut out = Vec::new();
-        self.storage.scan_partition(&self.cf, partition, |_, row| {
-            if include_deleted || !row.deleted {
-                out.push(row);
-            }
-            Ok(limit.is_none_or(|l| out.len() < l))
-        })?;
+        self.storage
+            .scan_partition(&self.cf, partition, |_, mut row| {
+                if include_deleted || !row.deleted {
+                    shaper.shape(&mut row)?;
+                    out.push(row);
+                }
+                Ok(limit.is_none_or(|l| out.len() < l))
+            })?;
         Ok(out)
     }
 
-    /// The current version of one key, soft-deleted or not.
-    pub fn get(&self, partition: &Partition, key: &RowKey) -> Result<Option<StoredRow>> {
-        self.storage.get(&self.cf, &partition.key(key))
+    /// The current version of one key, soft-deleted or not, in the schema version of
+    /// `target`.
+    pub fn get(
+        &self,
+        target: &TableDef,
+        partition: &Partition,
+        key: &RowKey,
+    ) -> Result<Option<StoredRow>> {
+        let Some(mut row) = self.storage.get(&self.cf, &partition.key(key))? else {
+            return Ok(None);
+        };
+        let history = self.def();
+        Shaper::new(&history, target).shape(&mut row)?;
+        Ok(Some(row))
     }
 }

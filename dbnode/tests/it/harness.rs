@@ -788,10 +788,12 @@ pub fn http_status_of(code: &str) -> u16 {
         "FORBIDDEN" => 403,
         "NAMESPACE_NOT_FOUND"
         | "TABLE_NOT_FOUND"
+        | "COLUMN_NOT_FOUND"
         | "STORAGE_LOCATION_NOT_FOUND"
         | "LIVE_QUERY_NOT_FOUND" => 404,
         "NAMESPACE_ALREADY_EXISTS"
         | "TABLE_ALREADY_EXISTS"
+        | "COLUMN_ALREADY_EXISTS"
         | "NAMESPACE_NOT_EMPTY"
         | "PRIMARY_KEY_VIOLATION"
         | "WRITE_CONFLICT"

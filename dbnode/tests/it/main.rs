@@ -6,11 +6,13 @@
 //! USER tables, system tables, robustness against bad input, durability across restarts and
 //! `kill -9`, the operational endpoints, the Parquet cold tier (flushes, storage locations,
 //! S3 through a moto server, crash safety at flush failpoints), STREAM tables (options,
-//! eviction, append-only), and live queries over `GET /ws` (§5, raw WebSocket frames).
+//! eviction, append-only), live queries over `GET /ws` (§5, raw WebSocket frames), and
+//! ALTER TABLE schema versions across both tiers and live queries.
 
 #[allow(dead_code)]
 mod harness;
 
+mod alter;
 mod auth;
 mod cli;
 mod cold;
