@@ -234,15 +234,14 @@ impl Catalog {
             }
             files.push(file);
         }
-        let current = files.last().map(|f| f.columns.clone()).unwrap_or_default();
+        // The columns are set after parsing, not spliced into the JSON value: `serde_json`'s
+        // `Value` cannot hold the `i128` of a DECIMAL `initial_default` beyond 64 bits.
         if let Some(obj) = value.as_object_mut() {
-            obj.insert(
-                "columns".into(),
-                serde_json::to_value(current).map_err(KalamError::internal)?,
-            );
+            obj.insert("columns".into(), serde_json::Value::Array(Vec::new()));
         }
         let mut def: TableDef =
             serde_json::from_value(value).map_err(|e| io_err(&manifest_path, e))?;
+        def.columns = files.last().map(|f| f.columns.clone()).unwrap_or_default();
         if def.column(def.primary_key.as_str()).is_none() {
             return Err(io_err(
                 &manifest_path,
@@ -275,9 +274,14 @@ impl Catalog {
         )
     }
 
-    /// Writes the manifest: the table without its columns (the commit point).
+    /// Writes the manifest: the table without its columns (the commit point). The columns
+    /// are cleared before the detour through `serde_json::Value`, which cannot hold every
+    /// `initial_default` (a DECIMAL beyond 64 bits).
     fn write_manifest(dir: &Path, def: &TableDef) -> Result<()> {
-        let mut manifest = serde_json::to_value(def).map_err(KalamError::internal)?;
+        let mut bare = def.clone();
+        bare.columns.clear();
+        bare.history.clear();
+        let mut manifest = serde_json::to_value(&bare).map_err(KalamError::internal)?;
         if let Some(obj) = manifest.as_object_mut() {
             obj.remove("columns");
         }

@@ -449,10 +449,13 @@ fn parse_one(p: &mut Parser) -> Result<KalamStatement> {
     Ok(KalamStatement::Sql(Box::new(stmt)))
 }
 
+/// A column name as written (checked against the table later).
+fn column_ident(p: &mut Parser) -> Result<String> {
+    Ok(p.parse_identifier().map_err(parse_error)?.value)
+}
+
 /// The change of an `ALTER TABLE` (after the table name).
 fn alter_change(p: &mut Parser) -> Result<AlterChange> {
-    let column_ident =
-        |p: &mut Parser| -> Result<String> { Ok(p.parse_identifier().map_err(parse_error)?.value) };
     if eat(p, &["ADD"]) {
         eat(p, &["COLUMN"]);
         let if_not_exists = eat(p, &["IF", "NOT", "EXISTS"]);
@@ -749,7 +752,7 @@ mod tests {
             if_not_exists: false,
         } = change
         else {
-            panic!("{change:?}")
+            panic!("not an ADD COLUMN")
         };
         assert_eq!(column.name.value, "priority");
         assert_eq!(column.options.len(), 2);

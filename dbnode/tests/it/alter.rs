@@ -327,9 +327,13 @@ async fn a_table_altered_five_times_reads_files_of_every_version() {
     flush(&node, "app.t").await;
 
     let stats = node.query(&admin_token(), "SHOW TABLE STATS app.t").await;
-    let files = single(&stats, "SHOW TABLE STATS")["parquet_files"]
-        .as_i64()
-        .unwrap_or(0);
+    assert_eq!(
+        stats.len(),
+        1,
+        "SHOW TABLE STATS: {}",
+        pretty(&json!(stats))
+    );
+    let files = stats[0]["parquet_files"].as_i64().unwrap_or(0);
     assert!(
         files >= 6,
         "one file per version at least: {}",
