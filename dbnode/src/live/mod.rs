@@ -264,9 +264,9 @@ impl ChangeEvent {
         let version = target.schema_version;
         let reshape = (version != self.def.schema_version)
             .then(|| Reshape::new(&self.def.columns, &target.columns));
-        let shaped = |values: &Vec<Value>| match &reshape {
-            Some(plan) => plan.apply(values.clone()),
-            None => values.clone(),
+        let shaped = |values: &[Value]| match &reshape {
+            Some(plan) => plan.apply(values.to_vec()),
+            None => values.to_vec(),
         };
         let mut new_rows = Vec::with_capacity(self.batch.rows.len());
         let mut old_rows = Vec::new();
@@ -277,7 +277,7 @@ impl ChangeEvent {
                 seq: self.batch.seq,
                 updated_micros: self.batch.updated_micros,
                 deleted: row.deleted,
-                values: shaped(&row.new),
+                values: shaped(row.new.as_slice()),
             });
             old_of.push(row.old.as_ref().map(|old| {
                 old_rows.push(StoredRow {
@@ -285,7 +285,7 @@ impl ChangeEvent {
                     seq: 0,
                     updated_micros: old.updated_micros,
                     deleted: old.deleted,
-                    values: shaped(&old.values),
+                    values: shaped(old.values.as_slice()),
                 });
                 old_rows.len() - 1
             }));

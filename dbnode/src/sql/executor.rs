@@ -1254,7 +1254,7 @@ impl Executor {
                     versions.iter().map(|v| v.change.as_str()),
                 )),
                 Arc::new(StringArray::from_iter_values(
-                    versions.iter().map(|v| columns_text(&v.columns)),
+                    versions.iter().map(|v| columns_text(v.columns.as_slice())),
                 )),
             ],
         )

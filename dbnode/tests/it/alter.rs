@@ -1014,10 +1014,10 @@ async fn concurrent_alters_and_inserts_all_commit() {
             }
         }
     };
-    check(&node.query(&alice, &sql).await);
+    check(node.query(&alice, &sql).await.as_slice());
     flush(&node, "app.c").await;
-    check(&node.query(&alice, &sql).await);
+    check(node.query(&alice, &sql).await.as_slice());
     let dir = node.stop().await;
     let node = TestNode::start_in(&dir).await;
-    check(&node.query(&alice, &sql).await);
+    check(node.query(&alice, &sql).await.as_slice());
 }
