@@ -161,6 +161,8 @@ pub fn parse_statements(sql: &str) -> (Vec<KalamStatement>, Option<KalamError>) 
         }
         let next = parser.peek_token().token;
         if next != Token::SemiColon && next != Token::EOF {
+            // What was parsed is only the start of a malformed statement: it must not run.
+            out.pop();
             return (
                 out,
                 Some(KalamError::SqlParse(format!(
