@@ -7,6 +7,7 @@
 //! - [`client`]: [`KalamClient`], a small async HTTP client over one pooled `reqwest::Client`,
 //!   cheap to clone and fit for latency benchmarks.
 //! - [`table`]: psql-style text rendering of results and errors, for people.
+//! - [`token`]: the JWT claims of `API.md` §2 and HS256 minting, shared with the node.
 //! - the `kalam` binary (`src/bin/kalam.rs`): a command-line client built on the above.
 //!
 //! The crate deliberately has no storage or query-engine dependencies (no RocksDB, no
@@ -17,9 +18,11 @@ pub mod client;
 pub mod live;
 pub mod live_wire;
 pub mod table;
+pub mod token;
 pub mod wire;
 
 pub use client::{ClientError, KalamClient, RawSqlResponse};
 pub use live::{LiveConnection, RawServerMessage, DEFAULT_QUERY_ID};
 pub use live_wire::{ChangeType, ClientMessage, ServerMessage, Subscription, SubscriptionOptions};
+pub use token::{Claims, Role, TokenError};
 pub use wire::*;

@@ -10,24 +10,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{KalamError, Result};
 use crate::ids::{Role, UserId};
 
 const SECRET_FILE: &str = "jwt_secret";
 
-/// Claims of a KalamDB token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Claims {
-    pub sub: String,
-    #[serde(default)]
-    pub role: Role,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exp: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iat: Option<u64>,
-}
+/// Claims of a KalamDB token: defined once in `kalam-client`, which tools that mint tokens
+/// (the operator) share with the node.
+pub use kalam_client::token::Claims;
 
 /// The authenticated caller of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]

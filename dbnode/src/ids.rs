@@ -150,23 +150,8 @@ impl fmt::Display for TableId {
     }
 }
 
-/// Caller's role, from the token's `role` claim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    #[default]
-    User,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::User => "user",
-            Role::Admin => "admin",
-        }
-    }
-}
+/// Caller's role, from the token's `role` claim (shared with `kalam-client`'s token claims).
+pub use kalam_client::token::Role;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,31 @@
+//! The CRD files under `crds/` are generated from the operator's types; this test fails when
+//! they drift. `KALAM_UPDATE_CRDS=1` rewrites them instead.
+
+use std::path::PathBuf;
+
+#[test]
+fn crds_up_to_date() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    let files = kalam_operator::crd::files().expect("rendering the CRDs");
+    let update = std::env::var("KALAM_UPDATE_CRDS").is_ok_and(|v| v == "1");
+    let mut stale = Vec::new();
+    for (name, contents) in files {
+        let path = dir.join(&name);
+        let current = std::fs::read_to_string(&path).unwrap_or_default();
+        if current == contents {
+            continue;
+        }
+        if update {
+            std::fs::write(&path, &contents)
+                .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        } else {
+            stale.push(name);
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "crds/{} differ from the types: run `KALAM_UPDATE_CRDS=1 cargo test -p kalam-operator \
+         --test it crds_up_to_date` and commit the result",
+        stale.join(", crds/")
+    );
+}
