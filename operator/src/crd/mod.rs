@@ -267,8 +267,9 @@ mod tests {
             json!(["IfNotPresent", "Always", "Never"])
         );
         assert_eq!(p["replicas"]["default"], 1);
-        assert_eq!(p["replicas"]["minimum"], 1);
-        assert_eq!(p["replicas"]["maximum"], 16);
+        // schemars writes range bounds as JSON floats (`1.0`); the API server takes either.
+        assert_eq!(p["replicas"]["minimum"].as_f64(), Some(1.0));
+        assert_eq!(p["replicas"]["maximum"].as_f64(), Some(16.0));
         assert_eq!(p["storage"]["default"], json!({"size": "10Gi"}));
         assert_eq!(p["storage"]["properties"]["size"]["default"], "10Gi");
         assert!(p["storage"]["properties"]["size"]["pattern"].is_string());
