@@ -564,7 +564,7 @@ impl LiveHub {
         if let Some(from) = start.from_seq {
             for event in state.log.iter().filter(|e| e.batch.seq > from) {
                 if event.batch.partition == partition {
-                    deliver(event, &subscription);
+                    send(event, &subscription, &render(event, &subscription.query));
                 }
             }
         }
@@ -755,10 +755,37 @@ impl ChangeSink for LiveHub {
     }
 }
 
+/// Subscriptions that see a commit alike: one user (`CURRENT_USER()`), one compiled
+/// version, one column list, one predicate. Ten thousand clients in one chat room are one
+/// shape, so the commit is evaluated and encoded once for all of them.
+#[derive(PartialEq, Eq, Hash)]
+struct Shape<'a> {
+    user: &'a str,
+    version: u32,
+    columns: &'a [String],
+    predicate: &'a str,
+}
+
+impl<'a> Shape<'a> {
+    fn of(subscription: &'a Subscription) -> Self {
+        let query = &subscription.query;
+        Shape {
+            user: subscription.connection.principal.user_id.as_str(),
+            version: query.runtime.def().schema_version,
+            columns: &query.column_names,
+            predicate: &query.predicate_text,
+        }
+    }
+}
+
 fn dispatch(job: &Dispatch) {
+    let mut rendered: HashMap<Shape<'_>, Vec<Rendered>> = HashMap::new();
     for subscription in job.subscriptions.iter() {
         if subscription.is_active() {
-            deliver(&job.event, subscription);
+            let parts = rendered
+                .entry(Shape::of(subscription))
+                .or_insert_with(|| render(&job.event, &subscription.query));
+            send(&job.event, subscription, parts);
         }
     }
 }
@@ -791,13 +818,22 @@ fn is_true(mask: &Option<BooleanArray>, i: usize) -> bool {
     }
 }
 
-/// Evaluates one commit for one subscription and queues its messages: rows entering the
-/// filter as INSERT, staying as UPDATE (with old values), leaving or deleted as DELETE.
-fn deliver(event: &ChangeEvent, subscription: &Subscription) {
-    let Some(images) = event.images_for(subscription.query.runtime.def()) else {
-        return;
+/// One message a commit renders to for a subscription shape, without its envelope.
+struct Rendered {
+    change_type: ChangeType,
+    /// `rows` as JSON.
+    rows: String,
+    /// `old_values` as JSON (UPDATE only).
+    old_values: Option<String>,
+}
+
+/// Evaluates one commit for one subscription shape: rows entering the filter as INSERT,
+/// staying as UPDATE (with old values), leaving or deleted as DELETE.
+fn render(event: &ChangeEvent, query: &CompiledQuery) -> Vec<Rendered> {
+    let Some(images) = event.images_for(query.runtime.def()) else {
+        return Vec::new();
     };
-    let predicate = subscription.query.predicate.as_ref();
+    let predicate = query.predicate.as_ref();
     let new_mask = matches(predicate, &images.new);
     let old_mask = if images.old.num_rows() > 0 {
         matches(predicate, &images.old)
@@ -806,7 +842,7 @@ fn deliver(event: &ChangeEvent, subscription: &Subscription) {
     };
     let project = |row: &Row| -> Row {
         let mut out = Row::new();
-        for name in &subscription.query.column_names {
+        for name in &query.column_names {
             if let Some(v) = row.get(name) {
                 out.insert(name.clone(), v.clone());
             }
@@ -839,7 +875,7 @@ fn deliver(event: &ChangeEvent, subscription: &Subscription) {
             (false, false) => {}
         }
     }
-    let mut sent = 0;
+    let mut out = Vec::new();
     for (change_type, rows, old_values) in [
         (ChangeType::Insert, inserts, None),
         (ChangeType::Update, updates, Some(olds)),
@@ -848,24 +884,101 @@ fn deliver(event: &ChangeEvent, subscription: &Subscription) {
         if rows.is_empty() {
             continue;
         }
-        let message = ServerMessage::Change {
-            query_id: subscription.query_id.clone(),
-            live_id: subscription.live_id.clone(),
-            change_type,
-            rows,
-            old_values,
-            seq: event.batch.seq,
-        };
-        match serde_json::to_string(&message) {
-            Ok(text) => {
-                subscription.deliver(text);
-                sent += 1;
-            }
+        let encoded = serde_json::to_string(&rows).and_then(|rows| {
+            let old_values = old_values.map(|o| serde_json::to_string(&o)).transpose()?;
+            Ok((rows, old_values))
+        });
+        match encoded {
+            Ok((rows, old_values)) => out.push(Rendered {
+                change_type,
+                rows,
+                old_values,
+            }),
             Err(e) => tracing::error!(error = %e, "encoding a change message"),
         }
     }
+    out
+}
+
+/// Queues the rendered messages of a commit to one subscription.
+fn send(event: &ChangeEvent, subscription: &Subscription, rendered: &[Rendered]) {
+    for part in rendered {
+        subscription.deliver(change_message(
+            &subscription.query_id,
+            &subscription.live_id,
+            part,
+            event.batch.seq,
+        ));
+    }
+    let sent = rendered.len() as u64;
     if sent > 0 {
         subscription.counted(sent);
         subscription.connection.metrics.messages.inc_by(sent);
+    }
+}
+
+/// `ServerMessage::Change` as JSON, around rows encoded once per shape: the same fields in
+/// the same order as serde writes them (a test compares the two).
+fn change_message(query_id: &str, live_id: &str, part: &Rendered, seq: u64) -> String {
+    // Encoding a string cannot fail.
+    let quoted = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let mut out = String::with_capacity(part.rows.len() + 160);
+    out.push_str(r#"{"type":"change","query_id":"#);
+    out.push_str(&quoted(query_id));
+    out.push_str(r#","live_id":"#);
+    out.push_str(&quoted(live_id));
+    out.push_str(r#","change_type":""#);
+    out.push_str(part.change_type.as_str());
+    out.push_str(r#"","rows":"#);
+    out.push_str(&part.rows);
+    if let Some(old) = &part.old_values {
+        out.push_str(r#","old_values":"#);
+        out.push_str(old);
+    }
+    out.push_str(r#","seq":"#);
+    out.push_str(&seq.to_string());
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_messages_are_what_serde_writes() {
+        let mut row = Row::new();
+        row.insert("id".into(), serde_json::json!(7));
+        row.insert(
+            "text".into(),
+            serde_json::json!("h\u{e9}llo \"quoted\" \\ \n"),
+        );
+        let mut old = Row::new();
+        old.insert("id".into(), serde_json::json!(7));
+        old.insert("text".into(), serde_json::Value::Null);
+        for (change_type, old_values) in [
+            (ChangeType::Insert, None),
+            (ChangeType::Update, Some(vec![old.clone()])),
+            (ChangeType::Delete, None),
+        ] {
+            let expected = serde_json::to_string(&ServerMessage::Change {
+                query_id: "q\"1".into(),
+                live_id: "alice-c1-messages-q\"1".into(),
+                change_type,
+                rows: vec![row.clone()],
+                old_values: old_values.clone(),
+                seq: 42,
+            })
+            .unwrap();
+            let part = Rendered {
+                change_type,
+                rows: serde_json::to_string(&vec![row.clone()]).unwrap(),
+                old_values: old_values.map(|o| serde_json::to_string(&o).unwrap()),
+            };
+            assert_eq!(
+                change_message("q\"1", "alice-c1-messages-q\"1", &part, 42),
+                expected
+            );
+        }
     }
 }

@@ -34,6 +34,10 @@ pub struct CompiledQuery {
     pub column_names: Vec<String>,
     /// `None`: every row matches.
     pub predicate: Option<Arc<dyn PhysicalExpr>>,
+    /// The compiled predicate as text, with the values of `NOW()` and the like fixed at
+    /// subscribe time: equal texts (of one user, version and column list) evaluate alike, so
+    /// the dispatcher renders a commit once for all of them.
+    pub predicate_text: String,
     /// Ids of the user columns the subscription selects ...
     pub selected: Vec<u32>,
     /// ... and of those its WHERE reads.
@@ -261,6 +265,10 @@ pub fn compile(engine: &Engine, state: &SessionState, sql: &str) -> Result<Compi
         ),
         None => Vec::new(),
     };
+    let predicate_text = predicate
+        .as_ref()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
     Ok(CompiledQuery {
         selected,
         filtered,
@@ -268,6 +276,7 @@ pub fn compile(engine: &Engine, state: &SessionState, sql: &str) -> Result<Compi
         projection,
         column_names,
         predicate,
+        predicate_text,
         where_sql,
         alias: qualifier,
     })
