@@ -183,19 +183,23 @@ async fn insert_concurrent(url: &str, args: &Args, writers: usize, each: usize) 
     for w in 0..writers {
         clients.push(KalamClient::new(url)?.with_token(token(args, &format!("writer{w}"), false)?));
     }
+    // Each task owns its client (no borrows inside a spawned future); an INSERT clones it
+    // (a few small allocations).
     let tasks: Vec<_> = clients
         .iter()
         .cloned()
         .enumerate()
         .map(move |(w, c)| async move {
-            let client = &c;
-            let timed = sequential("insert-concurrent", each, false, move |i| async move {
-                client
-                    .sql(&format!(
-                        "INSERT INTO bench.conc (content) VALUES ('w{w} m{i}')"
-                    ))
-                    .await?;
-                anyhow::Ok(None::<f64>)
+            let timed = sequential("insert-concurrent", each, false, move |i| {
+                let client = c.clone();
+                async move {
+                    client
+                        .sql(&format!(
+                            "INSERT INTO bench.conc (content) VALUES ('w{w} m{i}')"
+                        ))
+                        .await?;
+                    anyhow::Ok(None::<f64>)
+                }
             })
             .await?;
             anyhow::Ok(timed.client)

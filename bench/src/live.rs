@@ -231,9 +231,9 @@ async fn latency(args: &Args, url: &str, sizes: &LiveSizes) -> Result<Outcome> {
     let noise_client = KalamClient::new(url)?.with_token(hot_token);
     let (stop_noise, noise_stopped) = watch::channel(false);
     let rate = sizes.noise_per_sec;
-    let noise = tokio::spawn(async move {
-        let client = &noise_client;
-        paced(rate, noise_stopped, move |k| async move {
+    let noise = tokio::spawn(paced(rate, noise_stopped, move |k| {
+        let client = noise_client.clone();
+        async move {
             client
                 .sql(&format!(
                     "INSERT INTO bench.live_msgs (id, conversation_id, content) VALUES ({}, 'noise', 'noise {k}')",
@@ -241,9 +241,8 @@ async fn latency(args: &Args, url: &str, sizes: &LiveSizes) -> Result<Outcome> {
                 ))
                 .await?;
             anyhow::Ok(())
-        })
-        .await
-    });
+        }
+    }));
 
     let mut h = hist();
     let mut ticker = Ticker::new("live-latency", n);

@@ -144,20 +144,19 @@ async fn insert_concurrent(server: &PgServer, writers: usize, each: usize) -> Re
         let stmt = c
             .prepare("INSERT INTO conc (user_id, content) VALUES ($1, $2)")
             .await?;
+        // The task owns what it uses (no borrows inside a spawned future); each INSERT
+        // clones two Arcs and the user name.
+        let (client, user) = (Arc::new(c), format!("writer{w}"));
         tasks.push(async move {
-            let user = format!("writer{w}");
-            let (client, stmt, user) = (&c, &stmt, &user);
-            let timed = sequential(
-                "postgres insert-concurrent",
-                each,
-                false,
-                move |i| async move {
+            let timed = sequential("postgres insert-concurrent", each, false, move |i| {
+                let (client, stmt, user) = (client.clone(), stmt.clone(), user.clone());
+                async move {
                     let content = format!("w{w} m{i}");
-                    let inserted = client.execute(stmt, &[user, &content]).await?;
+                    let inserted = client.execute(&stmt, &[&user, &content]).await?;
                     check_count("rows inserted", inserted, 1)?;
                     anyhow::Ok(None::<f64>)
-                },
-            )
+                }
+            })
             .await?;
             anyhow::Ok(timed.client)
         });
@@ -393,19 +392,19 @@ async fn latency(server: &PgServer, sizes: &LiveSizes) -> Result<Outcome> {
     let noise_insert = noise_client.prepare(INSERT_LIVE).await?;
     let (stop_noise, noise_stopped) = watch::channel(false);
     let rate = sizes.noise_per_sec;
-    let noise = tokio::spawn(async move {
-        let (client, stmt) = (&noise_client, &noise_insert);
-        paced(rate, noise_stopped, move |k| async move {
+    let noise_client = Arc::new(noise_client);
+    let noise = tokio::spawn(paced(rate, noise_stopped, move |k| {
+        let (client, stmt) = (noise_client.clone(), noise_insert.clone());
+        async move {
             let id = NOISE_ID_BASE + k as i64;
             let content = format!("noise {k}");
             let inserted = client
-                .execute(stmt, &[&id, &HOT_USER, &"noise", &content])
+                .execute(&stmt, &[&id, &HOT_USER, &"noise", &content])
                 .await?;
             check_count("noise rows inserted", inserted, 1)?;
             anyhow::Ok(())
-        })
-        .await
-    });
+        }
+    }));
 
     let mut h = hist();
     let mut ticker = Ticker::new("postgres live-latency", n);
