@@ -261,8 +261,9 @@ impl PgServer {
         loop {
             match tokio_postgres::connect(&self.conninfo, NoTls).await {
                 Ok((client, connection)) => {
+                    // Without its client the connection says goodbye and ends.
                     drop(client);
-                    let _ = connection.await;
+                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
                     return Ok(());
                 }
                 Err(e) => {
