@@ -1,6 +1,9 @@
 //! Live-query scenarios (`GET /ws`, API.md section 5): the node's memory per subscription,
-//! notification latency while many other subscriptions sit idle, fan-out of one change to
-//! many subscribers, and delivery throughput of a STREAM table.
+//! notification latency while many other subscriptions sit idle and another client writes
+//! rows no subscription matches, fan-out of one change to 1,000 subscribers on 1,000
+//! connections and to 10,000 on 100, and delivery throughput of a STREAM table. The
+//! PostgreSQL side of `live-latency` and the fan-outs is [`crate::pg_scenarios`]; it shares
+//! the sizes and the names defined here.
 //!
 //! Each scenario first checks that every expected change arrived exactly once and that
 //! nothing else arrived (a row no subscription matches is written at the end, and the
@@ -14,15 +17,17 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures::future::join_all;
 use kalam_client::wire::Row;
 use kalam_client::{ChangeType, KalamClient, LiveConnection, ServerMessage, Subscription};
+use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::{count, hist, progress, token, Args, Outcome};
+use crate::kalam::{count, token};
+use crate::measure::{
+    check_fields, hist, micros, paced, progress, Round, Ticker, EVENT_TIMEOUT, QUIET,
+};
+use crate::report::Outcome;
+use crate::Args;
 
-/// How long one expected message may take (a debug node on a busy 2-core machine is slow).
-const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a set of connections must stay silent when nothing more is expected.
-const QUIET: Duration = Duration::from_millis(500);
 /// How long the node may take to confirm the subscriptions of one connection.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Time for the node's allocations to settle before its RSS is read again.
@@ -33,14 +38,53 @@ const FANOUT_SQL: &str = "SELECT * FROM bench.fanout WHERE room = 'r1'";
 const STREAM_SQL: &str = "SELECT * FROM bench.events";
 const MEMORY_USER: &str = "live_mem";
 
-/// Sizes of the live scenarios; `--quick` keeps each to a few seconds.
+/// The user whose rows `live-latency` times (on PostgreSQL: the `user_id` column).
+pub(crate) const HOT_USER: &str = "live_hot";
+/// Ids of the noise rows of `live-latency` start here (the timed rows are `0..n`).
+pub(crate) const NOISE_ID_BASE: i64 = 1_000_000_000;
+/// The room the fan-out subscriptions filter on.
+pub(crate) const FANOUT_ROOM: &str = "r1";
+
+/// Idle subscription `i` of connection `c` of `live-latency`: its user and the
+/// conversation its filter names. Even connections belong to other users and name the
+/// subscriber's conversation (so they sit on other partitions); odd ones belong to the
+/// writer and name conversations no row has.
+pub(crate) fn idle_subscription(c: usize, i: usize) -> (String, String) {
+    if c % 2 == 0 {
+        (format!("live_idle{c}"), "hot".to_owned())
+    } else {
+        (HOT_USER.to_owned(), format!("idle-{c}-{i}"))
+    }
+}
+
+/// The id of the row of round `round` of fan-out case `case`.
+pub(crate) fn fanout_id(case: usize, round: usize) -> i64 {
+    (case as i64 + 1) * 1_000_000 + round as i64
+}
+
+/// The id of the row of another room written at the end of fan-out case `case`.
+pub(crate) fn fanout_other_id(case: usize) -> i64 {
+    -(case as i64 + 1)
+}
+
+/// One fan-out case: `subscribers` subscriptions of one filter over `connections`
+/// connections (an equal share each).
+pub struct FanoutSize {
+    pub name: &'static str,
+    pub subscribers: usize,
+    pub connections: usize,
+}
+
+/// Sizes of the live scenarios; `--quick` keeps each to a few seconds. The PostgreSQL
+/// side ([`crate::pg_scenarios`]) runs the same sizes.
 pub struct LiveSizes {
-    idle_subs: usize,
-    idle_conns: usize,
-    latency_inserts: usize,
-    fanout_subs: usize,
-    fanout_conns: usize,
-    fanout_rounds: usize,
+    pub(crate) idle_subs: usize,
+    pub(crate) idle_conns: usize,
+    pub(crate) latency_inserts: usize,
+    /// Non-matching rows per second written by another client during `live-latency`.
+    pub(crate) noise_per_sec: u32,
+    pub(crate) fanouts: Vec<FanoutSize>,
+    pub(crate) fanout_rounds: usize,
     stream_writers: usize,
     stream_batch_rows: usize,
     stream_duration: Duration,
@@ -55,8 +99,19 @@ impl LiveSizes {
                 idle_subs: 100,
                 idle_conns: 10,
                 latency_inserts: 50,
-                fanout_subs: 200,
-                fanout_conns: 10,
+                noise_per_sec: 200,
+                fanouts: vec![
+                    FanoutSize {
+                        name: "live-fanout-1k",
+                        subscribers: 100,
+                        connections: 100,
+                    },
+                    FanoutSize {
+                        name: "live-fanout-10k",
+                        subscribers: 200,
+                        connections: 10,
+                    },
+                ],
                 fanout_rounds: 3,
                 stream_writers: 4,
                 stream_batch_rows: 100,
@@ -69,9 +124,20 @@ impl LiveSizes {
                 idle_subs: 1_000,
                 idle_conns: 10,
                 latency_inserts: 2_000,
-                fanout_subs: 10_000,
-                fanout_conns: 100,
-                fanout_rounds: 5,
+                noise_per_sec: 1_000,
+                fanouts: vec![
+                    FanoutSize {
+                        name: "live-fanout-1k",
+                        subscribers: 1_000,
+                        connections: 1_000,
+                    },
+                    FanoutSize {
+                        name: "live-fanout-10k",
+                        subscribers: 10_000,
+                        connections: 100,
+                    },
+                ],
+                fanout_rounds: 20,
                 stream_writers: 4,
                 stream_batch_rows: 100,
                 stream_duration: Duration::from_secs(5),
@@ -79,6 +145,15 @@ impl LiveSizes {
                 memory_conns: 100,
             }
         }
+    }
+
+    /// The most connections one fan-out case opens.
+    pub fn max_fanout_connections(&self) -> usize {
+        self.fanouts
+            .iter()
+            .map(|f| f.connections)
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -101,41 +176,41 @@ pub async fn run(
         .context("creating the tables of the live scenarios")?;
     let url = admin.base_url();
     // Memory first: the other scenarios' freed allocations would blur its RSS difference.
-    Ok(vec![
+    let mut outcomes = vec![
         memory(args, admin, node_pid, sizes).await?,
         latency(args, url, sizes).await?,
-        fanout(args, admin, sizes).await?,
-        stream_throughput(args, url, sizes).await?,
-    ])
+    ];
+    for (index, case) in sizes.fanouts.iter().enumerate() {
+        outcomes.push(fanout(args, admin, sizes, case, index).await?);
+    }
+    outcomes.push(stream_throughput(args, url, sizes).await?);
+    Ok(outcomes)
 }
 
 /// a. Latency of one subscriber's notifications while `idle_subs` other subscriptions are
-/// registered: half on other users' partitions with the same filter, half on the writer's
-/// own partition with filters no row matches. Timed from just before the INSERT request
-/// is sent to the arrival of its `change` message.
+/// registered (see [`idle_subscription`]) and another client of the same user writes
+/// non-matching rows at `noise_per_sec`. Timed from just before the INSERT request is sent
+/// to the arrival of its `change` message.
 async fn latency(args: &Args, url: &str, sizes: &LiveSizes) -> Result<Outcome> {
     let n = sizes.latency_inserts;
     progress(&format!(
-        "live-latency: {} idle subscriptions on {} connections, {n} sequential inserts",
-        sizes.idle_subs, sizes.idle_conns
+        "live-latency: {} idle subscriptions on {} connections, {n} sequential inserts, noise at {}/s",
+        sizes.idle_subs, sizes.idle_conns, sizes.noise_per_sec
     ));
-    let hot = KalamClient::new(url)?.with_token(token(args, "live_hot", false)?);
+    let hot_token = token(args, HOT_USER, false)?;
+    let hot = KalamClient::new(url)?.with_token(hot_token.clone());
     let per_conn = sizes.idle_subs / sizes.idle_conns;
     let mut plan = Vec::with_capacity(sizes.idle_conns);
     for c in 0..sizes.idle_conns {
-        let other_user = c % 2 == 0;
-        let client = if other_user {
-            KalamClient::new(url)?.with_token(token(args, &format!("live_idle{c}"), false)?)
-        } else {
+        let (user, _) = idle_subscription(c, 0);
+        let client = if user == HOT_USER {
             hot.clone()
+        } else {
+            KalamClient::new(url)?.with_token(token(args, &user, false)?)
         };
         let subs: Vec<Subscription> = (0..per_conn)
             .map(|i| {
-                let conversation = if other_user {
-                    "hot".to_string()
-                } else {
-                    format!("idle-{c}-{i}")
-                };
+                let (_, conversation) = idle_subscription(c, i);
                 subscription(
                     format!("idle{i}"),
                     format!(
@@ -151,7 +226,26 @@ async fn latency(args: &Args, url: &str, sizes: &LiveSizes) -> Result<Outcome> {
         .await
         .context("live-latency: subscriber")?;
 
+    // Noise: rows of the same user (the same partition) that no subscription matches, from
+    // a client of its own.
+    let noise_client = KalamClient::new(url)?.with_token(hot_token);
+    let (stop_noise, noise_stopped) = watch::channel(false);
+    let rate = sizes.noise_per_sec;
+    let noise = tokio::spawn(paced(rate, noise_stopped, move |k| {
+        let client = noise_client.clone();
+        async move {
+            client
+                .sql(&format!(
+                    "INSERT INTO bench.live_msgs (id, conversation_id, content) VALUES ({}, 'noise', 'noise {k}')",
+                    NOISE_ID_BASE + k as i64
+                ))
+                .await?;
+            anyhow::Ok(())
+        }
+    }));
+
     let mut h = hist();
+    let mut ticker = Ticker::new("live-latency", n);
     let mut last_seq = 0;
     let started = Instant::now();
     for i in 0..n {
@@ -165,9 +259,14 @@ async fn latency(args: &Args, url: &str, sizes: &LiveSizes) -> Result<Outcome> {
             .await
             .with_context(|| format!("live-latency: waiting for insert {i}"))?;
         let change = expect_insert(received)?;
-        let ids = row_ids(&change.rows)?;
-        if ids != [i as i64] {
-            bail!("live-latency: insert {i} delivered as rows {ids:?}");
+        let expected = [
+            ("id", json!(i)),
+            ("conversation_id", json!("hot")),
+            ("content", json!(format!("message {i}"))),
+        ];
+        match change.rows.as_slice() {
+            [row] => check_fields("live-latency", row, &expected)?,
+            rows => bail!("live-latency: insert {i} delivered as {} rows", rows.len()),
         }
         if change.seq <= last_seq {
             bail!(
@@ -176,9 +275,12 @@ async fn latency(args: &Args, url: &str, sizes: &LiveSizes) -> Result<Outcome> {
             );
         }
         last_seq = change.seq;
-        h.record(micros(change.at.duration_since(sent)))?;
+        h.saturating_record(micros(change.at.duration_since(sent)));
+        ticker.tick(i + 1);
     }
     let seconds = started.elapsed().as_secs_f64();
+    let _ = stop_noise.send(true);
+    let noise_rows = noise.await.context("the noise writer panicked")??;
 
     hot.sql("INSERT INTO bench.live_msgs (id, conversation_id, content) VALUES (-1, 'cold', 'matches no subscription')")
         .await?;
@@ -192,19 +294,28 @@ async fn latency(args: &Args, url: &str, sizes: &LiveSizes) -> Result<Outcome> {
     subscriber.close().await?;
     idle.close().await?;
     Ok(Outcome::new("live-latency", n, n, seconds, &h, None)
-        .with("idle_subscriptions", per_conn * sizes.idle_conns))
+        .with("idle_subscriptions", per_conn * sizes.idle_conns)
+        .with("noise_rows", noise_rows)
+        .with("noise_rows_per_sec", noise_rows as f64 / seconds))
 }
 
-/// b. One INSERT into a SHARED table matched by `fanout_subs` subscriptions over
-/// `fanout_conns` connections: time from the start of the request until the last
+/// b. One INSERT into a SHARED table matched by `case.subscribers` subscriptions over
+/// `case.connections` connections: time from the start of the request until the last
 /// subscription has received it, once per round.
-async fn fanout(args: &Args, admin: &KalamClient, sizes: &LiveSizes) -> Result<Outcome> {
-    let conns = sizes.fanout_conns;
-    let per_conn = sizes.fanout_subs / conns;
+async fn fanout(
+    args: &Args,
+    admin: &KalamClient,
+    sizes: &LiveSizes,
+    case: &FanoutSize,
+    index: usize,
+) -> Result<Outcome> {
+    let name = case.name;
+    let conns = case.connections;
+    let per_conn = case.subscribers / conns;
     let expected = per_conn * conns;
     let rounds = sizes.fanout_rounds;
     progress(&format!(
-        "live-fanout: {expected} subscriptions on {conns} connections, {rounds} inserts"
+        "{name}: {expected} subscriptions on {conns} connections, {rounds} inserts"
     ));
     let client = KalamClient::new(admin.base_url())?.with_token(token(args, "live_fan", false)?);
     let plan: Vec<_> = (0..conns)
@@ -215,53 +326,60 @@ async fn fanout(args: &Args, admin: &KalamClient, sizes: &LiveSizes) -> Result<O
             (client.clone(), subs)
         })
         .collect();
-    let mut readers = Readers::open(plan).await.context("live-fanout")?;
+    let mut readers = Readers::open(plan).await.context(name)?;
 
     let mut h = hist();
     let started = Instant::now();
     for round in 0..rounds {
-        let mut seen = HashSet::with_capacity(expected);
+        let id = fanout_id(index, round);
+        let body = format!("round {round}");
+        let expect = [
+            ("id", json!(id)),
+            ("room", json!(FANOUT_ROOM)),
+            ("body", json!(body)),
+        ];
         let mut seq = None;
         let sent = Instant::now();
         admin
             .sql(&format!(
-                "INSERT INTO bench.fanout (id, room, body) VALUES ({round}, 'r1', 'round {round}')"
+                "INSERT INTO bench.fanout (id, room, body) VALUES ({id}, '{FANOUT_ROOM}', '{body}')"
             ))
             .await?;
-        let mut last = sent;
-        while seen.len() < expected {
+        let mut check = Round::new(format!("{name}: round {round}"), expected, sent);
+        while !check.complete() {
             let received = readers.recv(EVENT_TIMEOUT).await.with_context(|| {
                 format!(
-                    "live-fanout: round {round}, {} of {expected} delivered",
-                    seen.len()
+                    "{name}: round {round}, {} of {expected} delivered",
+                    check.delivered()
                 )
             })?;
             let change = expect_insert(received)?;
-            let ids = row_ids(&change.rows)?;
-            if ids != [round as i64] {
-                bail!("live-fanout: round {round} delivered rows {ids:?}");
-            }
             // API.md: every subscriber of one change sees the same seq.
             if *seq.get_or_insert(change.seq) != change.seq {
-                bail!("live-fanout: round {round} arrived with different seq values");
+                bail!("{name}: round {round} arrived with different seq values");
             }
-            last = last.max(change.at);
-            if !seen.insert((change.conn, change.query_id)) {
-                bail!("live-fanout: round {round} delivered twice to one subscription");
-            }
+            check.deliver(
+                (change.conn, change.query_id),
+                change.at,
+                &change.rows,
+                &expect,
+            )?;
         }
-        h.record(micros(last.duration_since(sent)))?;
+        h.saturating_record(micros(check.latency()));
     }
     let seconds = started.elapsed().as_secs_f64();
 
     admin
-        .sql("INSERT INTO bench.fanout (id, room, body) VALUES (-1, 'r2', 'another room')")
+        .sql(&format!(
+            "INSERT INTO bench.fanout (id, room, body) VALUES ({}, 'r2', 'another room')",
+            fanout_other_id(index)
+        ))
         .await?;
-    readers.expect_quiet(QUIET).await.context("live-fanout")?;
+    readers.expect_quiet(QUIET).await.context(name)?;
     readers.close().await?;
     Ok(
-        Outcome::new("live-fanout", rounds, rounds * expected, seconds, &h, None)
-            .with("subscriptions", expected)
+        Outcome::new(name, rounds, rounds * expected, seconds, &h, None)
+            .with("subscribers", expected)
             .with("connections", conns),
     )
 }
@@ -425,10 +543,6 @@ fn subscription(query_id: impl Into<String>, sql: impl Into<String>) -> Subscrip
         sql: sql.into(),
         options: Default::default(),
     }
-}
-
-fn micros(d: Duration) -> u64 {
-    d.as_micros() as u64
 }
 
 fn row_ids(rows: &[Row]) -> Result<Vec<i64>> {
