@@ -1766,3 +1766,36 @@ async fn stream_tables_deliver_events_live_and_ephemeral_ones_keep_only_heard_ev
         1
     );
 }
+
+/// Subscriptions with the same SQL share one rendering of a commit only when they would see
+/// it alike: `CURRENT_USER()` makes two users' identical subscriptions different, so a row
+/// for alice must never reach bob through a shared rendering.
+#[tokio::test]
+async fn identical_current_user_subscriptions_of_two_users_stay_apart() {
+    let node = chat_node().await;
+    node.admin("CREATE SHARED TABLE app.inbox (id BIGINT PRIMARY KEY, owner TEXT, body TEXT)")
+        .await;
+    let sql = "SELECT id, body FROM app.inbox WHERE owner = CURRENT_USER";
+    let alice = token("alice", false);
+    let bob = token("bob", false);
+    let mut a = node.ws(&alice).await;
+    let mut b = node.ws(&bob).await;
+    for ws in [&mut a, &mut b] {
+        ws.subscribe("q", sql, Value::Null).await;
+        ws.expect_subscribed("q").await;
+    }
+    node.exec(
+        &alice,
+        "INSERT INTO app.inbox (id, owner, body) VALUES (1, 'alice', 'for alice')",
+    )
+    .await;
+    node.exec(
+        &alice,
+        "INSERT INTO app.inbox (id, owner, body) VALUES (2, 'bob', 'for bob')",
+    )
+    .await;
+    let got_a = a.expect_change("q", "INSERT").await;
+    assert_eq!(got_a["rows"], json!([{"id": 1, "body": "for alice"}]));
+    let got_b = b.expect_change("q", "INSERT").await;
+    assert_eq!(got_b["rows"], json!([{"id": 2, "body": "for bob"}]));
+}
