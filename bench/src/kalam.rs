@@ -127,20 +127,31 @@ pub async fn run(args: &Args, sizes: &Sizes) -> Result<Vec<Outcome>> {
         )
         .await?;
     let alice = token(args, "alice", false)?;
-    let mut outcomes = vec![
-        insert_seq(&node.url, &alice, sizes.seq_inserts).await?,
-        insert_concurrent(
-            &node.url,
-            args,
-            sizes.concurrent_writers,
-            sizes.concurrent_inserts_each,
-        )
-        .await?,
-        insert_batch(&node.url, &alice, sizes.batches, sizes.batch_rows).await?,
-        select_user(&admin, sizes).await?,
-    ];
+    let mut outcomes = Vec::new();
+    if args.wants("insert-seq") {
+        outcomes.push(insert_seq(&node.url, &alice, sizes.seq_inserts).await?);
+    }
+    if args.wants("insert-concurrent") {
+        outcomes.push(
+            insert_concurrent(
+                &node.url,
+                args,
+                sizes.concurrent_writers,
+                sizes.concurrent_inserts_each,
+            )
+            .await?,
+        );
+    }
+    if args.wants("insert-batch") {
+        outcomes.push(insert_batch(&node.url, &alice, sizes.batches, sizes.batch_rows).await?);
+    }
+    if args.wants("select-user") {
+        outcomes.push(select_user(&admin, sizes).await?);
+    }
     outcomes.extend(live::run(args, &admin, node.child.id(), &sizes.live).await?);
-    outcomes.push(flush(&admin, sizes.flush_rows).await?);
+    if args.wants("flush") {
+        outcomes.push(flush(&admin, sizes.flush_rows).await?);
+    }
     progress("kalamdb: stopping the node");
     drop(node);
     Ok(outcomes)

@@ -176,14 +176,21 @@ pub async fn run(
         .context("creating the tables of the live scenarios")?;
     let url = admin.base_url();
     // Memory first: the other scenarios' freed allocations would blur its RSS difference.
-    let mut outcomes = vec![
-        memory(args, admin, node_pid, sizes).await?,
-        latency(args, url, sizes).await?,
-    ];
-    for (index, case) in sizes.fanouts.iter().enumerate() {
-        outcomes.push(fanout(args, admin, sizes, case, index).await?);
+    let mut outcomes = Vec::new();
+    if args.wants("live-memory") {
+        outcomes.push(memory(args, admin, node_pid, sizes).await?);
     }
-    outcomes.push(stream_throughput(args, url, sizes).await?);
+    if args.wants("live-latency") {
+        outcomes.push(latency(args, url, sizes).await?);
+    }
+    for (index, case) in sizes.fanouts.iter().enumerate() {
+        if args.wants(case.name) {
+            outcomes.push(fanout(args, admin, sizes, case, index).await?);
+        }
+    }
+    if args.wants("live-stream") {
+        outcomes.push(stream_throughput(args, url, sizes).await?);
+    }
     Ok(outcomes)
 }
 

@@ -57,6 +57,17 @@ struct Args {
     /// --bindir`, then the newest /usr/lib/postgresql/<major>/bin, then PATH.
     #[arg(long, env = "KALAM_BENCH_PG_BINDIR")]
     pg_bindir: Option<PathBuf>,
+    /// Run only these scenarios (comma-separated names of the table, e.g.
+    /// `--only live-memory`), each system on a fresh server as always.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(report::ORDER))]
+    only: Vec<String>,
+}
+
+impl Args {
+    /// Whether scenario `name` is to run.
+    fn wants(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
+    }
 }
 
 /// Sizes of every scenario, the same for both systems.
@@ -169,7 +180,7 @@ async fn run(args: &Args) -> Result<()> {
             ));
             let server = pg::PgServer::start(bins, &settings).await?;
             let info = server.info().await?;
-            let outcomes = pg_scenarios::run(&server, &sizes).await?;
+            let outcomes = pg_scenarios::run(args, &server, &sizes).await?;
             progress("postgres: stopping");
             drop(server);
             (outcomes, Some(info))

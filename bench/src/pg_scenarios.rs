@@ -34,7 +34,7 @@ use crate::measure::{
 };
 use crate::pg::{Listener, PgEvent, PgServer};
 use crate::report::Outcome;
-use crate::Sizes;
+use crate::{Args, Sizes};
 
 const SCHEMA: &str = "
 CREATE TABLE seq (id BIGSERIAL PRIMARY KEY, user_id TEXT NOT NULL, content TEXT);
@@ -63,26 +63,39 @@ const INSERT_LIVE: &str =
 const OPEN_CONCURRENCY: usize = 16;
 
 /// Creates the tables and runs every comparable scenario, in the KalamDB side's order.
-pub async fn run(server: &PgServer, sizes: &Sizes) -> Result<Vec<Outcome>> {
+pub async fn run(args: &Args, server: &PgServer, sizes: &Sizes) -> Result<Vec<Outcome>> {
     let admin = server.connect().await?;
     admin
         .batch_execute(SCHEMA)
         .await
         .context("creating the PostgreSQL tables")?;
-    let mut outcomes = vec![
-        insert_seq(server, sizes.seq_inserts).await?,
-        insert_concurrent(
-            server,
-            sizes.concurrent_writers,
-            sizes.concurrent_inserts_each,
-        )
-        .await?,
-        insert_batch(&admin, sizes.batches, sizes.batch_rows).await?,
-        select_user(server, &admin, sizes).await?,
-        latency(server, &sizes.live).await?,
-    ];
+    let mut outcomes = Vec::new();
+    if args.wants("insert-seq") {
+        outcomes.push(insert_seq(server, sizes.seq_inserts).await?);
+    }
+    if args.wants("insert-concurrent") {
+        outcomes.push(
+            insert_concurrent(
+                server,
+                sizes.concurrent_writers,
+                sizes.concurrent_inserts_each,
+            )
+            .await?,
+        );
+    }
+    if args.wants("insert-batch") {
+        outcomes.push(insert_batch(&admin, sizes.batches, sizes.batch_rows).await?);
+    }
+    if args.wants("select-user") {
+        outcomes.push(select_user(server, &admin, sizes).await?);
+    }
+    if args.wants("live-latency") {
+        outcomes.push(latency(server, &sizes.live).await?);
+    }
     for (index, case) in sizes.live.fanouts.iter().enumerate() {
-        outcomes.push(fanout(server, &admin, &sizes.live, case, index).await?);
+        if args.wants(case.name) {
+            outcomes.push(fanout(server, &admin, &sizes.live, case, index).await?);
+        }
     }
     Ok(outcomes)
 }

@@ -91,7 +91,7 @@ impl Outcome {
 }
 
 /// Scenarios in the order of the table; any other name follows them.
-const ORDER: &[&str] = &[
+pub const ORDER: &[&str] = &[
     "insert-seq",
     "insert-concurrent",
     "insert-batch",

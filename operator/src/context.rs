@@ -85,18 +85,22 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Drift correction period of every resource ([`crate::dbobject::RESYNC`] by default).
+    pub resync: Duration,
     overrides: HashMap<(String, String), String>,
     sql_clients: Mutex<HashMap<String, KalamClient>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    /// `instance` names this replica of the operator in its Events.
+    /// `instance` names this replica of the operator in its Events; `resync` is the drift
+    /// correction period.
     pub fn new(
         client: Client,
         metrics: Arc<Metrics>,
         overrides: Vec<EndpointOverride>,
         instance: Option<String>,
+        resync: Duration,
     ) -> Arc<Self> {
         let reporter = Reporter {
             controller: MANAGER.to_string(),
@@ -106,6 +110,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            resync,
             overrides: overrides
                 .into_iter()
                 .map(|o| ((o.namespace, o.cluster), o.url))

@@ -16,25 +16,35 @@ use crate::context::{Context, MANAGER};
 use crate::crd::{KalamCluster, KalamNamespace, StorageLocation};
 use crate::{cluster, location, namespace};
 
-/// Runs every controller until one of them stops (they only stop on shutdown).
-pub async fn run(ctx: Arc<Context>) {
+/// Runs every controller until one of them stops (they only stop on shutdown). With
+/// `namespace`, only that Kubernetes namespace is watched (and the RBAC may be a Role there).
+pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
     let client = ctx.client.clone();
+    fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
     // Only the objects the operator made: no need to watch every Secret of the cluster.
     let owned =
         || watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
 
     let clusters = Controller::new(
-        Api::<KalamCluster>::all(client.clone()),
+        api::<KalamCluster>(&client, namespace),
         watcher::Config::default(),
     )
-    .owns(Api::<StatefulSet>::all(client.clone()), owned())
-    .owns(Api::<Service>::all(client.clone()), owned())
-    .owns(Api::<ConfigMap>::all(client.clone()), owned())
-    .owns(Api::<Secret>::all(client.clone()), owned())
-    .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned())
+    .owns(api::<StatefulSet>(&client, namespace), owned())
+    .owns(api::<Service>(&client, namespace), owned())
+    .owns(api::<ConfigMap>(&client, namespace), owned())
+    .owns(api::<Secret>(&client, namespace), owned())
+    .owns(api::<PodDisruptionBudget>(&client, namespace), owned())
     // A location's credentials Secret is projected into the pods of its cluster.
     .watches(
-        Api::<StorageLocation>::all(client.clone()),
+        api::<StorageLocation>(&client, namespace),
         watcher::Config::default(),
         |l: StorageLocation| {
             l.namespace()
@@ -46,7 +56,7 @@ pub async fn run(ctx: Arc<Context>) {
     .for_each(|_| futures::future::ready(()));
 
     let namespaces = Controller::new(
-        Api::<KalamNamespace>::all(client.clone()),
+        api::<KalamNamespace>(&client, namespace),
         watcher::Config::default(),
     )
     .shutdown_on_signal()
@@ -54,7 +64,7 @@ pub async fn run(ctx: Arc<Context>) {
     .for_each(|_| futures::future::ready(()));
 
     let locations = Controller::new(
-        Api::<StorageLocation>::all(client),
+        api::<StorageLocation>(&client, namespace),
         watcher::Config::default(),
     )
     .shutdown_on_signal()

@@ -75,7 +75,8 @@ pub fn error_policy<K: DbObject>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) 
     ctx.retry_after(&object_key(obj.as_ref()), error)
 }
 
-/// Drift correction: every database object is checked again this often.
+/// Drift correction: every database object is checked again this often (unless the
+/// operator runs with `--resync-seconds`).
 pub const RESYNC: Duration = Duration::from_secs(60);
 /// How often an object waiting for its cluster looks again.
 pub const CLUSTER_WAIT: Duration = Duration::from_secs(10);
@@ -169,15 +170,16 @@ impl Outcome {
         }
     }
 
-    /// When to look again if nothing changes meanwhile.
-    pub fn requeue(&self) -> Action {
+    /// When to look again if nothing changes meanwhile; `resync` is the drift-correction
+    /// period.
+    pub fn requeue(&self, resync: Duration) -> Action {
         match self {
             Outcome::Unmanaged | Outcome::Invalid(_) => Action::await_change(),
             Outcome::ClusterNotReady(_) => Action::requeue(CLUSTER_WAIT),
             Outcome::Conflict { .. }
             | Outcome::Applied(_)
             | Outcome::DeleteBlocked(_)
-            | Outcome::Failed { .. } => Action::requeue(RESYNC),
+            | Outcome::Failed { .. } => Action::requeue(resync),
         }
     }
 }
@@ -278,14 +280,14 @@ mod tests {
     #[test]
     fn requeues() {
         assert_eq!(
-            Outcome::Applied(String::new()).requeue(),
+            Outcome::Applied(String::new()).requeue(RESYNC),
             Action::requeue(RESYNC)
         );
         assert_eq!(
-            Outcome::ClusterNotReady(String::new()).requeue(),
+            Outcome::ClusterNotReady(String::new()).requeue(RESYNC),
             Action::requeue(CLUSTER_WAIT)
         );
-        assert_eq!(Outcome::Unmanaged.requeue(), Action::await_change());
+        assert_eq!(Outcome::Unmanaged.requeue(RESYNC), Action::await_change());
     }
 
     #[test]

@@ -45,6 +45,13 @@ struct RunArgs {
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "kalam-operator")]
     lease_name: String,
+    /// Reconcile only the resources of this Kubernetes namespace (default: every namespace).
+    /// The lease then lives in this namespace too unless --lease-namespace says otherwise.
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Drift correction period: every resource is checked against the nodes this often.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    resync_seconds: u64,
     /// TEST ONLY: send the SQL of cluster <k8s-namespace>/<cluster> to <url> instead of the
     /// per-pod DNS names, e.g. `default/kc=http://127.0.0.1:8080`. Repeatable. Meant for
     /// tests that run a node outside the cluster; never set it in a deployment.
@@ -102,7 +109,7 @@ fn init_logging() {
 async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = Arc::new(Metrics::new()?);
     let listener = tokio::net::TcpListener::bind(args.metrics_listen).await?;
-    tracing::info!(listen = %args.metrics_listen, "serving /metrics and /healthz");
+    tracing::info!(listen = %listener.local_addr()?, "serving /metrics and /healthz");
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(render_metrics))
@@ -114,9 +121,11 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| format!("kalam-operator-{}", std::process::id()));
+    let watch_namespace = args.watch_namespace.filter(|s| !s.is_empty());
     let lease_namespace = args
         .lease_namespace
         .filter(|s| !s.is_empty())
+        .or_else(|| watch_namespace.clone())
         .unwrap_or_else(|| "default".to_string());
     if !args.endpoint_overrides.is_empty() {
         tracing::warn!(
@@ -132,9 +141,15 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         &identity,
     )
     .await?;
-    let ctx = Context::new(client, metrics, args.endpoint_overrides, Some(identity));
+    let ctx = Context::new(
+        client,
+        metrics,
+        args.endpoint_overrides,
+        Some(identity),
+        std::time::Duration::from_secs(args.resync_seconds),
+    );
     tokio::select! {
-        () = controllers::run(ctx) => {
+        () = controllers::run(ctx, watch_namespace.as_deref()) => {
             tracing::info!("controllers stopped; exiting");
             Ok(())
         }

@@ -15,14 +15,12 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::sql::sqlparser::ast::{
     GroupByExpr, SelectItem, SetExpr, Statement, TableFactor, WildcardAdditionalOptions,
 };
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::catalog::TableDef;
 use crate::engine::{Engine, TableRuntime};
 use crate::error::{clip, KalamError, Result};
 use crate::ids::SYSTEM_NAMESPACE;
-use crate::sql::parser::table_id_from_object_name;
+use crate::sql::parser::{parse_sql_statements, table_id_from_object_name};
 
 /// A subscription's query, ready to evaluate on change batches.
 #[derive(Debug)]
@@ -114,8 +112,10 @@ fn column_ids(def: &TableDef, indexes: impl Iterator<Item = usize>) -> Vec<u32> 
 pub fn compile(engine: &Engine, state: &SessionState, sql: &str) -> Result<CompiledQuery> {
     const SHAPE: &str =
         "a live query is SELECT <columns> FROM <namespace.table> [WHERE <predicate>]";
-    let mut statements = Parser::parse_sql(&GenericDialect {}, sql)
-        .map_err(|e| invalid(format!("{SHAPE}: {}", clip(&e.to_string()))))?;
+    let mut statements = parse_sql_statements(sql).map_err(|e| match e {
+        KalamError::SqlParse(m) => invalid(format!("{SHAPE}: {}", clip(&m))),
+        other => other,
+    })?;
     if statements.len() != 1 {
         return Err(invalid(format!(
             "{SHAPE}; got {} statements",

@@ -135,20 +135,35 @@ pub enum AlterChange {
     },
 }
 
+/// A parser over `sql` with the node's rules: `CURRENT_USER()` accepted, the operator count
+/// and the nesting depth bounded. Every SQL text a client sends goes through it.
+fn node_parser(sql: &str) -> Result<Parser<'static>> {
+    static DIALECT: GenericDialect = GenericDialect {};
+    let tokens = Tokenizer::new(&DIALECT, sql)
+        .tokenize_with_location()
+        .map(accept_empty_parens_after_session_functions)
+        .map_err(|e| KalamError::SqlParse(e.to_string()))?;
+    check_operator_count(&tokens)?;
+    Ok(Parser::new(&DIALECT)
+        .with_recursion_limit(RECURSION_LIMIT)
+        .with_tokens_with_locations(tokens))
+}
+
+/// Plain SQL statements (no KalamDB extensions), parsed under the same rules as
+/// [`parse_statements`]: the live-query compiler uses it.
+pub fn parse_sql_statements(sql: &str) -> Result<Vec<SqlStatement>> {
+    node_parser(sql)?
+        .parse_statements()
+        .map_err(|e| KalamError::SqlParse(e.to_string()))
+}
+
 /// Parses statements until the end or the first error. The statements parsed before the
 /// error run; the error is reported with the index that follows them.
 pub fn parse_statements(sql: &str) -> (Vec<KalamStatement>, Option<KalamError>) {
-    let dialect = GenericDialect {};
-    let tokens = match Tokenizer::new(&dialect, sql).tokenize_with_location() {
-        Ok(t) => accept_empty_parens_after_session_functions(t),
-        Err(e) => return (Vec::new(), Some(KalamError::SqlParse(e.to_string()))),
+    let mut parser = match node_parser(sql) {
+        Ok(p) => p,
+        Err(e) => return (Vec::new(), Some(e)),
     };
-    if let Err(e) = check_operator_count(&tokens) {
-        return (Vec::new(), Some(e));
-    }
-    let mut parser = Parser::new(&dialect)
-        .with_recursion_limit(RECURSION_LIMIT)
-        .with_tokens_with_locations(tokens);
     let mut out = Vec::new();
     loop {
         while parser.consume_token(&Token::SemiColon) {}

@@ -1775,7 +1775,7 @@ async fn identical_current_user_subscriptions_of_two_users_stay_apart() {
     let node = chat_node().await;
     node.admin("CREATE SHARED TABLE app.inbox (id BIGINT PRIMARY KEY, owner TEXT, body TEXT)")
         .await;
-    let sql = "SELECT id, body FROM app.inbox WHERE owner = CURRENT_USER";
+    let sql = "SELECT id, body FROM app.inbox WHERE owner = CURRENT_USER()";
     let alice = token("alice", false);
     let bob = token("bob", false);
     let mut a = node.ws(&alice).await;

@@ -37,8 +37,6 @@ use validate::{parse_quantity, DATA_VOLUME};
 
 /// Label of this controller in metrics and logs.
 pub const CONTROLLER: &str = "cluster";
-/// Resync of a Ready cluster.
-const RESYNC: Duration = Duration::from_secs(60);
 /// Look again soon while pods start, roll or something is wrong.
 const SETTLING: Duration = Duration::from_secs(15);
 
@@ -157,7 +155,7 @@ async fn finish(
     let status = desired_status(cluster, sts, problem.as_ref(), applied, &conditions::now());
     let ready = status.phase == ClusterPhase::Ready;
     status::update(ctx, cluster, &status).await?;
-    Ok(Action::requeue(if ready { RESYNC } else { SETTLING }))
+    Ok(Action::requeue(if ready { ctx.resync } else { SETTLING }))
 }
 
 async fn apply(cluster: &KalamCluster, ctx: &Context) -> Result<Action> {

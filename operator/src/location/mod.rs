@@ -164,7 +164,7 @@ async fn finish(
 ) -> Result<Action> {
     let status = desired_status(obj, location, &outcome, &observed, &conditions::now());
     status::update(ctx, obj, &status).await?;
-    Ok(outcome.requeue())
+    Ok(outcome.requeue(ctx.resync))
 }
 
 async fn apply(obj: &StorageLocation, ctx: &Context) -> Result<Action> {

@@ -161,7 +161,7 @@ async fn finish(
 ) -> Result<Action> {
     let status = desired_status(obj, database, &outcome, &observed, &conditions::now());
     status::update(ctx, obj, &status).await?;
-    Ok(outcome.requeue())
+    Ok(outcome.requeue(ctx.resync))
 }
 
 /// The database side of `obj` must match its spec.

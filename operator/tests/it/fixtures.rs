@@ -29,7 +29,13 @@ pub fn context(client: kube::Client, url: &str) -> Arc<Context> {
         url: url.into(),
     }];
     let metrics = Arc::new(Metrics::new().expect("metrics"));
-    Context::new(client, metrics, overrides, Some("it".into()))
+    Context::new(
+        client,
+        metrics,
+        overrides,
+        Some("it".into()),
+        kalam_operator::dbobject::RESYNC,
+    )
 }
 
 pub fn parse<K: DeserializeOwned>(v: &Value) -> K {
