@@ -101,7 +101,12 @@ impl ControlPlane {
             self.server,
             self.ca_file().display()
         );
-        std::fs::write(&path, text).expect("writing a kubeconfig");
+        // Tests read kubeconfigs while others are written: replace the file atomically.
+        let tmp = self
+            .dir
+            .join(format!("kubeconfig-{user}.{:016x}", rand::random::<u64>()));
+        std::fs::write(&tmp, text).expect("writing a kubeconfig");
+        std::fs::rename(&tmp, &path).expect("installing a kubeconfig");
         path
     }
 

@@ -39,6 +39,10 @@ pub struct Pod {
     pub mounts: BTreeMap<String, PathBuf>,
     env: BTreeMap<String, String>,
     log: PathBuf,
+    namespace: String,
+    statefulset: String,
+    index: u32,
+    port: u16,
     _root: tempfile::TempDir,
 }
 
@@ -82,6 +86,39 @@ fn container_port(container: &Container) -> i32 {
         .expect("the node container declares its port")
 }
 
+/// Replaces every mount path in `text` by its host directory in one pass (so a host path
+/// that itself contains a mount path, such as `/tmp/...`, is never rewritten again). A mount
+/// path matches only as a whole path: after the start, a quote, `=` or whitespace, and
+/// followed by the end, `/`, a quote or whitespace.
+fn rewrite_paths(text: &str, mounts: &BTreeMap<String, PathBuf>) -> String {
+    let mut by_length: Vec<(&String, &PathBuf)> = mounts.iter().collect();
+    by_length.sort_by_key(|(m, _)| std::cmp::Reverse(m.len()));
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    'scan: while let Some(c) = rest.chars().next() {
+        let at_path_start = out
+            .chars()
+            .last()
+            .is_none_or(|p| !(p.is_alphanumeric() || matches!(p, '/' | '.' | '_' | '-')));
+        for (mount, host) in by_length.iter().filter(|_| at_path_start) {
+            if let Some(after) = rest.strip_prefix(mount.as_str()) {
+                let whole = after
+                    .chars()
+                    .next()
+                    .is_none_or(|n| matches!(n, '/' | '"' | '\'' | ',' | ']') || n.is_whitespace());
+                if whole {
+                    out.push_str(&host.display().to_string());
+                    rest = after;
+                    continue 'scan;
+                }
+            }
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
 impl Pod {
     /// Runs pod `index` of StatefulSet `name` in `namespace`.
     pub async fn start(client: &Client, namespace: &str, name: &str, index: u32) -> Pod {
@@ -96,6 +133,37 @@ impl Pod {
         name: &str,
         index: u32,
         port: u16,
+    ) -> Pod {
+        let root = tempfile::Builder::new()
+            .prefix(&format!("kalam-e2e-pod-{name}-{index}-"))
+            .tempdir()
+            .expect("a pod root");
+        Self::run(client, namespace, name, index, port, root).await
+    }
+
+    /// What the StatefulSet controller does after a template change: the pod is deleted and
+    /// created again from the current template, on the same volume claims (their
+    /// directories are kept; ConfigMap and Secret mounts are written anew).
+    pub async fn restart(mut self, client: &Client) -> Pod {
+        let _ = self.child.kill().await;
+        let Pod {
+            namespace,
+            statefulset,
+            index,
+            port,
+            _root: root,
+            ..
+        } = self;
+        Self::run(client, &namespace, &statefulset, index, port, root).await
+    }
+
+    async fn run(
+        client: &Client,
+        namespace: &str,
+        name: &str,
+        index: u32,
+        port: u16,
+        root: tempfile::TempDir,
     ) -> Pod {
         let sts: StatefulSet = Api::namespaced(client.clone(), namespace)
             .get(name)
@@ -126,10 +194,6 @@ impl Pod {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
         let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
 
-        let root = tempfile::Builder::new()
-            .prefix(&format!("kalam-e2e-pod-{pod_name}-"))
-            .tempdir()
-            .expect("a pod root");
         let port_in_container = container_port(&container);
         let mut mounts = BTreeMap::new();
         let mut text_files = Vec::new();
@@ -139,6 +203,12 @@ impl Pod {
             if claim_names.contains(&mount.name) {
                 std::fs::create_dir_all(&host).expect("a volume claim directory");
                 continue;
+            }
+            // A restarted pod gets its ConfigMap, Secret and emptyDir mounts afresh.
+            if host.is_dir() {
+                std::fs::remove_dir_all(&host).expect("clearing a mount");
+            } else if host.exists() {
+                std::fs::remove_file(&host).expect("clearing a mount");
             }
             let volume = volumes
                 .get(&mount.name)
@@ -209,19 +279,11 @@ impl Pod {
             }
         }
 
-        // Longest mount path first, so that /a/b is rewritten before /a.
-        let mut by_length: Vec<(&String, &PathBuf)> = mounts.iter().collect();
-        by_length.sort_by_key(|(m, _)| std::cmp::Reverse(m.len()));
-        let rewrite = |text: &str| {
-            let mut out = text.replace(
-                &format!("0.0.0.0:{port_in_container}"),
-                &format!("127.0.0.1:{port}"),
-            );
-            for (mount_path, host) in &by_length {
-                out = out.replace(mount_path.as_str(), &host.display().to_string());
-            }
-            out
-        };
+        let listen = (
+            format!("0.0.0.0:{port_in_container}"),
+            format!("127.0.0.1:{port}"),
+        );
+        let rewrite = |text: &str| rewrite_paths(&text.replace(&listen.0, &listen.1), &mounts);
         for file in &text_files {
             let text = std::fs::read_to_string(file).expect("a mounted text file");
             std::fs::write(file, rewrite(&text)).expect("rewriting a mounted file");
@@ -262,7 +324,11 @@ impl Pod {
         }
 
         let log = root.path().join("container.log");
-        let out = std::fs::File::create(&log).expect("the container log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("the container log");
         let err = out.try_clone().expect("the container log");
         let mut cmd = Command::new(crate::workspace_bin("kalamdb"));
         for (key, _) in std::env::vars_os() {
@@ -292,6 +358,10 @@ impl Pod {
             mounts,
             env,
             log,
+            namespace: namespace.to_string(),
+            statefulset: name.to_string(),
+            index,
+            port,
             _root: root,
         };
         pod.wait_probe(

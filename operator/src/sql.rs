@@ -212,6 +212,23 @@ impl AdminSql {
         Ok(usage)
     }
 
+    /// The tables that use location `name` on any node, `<namespace>.<table>`, sorted.
+    pub async fn tables_using_location(&self, name: &str) -> Result<Vec<String>> {
+        let mut tables = std::collections::BTreeSet::new();
+        for (endpoint, client) in &self.nodes {
+            let found = Self::exec(endpoint, client, &tables_using_location_sql(name)).await?;
+            for row in found.results.iter().flat_map(|r| r.rows.iter()) {
+                if let (Some(ns), Some(table)) = (
+                    row.get("namespace").and_then(Value::as_str),
+                    row.get("table_name").and_then(Value::as_str),
+                ) {
+                    tables.insert(format!("{ns}.{table}"));
+                }
+            }
+        }
+        Ok(tables.into_iter().collect())
+    }
+
     /// Deletes the location from every node, unless tables use it on one of them: then
     /// nothing is deleted anywhere and the tables are returned.
     pub async fn delete_location(&self, name: &str) -> Result<DropOutcome> {
@@ -358,6 +375,15 @@ pub fn find_namespace(shown: &SqlSuccess, name: &str) -> Option<NamespaceRow> {
                 _ => serde_json::Map::new(),
             },
         })
+}
+
+/// The tables whose location was resolved from the row `name` (what its `usage_count`
+/// counts).
+pub fn tables_using_location_sql(name: &str) -> String {
+    format!(
+        "SELECT namespace, table_name FROM system.tables WHERE storage_location = {}",
+        quote(name)
+    )
 }
 
 pub fn select_location_sql(name: &str) -> String {

@@ -120,7 +120,8 @@ pub fn table_options(t: &TableDef) -> serde_json::Value {
 
 /// `system.tables`: one row per table with its kind, location, policies and schema version.
 /// A STREAM table has no location, flush policy or deleted_retention (`NULL`); its stream
-/// options are in `options`.
+/// options are in `options`. `storage_location` names the `system.storage_locations` row the
+/// location was resolved from (what that row's `usage_count` counts).
 pub fn tables(catalog: &Catalog) -> Result<Arc<dyn TableProvider>> {
     let rows = catalog.tables(None);
     fn cold(t: &TableDef) -> bool {
@@ -132,6 +133,7 @@ pub fn tables(catalog: &Catalog) -> Result<Arc<dyn TableProvider>> {
             text("namespace"),
             text("table_type"),
             text("location"),
+            text("storage_location"),
             text("flush_policy"),
             text("deleted_retention"),
             text("primary_key"),
@@ -144,6 +146,10 @@ pub fn tables(catalog: &Catalog) -> Result<Arc<dyn TableProvider>> {
             strings(rows.iter().map(|t| Some(t.namespace.to_string()))),
             strings(rows.iter().map(|t| Some(t.kind.as_str().to_string()))),
             strings(rows.iter().map(|t| cold(t).then(|| t.location.to_string()))),
+            strings(
+                rows.iter()
+                    .map(|t| t.storage.as_ref().and_then(|s| s.location_name.clone())),
+            ),
             strings(
                 rows.iter()
                     .map(|t| cold(t).then(|| t.flush_policy.to_string())),

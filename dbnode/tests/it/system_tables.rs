@@ -161,6 +161,7 @@ async fn system_tables_expose_their_documented_columns() {
                 "namespace",
                 "table_type",
                 "location",
+                "storage_location",
                 "flush_policy",
                 "schema_version",
                 "created_at",

@@ -291,7 +291,8 @@ async fn cluster_namespaces_and_location_reconcile_into_the_node() {
     let creds = pod
         .mounts
         .get("/etc/kalamdb/credentials")
-        .expect("the credentials mount");
+        .expect("the credentials mount")
+        .clone();
     assert_eq!(
         std::fs::read_to_string(creds.join("archive/secret_access_key")).expect("projected key"),
         S3_SECRET_KEY
@@ -476,7 +477,7 @@ async fn cluster_namespaces_and_location_reconcile_into_the_node() {
             },
         )
         .await;
-    assert_eq!(blocked["status"]["tables"], json!(["app.t"]));
+    assert_eq!(blocked["status"]["tables"], json!(["t"]));
     assert!(blocked["metadata"]["deletionTimestamp"].is_string());
     assert!(pod
         .rows("SHOW NAMESPACES")
@@ -503,6 +504,62 @@ async fn cluster_namespaces_and_location_reconcile_into_the_node() {
         .await
         .iter()
         .any(|r| r["name"] == "app"));
+
+    // The credentials left the pod template with the location: a new config hash, so the
+    // StatefulSet rolls its pod, which comes back on its volume without the projection.
+    pod.rows("CREATE NAMESPACE survives_the_roll").await;
+    let rolled = wait_for(
+        &admin,
+        &sts_path,
+        "the projection to leave the template",
+        SETTLE,
+        |s| {
+            if s["spec"]["template"]["spec"]["volumes"]
+                .to_string()
+                .contains("s3-creds")
+            {
+                Err("still projected".into())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    assert_ne!(
+        rolled["spec"]["template"]["metadata"]["annotations"],
+        sts["spec"]["template"]["metadata"]["annotations"],
+        "the config hash did not change"
+    );
+    wait_for(
+        &admin,
+        &cluster_path,
+        "cluster Progressing during the roll",
+        SETTLE,
+        |c| has_condition(c, "Ready", "False"),
+    )
+    .await;
+    let pod = pod.restart(&admin).await;
+    assert!(
+        !creds.join("archive").exists(),
+        "the projection is still mounted"
+    );
+    mark_statefulset_ready(&admin, &ns, "chat").await;
+    wait_for(
+        &admin,
+        &cluster_path,
+        "cluster Ready after the roll",
+        SETTLE,
+        |c| {
+            has_condition(c, "Ready", "True")?;
+            observed_current(c)
+        },
+    )
+    .await;
+    let rows = pod.rows("SHOW NAMESPACES").await;
+    assert!(
+        namespace_row(&rows, "survives_the_roll").is_some(),
+        "the pod lost its volume over the roll: {rows:?}"
+    );
 
     // Retain (the default) leaves the database namespace when the resource goes.
     let keep = json!({"apiVersion": "kalamdb.io/v1alpha1", "kind": "KalamNamespace",

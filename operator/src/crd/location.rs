@@ -88,7 +88,7 @@ pub struct StorageLocationStatus {
     /// Tables using the location (the largest count among the nodes).
     #[serde(default)]
     pub usage_count: i64,
-    /// The tables that block a `Delete`.
+    /// The tables that use the location (`<namespace>.<table>`); a `Delete` waits for them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<String>,
     /// Generation of the spec this status describes.

@@ -103,8 +103,9 @@ pub fn owner_among(obj: &StorageLocation, name: &str, peers: &[StorageLocation])
 pub struct Observed {
     /// Tables using the location, when it was looked at.
     pub usage_count: Option<i64>,
-    /// Tables that block a `Delete`.
-    pub blocking_tables: Vec<String>,
+    /// Tables using the location (`<namespace>.<table>`), when they were looked at: the
+    /// dependents a user must drop before a `Delete` can finish.
+    pub tables: Vec<String>,
 }
 
 /// The status for `outcome` (pure); see the namespace reconciler for the rules.
@@ -121,7 +122,7 @@ pub fn desired_status(
     StorageLocationStatus {
         location_name: location.map(str::to_string),
         usage_count: observed.usage_count.unwrap_or(previous.usage_count),
-        tables: observed.blocking_tables.clone(),
+        tables: observed.tables.clone(),
         observed_generation: generation,
         conditions: conditions::merge(
             &previous.conditions,
@@ -203,14 +204,14 @@ async fn apply(obj: &StorageLocation, ctx: &Context) -> Result<Action> {
         return finish(ctx, obj, location, outcome, Observed::default()).await;
     }
     match ensure(ctx, &cluster, &desired).await {
-        Ok((usage, nodes)) => {
+        Ok((usage, tables, nodes)) => {
             let message = format!(
                 "storage location {} matches the spec on {nodes} node(s) of KalamCluster {cluster_name}",
                 desired.name
             );
             let observed = Observed {
                 usage_count: Some(usage),
-                blocking_tables: Vec::new(),
+                tables,
             };
             finish(ctx, obj, location, Outcome::Applied(message), observed).await
         }
@@ -221,15 +222,21 @@ async fn apply(obj: &StorageLocation, ctx: &Context) -> Result<Action> {
     }
 }
 
-/// Inserts or aligns the row on every node: (largest usage count, node count).
+/// Inserts or aligns the row on every node: (largest usage count, the tables using it,
+/// node count).
 async fn ensure(
     ctx: &Context,
     cluster: &KalamCluster,
     desired: &DesiredLocation,
-) -> Result<(i64, usize)> {
+) -> Result<(i64, Vec<String>, usize)> {
     let sql = AdminSql::connect(ctx, cluster).await?;
     let usage = sql.ensure_location(desired).await?;
-    Ok((usage, sql.node_count()))
+    let tables = if usage > 0 {
+        sql.tables_using_location(&desired.name).await?
+    } else {
+        Vec::new()
+    };
+    Ok((usage, tables, sql.node_count()))
 }
 
 async fn cleanup(obj: &StorageLocation, ctx: &Context) -> Result<Action> {
@@ -266,7 +273,7 @@ async fn cleanup(obj: &StorageLocation, ctx: &Context) -> Result<Action> {
             );
             let observed = Observed {
                 usage_count: Some(tables.len() as i64),
-                blocking_tables: tables,
+                tables: tables,
             };
             let outcome = Outcome::DeleteBlocked(message.clone());
             finish(ctx, obj, location, outcome, observed).await?;
@@ -369,7 +376,7 @@ mod tests {
     }
 
     #[test]
-    fn status_carries_usage_and_blocking_tables() {
+    fn status_carries_usage_and_tables() {
         let obj = loc(
             "fs1",
             json!({"clusterRef": {"name": "kc"}, "type": "filesystem", "path": "/x"}),
@@ -381,7 +388,7 @@ mod tests {
             &Outcome::DeleteBlocked("in use".into()),
             &Observed {
                 usage_count: Some(1),
-                blocking_tables: vec!["app.t".into()],
+                tables: vec!["app.t".into()],
             },
             &now,
         );
