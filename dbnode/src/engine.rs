@@ -16,8 +16,8 @@ use datafusion::logical_expr::{lit, Expr, ExprSchemable};
 use parking_lot::RwLock;
 
 use crate::catalog::{
-    Catalog, ColumnDef, KalamType, LocationSpec, TableDef, TableKind, TableStorage, DELETED_COLUMN,
-    UPDATED_COLUMN,
+    Catalog, ColumnDef, KalamType, LocationKind, LocationSpec, PendingPurge, TableDef, TableKind,
+    TableStorage, DELETED_COLUMN, UPDATED_COLUMN,
 };
 use crate::cold::ColdStorage;
 use crate::config::Config;
@@ -54,6 +54,16 @@ impl TableRuntime {
     pub fn def(&self) -> &Arc<TableDef> {
         &self.def
     }
+}
+
+/// What DROP TABLE leaves behind for the purge of its cold-tier files.
+#[derive(Debug)]
+pub struct DroppedTable {
+    pub def: Arc<TableDef>,
+    /// The pending purge record (USER and SHARED tables; STREAM tables have no files).
+    pub purge: Option<PendingPurge>,
+    /// The dropped table's store: the purge waits for a flush of it that still runs.
+    pub store: Option<Arc<TableStore>>,
 }
 
 #[derive(Debug)]
@@ -183,13 +193,24 @@ impl Engine {
             .into_iter()
             .map(|(d, _)| format!("{}{}_", crate::storage::TABLE_CF_PREFIX, d.name))
             .collect();
+        // Tables dropped before their files were all removed: the purge resumes once the node
+        // runs (`purge::Purger::resume`), from the manifests kept in `meta`.
+        let purging: std::collections::HashSet<String> =
+            catalog.pending_purges().into_iter().map(|p| p.cf).collect();
+        for cf in &purging {
+            cold.forget_table(cf);
+        }
         for cf in storage.table_cfs(&config.data_dir.join("rocksdb"))? {
             if known.contains(&cf) {
                 continue;
             }
-            if namespaces.iter().any(|prefix| cf.starts_with(prefix)) {
+            if purging.contains(&cf) {
+                tracing::warn!(column_family = %cf, "dropping the data of a dropped table (DROP TABLE interrupted after its commit point)");
+                storage.drop_cf(&cf)?;
+            } else if namespaces.iter().any(|prefix| cf.starts_with(prefix)) {
                 tracing::warn!(column_family = %cf, "dropping the data of a table that is not in the catalog (interrupted CREATE or DROP)");
                 storage.drop_cf(&cf)?;
+                storage.drop_cold_meta(&cf)?;
             } else {
                 tracing::warn!(column_family = %cf, "keeping data of a table whose namespace is not in the catalog; restore the catalog, or drop it by hand");
             }
@@ -305,9 +326,14 @@ impl Engine {
         Ok(true)
     }
 
-    /// Removes the definition (the commit point), then the column family. Refused while
+    /// Removes the definition (the commit point, preceded by the pending purge record of a
+    /// USER or SHARED table), then the column family; the table's Parquet files and segment
+    /// manifests are left to the purge job the caller starts (`purge::Purger`). Refused while
     /// live queries use the table: their clients would silently stop hearing anything.
-    pub fn drop_table(&self, id: &TableId) -> Result<Arc<TableDef>> {
+    ///
+    /// Past the commit point the table is gone for SQL whatever else fails: a column family
+    /// that cannot be dropped now is dropped at the next start.
+    pub fn drop_table(&self, id: &TableId) -> Result<DroppedTable> {
         if let Some(def) = self.catalog.table(id) {
             let users = self.live.table_users(&def);
             if !users.is_empty() {
@@ -317,12 +343,85 @@ impl Engine {
                 });
             }
         }
-        let def = self.catalog.drop_table(id)?;
-        self.tables.write().remove(id);
-        self.storage.drop_cf(&def.cf_name())?;
-        self.cold.forget_table(&def.cf_name());
+        let storage_dir = self.cold.storage_dir().to_path_buf();
+        let (def, purge) = self.catalog.drop_table(id, |def| {
+            // STREAM tables are never flushed: they have no files.
+            if !def.kind.has_system_columns() {
+                return None;
+            }
+            let storage = def.storage.clone().unwrap_or_else(|| {
+                crate::cold::location::local_storage(&storage_dir, &def.id(), def.kind)
+            });
+            Some(PendingPurge {
+                namespace: def.namespace.clone(),
+                table: def.name.clone(),
+                kind: def.kind,
+                uid: def.uid.clone(),
+                cf: def.cf_name(),
+                storage,
+                dropped_at: chrono::Utc::now(),
+            })
+        })?;
+        let removed = {
+            let mut tables = self.tables.write();
+            let same = tables.get(id).is_some_and(|rt| rt.def().uid == def.uid);
+            if same {
+                tables.remove(id)
+            } else {
+                None
+            }
+        };
+        crash_point!("drop-after-commit");
+        // No flush of the dropped table takes a snapshot or commits a file from here on.
+        let store = removed.map(|rt| rt.store.clone());
+        if let Some(store) = &store {
+            store.mark_dropped();
+        }
+        let cf = def.cf_name();
+        if let Err(e) = self.storage.drop_cf(&cf) {
+            tracing::warn!(table = %id, column_family = %cf, error = %e, "could not drop the column family of a dropped table; it is dropped at the next start");
+        }
+        if purge.is_none() {
+            if let Err(e) = self.storage.drop_cold_meta(&cf) {
+                tracing::warn!(table = %id, error = %e, "could not remove the cold-tier metadata of a dropped table");
+            }
+        }
+        self.cold.forget_table(&cf);
         self.live.forget_table(&def);
-        Ok(def)
+        Ok(DroppedTable { def, purge, store })
+    }
+
+    /// Drops an empty namespace (the catalog's commit point and directory), then its
+    /// directory in the built-in `local` location when that holds nothing but empty
+    /// directories and files of dropped tables whose purge is still pending.
+    pub fn drop_namespace(&self, ns: &NamespaceId, if_exists: bool) -> Result<bool> {
+        if !self.catalog.drop_namespace(ns, if_exists)? {
+            return Ok(false);
+        }
+        let root = self.cold.storage_dir().display().to_string();
+        let leftovers: Vec<String> = self
+            .catalog
+            .pending_purges()
+            .into_iter()
+            .filter(|p| p.storage.kind == LocationKind::Filesystem && p.storage.root == root)
+            .map(|p| crate::cold::location::static_prefix(&p.storage.template))
+            .filter(|prefix| !prefix.is_empty())
+            .collect();
+        // Past the commit point: a directory that cannot be removed is only logged.
+        match self.cold.remove_namespace_dir(ns.as_str(), &leftovers) {
+            Ok(true) => {
+                tracing::info!(namespace = %ns, "removed the namespace's directory of the local storage location")
+            }
+            Ok(false) => {
+                if self.cold.storage_dir().join(ns.as_str()).exists() {
+                    tracing::warn!(namespace = %ns, "kept the namespace's directory of the local storage location: it holds files of no dropped table");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(namespace = %ns, error = %e, "could not remove the namespace's directory of the local storage location")
+            }
+        }
+        Ok(true)
     }
 
     /// ALTER TABLE (docs/adr/0011-schema-versions.md), all under the table's write lock

@@ -16,6 +16,7 @@
 //! version, so readers adapt each file (docs/adr/0011-schema-versions.md).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,24 +33,42 @@ use crate::error::{KalamError, Result};
 use crate::ids::{TableId, UserId, SYSTEM_NAMESPACE};
 use crate::jobs::{JobHandle, JobType};
 use crate::metrics::Metrics;
-use crate::storage::{Partition, RowKey};
-
-/// Aborts the process at a named step when `FAILPOINTS` asks for it (debug builds only; see
-/// `main`): the crash tests' stand-in for `kill -9` at that step.
-macro_rules! crash_point {
-    ($name:literal) => {
-        fail::fail_point!($name, |_| {
-            tracing::error!(failpoint = $name, "failpoint reached: aborting");
-            std::process::abort()
-        })
-    };
-}
+use crate::storage::{Partition, RowKey, Storage};
 
 const JOURNAL_PREFIX: &str = "flushpending/";
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 fn journal_key(cf: &str, path: &str) -> Vec<u8> {
     format!("{JOURNAL_PREFIX}{cf}/{path}").into_bytes()
+}
+
+/// The files a flush of the table journaled but never committed (an interrupted flush): each
+/// journal entry's meta key with the object path it names.
+pub fn journaled_files(storage: &Storage, cf: &str) -> Result<Vec<(Vec<u8>, String)>> {
+    let prefix = format!("{JOURNAL_PREFIX}{cf}/");
+    Ok(storage
+        .meta_scan_prefix(prefix.as_bytes())?
+        .into_iter()
+        .map(|(key, _)| {
+            let path = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            (key, path)
+        })
+        .collect())
+}
+
+/// Clears a store's `flushing` flag when the flush ends, however it ends.
+struct Flushing<'a>(&'a AtomicBool);
+
+impl Drop for Flushing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Backoff after `failures` failed attempts: `base`, doubling, at most 5 minutes.
+pub fn retry_backoff(base: Duration, failures: u32) -> Duration {
+    base.saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
 }
 
 /// Per-table retry state after failed flushes.
@@ -121,6 +140,9 @@ impl Flusher {
         user: Option<&UserId>,
         started: std::sync::mpsc::Sender<Result<String>>,
     ) {
+        // Set before the snapshot: the purge of a dropped table waits for it to clear.
+        rt.store.flushing.store(true, Ordering::SeqCst);
+        let _flushing = Flushing(&rt.store.flushing);
         let def = rt.def().clone();
         let attempt = self
             .backoff
@@ -172,12 +194,19 @@ impl Flusher {
                     tracing::warn!(error = %e, "could not record the completed flush job");
                 }
             }
+            Err((e, partial)) if rt.store.is_dropped() => {
+                // DROP TABLE stopped it: nothing to retry (a table created again under the
+                // name must not inherit this backoff), and the purge removes its files.
+                self.backoff.lock().remove(&def.id());
+                tracing::info!(error = %e, "flush stopped: the table was dropped");
+                job.trace("stopped: the table was dropped");
+                if let Err(e2) = job.fail(&e.to_string(), partial) {
+                    tracing::warn!(error = %e2, "could not record the failed flush job");
+                }
+            }
             Err((e, partial)) => {
                 let failures = attempt;
-                let wait = self
-                    .retry_base
-                    .saturating_mul(1u32 << (failures - 1).min(16))
-                    .min(MAX_BACKOFF);
+                let wait = retry_backoff(self.retry_base, failures);
                 self.backoff.lock().insert(
                     def.id(),
                     Backoff {
@@ -363,6 +392,10 @@ fn flush_steps(
                      def: &Arc<TableDef>,
                      part_index: &mut HashMap<Vec<u8>, u32>|
      -> Result<Open> {
+        // DROP TABLE committed meanwhile: write no further file of the dropped table.
+        if rt.store.is_dropped() {
+            return Err(KalamError::TableNotFound(def.id().to_string()));
+        }
         let n = part_index.entry(partition.prefix()).or_insert(0);
         *n += 1;
         let name = if *n == 1 {

@@ -30,6 +30,9 @@ const STOPPED_UNEXPECTEDLY: &str = "the job stopped unexpectedly";
 #[serde(rename_all = "lowercase")]
 pub enum JobType {
     Flush,
+    /// Removal of what is no longer needed, named by its `target=` parameter:
+    /// `job_history` (finished jobs past `job_retention`) or `dropped_table` (the Parquet
+    /// files and segment manifests of a dropped table; see `purge`).
     Cleanup,
     Backup,
     Restore,

@@ -5,7 +5,19 @@
 //! parsing, planning and execution, [`auth`] tokens, [`api`] HTTP, [`metrics`] Prometheus,
 //! [`jobs`] the record of background jobs (`system.jobs`), [`cold`] object-store locations,
 //! Parquet files and segment manifests, [`flush`] moving hot rows into the cold tier, [`live`]
-//! live-query subscriptions and change fan-out.
+//! live-query subscriptions and change fan-out, [`purge`] removing a dropped table's files.
+
+/// Aborts the process at a named step when `FAILPOINTS` asks for it (debug builds only; see
+/// `main`): the crash tests' stand-in for `kill -9` at that step. Defined before the modules
+/// so that every one of them can use it.
+macro_rules! crash_point {
+    ($name:literal) => {
+        fail::fail_point!($name, |_| {
+            tracing::error!(failpoint = $name, "failpoint reached: aborting");
+            std::process::abort()
+        })
+    };
+}
 
 pub mod api;
 pub mod auth;
@@ -20,5 +32,6 @@ pub mod jobs;
 pub mod live;
 pub mod metrics;
 pub mod node;
+pub mod purge;
 pub mod sql;
 pub mod storage;

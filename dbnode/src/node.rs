@@ -13,6 +13,7 @@ use crate::engine::Engine;
 use crate::error::{KalamError, Result};
 use crate::flush::Flusher;
 use crate::metrics::Metrics;
+use crate::purge::Purger;
 use crate::sql::executor::{planner_state, Executor};
 use crate::sql::functions::SnowflakeGenerator;
 use crate::sql::schema::KalamCatalogList;
@@ -22,6 +23,8 @@ pub struct Node {
     pub config: Config,
     pub executor: Executor,
     pub flusher: Arc<Flusher>,
+    /// Removes dropped tables' files in the background.
+    pub purger: Arc<Purger>,
     pub auth: Authenticator,
     pub metrics: Metrics,
     ready: AtomicBool,
@@ -63,9 +66,15 @@ impl Node {
             metrics.clone(),
             std::time::Duration::from_millis(config.flush_retry_base_ms),
         );
+        // Purge retries back off like flush retries.
+        let purger = Purger::new(
+            engine.clone(),
+            std::time::Duration::from_millis(config.flush_retry_base_ms),
+        );
         let executor = Executor::new(
             engine,
             flusher.clone(),
+            purger.clone(),
             snowflake,
             base,
             config.max_result_rows,
@@ -74,16 +83,19 @@ impl Node {
             config,
             executor,
             flusher,
+            purger,
             auth: Authenticator::new(&secret),
             metrics,
             ready: AtomicBool::new(true),
         }))
     }
 
-    /// Starts the background work: the flush-policy scheduler (every
+    /// Starts the background work: the purges of dropped tables a previous process left
+    /// unfinished, the flush-policy scheduler and the purge retries (every
     /// `flush_check_interval_ms`), the hourly job-history retention and the STREAM eviction
     /// scheduler (every `stream_eviction_interval_ms`).
     pub fn start_background(self: &Arc<Self>) {
+        self.purger.resume();
         let node = self.clone();
         tokio::spawn(async move {
             let every = std::time::Duration::from_millis(node.config.flush_check_interval_ms);
@@ -92,6 +104,7 @@ impl Node {
             loop {
                 tick.tick().await;
                 node.flusher.check_policies();
+                node.purger.check_retries();
                 if last_retention
                     .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(3600))
                 {

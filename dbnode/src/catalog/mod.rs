@@ -6,6 +6,8 @@
 //! {namespace}/{table}/schema_v{N}.json   one file per schema version (the columns)
 //! {namespace}/{table}/manifest.json      the table; names the current schema version
 //! storage_locations.json                 the rows of `system.storage_locations`
+//! pending_purges.json                    dropped tables whose cold-tier files are not
+//!                                        all removed yet (docs/adr/0013-drop-table-purge.md)
 //! ```
 //! Every file is written to a temporary name, synced and renamed, so a crash leaves either the
 //! old or the new file. `namespace.json` and `manifest.json` are the commit points: a
@@ -36,6 +38,7 @@ use crate::ids::{NamespaceId, TableId, TableName, SYSTEM_NAMESPACE};
 const NAMESPACE_FILE: &str = "namespace.json";
 const MANIFEST_FILE: &str = "manifest.json";
 const LOCATIONS_FILE: &str = "storage_locations.json";
+const PURGES_FILE: &str = "pending_purges.json";
 
 #[derive(Debug, Default)]
 struct NamespaceEntry {
@@ -71,6 +74,8 @@ pub struct Catalog {
     root: PathBuf,
     state: RwLock<BTreeMap<NamespaceId, NamespaceEntry>>,
     locations: RwLock<BTreeMap<String, StorageLocationDef>>,
+    /// Dropped tables whose files are still to be purged, by column family.
+    purges: RwLock<BTreeMap<String, PendingPurge>>,
     /// Serialises DDL: file writes and the cache update happen as one step.
     ddl: Mutex<()>,
 }
@@ -146,12 +151,68 @@ impl Catalog {
         } else {
             Vec::new()
         };
-        Ok(Self {
+        let purges_path = root.join(PURGES_FILE);
+        let listed: Vec<PendingPurge> = if exists(&purges_path)? {
+            read_json(&purges_path)?
+        } else {
+            Vec::new()
+        };
+        // A record of a table that is still here belongs to a DROP that failed or crashed
+        // before its commit point: the table lives, its files are not garbage.
+        let live: std::collections::HashSet<String> = state
+            .values()
+            .flat_map(|e| e.tables.values().map(|t| t.cf_name()))
+            .collect();
+        let mut purges = BTreeMap::new();
+        let mut discarded = false;
+        for p in listed {
+            if live.contains(&p.cf) {
+                tracing::warn!(table = %p.table_id(), "the DROP TABLE of a pending purge never committed; the table is kept with its files");
+                discarded = true;
+            } else {
+                purges.insert(p.cf.clone(), p);
+            }
+        }
+        let catalog = Self {
             root,
             state: RwLock::new(state),
             locations: RwLock::new(locations.into_iter().map(|l| (l.name.clone(), l)).collect()),
+            purges: RwLock::new(BTreeMap::new()),
             ddl: Mutex::new(()),
-        })
+        };
+        if discarded {
+            catalog.write_purges(&purges)?;
+        }
+        *catalog.purges.write() = purges;
+        Ok(catalog)
+    }
+
+    fn write_purges(&self, all: &BTreeMap<String, PendingPurge>) -> Result<()> {
+        let list: Vec<&PendingPurge> = all.values().collect();
+        write_atomic(&self.root.join(PURGES_FILE), &to_json(&list)?)
+    }
+
+    /// Dropped tables whose cold-tier files are not all removed yet.
+    pub fn pending_purges(&self) -> Vec<PendingPurge> {
+        self.purges.read().values().cloned().collect()
+    }
+
+    /// The pending purge of a dropped table's column family.
+    pub fn pending_purge(&self, cf: &str) -> Option<PendingPurge> {
+        self.purges.read().get(cf).cloned()
+    }
+
+    /// Forgets a purge whose files are all gone (a missing record is not an error: a purge
+    /// that completed and then was run again).
+    pub fn finish_purge(&self, cf: &str) -> Result<()> {
+        let _ddl = self.ddl.lock();
+        let mut next = self.purges.read().clone();
+        if next.remove(cf).is_none() {
+            return Ok(());
+        }
+        self.write_purges(&next)?;
+        *self.purges.write() = next;
+        Ok(())
     }
 
     /// Storage locations added by admins (the built-in `local` one is not stored).
@@ -445,6 +506,22 @@ impl Catalog {
                 return Err(KalamError::StorageLocationNotFound(name.to_string()));
             }
         }
+        // A dropped table's files still in the way: the new table's flushes could write the
+        // same paths (`batch-{from}-{to}.parquet` restarts at 1), which the purge would then
+        // delete. The caller lets pending purges finish first; this catches a race with it.
+        if let Some(storage) = &def.storage {
+            let purges = self.purges.read();
+            if let Some(p) = purges
+                .values()
+                .find(|p| crate::cold::location::may_share_files(&p.storage, storage))
+            {
+                return Err(KalamError::LocationUnreachable(format!(
+                    "the files of the dropped table {} are still being removed from this location; \
+                     see its cleanup job in system.jobs and try again once it completed",
+                    p.table_id()
+                )));
+            }
+        }
         let dir = self.table_dir(&def.id());
         if dir.exists() {
             // A leftover of a drop that crashed after its commit point: not a live table.
@@ -495,21 +572,44 @@ impl Catalog {
         Ok(())
     }
 
-    /// Removes a table's definition (the commit point), then its directory.
-    pub fn drop_table(&self, id: &TableId) -> Result<Arc<TableDef>> {
+    /// Removes a table's definition (the commit point), then its directory. `purge` says,
+    /// from the definition being dropped, which cold-tier files are left to remove (`None`:
+    /// none); its record is written to `pending_purges.json` before the commit point, so a
+    /// crash right after the commit still knows them. Returns the definition and the record.
+    pub fn drop_table(
+        &self,
+        id: &TableId,
+        purge: impl FnOnce(&TableDef) -> Option<PendingPurge>,
+    ) -> Result<(Arc<TableDef>, Option<PendingPurge>)> {
         let _ddl = self.ddl.lock();
         let def = self
             .table(id)
             .ok_or_else(|| KalamError::TableNotFound(id.to_string()))?;
+        let purge = purge(&def);
+        let mut purges = self.purges.read().clone();
+        if let Some(p) = &purge {
+            purges.insert(p.cf.clone(), p.clone());
+            self.write_purges(&purges)?;
+        }
         let dir = self.table_dir(id);
         let commit = dir.join(MANIFEST_FILE);
-        fs::remove_file(&commit).map_err(|e| io_err(&commit, e))?;
+        if let Err(e) = fs::remove_file(&commit) {
+            if purge.is_some() {
+                // The table stays: take its record back (a record left behind is discarded
+                // at the next start, because its table is still there).
+                if let Err(e2) = self.write_purges(&self.purges.read()) {
+                    tracing::warn!(table = %id, error = %e2, "could not take back the purge record of a failed DROP TABLE");
+                }
+            }
+            return Err(io_err(&commit, e));
+        }
         sync_dir(&dir)?;
         remove_leftovers(&dir);
+        *self.purges.write() = purges;
         if let Some(e) = self.state.write().get_mut(&id.namespace) {
             e.tables.remove(&id.table);
         }
-        Ok(def)
+        Ok((def, purge))
     }
 }
 
@@ -603,11 +703,87 @@ mod tests {
         let c = Catalog::open(dir.path()).unwrap();
         let t = c.table(&table("messages").id()).unwrap();
         assert_eq!(*t, table("messages").clone_with_created(t.created_at));
-        c.drop_table(&t.id()).unwrap();
+        c.drop_table(&t.id(), |_| None).unwrap();
         assert!(c
             .drop_namespace(&NamespaceId::new("app").unwrap(), false)
             .unwrap());
         assert!(Catalog::open(dir.path()).unwrap().namespaces().is_empty());
+    }
+
+    fn purge_of(def: &TableDef) -> PendingPurge {
+        PendingPurge {
+            namespace: def.namespace.clone(),
+            table: def.name.clone(),
+            kind: def.kind,
+            uid: def.uid.clone(),
+            cf: def.cf_name(),
+            storage: TableStorage {
+                location_name: Some("local".into()),
+                kind: LocationKind::Filesystem,
+                root: "/srv/kalamdb/storage".into(),
+                template: format!("{}/{}/${{user_id}}", def.namespace, def.name),
+                credentials_ref: None,
+            },
+            dropped_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn pending_purges_survive_reopen_and_block_a_colliding_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_storage = |name: &str| {
+            let mut t = table(name);
+            t.storage = Some(purge_of(&t).storage);
+            t
+        };
+        let c = Catalog::open(dir.path()).unwrap();
+        c.create_namespace(ns("app"), false).unwrap();
+        let t = c
+            .create_table(with_storage("messages"), false)
+            .unwrap()
+            .unwrap();
+        let (_, purge) = c.drop_table(&t.id(), |d| Some(purge_of(d))).unwrap();
+        let purge = purge.unwrap();
+        assert_eq!(c.pending_purges(), vec![purge.clone()]);
+        // The same name in the same place waits for the purge; another name does not.
+        assert!(matches!(
+            c.create_table(with_storage("messages"), false),
+            Err(KalamError::LocationUnreachable(_))
+        ));
+        c.create_table(with_storage("other"), false).unwrap();
+
+        let c = Catalog::open(dir.path()).unwrap();
+        assert_eq!(c.pending_purge(&purge.cf), Some(purge.clone()));
+        c.finish_purge(&purge.cf).unwrap();
+        c.finish_purge(&purge.cf).unwrap();
+        assert!(c.pending_purges().is_empty());
+        c.create_table(with_storage("messages"), false).unwrap();
+        assert!(Catalog::open(dir.path())
+            .unwrap()
+            .pending_purges()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_purge_record_of_a_live_table_is_discarded_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        c.create_namespace(ns("app"), false).unwrap();
+        let t = c.create_table(table("messages"), false).unwrap().unwrap();
+        // As if DROP TABLE wrote its record and then died before the commit point.
+        let record = vec![purge_of(&t)];
+        fs::write(
+            dir.path().join(PURGES_FILE),
+            serde_json::to_vec(&record).unwrap(),
+        )
+        .unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        assert!(c.pending_purges().is_empty());
+        assert!(c.table(&t.id()).is_some());
+        assert!(Catalog::open(dir.path())
+            .unwrap()
+            .pending_purges()
+            .is_empty());
     }
 
     #[test]

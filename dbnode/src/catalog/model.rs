@@ -330,6 +330,30 @@ pub struct TableStorage {
     pub credentials_ref: Option<String>,
 }
 
+/// A dropped table whose cold-tier files are still to be removed: one entry of the catalog's
+/// `pending_purges.json`, written before DROP TABLE's commit point and removed once the purge
+/// job deleted every file (docs/adr/0013-drop-table-purge.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingPurge {
+    pub namespace: NamespaceId,
+    pub table: TableName,
+    pub kind: TableKind,
+    /// The dropped creation's uid: a live table with it means the DROP never committed.
+    pub uid: String,
+    /// The dropped table's column family: its segment manifests and flush journal entries
+    /// in `meta` are keyed by it and name the files to remove.
+    pub cf: String,
+    /// Where the files are.
+    pub storage: TableStorage,
+    pub dropped_at: DateTime<Utc>,
+}
+
+impl PendingPurge {
+    pub fn table_id(&self) -> TableId {
+        TableId::new(self.namespace.clone(), self.table.clone())
+    }
+}
+
 impl TableDef {
     pub fn id(&self) -> TableId {
         TableId::new(self.namespace.clone(), self.name.clone())

@@ -205,6 +205,106 @@ pub fn expand_template(template: &str, user: Option<&str>) -> ObjectPath {
     ObjectPath::from_iter(parts)
 }
 
+/// The directories of a template before its first placeholder segment, e.g. `app/messages`
+/// of `app/messages/${user_id}`: every partition of the table lives under it (empty when the
+/// template starts with the placeholder).
+pub fn static_prefix(template: &str) -> String {
+    template
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .take_while(|s| !s.contains("${"))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Whether a file of one table could have the same path as a file of the other: same kind of
+/// store, and the fixed directory of one (root plus [`static_prefix`]) is the other's or
+/// inside it. Conservative: a template that starts with `${user_id}` overlaps everything in
+/// its root.
+pub fn may_share_files(a: &TableStorage, b: &TableStorage) -> bool {
+    if a.kind != b.kind {
+        return false;
+    }
+    let dir = |t: &TableStorage| -> Vec<String> {
+        let prefix = static_prefix(&t.template);
+        t.root
+            .split('/')
+            .chain(prefix.split('/'))
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let (a, b) = (dir(a), dir(b));
+    let n = a.len().min(b.len());
+    a[..n] == b[..n]
+}
+
+/// Removes, bottom-up, every directory under `dir` (and `dir`) that ends up empty, deleting on
+/// the way only files inside one of `leftovers` (directories relative to `root`, written
+/// with `/`). Every other file stays, and so do the directories that hold it. Returns whether
+/// `dir` is gone.
+pub fn remove_dir_leftovers(
+    root: &Path,
+    dir: &Path,
+    leftovers: &[String],
+) -> std::io::Result<bool> {
+    sweep(root, dir, leftovers)?;
+    Ok(!dir.try_exists()?)
+}
+
+fn sweep(root: &Path, dir: &Path, leftovers: &[String]) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        // Not followed: a symbolic link is removed (when it is a leftover) or kept, never
+        // entered.
+        if entry.file_type()?.is_dir() {
+            sweep(root, &path, leftovers)?;
+        } else if is_leftover(root, &path, leftovers) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    // Fails when a kept file (or one written meanwhile) is inside: the directory stays.
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
+
+fn is_leftover(root: &Path, path: &Path, leftovers: &[String]) -> bool {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return false;
+    };
+    let rel: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let rel = rel.join("/");
+    leftovers
+        .iter()
+        .filter(|l| !l.is_empty())
+        .any(|l| rel.starts_with(&format!("{l}/")))
+}
+
+/// Removes the empty parents of `dir` up to (not including) `root`, stopping at the first
+/// that is not empty.
+pub fn remove_empty_parents(root: &Path, dir: &Path) {
+    let mut parent = dir.parent();
+    while let Some(p) = parent {
+        if p == root || !p.starts_with(root) || std::fs::remove_dir(p).is_err() {
+            break;
+        }
+        parent = p.parent();
+    }
+}
+
 fn read_credential(dir: &Path, name: &str, file: &str) -> Result<Option<String>> {
     match std::fs::read_to_string(dir.join(name).join(file)) {
         Ok(s) => Ok(Some(s.trim().to_string())),
@@ -308,4 +408,85 @@ pub async fn probe(def: &StorageLocationDef, credentials_dir: &Path) -> Result<(
         .map_err(unreachable)?;
     store.delete(&probe).await.map_err(unreachable)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storage(kind: LocationKind, root: &str, template: &str) -> TableStorage {
+        TableStorage {
+            location_name: None,
+            kind,
+            root: root.into(),
+            template: template.into(),
+            credentials_ref: None,
+        }
+    }
+
+    #[test]
+    fn static_prefixes_stop_at_the_first_placeholder() {
+        assert_eq!(static_prefix("app/messages/${user_id}"), "app/messages");
+        assert_eq!(static_prefix("/app//messages/"), "app/messages");
+        assert_eq!(static_prefix("u-${user_id}/messages"), "");
+        assert_eq!(static_prefix("${user_id}"), "");
+    }
+
+    #[test]
+    fn tables_share_files_only_where_their_directories_overlap() {
+        use LocationKind::{Filesystem, S3};
+        let notes = storage(Filesystem, "/data/storage", "app/notes/${user_id}");
+        assert!(may_share_files(&notes, &notes));
+        assert!(!may_share_files(
+            &notes,
+            &storage(Filesystem, "/data/storage", "app/notes2/${user_id}")
+        ));
+        assert!(!may_share_files(
+            &notes,
+            &storage(S3, "/data/storage", "app/notes/${user_id}")
+        ));
+        // The same directory reached through another root.
+        assert!(may_share_files(
+            &notes,
+            &storage(Filesystem, "/data", "storage/app/notes")
+        ));
+        // A template that starts with the placeholder overlaps its whole root.
+        assert!(may_share_files(
+            &storage(Filesystem, "/data/storage", "${user_id}/x"),
+            &notes
+        ));
+        let s3 = storage(S3, "s3://bucket", "kalam/app/notes/${user_id}");
+        assert!(may_share_files(&s3, &s3));
+        assert!(!may_share_files(
+            &s3,
+            &storage(S3, "s3://other", "kalam/app/notes/${user_id}")
+        ));
+    }
+
+    #[test]
+    fn leftover_sweeps_never_delete_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let ns = root.join("app");
+        std::fs::create_dir_all(ns.join("gone/alice")).unwrap();
+        std::fs::write(ns.join("gone/alice/batch-1-2.parquet"), b"x").unwrap();
+        std::fs::create_dir_all(ns.join("empty/deeper")).unwrap();
+        std::fs::create_dir_all(ns.join("kept")).unwrap();
+        std::fs::write(ns.join("kept/mine.txt"), b"keep").unwrap();
+
+        let leftovers = vec!["app/gone".to_string()];
+        assert!(!remove_dir_leftovers(root, &ns, &leftovers).unwrap());
+        assert!(!ns.join("gone").exists());
+        assert!(!ns.join("empty").exists());
+        assert_eq!(std::fs::read(ns.join("kept/mine.txt")).unwrap(), b"keep");
+
+        std::fs::remove_file(ns.join("kept/mine.txt")).unwrap();
+        assert!(remove_dir_leftovers(root, &ns, &[]).unwrap());
+        assert!(root.exists());
+
+        std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+        remove_empty_parents(root, &root.join("a/b/c/d"));
+        assert!(!root.join("a").exists());
+        assert!(root.exists());
+    }
 }

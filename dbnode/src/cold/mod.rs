@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnv;
+use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 use parking_lot::{Mutex, RwLock};
@@ -67,6 +68,68 @@ pub fn table_manifest_prefix(cf: &str) -> Vec<u8> {
 
 pub fn encode_manifest(segments: &[Segment]) -> Result<Vec<u8>> {
     serde_json::to_vec(segments).map_err(KalamError::internal)
+}
+
+/// A table's manifests as the `meta` column family holds them (a dropped table's stay there
+/// until its files are purged): each partition's meta key with its files.
+pub fn stored_manifests(storage: &Storage, cf: &str) -> Result<Vec<(Vec<u8>, Vec<Segment>)>> {
+    storage
+        .meta_scan_prefix(&table_manifest_prefix(cf))?
+        .into_iter()
+        .map(|(key, value)| {
+            let segments: Vec<Segment> = serde_json::from_slice(&value)
+                .map_err(|e| KalamError::Storage(format!("undecodable manifest of {cf}: {e}")))?;
+            Ok((key, segments))
+        })
+        .collect()
+}
+
+/// What deleting files of a dropped table did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Deleted {
+    pub files: u64,
+    /// The recorded sizes of the deleted files (files of an interrupted flush have none).
+    pub bytes: u64,
+    /// Files that were gone already (an earlier attempt or DROP NAMESPACE removed them).
+    pub missing: u64,
+}
+
+/// Deletes files of a table's store, given as (object path, recorded size). S3 deletes them
+/// in bulk requests of up to 1,000 keys. A file that is already gone counts as `missing`;
+/// any other failure is returned after every file was tried, with what was deleted.
+pub async fn delete_files(
+    store: &Arc<dyn ObjectStore>,
+    files: &[(String, Option<u64>)],
+) -> (Deleted, Result<()>) {
+    let mut sizes: HashMap<String, u64> = HashMap::with_capacity(files.len());
+    let mut paths: Vec<object_store::Result<ObjectPath>> = Vec::with_capacity(files.len());
+    for (path, size) in files {
+        // Segment paths are the `Path`s the flush wrote, as strings: parse them back as is.
+        let path = ObjectPath::parse(path).unwrap_or_else(|_| ObjectPath::from(path.as_str()));
+        sizes.insert(path.to_string(), size.unwrap_or(0));
+        paths.push(Ok(path));
+    }
+    let mut deleted = Deleted::default();
+    let mut failure: Option<object_store::Error> = None;
+    let mut results = store.delete_stream(futures::stream::iter(paths).boxed());
+    while let Some(result) = results.next().await {
+        match result {
+            Ok(path) => {
+                deleted.files += 1;
+                deleted.bytes += sizes.get(&path.to_string()).copied().unwrap_or(0);
+            }
+            Err(object_store::Error::NotFound { .. }) => deleted.missing += 1,
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    let outcome = match failure {
+        None => Ok(()),
+        // The store's message names the operation and the endpoint; it holds no secret.
+        Some(e) => Err(KalamError::LocationUnreachable(e.to_string())),
+    };
+    (deleted, outcome)
 }
 
 #[derive(Debug)]
@@ -180,6 +243,39 @@ impl ColdStorage {
         Ok(entry)
     }
 
+    /// Removes, on a filesystem location, the directories a dropped table's purge left empty:
+    /// its table directory (the template up to its first placeholder) with everything below
+    /// that holds no file, then the parents up to the root that are empty now (the namespace
+    /// directory of the built-in location, once its last table is gone). Never a file.
+    pub fn remove_empty_table_dirs(ts: &TableStorage) -> std::io::Result<()> {
+        if ts.kind != crate::catalog::LocationKind::Filesystem {
+            return Ok(());
+        }
+        let prefix = location::static_prefix(&ts.template);
+        if prefix.is_empty() {
+            // Partitions directly under the root: other tables may live beside them.
+            return Ok(());
+        }
+        let root = std::path::Path::new(&ts.root);
+        let dir = root.join(&prefix);
+        location::remove_dir_leftovers(root, &dir, &[])?;
+        location::remove_empty_parents(root, &dir);
+        Ok(())
+    }
+
+    /// After DROP NAMESPACE: removes the namespace's directory in the built-in location when
+    /// it holds nothing but empty directories and files of dropped tables whose purge is
+    /// still pending (`leftovers`: their table directories relative to the storage directory).
+    /// Any other file is kept, and with it the directories holding it. Returns whether the
+    /// directory existed and is gone now.
+    pub fn remove_namespace_dir(&self, ns: &str, leftovers: &[String]) -> std::io::Result<bool> {
+        let dir = self.storage_dir.join(ns);
+        if !dir.try_exists()? {
+            return Ok(false);
+        }
+        location::remove_dir_leftovers(&self.storage_dir, &dir, leftovers)
+    }
+
     /// The directory of a partition's files inside the table's store. A user id becomes one
     /// path segment (`.` and `..` are escaped), so it never leaves the table's directory.
     pub fn partition_dir(ts: &TableStorage, partition: &Partition) -> ObjectPath {
@@ -188,5 +284,47 @@ impl ColdStorage {
             Partition::Shared => None,
         };
         location::expand_template(&ts.template, user)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::local::LocalFileSystem;
+    use object_store::{ObjectStoreExt, PutPayload};
+
+    #[test]
+    fn delete_files_counts_removed_and_missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let path = ObjectPath::from("app/t/alice/batch-1-2.parquet");
+        tokio
+            .block_on(store.put(&path, PutPayload::from_static(b"12345")))
+            .unwrap();
+        let files: Vec<(String, Option<u64>)> = vec![
+            (path.to_string(), Some(5)),
+            ("app/t/bob/batch-1-2.parquet".to_string(), Some(7)),
+        ];
+        let (deleted, outcome) = tokio.block_on(delete_files(&store, &files));
+        outcome.unwrap();
+        assert_eq!(
+            deleted,
+            Deleted {
+                files: 1,
+                bytes: 5,
+                missing: 1
+            }
+        );
+        assert!(!dir.path().join("app/t/alice/batch-1-2.parquet").exists());
+        // Again: everything is gone already.
+        let (deleted, outcome) = tokio.block_on(delete_files(&store, &files));
+        outcome.unwrap();
+        assert_eq!(deleted.missing, 2);
+        assert_eq!(deleted.files, 0);
     }
 }

@@ -39,6 +39,7 @@ use crate::engine::{compile_default, Engine, TableRuntime};
 use crate::error::{clip, KalamError, Result};
 use crate::flush::Flusher;
 use crate::ids::{TableId, SYSTEM_NAMESPACE};
+use crate::purge::Purger;
 use crate::sql::ddl::Alteration;
 use crate::sql::functions::{self, SnowflakeGenerator};
 use crate::sql::parser::{table_id_from_object_name, AlterChange, KalamStatement};
@@ -78,6 +79,7 @@ pub fn planner_state(
 pub struct Executor {
     engine: Arc<Engine>,
     flusher: Arc<Flusher>,
+    purger: Arc<Purger>,
     snowflake: Arc<SnowflakeGenerator>,
     base: SessionState,
     max_result_rows: usize,
@@ -150,6 +152,7 @@ impl Executor {
     pub fn new(
         engine: Arc<Engine>,
         flusher: Arc<Flusher>,
+        purger: Arc<Purger>,
         snowflake: Arc<SnowflakeGenerator>,
         base: SessionState,
         max_result_rows: usize,
@@ -157,6 +160,7 @@ impl Executor {
         Self {
             engine,
             flusher,
+            purger,
             snowflake,
             base,
             max_result_rows,
@@ -200,7 +204,7 @@ impl Executor {
             }
             KalamStatement::DropNamespace { name, if_exists } => {
                 admin_only(ctx, "DROP NAMESPACE")?;
-                Ok(if catalog.drop_namespace(&name, if_exists)? {
+                Ok(if self.engine.drop_namespace(&name, if_exists)? {
                     message(format!("namespace {name} dropped"))
                 } else {
                     message(format!("namespace {name} does not exist"))
@@ -228,6 +232,13 @@ impl Executor {
                         &def.location,
                     )?),
                 };
+                // A dropped table's files that are still being removed where this table's
+                // would go are removed first: the purge deletes by path.
+                if let Some(storage) = &def.storage {
+                    if catalog.table(&def.id()).is_none() {
+                        self.purger.clear_way(storage).await?;
+                    }
+                }
                 let id = def.id();
                 Ok(if self.engine.create_table(def, c.if_not_exists, &self.base)? {
                     message(format!("{} table {id} created", c.kind.as_str()))
@@ -246,8 +257,23 @@ impl Executor {
                         kind.map(|k| k.as_str().to_uppercase()).unwrap_or_default()
                     ))),
                     Some(_) => {
-                        self.engine.drop_table(&table)?;
-                        Ok(message(format!("table {table} dropped")))
+                        let dropped = self.engine.drop_table(&table)?;
+                        let Some(purge) = dropped.purge else {
+                            return Ok(message(format!("table {table} dropped")));
+                        };
+                        // The table is gone; its files go in the background, and a job that
+                        // cannot start now is retried by the scheduler.
+                        match self.purger.start(purge, dropped.store, "drop", Some(&ctx.principal.user_id)) {
+                            Ok(job) => Ok(message(format!(
+                                "table {table} dropped; its files are removed by job {job}"
+                            ))),
+                            Err(e) => {
+                                tracing::warn!(%table, error = %e, "could not start the purge of a dropped table; it is retried");
+                                Ok(message(format!(
+                                    "table {table} dropped; removing its files is retried in the background"
+                                )))
+                            }
+                        }
                     }
                 }
             }

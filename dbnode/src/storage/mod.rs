@@ -100,17 +100,24 @@ impl Storage {
         Ok(())
     }
 
-    /// Drops a table's column family and its sequence counter.
+    /// Drops a table's column family and its sequence counter. Its cold-tier manifests and
+    /// flush journal stay in `meta`: they name the Parquet files the purge of the dropped
+    /// table removes, and go with [`Storage::drop_cold_meta`] once those are gone.
     pub fn drop_cf(&self, name: &str) -> Result<()> {
         if self.db.cf_handle(name).is_some() {
             self.db.drop_cf(name)?;
         }
         let meta = self.cf(META_CF)?;
         self.db.delete_cf(&meta, seq_key(name))?;
-        // The table's cold-tier manifests and flush journal go with it.
+        Ok(())
+    }
+
+    /// Deletes a dropped table's cold-tier manifests and flush journal entries from `meta`.
+    pub fn drop_cold_meta(&self, name: &str) -> Result<()> {
+        let meta = self.cf(META_CF)?;
         for prefix in [
             crate::cold::table_manifest_prefix(name),
-            format!("flushpending/{name}").into_bytes(),
+            format!("flushpending/{name}/").into_bytes(),
         ] {
             for (key, _) in self.meta_scan_prefix(&prefix)? {
                 self.db.delete_cf(&meta, key)?;
@@ -466,6 +473,7 @@ mod tests {
             vec![Value::Text("a1".into()), Value::Text("a2".into())]
         );
         s.drop_cf("t_app_m_1").unwrap();
+        s.drop_cold_meta("t_app_m_1").unwrap();
         assert!(s.table_cfs(dir.path()).unwrap().is_empty());
     }
 }

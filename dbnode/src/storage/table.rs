@@ -110,8 +110,12 @@ pub struct TableStore {
     /// flush policies are checked from these, without scanning.
     pending_rows: AtomicU64,
     oldest_pending: Mutex<Option<Instant>>,
-    /// Set while a flush of this table runs: one flush per table at a time.
+    /// Set while a flush of this table runs: one flush per table at a time. The purge of a
+    /// dropped table waits for it to clear before it lists the table's files.
     pub flushing: AtomicBool,
+    /// Set (under `write_lock`) once DROP TABLE committed: no flush snapshot or flush commit
+    /// of this store happens afterwards, so no file is added behind the purge's back.
+    dropped: AtomicBool,
     /// Where commits are published (live queries); `None` for system tables.
     sink: Option<Arc<dyn ChangeSink>>,
     /// STREAM tables: events held now (for `max_buffer`), kept under `write_lock`.
@@ -173,6 +177,7 @@ impl TableStore {
             pending_rows: AtomicU64::new(pending),
             oldest_pending: Mutex::new((pending > 0).then(Instant::now)),
             flushing: AtomicBool::new(false),
+            dropped: AtomicBool::new(false),
             sink,
             stream_rows: AtomicU64::new(stream_rows),
             cf,
@@ -196,6 +201,30 @@ impl TableStore {
         &self.storage
     }
 
+    /// Marks the store of a dropped table (after DROP TABLE's commit point): a flush that
+    /// has not taken its snapshot yet, or has not committed a file yet, stops with
+    /// `TABLE_NOT_FOUND`. Waits for a commit in progress (the write lock).
+    pub fn mark_dropped(&self) {
+        let _lock = self.write_lock.lock();
+        self.dropped.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_dropped(&self) -> bool {
+        self.dropped.load(Ordering::SeqCst)
+    }
+
+    /// Whether a flush of this store runs now.
+    pub fn is_flushing(&self) -> bool {
+        self.flushing.load(Ordering::SeqCst)
+    }
+
+    fn refuse_if_dropped(&self) -> Result<()> {
+        if self.is_dropped() {
+            return Err(KalamError::TableNotFound(self.def().id().to_string()));
+        }
+        Ok(())
+    }
+
     /// Takes a flush snapshot: returns its sequence; `f` gets that sequence, the definition
     /// current at the snapshot, and every row version of the snapshot in key order, in that
     /// definition's schema version (no row of the snapshot is newer). Rows written after the
@@ -205,6 +234,7 @@ impl TableStore {
         mut f: impl FnMut(u64, &Arc<TableDef>, &[u8], StoredRow) -> Result<bool>,
     ) -> Result<u64> {
         let guard = self.write_lock.lock();
+        self.refuse_if_dropped()?;
         let seq = self.last_seq();
         let def = self.def();
         self.pending_rows.store(0, Ordering::Release);
@@ -241,6 +271,7 @@ impl TableStore {
         publish: impl FnOnce(),
     ) -> Result<usize> {
         let _lock = self.write_lock.lock();
+        self.refuse_if_dropped()?;
         let mut deletes = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(4096) {
             let current = self.storage.multi_get(&self.cf, chunk)?;

@@ -1441,6 +1441,158 @@ impl Drop for S3Server {
     }
 }
 
+impl S3Server {
+    /// Every object under `prefix` of `bucket` as (key, size), whatever its name: an
+    /// unsigned `ListObjectsV2` straight to moto (which takes unsigned requests). Panics when
+    /// the listing is truncated (more than 1,000 objects: the tests write far fewer).
+    pub async fn list_objects(&self, bucket: &str, prefix: &str) -> Vec<(String, u64)> {
+        let url = format!(
+            "{}/{bucket}?list-type=2&max-keys=1000&prefix={}",
+            self.endpoint(),
+            query_escape(prefix)
+        );
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "listing {bucket}/{prefix} on moto: {body}");
+        assert!(
+            !body.contains("<IsTruncated>true</IsTruncated>"),
+            "listing {bucket}/{prefix}: more than 1000 objects"
+        );
+        body.split("<Contents>")
+            .skip(1)
+            .map(|item| {
+                let key = xml_text(item, "Key")
+                    .unwrap_or_else(|| panic!("an S3 listing entry without a Key: {item}"));
+                let size = xml_text(item, "Size")
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("an S3 listing entry without a Size: {item}"));
+                (key, size)
+            })
+            .collect()
+    }
+}
+
+/// The text of the first `<tag>...</tag>` in `xml`, with the five XML entities decoded.
+fn xml_text(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(
+        xml[start..end]
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// Percent-encodes a query parameter value (everything but unreserved characters).
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A TCP forwarder on `127.0.0.1:<port>` to another local port, that can be cut (the port
+/// refuses connections and every forwarded connection is closed) and resumed on the same
+/// port: an S3 endpoint that goes away and comes back with its state, which stopping moto
+/// cannot give (moto keeps its objects only in memory).
+pub struct TcpProxy {
+    port: u16,
+    target: u16,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TcpProxy {
+    /// Starts forwarding a free port to `127.0.0.1:<target>`.
+    pub async fn start(target: u16) -> TcpProxy {
+        let mut proxy = TcpProxy {
+            port: free_port(),
+            target,
+            task: None,
+        };
+        proxy.resume().await;
+        proxy
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Closes the listening socket and every forwarded connection.
+    pub async fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens again on the same port (waiting for the old socket to go, if need be).
+    pub async fn resume(&mut self) {
+        if self.task.is_some() {
+            return;
+        }
+        let mut last = None;
+        for _ in 0..100 {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(listener) => {
+                    self.task = Some(tokio::spawn(forward(listener, self.target)));
+                    return;
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "the TCP proxy could not listen on port {} again: {last:?}",
+            self.port
+        );
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Accepts connections and forwards each to `127.0.0.1:<target>`; aborting the task drops the
+/// listener and (with the `JoinSet`) every connection.
+async fn forward(listener: tokio::net::TcpListener, target: u16) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        match listener.accept().await {
+            Ok((mut inbound, _)) => {
+                connections.spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+        while connections.try_join_next().is_some() {}
+    }
+}
+
 /// Writes the credential set `<dir>/<name>/{access_key_id, secret_access_key, region,
 /// endpoint}` with the test keys of this module.
 pub fn write_credentials(dir: &Path, name: &str, endpoint: &str) {

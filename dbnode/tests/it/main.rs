@@ -7,7 +7,9 @@
 //! `kill -9`, the operational endpoints, the Parquet cold tier (flushes, storage locations,
 //! S3 through a moto server, crash safety at flush failpoints), STREAM tables (options,
 //! eviction, append-only), live queries over `GET /ws` (§5, raw WebSocket frames), and
-//! ALTER TABLE schema versions across both tiers and live queries.
+//! ALTER TABLE schema versions across both tiers and live queries, and DROP TABLE / DROP
+//! NAMESPACE removing a table's files from its location (filesystem and S3), also across a
+//! failing location and a crash.
 
 #[allow(dead_code)]
 mod harness;
@@ -17,6 +19,7 @@ mod auth;
 mod cli;
 mod cold;
 mod dml;
+mod drop;
 mod durability;
 mod http;
 mod isolation;
