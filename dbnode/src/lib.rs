@@ -4,8 +4,9 @@
 //! [`storage`] the RocksDB hot tier, [`engine`] catalog + storage kept consistent, [`sql`]
 //! parsing, planning and execution, [`auth`] tokens, [`api`] HTTP, [`metrics`] Prometheus,
 //! [`jobs`] the record of background jobs (`system.jobs`), [`cold`] object-store locations,
-//! Parquet files and segment manifests, [`flush`] moving hot rows into the cold tier, [`live`]
-//! live-query subscriptions and change fan-out.
+//! Parquet files and segment manifests, [`flush`] moving hot rows into the cold tier (and
+//! [`flush::cleanup`], deleted-row retention), [`live`] live-query subscriptions and change
+//! fan-out.
 
 pub mod api;
 pub mod auth;

@@ -11,6 +11,7 @@ use crate::catalog::TableKind;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::{KalamError, Result};
+use crate::flush::cleanup::Cleaner;
 use crate::flush::Flusher;
 use crate::metrics::Metrics;
 use crate::sql::executor::{planner_state, Executor};
@@ -22,6 +23,8 @@ pub struct Node {
     pub config: Config,
     pub executor: Executor,
     pub flusher: Arc<Flusher>,
+    /// Deleted-row retention: the scheduled `cleanup` jobs.
+    pub cleaner: Arc<Cleaner>,
     pub auth: Authenticator,
     pub metrics: Metrics,
     ready: AtomicBool,
@@ -63,6 +66,7 @@ impl Node {
             metrics.clone(),
             std::time::Duration::from_millis(config.flush_retry_base_ms),
         );
+        let cleaner = Cleaner::new(engine.clone(), config.cleanup_file_grace());
         let executor = Executor::new(
             engine,
             flusher.clone(),
@@ -74,6 +78,7 @@ impl Node {
             config,
             executor,
             flusher,
+            cleaner,
             auth: Authenticator::new(&secret),
             metrics,
             ready: AtomicBool::new(true),
@@ -81,8 +86,9 @@ impl Node {
     }
 
     /// Starts the background work: the flush-policy scheduler (every
-    /// `flush_check_interval_ms`), the hourly job-history retention and the STREAM eviction
-    /// scheduler (every `stream_eviction_interval_ms`).
+    /// `flush_check_interval_ms`), the hourly job-history retention, the STREAM eviction
+    /// scheduler (every `stream_eviction_interval_ms`) and deleted-row retention (every
+    /// `cleanup_interval`).
     pub fn start_background(self: &Arc<Self>) {
         let node = self.clone();
         tokio::spawn(async move {
@@ -107,6 +113,31 @@ impl Node {
             }
         });
         self.start_stream_eviction();
+        self.start_cleanup();
+    }
+
+    /// Deleted-row retention (docs/adr/0014-deleted-row-retention.md): a pass at start-up and
+    /// then every `cleanup_interval`, each starting a `cleanup` job for every table with
+    /// soft-deleted rows past its `deleted_retention`. Passes run on a thread of their own,
+    /// one after the other (a pass that takes longer than the interval delays the next), and
+    /// each job runs on that thread, so its CPU figure is its own.
+    fn start_cleanup(self: &Arc<Self>) {
+        let cleaner = self.cleaner.clone();
+        let every = self.config.cleanup_interval();
+        let spawned = std::thread::Builder::new()
+            .name("cleanup".into())
+            .spawn(move || loop {
+                let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    cleaner.run_pass();
+                }));
+                if pass.is_err() {
+                    tracing::error!("a cleanup pass panicked; the next one runs on schedule");
+                }
+                std::thread::sleep(every);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start the cleanup scheduler");
+        }
     }
 
     /// Every `stream_eviction_interval_ms`, deletes the events of every STREAM table that

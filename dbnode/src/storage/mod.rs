@@ -107,10 +107,11 @@ impl Storage {
         }
         let meta = self.cf(META_CF)?;
         self.db.delete_cf(&meta, seq_key(name))?;
-        // The table's cold-tier manifests and flush journal go with it.
+        // The table's cold-tier manifests, flush journal and obsolete-file list go with it.
         for prefix in [
             crate::cold::table_manifest_prefix(name),
             format!("flushpending/{name}").into_bytes(),
+            crate::cold::table_obsolete_prefix(name),
         ] {
             for (key, _) in self.meta_scan_prefix(&prefix)? {
                 self.db.delete_cf(&meta, key)?;

@@ -6,8 +6,9 @@
 //! USER tables, system tables, robustness against bad input, durability across restarts and
 //! `kill -9`, the operational endpoints, the Parquet cold tier (flushes, storage locations,
 //! S3 through a moto server, crash safety at flush failpoints), STREAM tables (options,
-//! eviction, append-only), live queries over `GET /ws` (§5, raw WebSocket frames), and
-//! ALTER TABLE schema versions across both tiers and live queries.
+//! eviction, append-only), live queries over `GET /ws` (§5, raw WebSocket frames),
+//! ALTER TABLE schema versions across both tiers and live queries, and deleted-row retention
+//! (the scheduled `cleanup` job, crash safety at its failpoints).
 
 #[allow(dead_code)]
 mod harness;
@@ -22,6 +23,7 @@ mod http;
 mod isolation;
 mod live;
 mod namespaces;
+mod retention;
 mod robustness;
 mod stream;
 mod system_tables;
