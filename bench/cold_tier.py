@@ -4,7 +4,11 @@
 1. flush throughput: MB of Parquet written per second by one FLUSH TABLE of 1 KiB rows;
 2. pruning: a time-range query on `_updated` over many flushed files, fraction of files
    skipped (counted from the EXPLAIN plan's Parquet file groups);
-3. hot vs cold: a full scan of a table half hot / half cold against the same rows all cold.
+3. hot vs cold: a full scan of a table half hot / half cold against the same rows all cold;
+4. cleanup: deleted-row retention, rows/s removed by the scheduled `cleanup` jobs of a table
+   with `deleted_retention = '2s'` whose deleted rows are half in Parquet (deleted, then
+   flushed), half hot tombstones over flushed rows (timed by the jobs' `duration_ms` plus the
+   `survey_ms` scan that found the work).
 
 Usage: python3 bench/cold_tier.py --kalamdb target/release/kalamdb [--quick]
 Numbers only mean something with a release build; --quick checks correctness in seconds.
@@ -37,6 +41,7 @@ class Node:
     def __init__(self, binary):
         self.dir = tempfile.TemporaryDirectory(prefix="kalam-bench-cold-")
         env = dict(os.environ, KALAMDB_JWT_SECRET=SECRET, KALAMDB_FLUSH_CHECK_INTERVAL_MS="200",
+                   KALAMDB_CLEANUP_INTERVAL="500ms", KALAMDB_CLEANUP_FILE_GRACE="0s",
                    KALAMDB_LOG="warn")
         self.proc = subprocess.Popen([binary, "serve", "--data-dir", self.dir.name, "--listen",
                                       "127.0.0.1:0"], stdout=subprocess.PIPE, env=env, text=True)
@@ -147,6 +152,49 @@ def hot_vs_cold(node, rows):
             "ratio": times["h"] / times["c"]}
 
 
+def cleanup(node, rows):
+    """Soft-deletes `rows` of `rows * 5 // 4` rows (the first half deleted and flushed, the
+    second half left as hot tombstones over flushed rows), waits past the retention and for
+    the cleanup jobs, checks what is left, and reports deleted rows removed per second."""
+    total, half = rows + rows // 4, rows // 2
+    node.sql(ADMIN, "CREATE SHARED TABLE bench.d (id BIGINT PRIMARY KEY, body TEXT) "
+                    "FLUSH POLICY ROWS 100000000 WITH (deleted_retention = '2s')")
+    log(f"cleanup: {total} rows, {rows} of them deleted")
+    insert(node, ADMIN, "bench.d", 1, total, lambda i: f"message number {i} " + "x" * 80, 1000)
+    node.flush("bench.d")
+    node.sql(ADMIN, f"DELETE FROM bench.d WHERE id <= {half}")
+    node.flush("bench.d")
+    node.sql(ADMIN, f"DELETE FROM bench.d WHERE id > {half} AND id <= {rows}")
+    q = ("SELECT status, result, duration_ms, error_message FROM system.jobs "
+         "WHERE job_type = 'cleanup' AND namespace = 'bench' AND table_name = 'd'")
+    deadline = time.time() + 600
+    while True:
+        jobs = node.sql(ADMIN, q)
+        failed = [j for j in jobs if j["status"] == "failed"]
+        if failed:
+            raise SystemExit(f"cleanup failed: {failed}")
+        done = [j for j in jobs if j["status"] == "completed"]
+        removed = sum(j["result"]["rows_removed"] for j in done)
+        if removed >= rows and len(done) == len(jobs):
+            break
+        if time.time() > deadline:
+            raise SystemExit(f"cleanup removed {removed} of {rows} rows in 600 s: {jobs}")
+        time.sleep(0.2)
+    if removed != rows:
+        raise SystemExit(f"cleanup removed {removed} rows, expected {rows}")
+    live = node.sql(ADMIN, "SELECT count(*) AS n FROM bench.d")[0]["n"]
+    dead = node.sql(ADMIN, "SELECT count(*) AS n FROM bench.d WHERE _deleted = true")[0]["n"]
+    if (live, dead) != (total - rows, 0):
+        raise SystemExit(f"after cleanup: {live} live and {dead} deleted rows, "
+                         f"expected {total - rows} and 0")
+    ms = sum(j["duration_ms"] + j["result"]["survey_ms"] for j in done)
+    return {"rows_deleted": rows, "rows_kept": total - rows, "jobs": len(done),
+            "rows_removed": removed,
+            "versions_removed": sum(j["result"]["versions_removed"] for j in done),
+            "bytes_freed": sum(j["result"]["bytes_freed"] for j in done),
+            "duration_ms": ms, "rows_per_s": removed / (ms / 1000) if ms > 0 else float("inf")}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kalamdb", required=True)
@@ -158,13 +206,15 @@ def main():
         out = {"mode": "quick" if args.quick else "full",
                "flush_throughput": flush_throughput(node, 20_000 if args.quick else 200_000),
                "pruning": pruning(node, 20 if args.quick else 100),
-               "hot_vs_cold": hot_vs_cold(node, 20_000 if args.quick else 1_000_000)}
+               "hot_vs_cold": hot_vs_cold(node, 20_000 if args.quick else 1_000_000),
+               "cleanup": cleanup(node, 20_000 if args.quick else 200_000)}
     finally:
         node.stop()
-    f, p, h = out["flush_throughput"], out["pruning"], out["hot_vs_cold"]
+    f, p, h, c = out["flush_throughput"], out["pruning"], out["hot_vs_cold"], out["cleanup"]
     log(f"flush: {f['parquet_mb']:.1f} MB in {f['duration_ms']:.0f} ms = {f['mb_per_s']:.1f} MB/s (target >= 100)")
     log(f"pruning: read {p['files_read']} of {p['files_total']} files, skipped {p['fraction_skipped']:.0%} (target >= 80%)")
     log(f"scan: half hot {h['half_hot_ms']:.0f} ms, all cold {h['all_cold_ms']:.0f} ms, ratio {h['ratio']:.2f} (target <= 1.5)")
+    log(f"cleanup: {c['rows_removed']} deleted rows removed by {c['jobs']} job(s) in {c['duration_ms']:.0f} ms = {c['rows_per_s']:.0f} rows/s (target >= 50000)")
     json.dump(out, sys.stdout, indent=1)
     print()
 

@@ -67,6 +67,12 @@ pub struct Config {
     pub ws_idle_timeout_ms: u64,
     /// How often STREAM tables drop events past their retention, in milliseconds.
     pub stream_eviction_interval_ms: u64,
+    /// How often soft-deleted rows past their table's `deleted_retention` are removed from
+    /// both tiers, e.g. `1h` (the first pass runs at start-up).
+    pub cleanup_interval: String,
+    /// How long a Parquet file replaced by a cleanup stays in the store, so that queries
+    /// already reading it can finish, e.g. `30s` (`0s`: delete at once).
+    pub cleanup_file_grace: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -103,6 +109,8 @@ impl Default for Config {
             ws_ping_interval_ms: 2_000,
             ws_idle_timeout_ms: 4_500,
             stream_eviction_interval_ms: 1_000,
+            cleanup_interval: "1h".to_string(),
+            cleanup_file_grace: "30s".to_string(),
         }
     }
 }
@@ -147,6 +155,8 @@ impl Config {
         "ws_ping_interval_ms",
         "ws_idle_timeout_ms",
         "stream_eviction_interval_ms",
+        "cleanup_interval",
+        "cleanup_file_grace",
     ];
 
     /// Loads settings in the documented order of precedence.
@@ -202,6 +212,17 @@ impl Config {
             .unwrap_or(std::time::Duration::from_secs(3600))
     }
 
+    pub fn cleanup_interval(&self) -> std::time::Duration {
+        crate::auth::parse_duration(&self.cleanup_interval)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(std::time::Duration::from_secs(3600))
+    }
+
+    pub fn cleanup_file_grace(&self) -> std::time::Duration {
+        crate::auth::parse_duration(&self.cleanup_file_grace)
+            .unwrap_or(std::time::Duration::from_secs(30))
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.node_id.is_empty() || self.node_id.len() > 63 {
             return Err(ConfigError::Invalid(
@@ -236,6 +257,16 @@ impl Config {
         if crate::auth::parse_duration(&self.live_log_retention).is_none() {
             return Err(ConfigError::Invalid(
                 "live_log_retention must be a duration such as 1h or 30m".into(),
+            ));
+        }
+        if crate::auth::parse_duration(&self.cleanup_interval).is_none_or(|d| d.is_zero()) {
+            return Err(ConfigError::Invalid(
+                "cleanup_interval must be a positive duration such as 1h or 500ms".into(),
+            ));
+        }
+        if crate::auth::parse_duration(&self.cleanup_file_grace).is_none() {
+            return Err(ConfigError::Invalid(
+                "cleanup_file_grace must be a duration such as 30s or 0s".into(),
             ));
         }
         if self.ws_max_queued_messages == 0

@@ -14,6 +14,11 @@
 //! Files are written in the schema version current at the snapshot: hot rows encoded under
 //! older versions are brought into it on the way, and the manifest entry records the
 //! version, so readers adapt each file (docs/adr/0011-schema-versions.md).
+//!
+//! A flush and a [`cleanup`] (deleted-row retention, which rewrites files) of one table never
+//! run at the same time: both hold the table's maintenance lock from start to end.
+
+pub mod cleanup;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,10 +40,11 @@ use crate::jobs::{JobHandle, JobType};
 use crate::metrics::Metrics;
 use crate::storage::{Partition, RowKey, Storage};
 
-const JOURNAL_PREFIX: &str = "flushpending/";
+/// Files being written by a flush or a cleanup, not yet committed: `flushpending/{cf}/{path}`.
+pub(crate) const JOURNAL_PREFIX: &str = "flushpending/";
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-fn journal_key(cf: &str, path: &str) -> Vec<u8> {
+pub(crate) fn journal_key(cf: &str, path: &str) -> Vec<u8> {
     format!("{JOURNAL_PREFIX}{cf}/{path}").into_bytes()
 }
 
@@ -69,6 +75,31 @@ impl Drop for Flushing<'_> {
 pub fn retry_backoff(base: Duration, failures: u32) -> Duration {
     base.saturating_mul(1u32 << failures.saturating_sub(1).min(16))
         .min(MAX_BACKOFF)
+}
+
+/// Deletes every journaled file of a table: files of an interrupted flush or cleanup were
+/// never committed, so no query reads them. Call it holding the table's maintenance lock.
+pub(crate) fn remove_uncommitted(
+    storage: &crate::storage::Storage,
+    store: &Arc<dyn object_store::ObjectStore>,
+    cf: &str,
+    job: &JobHandle,
+    tokio: &tokio::runtime::Runtime,
+) -> Result<()> {
+    let prefix = format!("{JOURNAL_PREFIX}{cf}/");
+    for (key, _) in storage.meta_scan_prefix(prefix.as_bytes())? {
+        let path =
+            String::from_utf8_lossy(key.get(prefix.len()..).unwrap_or_default()).into_owned();
+        match tokio.block_on(store.delete(&ObjectPath::from(path.as_str()))) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(KalamError::LocationUnreachable(e.to_string())),
+        }
+        storage.meta_delete(&key)?;
+        job.trace(format!(
+            "removed the uncommitted file {path} of an interrupted flush or cleanup"
+        ));
+    }
+    Ok(())
 }
 
 /// Per-table retry state after failed flushes.
@@ -286,7 +317,7 @@ impl Progress {
 }
 
 /// The partition a hot key belongs to, and the row key inside it.
-fn split_key(rt: &TableRuntime, key: &[u8]) -> Result<(Partition, RowKey)> {
+pub(crate) fn split_key(rt: &TableRuntime, key: &[u8]) -> Result<(Partition, RowKey)> {
     if !rt.def().kind.has_system_columns() || rt.def().kind == crate::catalog::TableKind::Shared {
         return Ok((Partition::Shared, RowKey(key.to_vec())));
     }
@@ -329,23 +360,14 @@ fn flush_steps(
     tokio: &tokio::runtime::Runtime,
     progress: &mut Progress,
 ) -> Result<()> {
+    // A cleanup of this table rewrites its manifests too: wait for it to finish.
+    let _maintenance = rt.store.maintenance_lock();
     let cf = rt.store.cf_name().to_string();
     let storage = rt.store.storage().clone();
     let (_, store) = cold.store(&rt.location)?;
 
-    // Files of an interrupted flush were never committed: no query reads them.
-    for (key, _) in storage.meta_scan_prefix(format!("{JOURNAL_PREFIX}{cf}/").as_bytes())? {
-        let path =
-            String::from_utf8_lossy(&key[JOURNAL_PREFIX.len() + cf.len() + 1..]).into_owned();
-        match tokio.block_on(store.delete(&ObjectPath::from(path.as_str()))) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(KalamError::LocationUnreachable(e.to_string())),
-        }
-        storage.meta_delete(&key)?;
-        job.trace(format!(
-            "removed the uncommitted file {path} of an interrupted flush"
-        ));
-    }
+    // Files of an interrupted flush (or cleanup) were never committed: no query reads them.
+    remove_uncommitted(&storage, &store, &cf, job, tokio)?;
 
     let from_seq = cold
         .table_segments(&cf)

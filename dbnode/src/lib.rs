@@ -5,7 +5,8 @@
 //! parsing, planning and execution, [`auth`] tokens, [`api`] HTTP, [`metrics`] Prometheus,
 //! [`jobs`] the record of background jobs (`system.jobs`), [`cold`] object-store locations,
 //! Parquet files and segment manifests, [`flush`] moving hot rows into the cold tier, [`live`]
-//! live-query subscriptions and change fan-out, [`purge`] removing a dropped table's files.
+//! live-query subscriptions and change fan-out, [`purge`] removing a dropped table's files,
+//! [`flush::cleanup`] deleted-row retention.
 
 /// Aborts the process at a named step when `FAILPOINTS` asks for it (debug builds only; see
 /// `main`): the crash tests' stand-in for `kill -9` at that step. Defined before the modules

@@ -11,6 +11,7 @@ use crate::catalog::TableKind;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::{KalamError, Result};
+use crate::flush::cleanup::Cleaner;
 use crate::flush::Flusher;
 use crate::metrics::Metrics;
 use crate::purge::Purger;
@@ -25,6 +26,8 @@ pub struct Node {
     pub flusher: Arc<Flusher>,
     /// Removes dropped tables' files in the background.
     pub purger: Arc<Purger>,
+    /// Deleted-row retention: the scheduled `cleanup` jobs.
+    pub cleaner: Arc<Cleaner>,
     pub auth: Authenticator,
     pub metrics: Metrics,
     ready: AtomicBool,
@@ -71,6 +74,7 @@ impl Node {
             engine.clone(),
             std::time::Duration::from_millis(config.flush_retry_base_ms),
         );
+        let cleaner = Cleaner::new(engine.clone(), config.cleanup_file_grace());
         let executor = Executor::new(
             engine,
             flusher.clone(),
@@ -84,6 +88,7 @@ impl Node {
             executor,
             flusher,
             purger,
+            cleaner,
             auth: Authenticator::new(&secret),
             metrics,
             ready: AtomicBool::new(true),
@@ -92,8 +97,9 @@ impl Node {
 
     /// Starts the background work: the purges of dropped tables a previous process left
     /// unfinished, the flush-policy scheduler and the purge retries (every
-    /// `flush_check_interval_ms`), the hourly job-history retention and the STREAM eviction
-    /// scheduler (every `stream_eviction_interval_ms`).
+    /// `flush_check_interval_ms`), the hourly job-history retention, the STREAM eviction
+    /// scheduler (every `stream_eviction_interval_ms`) and deleted-row retention (every
+    /// `cleanup_interval`).
     pub fn start_background(self: &Arc<Self>) {
         self.purger.resume();
         let node = self.clone();
@@ -120,6 +126,31 @@ impl Node {
             }
         });
         self.start_stream_eviction();
+        self.start_cleanup();
+    }
+
+    /// Deleted-row retention (docs/adr/0014-deleted-row-retention.md): a pass at start-up and
+    /// then every `cleanup_interval`, each starting a `cleanup` job for every table with
+    /// soft-deleted rows past its `deleted_retention`. Passes run on a thread of their own,
+    /// one after the other (a pass that takes longer than the interval delays the next), and
+    /// each job runs on that thread, so its CPU figure is its own.
+    fn start_cleanup(self: &Arc<Self>) {
+        let cleaner = self.cleaner.clone();
+        let every = self.config.cleanup_interval();
+        let spawned = std::thread::Builder::new()
+            .name("cleanup".into())
+            .spawn(move || loop {
+                let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    cleaner.run_pass();
+                }));
+                if pass.is_err() {
+                    tracing::error!("a cleanup pass panicked; the next one runs on schedule");
+                }
+                std::thread::sleep(every);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start the cleanup scheduler");
+        }
     }
 
     /// Every `stream_eviction_interval_ms`, deletes the events of every STREAM table that

@@ -391,6 +391,9 @@ fn purge_steps(
     if let Some(store) = store {
         wait_for_flush(store, job)?;
     }
+    // A cleanup (deleted-row retention) of the table that began before the drop finishes
+    // first: the manifests and file lists read below are final only then.
+    let _maintenance = store.map(TableStore::maintenance_lock);
     let storage: &Storage = &engine.storage;
     let manifests = cold::stored_manifests(storage, &purge.cf)?;
     let journal = journaled_files(storage, &purge.cf)?;
@@ -439,6 +442,29 @@ fn purge_steps(
         }
         job.trace(format!(
             "removed {} uncommitted file(s) of an interrupted flush",
+            chunk.len()
+        ));
+        job.progress(progress.json());
+    }
+    // Files a cleanup replaced and has not deleted yet (their grace period runs).
+    let prefix = cold::table_obsolete_prefix(&purge.cf);
+    let obsolete: Vec<(String, Option<u64>)> = storage
+        .meta_scan_prefix(&prefix)?
+        .into_iter()
+        .map(|(key, value)| {
+            let path = String::from_utf8_lossy(key.get(prefix.len()..).unwrap_or_default());
+            (
+                path.into_owned(),
+                cold::decode_obsolete(&value).map(|(_, b)| b),
+            )
+        })
+        .collect();
+    for chunk in obsolete.chunks(BATCH_FILES) {
+        let (deleted, outcome) = tokio.block_on(cold::delete_files(&objects, chunk));
+        progress.add(deleted);
+        outcome?;
+        job.trace(format!(
+            "removed {} file(s) replaced by a cleanup",
             chunk.len()
         ));
         job.progress(progress.json());

@@ -6,7 +6,9 @@
 //! has a manifest listing its files with their sequence range, `_updated` range and key range;
 //! manifests live in the node's `meta` column family and are committed in the same RocksDB
 //! batch that deletes the flushed hot rows (see `docs/adr/0008-cold-tier.md`), so a file is
-//! visible to queries exactly when its rows leave the hot tier.
+//! visible to queries exactly when its rows leave the hot tier. Deleted-row retention
+//! replaces files the same way (`docs/adr/0014-deleted-row-retention.md`): the files it
+//! replaced are listed under `coldobsolete/` in the same batch, and deleted later.
 
 pub mod location;
 pub mod parquet;
@@ -33,6 +35,9 @@ pub use location::LOCAL_LOCATION;
 /// versions of one key across files and the hot tier.
 pub const SEQ_COLUMN: &str = "_seq";
 const MANIFEST_PREFIX: &str = "cold/";
+/// Files a cleanup replaced that may still be in the store: `coldobsolete/{cf}/{path}` ->
+/// when they were replaced (unix micros) and their size, both big-endian `u64`/`i64`.
+pub const OBSOLETE_PREFIX: &str = "coldobsolete/";
 
 /// One Parquet file of a partition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +54,19 @@ pub struct Segment {
     pub min_key: Vec<u8>,
     pub max_key: Vec<u8>,
     pub schema_version: u32,
+    /// The smallest `_updated` of the file's soft-deleted rows, `None` when it holds none:
+    /// cleanup reads only files whose tombstones may be past the retention. Manifests
+    /// written before this field existed read as `Some(i64::MIN)` (unknown: any file may
+    /// hold tombstones of any age); the first cleanup that reads such a file records it.
+    #[serde(default = "unknown_min_deleted")]
+    pub min_deleted_updated: Option<i64>,
+}
+
+/// What a manifest entry without `min_deleted_updated` means: the file may hold tombstones.
+pub const UNKNOWN_MIN_DELETED: i64 = i64::MIN;
+
+fn unknown_min_deleted() -> Option<i64> {
+    Some(UNKNOWN_MIN_DELETED)
 }
 
 /// The files of one partition, oldest first.
@@ -130,6 +148,30 @@ pub async fn delete_files(
         Some(e) => Err(KalamError::LocationUnreachable(e.to_string())),
     };
     (deleted, outcome)
+}
+
+/// Every obsolete-file key of a table starts with this.
+pub fn table_obsolete_prefix(cf: &str) -> Vec<u8> {
+    format!("{OBSOLETE_PREFIX}{cf}/").into_bytes()
+}
+
+/// The meta key recording that `path`, replaced by a cleanup, still has to be deleted.
+pub fn obsolete_key(cf: &str, path: &str) -> Vec<u8> {
+    format!("{OBSOLETE_PREFIX}{cf}/{path}").into_bytes()
+}
+
+/// The value of an obsolete-file key: when the file was replaced, and its size.
+pub fn encode_obsolete(replaced_micros: i64, bytes: u64) -> Vec<u8> {
+    let mut v = replaced_micros.to_be_bytes().to_vec();
+    v.extend_from_slice(&bytes.to_be_bytes());
+    v
+}
+
+/// `(replaced_micros, bytes)` of an obsolete-file value; `None` when it is malformed.
+pub fn decode_obsolete(value: &[u8]) -> Option<(i64, u64)> {
+    let at: [u8; 8] = value.get(..8)?.try_into().ok()?;
+    let bytes: [u8; 8] = value.get(8..16)?.try_into().ok()?;
+    Some((i64::from_be_bytes(at), u64::from_be_bytes(bytes)))
 }
 
 #[derive(Debug)]
@@ -326,5 +368,28 @@ mod tests {
         outcome.unwrap();
         assert_eq!(deleted.missing, 2);
         assert_eq!(deleted.files, 0);
+    }
+
+    #[test]
+    fn manifests_without_tombstone_statistics_read_as_unknown() {
+        let old = r#"[{"path":"a/batch-1-2.parquet","seq_from":1,"seq_to":2,"rows":2,"bytes":10,
+            "min_updated":1,"max_updated":2,"min_key":[1],"max_key":[2],"schema_version":1}]"#;
+        let segments: Vec<Segment> = serde_json::from_str(old).unwrap();
+        assert_eq!(segments[0].min_deleted_updated, Some(UNKNOWN_MIN_DELETED));
+        let mut none = segments[0].clone();
+        none.min_deleted_updated = None;
+        let back: Vec<Segment> =
+            serde_json::from_slice(&encode_manifest(&[none.clone()]).unwrap()).unwrap();
+        assert_eq!(back, vec![none]);
+    }
+
+    #[test]
+    fn obsolete_values_round_trip() {
+        let v = encode_obsolete(-5, 1234);
+        assert_eq!(decode_obsolete(&v), Some((-5, 1234)));
+        assert_eq!(decode_obsolete(&v[..10]), None);
+        assert!(
+            obsolete_key("t_a_b_1", "a/b/x.parquet").starts_with(&table_obsolete_prefix("t_a_b_1"))
+        );
     }
 }

@@ -1,12 +1,15 @@
 //! Parquet files of the cold tier: their schema (the table's columns, `_updated`, `_deleted`
 //! and the hidden `_seq`), writer settings (zstd, bloom filter and page statistics on the
-//! key and `_updated`), streaming writes of hot rows, and the version lookup of keys that
-//! INSERT needs to refuse a key that is live only in Parquet.
+//! key and `_updated`), streaming writes of hot rows, the version lookup of keys that
+//! INSERT needs to refuse a key that is live only in Parquet, and the two reads of
+//! deleted-row retention: the versions of a file ([`scan_versions`]) and a copy of a file
+//! without some of its rows ([`rewrite_segment`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch, UInt64Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt64Array};
+use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{
     DataType, Field, Int16Type, Int32Type, Int64Type, Schema, SchemaRef, TimestampMicrosecondType,
     UInt64Type,
@@ -94,6 +97,7 @@ impl SegmentWriter {
                 min_key: Vec::new(),
                 max_key: Vec::new(),
                 schema_version: def.schema_version,
+                min_deleted_updated: None,
             },
             def,
             schema,
@@ -123,6 +127,12 @@ impl SegmentWriter {
         s.seq_to = s.seq_to.max(row.seq);
         s.min_updated = s.min_updated.min(row.updated_micros);
         s.max_updated = s.max_updated.max(row.updated_micros);
+        if row.deleted {
+            s.min_deleted_updated = Some(
+                s.min_deleted_updated
+                    .map_or(row.updated_micros, |m| m.min(row.updated_micros)),
+            );
+        }
         self.keys.push(hot_key.to_vec());
         self.pending.push(row);
         if self.pending.len() >= 8192 {
@@ -250,4 +260,232 @@ pub async fn lookup_versions(
         }
     }
     Ok(found)
+}
+
+/// Rows per batch when cleanup reads a file.
+const SCAN_BATCH_ROWS: usize = 8192;
+
+/// The order-preserving key encoding ([`RowKey`]) of every row of a primary-key column
+/// (`None` for NULL). The column's own type decides, so a file keeps reading whatever type
+/// it was written with.
+fn column_keys(pk: &ArrayRef) -> Result<Vec<Option<Vec<u8>>>> {
+    let bad = || {
+        KalamError::Storage(format!(
+            "a Parquet key column of type {} that does not decode",
+            pk.data_type()
+        ))
+    };
+    let n = pk.len();
+    let mut out = Vec::with_capacity(n);
+    match pk.data_type() {
+        DataType::Int16 => {
+            let a = pk.as_primitive_opt::<Int16Type>().ok_or_else(bad)?;
+            out.extend(
+                (0..n).map(|i| a.is_valid(i).then(|| RowKey::from_int(a.value(i) as i64).0)),
+            );
+        }
+        DataType::Int32 => {
+            let a = pk.as_primitive_opt::<Int32Type>().ok_or_else(bad)?;
+            out.extend(
+                (0..n).map(|i| a.is_valid(i).then(|| RowKey::from_int(a.value(i) as i64).0)),
+            );
+        }
+        DataType::Int64 => {
+            let a = pk.as_primitive_opt::<Int64Type>().ok_or_else(bad)?;
+            out.extend((0..n).map(|i| a.is_valid(i).then(|| RowKey::from_int(a.value(i)).0)));
+        }
+        DataType::Utf8 => {
+            let a = pk.as_string_opt::<i32>().ok_or_else(bad)?;
+            out.extend((0..n).map(|i| a.is_valid(i).then(|| RowKey::from_text(a.value(i)).0)));
+        }
+        DataType::LargeUtf8 => {
+            let a = pk.as_string_opt::<i64>().ok_or_else(bad)?;
+            out.extend((0..n).map(|i| a.is_valid(i).then(|| RowKey::from_text(a.value(i)).0)));
+        }
+        DataType::Utf8View => {
+            let a = pk.as_string_view_opt().ok_or_else(bad)?;
+            out.extend((0..n).map(|i| a.is_valid(i).then(|| RowKey::from_text(a.value(i)).0)));
+        }
+        _ => return Err(bad()),
+    }
+    Ok(out)
+}
+
+/// The version columns of one batch of a file: key, `_seq`, `_updated`, `_deleted`.
+struct Versions {
+    keys: Vec<Option<Vec<u8>>>,
+    seqs: Vec<u64>,
+    updated: Vec<i64>,
+    deleted: Vec<bool>,
+}
+
+fn versions_of(batch: &RecordBatch, pk: &str) -> Result<Versions> {
+    let col = |n: &str| {
+        batch
+            .column_by_name(n)
+            .cloned()
+            .ok_or_else(|| KalamError::Storage(format!("parquet file lacks column {n}")))
+    };
+    let bad = |n: &str| KalamError::Storage(format!("parquet column {n} has an unexpected type"));
+    let keys = column_keys(&col(pk)?)?;
+    let seq = col(SEQ_COLUMN)?;
+    let seqs = seq
+        .as_primitive_opt::<UInt64Type>()
+        .ok_or_else(|| bad(SEQ_COLUMN))?
+        .values()
+        .to_vec();
+    let updated = col(UPDATED_COLUMN)?;
+    let updated = updated
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| bad(UPDATED_COLUMN))?
+        .values()
+        .to_vec();
+    let deleted = col(DELETED_COLUMN)?;
+    let deleted = deleted
+        .as_boolean_opt()
+        .ok_or_else(|| bad(DELETED_COLUMN))?;
+    let deleted = (0..deleted.len())
+        .map(|i| deleted.is_valid(i) && deleted.value(i))
+        .collect();
+    Ok(Versions {
+        keys,
+        seqs,
+        updated,
+        deleted,
+    })
+}
+
+/// Calls `f(key, seq, updated, deleted)` for every row of a file that has a key, reading
+/// only the key, `_updated`, `_deleted` and `_seq` columns.
+pub async fn scan_versions(
+    store: &Arc<dyn ObjectStore>,
+    def: &TableDef,
+    segment: &Segment,
+    mut f: impl FnMut(Vec<u8>, u64, i64, bool),
+) -> Result<()> {
+    #[allow(deprecated)] // as in `lookup_versions`
+    let reader = ParquetObjectReader::new(store.clone(), ObjectPath::from(segment.path.as_str()));
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(KalamError::storage)?;
+    let names = [
+        def.primary_key.as_str(),
+        UPDATED_COLUMN,
+        DELETED_COLUMN,
+        SEQ_COLUMN,
+    ];
+    let mask = ProjectionMask::columns(builder.parquet_schema(), names.iter().copied());
+    let mut stream = builder
+        .with_projection(mask)
+        .with_batch_size(SCAN_BATCH_ROWS)
+        .build()
+        .map_err(KalamError::storage)?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(KalamError::storage)?;
+        let v = versions_of(&batch, def.primary_key.as_str())?;
+        let rows = v.keys.into_iter().zip(v.seqs).zip(v.updated).zip(v.deleted);
+        for (((key, seq), updated), deleted) in rows {
+            if let Some(key) = key {
+                f(key, seq, updated, deleted);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a copy of the file `source` to `target` without the rows for which `remove(key,
+/// seq)` is true: the same columns (its schema version), writer settings and row order, so
+/// the copy is a file flush could have written. Returns the copy's manifest entry and how
+/// many rows were left out. `note_memory` hears the bytes the writer buffers.
+pub async fn rewrite_segment(
+    store: &Arc<dyn ObjectStore>,
+    def: &TableDef,
+    source: &Segment,
+    target: ObjectPath,
+    remove: impl Fn(&[u8], u64) -> bool,
+    note_memory: impl Fn(usize),
+) -> Result<(Segment, u64)> {
+    #[allow(deprecated)] // as in `lookup_versions`
+    let reader = ParquetObjectReader::new(store.clone(), ObjectPath::from(source.path.as_str()));
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(KalamError::storage)?;
+    let schema = builder.schema().clone();
+    let mut stream = builder
+        .with_batch_size(SCAN_BATCH_ROWS)
+        .build()
+        .map_err(KalamError::storage)?;
+    let mut writer = AsyncArrowWriter::try_new(
+        BufWriter::new(store.clone(), target.clone()),
+        schema,
+        Some(properties(def)),
+    )
+    .map_err(KalamError::storage)?;
+    let mut segment = Segment {
+        path: target.to_string(),
+        seq_from: u64::MAX,
+        seq_to: 0,
+        rows: 0,
+        bytes: 0,
+        min_updated: i64::MAX,
+        max_updated: i64::MIN,
+        min_key: Vec::new(),
+        max_key: Vec::new(),
+        schema_version: source.schema_version,
+        min_deleted_updated: None,
+    };
+    let (mut min_key, mut max_key): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
+    let mut removed = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(KalamError::storage)?;
+        let v = versions_of(&batch, def.primary_key.as_str())?;
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        let rows = v.keys.into_iter().zip(v.seqs).zip(v.updated).zip(v.deleted);
+        for (((key, seq), updated), deleted) in rows {
+            if key.as_deref().is_some_and(|k| remove(k, seq)) {
+                removed += 1;
+                keep.push(false);
+                continue;
+            }
+            keep.push(true);
+            segment.rows += 1;
+            segment.seq_from = segment.seq_from.min(seq);
+            segment.seq_to = segment.seq_to.max(seq);
+            segment.min_updated = segment.min_updated.min(updated);
+            segment.max_updated = segment.max_updated.max(updated);
+            if deleted {
+                segment.min_deleted_updated = Some(
+                    segment
+                        .min_deleted_updated
+                        .map_or(updated, |m| m.min(updated)),
+                );
+            }
+            if let Some(key) = key {
+                if min_key.as_ref().is_none_or(|m| key < *m) {
+                    min_key = Some(key.clone());
+                }
+                if max_key.as_ref().is_none_or(|m| key > *m) {
+                    max_key = Some(key);
+                }
+            }
+        }
+        let kept =
+            filter_record_batch(&batch, &BooleanArray::from(keep)).map_err(KalamError::internal)?;
+        if kept.num_rows() > 0 {
+            writer.write(&kept).await.map_err(KalamError::storage)?;
+            note_memory(writer.memory_size());
+        }
+    }
+    segment.min_key = min_key.unwrap_or_default();
+    segment.max_key = max_key.unwrap_or_default();
+    writer
+        .close()
+        .await
+        .map_err(|e| KalamError::LocationUnreachable(format!("writing {target}: {e}")))?;
+    segment.bytes = store
+        .head(&target)
+        .await
+        .map_err(|e| KalamError::LocationUnreachable(format!("reading back {target}: {e}")))?
+        .size;
+    Ok((segment, removed))
 }

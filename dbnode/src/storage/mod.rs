@@ -112,12 +112,14 @@ impl Storage {
         Ok(())
     }
 
-    /// Deletes a dropped table's cold-tier manifests and flush journal entries from `meta`.
+    /// Deletes a dropped table's cold-tier manifests, flush journal entries and obsolete-file
+    /// records from `meta` (after its purge deleted the files they name).
     pub fn drop_cold_meta(&self, name: &str) -> Result<()> {
         let meta = self.cf(META_CF)?;
         for prefix in [
             crate::cold::table_manifest_prefix(name),
             format!("flushpending/{name}/").into_bytes(),
+            crate::cold::table_obsolete_prefix(name),
         ] {
             for (key, _) in self.meta_scan_prefix(&prefix)? {
                 self.db.delete_cf(&meta, key)?;

@@ -116,10 +116,25 @@ pub struct TableStore {
     /// Set (under `write_lock`) once DROP TABLE committed: no flush snapshot or flush commit
     /// of this store happens afterwards, so no file is added behind the purge's back.
     dropped: AtomicBool,
+    /// Held by a flush or a cleanup of this table from its first step to its last: both
+    /// rewrite the table's manifests and its journal of uncommitted files, so they never
+    /// run at the same time.
+    maintenance: Mutex<()>,
     /// Where commits are published (live queries); `None` for system tables.
     sink: Option<Arc<dyn ChangeSink>>,
     /// STREAM tables: events held now (for `max_buffer`), kept under `write_lock`.
     stream_rows: AtomicU64,
+}
+
+/// What the hot tier held for a key when a cleanup committed ([`TableStore::commit_cleanup`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HotAtCommit {
+    /// The tombstone the cleanup named, now deleted (its key and value bytes).
+    Deleted { bytes: u64 },
+    /// No hot version.
+    Absent,
+    /// Another (newer) version, which stays.
+    Kept,
 }
 
 /// The outcome of [`TableStore::insert`].
@@ -178,6 +193,7 @@ impl TableStore {
             oldest_pending: Mutex::new((pending > 0).then(Instant::now)),
             flushing: AtomicBool::new(false),
             dropped: AtomicBool::new(false),
+            maintenance: Mutex::new(()),
             sink,
             stream_rows: AtomicU64::new(stream_rows),
             cf,
@@ -286,6 +302,55 @@ impl TableStore {
         publish();
         self.cold_generation.fetch_add(1, Ordering::AcqRel);
         Ok(deletes.len())
+    }
+
+    /// The lock a flush or a cleanup of this table holds for its whole run.
+    pub fn maintenance_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.maintenance.lock()
+    }
+
+    /// Commits the cleanup of one partition (docs/adr/0014-deleted-row-retention.md), under
+    /// the write lock: every key of `keys` whose hot version still is the tombstone named
+    /// with it (same `_seq`, deleted) is deleted, in the same RocksDB batch as `meta_ops`
+    /// (the partition's new manifest and journal changes); then `publish` runs and the cold
+    /// generation moves on, so writers that looked at the cold tier look again. Returns, per
+    /// key in order, what the hot tier held.
+    pub fn commit_cleanup(
+        &self,
+        keys: &[(Vec<u8>, Option<u64>)],
+        meta_ops: &[(Vec<u8>, Option<Vec<u8>>)],
+        publish: impl FnOnce(),
+    ) -> Result<Vec<HotAtCommit>> {
+        let _lock = self.write_lock.lock();
+        let mut deletes = Vec::new();
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(4096) {
+            let full: Vec<Vec<u8>> = chunk.iter().map(|(k, _)| k.clone()).collect();
+            let current = self.storage.multi_get(&self.cf, &full)?;
+            for ((key, tombstone), row) in chunk.iter().zip(current) {
+                out.push(match row {
+                    None => HotAtCommit::Absent,
+                    Some(r) if r.deleted && Some(r.seq) == *tombstone => {
+                        let bytes = (key.len() + r.encode()?.len()) as u64;
+                        deletes.push(key.clone());
+                        HotAtCommit::Deleted { bytes }
+                    }
+                    Some(_) => HotAtCommit::Kept,
+                });
+            }
+        }
+        self.storage
+            .write_flush_commit(&self.cf, &deletes, meta_ops)?;
+        publish();
+        self.cold_generation.fetch_add(1, Ordering::AcqRel);
+        // The removed tombstones no longer wait for a flush.
+        let removed = deletes.len() as u64;
+        let _ = self
+            .pending_rows
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(removed))
+            });
+        Ok(out)
     }
 
     /// The lock an UPDATE or DELETE of `partition` holds across its read and its write.

@@ -6,10 +6,11 @@
 //! USER tables, system tables, robustness against bad input, durability across restarts and
 //! `kill -9`, the operational endpoints, the Parquet cold tier (flushes, storage locations,
 //! S3 through a moto server, crash safety at flush failpoints), STREAM tables (options,
-//! eviction, append-only), live queries over `GET /ws` (§5, raw WebSocket frames), and
-//! ALTER TABLE schema versions across both tiers and live queries, and DROP TABLE / DROP
+//! eviction, append-only), live queries over `GET /ws` (§5, raw WebSocket frames),
+//! ALTER TABLE schema versions across both tiers and live queries, DROP TABLE / DROP
 //! NAMESPACE removing a table's files from its location (filesystem and S3), also across a
-//! failing location and a crash.
+//! failing location and a crash, and deleted-row retention (the scheduled `cleanup` job,
+//! crash safety at its failpoints).
 
 #[allow(dead_code)]
 mod harness;
@@ -25,6 +26,7 @@ mod http;
 mod isolation;
 mod live;
 mod namespaces;
+mod retention;
 mod robustness;
 mod stream;
 mod system_tables;
