@@ -197,13 +197,32 @@ impl Flusher {
         let span = tracing::info_span!("flush", table = %def.id(), job = job.id());
         let _enter = span.enter();
         let started_at = Instant::now();
-        let outcome = match tokio::runtime::Builder::new_current_thread()
+        // The scan runs on this thread; the runtime's worker encodes and writes Parquet (see
+        // `SegmentWriter`), so a flush keeps two cores busy. Their CPU time counts for the job.
+        let helper_cpu = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let outcome = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("flush-encoder")
+            .on_thread_stop({
+                let helper_cpu = helper_cpu.clone();
+                move || {
+                    let nanos = crate::jobs::thread_cpu_time().as_nanos();
+                    helper_cpu.fetch_add(
+                        u64::try_from(nanos).unwrap_or(u64::MAX),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
+            })
             .enable_all()
             .build()
         {
+            // Dropping the runtime at the end of this arm joins its threads.
             Ok(tokio) => flush_table(&self.engine.cold, &rt, &job, &tokio),
             Err(e) => Err((KalamError::internal(e), json!({}))),
         };
+        job.note_cpu(Duration::from_nanos(
+            helper_cpu.load(std::sync::atomic::Ordering::Relaxed),
+        ));
         // Let a FLUSH TABLE that arrives from now on start a new job.
         self.running.lock().remove(&def.id());
         let written = match &outcome {

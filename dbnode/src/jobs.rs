@@ -306,29 +306,35 @@ fn push_trace(trace: &mut Vec<String>, line: String) {
 }
 
 /// CPU time of the job's thread. Jobs run on one dedicated thread from `start()` to
-/// `complete()`, so that thread's CPU time is the job's CPU time.
+/// `complete()`, so that thread's CPU time is the job's CPU time, plus what helper threads
+/// of the job report ([`JobHandle::note_cpu`], e.g. a flush's Parquet encoder).
 #[derive(Debug)]
 struct CpuMeter {
     cpu_at_start: Duration,
+    helpers_nanos: AtomicU64,
 }
 
 impl CpuMeter {
     fn start() -> Self {
         Self {
             cpu_at_start: thread_cpu_time(),
+            helpers_nanos: AtomicU64::new(0),
         }
     }
 
-    /// `100 * thread CPU / wall time` since start; 0 where the platform has no thread clock.
+    /// `100 * CPU / wall time` since start, as `top` counts it (a job that keeps two cores
+    /// busy shows 200); 0 where the platform has no thread clock.
     fn percent(&self, wall: Duration) -> f64 {
-        let cpu = thread_cpu_time().saturating_sub(self.cpu_at_start);
+        let cpu = thread_cpu_time().saturating_sub(self.cpu_at_start)
+            + Duration::from_nanos(self.helpers_nanos.load(Ordering::Relaxed));
         let wall = wall.as_secs_f64();
         if wall <= 0.0 {
             return 0.0;
         }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let p = 100.0 * cpu.as_secs_f64() / wall;
         if p.is_finite() {
-            p.clamp(0.0, 100.0)
+            p.clamp(0.0, 100.0 * cores)
         } else {
             0.0
         }
@@ -337,7 +343,7 @@ impl CpuMeter {
 
 /// User + system CPU time of the calling thread.
 #[cfg(target_os = "linux")]
-fn thread_cpu_time() -> Duration {
+pub fn thread_cpu_time() -> Duration {
     // SAFETY: `rusage` is plain data for which all-zero bytes are valid, and getrusage only
     // writes into the struct we lend it for the duration of the call.
     let (rc, usage) = unsafe {
@@ -355,7 +361,7 @@ fn thread_cpu_time() -> Duration {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn thread_cpu_time() -> Duration {
+pub fn thread_cpu_time() -> Duration {
     Duration::ZERO
 }
 
@@ -401,6 +407,12 @@ impl JobHandle {
     }
 
     /// Keeps the peak of the memory the job says it holds.
+    /// Adds CPU time spent for this job on another thread.
+    pub fn note_cpu(&self, cpu: Duration) {
+        let nanos = u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX);
+        self.meter.helpers_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
     pub fn note_memory(&self, bytes: u64) {
         self.peak_memory_bytes.fetch_max(bytes, Ordering::Relaxed);
     }

@@ -59,9 +59,29 @@ fn properties(def: &TableDef) -> WriterProperties {
         .build()
 }
 
+/// The Parquet encoder of one file: a task of the flush's runtime that encodes, compresses
+/// and uploads the batches it is sent, so that on a multi-threaded runtime this work runs on
+/// another core than the RocksDB scan and row decoding that produce the batches.
+struct Encoder {
+    batches: tokio::sync::mpsc::Sender<RecordBatch>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+/// Batches in flight to the encoder: enough to keep both sides busy, few enough to bound
+/// memory (each is at most [`BATCH_ROWS`] rows).
+const ENCODER_QUEUE: usize = 2;
+/// Rows converted to one Arrow batch.
+const BATCH_ROWS: usize = 8192;
+
 /// Writes one file from rows given in key order; tracks what its manifest entry needs.
 pub struct SegmentWriter {
-    writer: AsyncArrowWriter<BufWriter>,
+    /// Until the first batch: then it moves into the encoder task.
+    writer: Option<AsyncArrowWriter<BufWriter>>,
+    encoder: Option<Encoder>,
+    /// What the encoder buffers (last reported), for the job's memory figure.
+    buffered: Arc<std::sync::atomic::AtomicUsize>,
+    /// Size of the last batch sent, to estimate the queued ones.
+    last_batch_bytes: usize,
     store: Arc<dyn ObjectStore>,
     def: Arc<TableDef>,
     table_schema: SchemaRef,
@@ -83,7 +103,10 @@ impl SegmentWriter {
         )
         .map_err(KalamError::storage)?;
         Ok(Self {
-            writer,
+            writer: Some(writer),
+            encoder: None,
+            buffered: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            last_batch_bytes: 0,
             store,
             table_schema: def.arrow_schema(),
             segment: Segment {
@@ -111,9 +134,14 @@ impl SegmentWriter {
         self.segment.rows + self.pending.len() as u64
     }
 
-    /// Bytes buffered in memory by the writer (for the job's memory figure).
+    /// Bytes buffered in memory by the writer and the batches queued for it (for the job's
+    /// memory figure).
     pub fn memory_size(&self) -> usize {
-        self.writer.memory_size()
+        let queued = self.encoder.as_ref().map_or(0, |e| {
+            ENCODER_QUEUE.saturating_sub(e.batches.capacity()) * self.last_batch_bytes
+        });
+        let writer = self.writer.as_ref().map_or(0, |w| w.memory_size());
+        writer + queued + self.buffered.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Adds one row (hot key, stored version); rows must come in key order.
@@ -135,7 +163,7 @@ impl SegmentWriter {
         }
         self.keys.push(hot_key.to_vec());
         self.pending.push(row);
-        if self.pending.len() >= 8192 {
+        if self.pending.len() >= BATCH_ROWS {
             self.write_pending().await?;
         }
         Ok(())
@@ -151,30 +179,78 @@ impl SegmentWriter {
         columns.push(Arc::new(seqs));
         let batch =
             RecordBatch::try_new(self.schema.clone(), columns).map_err(KalamError::internal)?;
-        self.writer
-            .write(&batch)
-            .await
-            .map_err(KalamError::storage)?;
         self.segment.rows += self.pending.len() as u64;
         self.pending.clear();
+        let encoder = match self.encoder.as_ref() {
+            Some(e) => e,
+            None => {
+                let Some(writer) = self.writer.take() else {
+                    return Err(KalamError::internal("the Parquet writer is gone"));
+                };
+                self.encoder.insert(self.spawn_encoder(writer))
+            }
+        };
+        self.last_batch_bytes = batch.get_array_memory_size();
+        if encoder.batches.send(batch).await.is_err() {
+            // The encoder stops early only on an error: report it.
+            return match self.stop_encoder().await {
+                Err(e) => Err(e),
+                Ok(_) => Err(KalamError::internal("the Parquet encoder stopped early")),
+            };
+        }
         Ok(())
+    }
+
+    fn spawn_encoder(&self, mut writer: AsyncArrowWriter<BufWriter>) -> Encoder {
+        let (batches, mut received) = tokio::sync::mpsc::channel::<RecordBatch>(ENCODER_QUEUE);
+        let buffered = self.buffered.clone();
+        let path = self.path.clone();
+        let task = tokio::spawn(async move {
+            while let Some(batch) = received.recv().await {
+                writer.write(&batch).await.map_err(KalamError::storage)?;
+                buffered.store(writer.memory_size(), std::sync::atomic::Ordering::Relaxed);
+            }
+            writer
+                .close()
+                .await
+                .map_err(|e| KalamError::LocationUnreachable(format!("writing {path}: {e}")))?;
+            Ok(())
+        });
+        Encoder { batches, task }
+    }
+
+    /// Closes the encoder's queue and waits for it: the file is complete when this is `Ok`.
+    async fn stop_encoder(&mut self) -> Result<bool> {
+        let Some(Encoder { batches, task }) = self.encoder.take() else {
+            return Ok(false);
+        };
+        drop(batches);
+        match task.await {
+            Ok(result) => result.map(|()| true),
+            Err(e) => Err(KalamError::internal(format!(
+                "the Parquet encoder failed: {e}"
+            ))),
+        }
     }
 
     /// Finishes the file (the object appears in the store only now) and returns its entry.
     pub async fn finish(mut self) -> Result<(Segment, Vec<Vec<u8>>)> {
         self.write_pending().await?;
+        if !self.stop_encoder().await? {
+            // No batch was written: close the (empty) file here.
+            if let Some(writer) = self.writer.take() {
+                writer.close().await.map_err(|e| {
+                    KalamError::LocationUnreachable(format!("writing {}: {e}", self.path))
+                })?;
+            }
+        }
         let Self {
-            writer,
             store,
             path,
             mut segment,
             keys,
             ..
         } = self;
-        writer
-            .close()
-            .await
-            .map_err(|e| KalamError::LocationUnreachable(format!("writing {path}: {e}")))?;
         segment.bytes = store
             .head(&path)
             .await
