@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# KalamDB image: the node (`kalamdb`, the entrypoint) and the operator (`kalam-operator`,
-# run by the Helm chart's Deployment as its command). Build with BuildKit:
+# KalamDB image: the node (`kalamdb`, the entrypoint), the operator (`kalam-operator`,
+# run by the Helm chart's Deployment as its command) and the `kalam` CLI (for
+# `kubectl exec ... -- kalam sql ...` inside a pod). Build with BuildKit:
 #   docker build -t ghcr.io/kalamdb/kalamdb:0.1.0 .
 # The workspace needs Rust 1.94+ (rust-version in Cargo.toml).
 
@@ -20,9 +21,10 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked -p kalam-dbnode -p kalam-operator \
+    cargo build --release --locked -p kalam-dbnode -p kalam-operator -p kalam-client \
     && install -D -m 0755 target/release/kalamdb /out/kalamdb \
-    && install -D -m 0755 target/release/kalam-operator /out/kalam-operator
+    && install -D -m 0755 target/release/kalam-operator /out/kalam-operator \
+    && install -D -m 0755 target/release/kalam /out/kalam
 
 FROM debian:bookworm-slim AS runtime
 # ca-certificates: S3 storage locations over https. libstdc++6: RocksDB is C++.
@@ -33,7 +35,7 @@ RUN apt-get update \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/kalamdb \
          --no-create-home --shell /usr/sbin/nologin kalamdb \
     && install -d -o 10001 -g 10001 -m 0750 /var/lib/kalamdb
-COPY --from=builder /out/kalamdb /out/kalam-operator /usr/local/bin/
+COPY --from=builder /out/kalamdb /out/kalam-operator /out/kalam /usr/local/bin/
 USER 10001:10001
 WORKDIR /var/lib/kalamdb
 # Environment beats server.toml, so these two hold in any container of this image.

@@ -275,15 +275,21 @@ async fn cluster_namespaces_and_location_reconcile_into_the_node() {
         },
     )
     .await;
-    assert!(
-        operator
+    // The failed reconcile is counted once it returns (just after its status write).
+    eventually("the failed reconciles to be counted", SETTLE, || async {
+        let errors = operator
             .metric_sum(
                 "kalam_operator_reconcile_errors_total",
-                &[("controller", "namespace")]
+                &[("controller", "namespace")],
             )
-            .await
-            >= 1.0
-    );
+            .await;
+        if errors >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("{errors} errors counted"))
+        }
+    })
+    .await;
 
     // The stand-in pod starts from the StatefulSet, ConfigMap and Secrets in the server.
     let pod = Pod::start_on(&admin, &ns, "chat", 0, node_port).await;
