@@ -45,6 +45,10 @@ pub struct Config {
     /// Where credential sets of storage locations live (`<dir>/<ref>/access_key_id`, ...);
     /// default `<data_dir>/credentials`.
     pub credentials_dir: Option<PathBuf>,
+    /// The storage location of USER and SHARED tables created without `LOCATION`: the name
+    /// of a row of `system.storage_locations`, resolved at CREATE time as `LOCATION
+    /// REFERENCE '<name>'` would be. Unset (or `local`): the built-in `local` location.
+    pub default_location: Option<String>,
     /// How often flush policies are checked, in milliseconds.
     pub flush_check_interval_ms: u64,
     /// First wait before a failed flush is retried, in milliseconds; it doubles per failure
@@ -100,6 +104,7 @@ impl Default for Config {
             rocksdb_max_open_files: 1024,
             storage_dir: None,
             credentials_dir: None,
+            default_location: None,
             flush_check_interval_ms: 1000,
             flush_retry_base_ms: 1000,
             job_retention: "7d".to_string(),
@@ -146,6 +151,7 @@ impl Config {
         "rocksdb_max_open_files",
         "storage_dir",
         "credentials_dir",
+        "default_location",
         "flush_check_interval_ms",
         "flush_retry_base_ms",
         "job_retention",
@@ -200,6 +206,14 @@ impl Config {
         self.credentials_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("credentials"))
+    }
+
+    /// The location a table created without `LOCATION` resolves to, when it is not the
+    /// built-in `local` one.
+    pub fn default_location(&self) -> Option<&str> {
+        self.default_location
+            .as_deref()
+            .filter(|name| *name != crate::cold::LOCAL_LOCATION)
     }
 
     pub fn job_retention(&self) -> std::time::Duration {
@@ -282,6 +296,13 @@ impl Config {
                 "ws_idle_timeout_ms must be longer than ws_ping_interval_ms".into(),
             ));
         }
+        if let Some(name) = &self.default_location {
+            if crate::ids::NamespaceId::new(name.clone()).is_err() {
+                return Err(ConfigError::Invalid(
+                    "default_location must be a storage location name (^[a-z][a-z0-9_]*$, at most 64 characters)".into(),
+                ));
+            }
+        }
         if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
             return Err(ConfigError::Invalid(
                 "jwt_secret must be at least 16 bytes long".into(),
@@ -330,6 +351,28 @@ mod tests {
         fields.sort_unstable();
         keys.sort_unstable();
         assert_eq!(fields, keys);
+    }
+
+    #[test]
+    fn default_location_is_a_location_name() {
+        figment::Jail::expect_with(|jail| {
+            let cfg = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(cfg.default_location(), None);
+            jail.create_file("server.toml", "default_location = \"archive\"\n")?;
+            let cfg = Config::load(Some(Path::new("server.toml")), &Overrides::default()).unwrap();
+            assert_eq!(cfg.default_location(), Some("archive"));
+            jail.set_env("KALAMDB_DEFAULT_LOCATION", "cold_s3");
+            let cfg = Config::load(Some(Path::new("server.toml")), &Overrides::default()).unwrap();
+            assert_eq!(cfg.default_location(), Some("cold_s3"));
+            // `local` is the built-in location: the same as no setting.
+            jail.set_env("KALAMDB_DEFAULT_LOCATION", "local");
+            let cfg = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(cfg.default_location.as_deref(), Some("local"));
+            assert_eq!(cfg.default_location(), None);
+            jail.set_env("KALAMDB_DEFAULT_LOCATION", "Not-A-Name");
+            assert!(Config::load(None, &Overrides::default()).is_err());
+            Ok(())
+        });
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub struct Engine {
     pub jobs: Arc<Jobs>,
     /// Live queries: every commit of a namespace table is published here.
     pub live: Arc<LiveHub>,
+    /// `default_location` of the config when it names a row of `system.storage_locations`
+    /// (not the built-in `local`): where tables created without `LOCATION` go.
+    pub default_location: Option<String>,
     tables: RwLock<HashMap<TableId, Arc<TableRuntime>>>,
     users: Arc<TableRuntime>,
 }
@@ -221,6 +224,7 @@ impl Engine {
             cold,
             jobs,
             live,
+            default_location: config.default_location().map(str::to_string),
             tables: RwLock::new(tables),
             users,
         })

@@ -57,6 +57,9 @@ pub enum KalamError {
     ColumnAlreadyExists { table: String, column: String },
     #[error("storage location '{0}' does not exist")]
     StorageLocationNotFound(String),
+    /// A table created without `LOCATION` on a node whose `default_location` names no row.
+    #[error("the default storage location '{0}' (default_location in the node's configuration) does not exist; add it to system.storage_locations, name a LOCATION, or change default_location")]
+    DefaultStorageLocationNotFound(String),
     #[error("storage location '{0}' already exists")]
     StorageLocationAlreadyExists(String),
     #[error("storage location '{name}' is used by {} table(s)", tables.len())]
@@ -125,7 +128,9 @@ impl KalamError {
             ColumnNotFound { .. } => ErrorCode::ColumnNotFound,
             ColumnAlreadyExists { .. } => ErrorCode::ColumnAlreadyExists,
             NamespaceAlreadyExists(_) => ErrorCode::NamespaceAlreadyExists,
-            StorageLocationNotFound(_) => ErrorCode::StorageLocationNotFound,
+            StorageLocationNotFound(_) | DefaultStorageLocationNotFound(_) => {
+                ErrorCode::StorageLocationNotFound
+            }
             StorageLocationAlreadyExists(_) => ErrorCode::StorageLocationAlreadyExists,
             StorageLocationInUse { .. } => ErrorCode::StorageLocationInUse,
             LocationUnreachable(_) => ErrorCode::LocationUnreachable,

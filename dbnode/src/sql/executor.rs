@@ -31,8 +31,8 @@ use kalam_client::wire::{ColumnInfo, QueryResult, Row};
 use serde_json::json;
 
 use crate::catalog::{
-    human_duration, ColumnDef, KalamType, LocationKind, NamespaceDef, StorageLocationDef, TableDef,
-    TableKind, DELETED_COLUMN, TIMESTAMP_TZ, UPDATED_COLUMN,
+    human_duration, ColumnDef, KalamType, LocationKind, LocationSpec, NamespaceDef,
+    StorageLocationDef, TableDef, TableKind, DELETED_COLUMN, TIMESTAMP_TZ, UPDATED_COLUMN,
 };
 use crate::cold::location;
 use crate::engine::{compile_default, Engine, TableRuntime};
@@ -220,17 +220,34 @@ impl Executor {
                     return Err(KalamError::NamespaceNotFound(c.table.namespace.to_string()));
                 }
                 let mut def = ddl::table_def(&c, |text, t| compile_default(&self.base, text, t).map(|_| ()))?;
+                // Without LOCATION, a node configured with `default_location` records that
+                // row as if the statement said `LOCATION REFERENCE '<name>'`: the table keeps
+                // it when the config changes later. A missing row is an error, never `local`.
+                let configured_default = self.engine.default_location.clone().filter(|_| {
+                    def.kind != TableKind::Stream && matches!(def.location, LocationSpec::Default)
+                });
+                if let Some(name) = &configured_default {
+                    def.location = LocationSpec::Reference(name.clone());
+                }
                 // A STREAM table has no cold tier: it resolves no location and counts towards
                 // no location's `usage_count`.
                 def.storage = match def.kind {
                     TableKind::Stream => None,
-                    TableKind::User | TableKind::Shared => Some(location::resolve(
-                        catalog,
-                        self.engine.cold.storage_dir(),
-                        &def.id(),
-                        def.kind,
-                        &def.location,
-                    )?),
+                    TableKind::User | TableKind::Shared => Some(
+                        location::resolve(
+                            catalog,
+                            self.engine.cold.storage_dir(),
+                            &def.id(),
+                            def.kind,
+                            &def.location,
+                        )
+                        .map_err(|e| match (e, &configured_default) {
+                            (KalamError::StorageLocationNotFound(_), Some(name)) => {
+                                KalamError::DefaultStorageLocationNotFound(clip(name))
+                            }
+                            (e, _) => e,
+                        })?,
+                    ),
                 };
                 // A dropped table's files that are still being removed where this table's
                 // would go are removed first: the purge deletes by path.

@@ -2065,6 +2065,179 @@ async fn unknown_location_reference_is_404() {
     );
 }
 
+/// `system.tables`' `location` and `storage_location` of `app.<table>`.
+async fn table_location(node: &TestNode, table: &str) -> (Value, Value) {
+    let rows = node
+        .query(
+            &admin_token(),
+            &format!(
+                "SELECT location, storage_location FROM system.tables \
+                 WHERE namespace = 'app' AND table_name = {}",
+                lit(table)
+            ),
+        )
+        .await;
+    assert_eq!(rows.len(), 1, "one row of app.{table}: {rows:?}");
+    (
+        rows[0]["location"].clone(),
+        rows[0]["storage_location"].clone(),
+    )
+}
+
+#[tokio::test]
+async fn default_location_setting_places_tables_without_location() {
+    let dir = NodeDir::new();
+    let archive = dir.base().join("archive");
+    let config = dir.base().join("server.toml");
+    std::fs::write(&config, "default_location = \"archive\"\n").expect("writing server.toml");
+    let node = TestNode::start_with(
+        &dir,
+        NodeOptions::default()
+            .arg("--config")
+            .arg(path_str(&config)),
+    )
+    .await;
+    let admin = admin_token();
+    node.admin(&fs_location_sql("archive", &archive)).await;
+    assert_eq!(usage_count(&node, "archive").await, 0);
+    let local_uses = usage_count(&node, "local").await;
+
+    // Without LOCATION: resolved at CREATE time to the configured row, as LOCATION REFERENCE.
+    node.admin("CREATE NAMESPACE app").await;
+    node.admin(
+        "CREATE SHARED TABLE app.conv (id BIGINT PRIMARY KEY, title TEXT) FLUSH POLICY ROWS 1000000",
+    )
+    .await;
+    assert_eq!(usage_count(&node, "archive").await, 1);
+    assert_eq!(usage_count(&node, "local").await, local_uses);
+    assert_eq!(
+        table_location(&node, "conv").await,
+        (json!("reference:archive"), json!("archive")),
+        "system.tables shows the configured default as a reference"
+    );
+    let shown = node.query(&admin, "SHOW TABLES IN app").await;
+    assert_eq!(
+        find_row(&shown, "table_name", "conv")["location"],
+        "reference:archive"
+    );
+    let described = node.admin("DESCRIBE TABLE app.conv").await;
+    assert!(
+        result(&described, 0)["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("location reference:archive")),
+        "DESCRIBE names the location: {}",
+        pretty(&described)
+    );
+    // STREAM tables have no location, whatever the default.
+    node.admin("CREATE STREAM TABLE app.events (kind TEXT)")
+        .await;
+    assert_eq!(
+        table_location(&node, "events").await,
+        (Value::Null, Value::Null)
+    );
+    assert_eq!(usage_count(&node, "archive").await, 1);
+
+    node.admin("INSERT INTO app.conv (id, title) VALUES (1, 'General'), (2, 'Random'), (3, 'Ops')")
+        .await;
+    let conv = node
+        .query(&admin, "SELECT * FROM app.conv ORDER BY id")
+        .await;
+    flush(&node, "app.conv").await;
+    let files = local_files(&archive.join("app/conv"));
+    assert!(
+        !files.is_empty(),
+        "the Parquet files are under the default location's path"
+    );
+    for file in &files {
+        assert!(
+            path_of(file).ends_with(".parquet") && !path_of(file).contains('/'),
+            "directly in <path>/app/conv: {}",
+            path_of(file)
+        );
+        check_file_format(file, &["id", "title"]);
+    }
+    assert_rows_match_parquet(&conv, &all_data(&files), "id", &[], &[], "app.conv");
+    assert!(
+        local_files(&default_storage(&node)).is_empty(),
+        "nothing on the built-in local location"
+    );
+
+    // A later config change affects only tables created afterwards.
+    let dir = node.stop().await;
+    let node = TestNode::start_in(&dir).await;
+    node.admin(
+        "CREATE SHARED TABLE app.later (id BIGINT PRIMARY KEY, title TEXT) FLUSH POLICY ROWS 1000000",
+    )
+    .await;
+    assert_eq!(
+        table_location(&node, "later").await,
+        (json!("default"), json!("local"))
+    );
+    assert_eq!(
+        table_location(&node, "conv").await,
+        (json!("reference:archive"), json!("archive"))
+    );
+    assert_eq!(usage_count(&node, "archive").await, 1);
+    node.admin("INSERT INTO app.conv (id, title) VALUES (4, 'Later')")
+        .await;
+    flush(&node, "app.conv").await;
+    assert!(
+        local_files(&archive.join("app/conv")).len() > files.len(),
+        "app.conv keeps writing to the location it was created with"
+    );
+    assert!(local_files(&default_storage(&node).join("app/conv")).is_empty());
+    assert_eq!(node.count(&admin, "SELECT COUNT(*) FROM app.conv").await, 4);
+}
+
+#[tokio::test]
+async fn missing_default_location_refuses_create_table() {
+    let node = TestNode::start_with_options(
+        NodeOptions::default().env("KALAMDB_DEFAULT_LOCATION", "nowhere"),
+    )
+    .await;
+    let admin = admin_token();
+    node.admin("CREATE NAMESPACE app").await;
+    for sql in [
+        "CREATE SHARED TABLE app.s (id BIGINT PRIMARY KEY)",
+        "CREATE USER TABLE app.u (id BIGINT PRIMARY KEY)",
+    ] {
+        let error = node
+            .expect_error(&admin, sql, "STORAGE_LOCATION_NOT_FOUND")
+            .await;
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("'nowhere'")
+                && message.contains("default_location")
+                && message.contains("configuration"),
+            "the message names the default location of the config: {error}"
+        );
+    }
+    assert!(
+        node.query(&admin, "SHOW TABLES IN app").await.is_empty(),
+        "no table is created, not even on the built-in location"
+    );
+    // An explicit location and STREAM tables do not need the default.
+    node.admin(
+        "CREATE SHARED TABLE app.on_local (id BIGINT PRIMARY KEY) LOCATION REFERENCE 'local'",
+    )
+    .await;
+    node.admin("CREATE STREAM TABLE app.events (kind TEXT)")
+        .await;
+    // Once the row exists, tables without LOCATION use it.
+    node.admin(&fs_location_sql(
+        "nowhere",
+        &node.dir().base().join("nowhere"),
+    ))
+    .await;
+    node.admin("CREATE USER TABLE app.u (id BIGINT PRIMARY KEY)")
+        .await;
+    assert_eq!(
+        table_location(&node, "u").await,
+        (json!("reference:nowhere"), json!("nowhere"))
+    );
+    assert_eq!(usage_count(&node, "nowhere").await, 1);
+}
+
 #[tokio::test]
 async fn secrets_never_leak() {
     let mut s3 = S3Server::start().await;

@@ -21,7 +21,9 @@ use k8s_openapi::ByteString;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::validate::{StorageTemplate, DATA_VOLUME, STORAGE_SIZE_ANNOTATION};
+use super::validate::{
+    StorageTemplate, DATA_VOLUME, DEFAULT_LOCATION_KEY, STORAGE_SIZE_ANNOTATION,
+};
 use crate::context::{MANAGER, NODE_PORT};
 use crate::crd::{KalamCluster, DEFAULT_JWT_KEY};
 use crate::error::Invalid;
@@ -137,7 +139,9 @@ fn selector(inputs: &Inputs) -> LabelSelector {
     }
 }
 
-/// The node's `server.toml`: the keys the operator owns, then `spec.config`.
+/// The node's `server.toml`: the keys the operator owns, then `spec.config`, then
+/// `default_location` from `spec.defaultStorageLocation` (validation refuses it in
+/// `spec.config`, and the field wins regardless).
 pub fn server_toml(cluster: &KalamCluster) -> Result<String, Invalid> {
     let mut table = toml::Table::new();
     let owned = [
@@ -151,6 +155,12 @@ pub fn server_toml(cluster: &KalamCluster) -> Result<String, Invalid> {
     }
     for (key, value) in &cluster.spec.config {
         table.insert(key.clone(), toml_value(key, value)?);
+    }
+    if let Some(location) = &cluster.spec.default_storage_location {
+        table.insert(
+            DEFAULT_LOCATION_KEY.to_string(),
+            toml::Value::String(location.clone()),
+        );
     }
     toml::to_string(&table).map_err(|e| {
         Invalid::new(
@@ -589,6 +599,29 @@ mod tests {
                 .unwrap();
         assert_eq!(parsed["log_format"].as_str(), Some("json"));
         assert_eq!(parsed.len(), 4);
+    }
+
+    #[test]
+    fn the_default_storage_location_is_rendered_as_default_location() {
+        let c = cluster(json!({"defaultStorageLocation": "archive",
+                               "config": {"sync_writes": true}}));
+        let text = server_toml(&c).unwrap();
+        assert!(text.contains("default_location = \"archive\""), "{text}");
+        let parsed: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(parsed["default_location"].as_str(), Some("archive"));
+        assert_eq!(parsed["sync_writes"].as_bool(), Some(true));
+        assert_eq!(parsed.len(), 6);
+        let plain = cluster(json!({"config": {"sync_writes": true}}));
+        let plain_text = server_toml(&plain).unwrap();
+        assert!(!plain_text.contains("default_location"), "{plain_text}");
+        // The pods read server.toml at start: a new default rolls them.
+        let hash = |c: &KalamCluster| {
+            v(&desired(&inputs(c, vec![])).unwrap().stateful_set)["spec"]["template"]["metadata"]
+                ["annotations"][CONFIG_HASH_ANNOTATION]
+                .clone()
+        };
+        assert!(hash(&c).is_string());
+        assert_ne!(hash(&c), hash(&plain));
     }
 
     #[test]

@@ -4,17 +4,22 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 use serde_json::Value;
 
-use crate::crd::{is_scalar, KalamClusterSpec, StorageSpec};
+use crate::crd::{
+    is_identifier, is_scalar, KalamClusterSpec, StorageSpec, IDENTIFIER_PATTERN, MAX_NAME_LEN,
+};
 use crate::error::Invalid;
 
 /// `server.toml` keys the operator sets itself; the spec may not override them.
-pub const OWNED_KEYS: [&str; 5] = [
+pub const OWNED_KEYS: [&str; 6] = [
     "listen",
     "data_dir",
     "credentials_dir",
     "jwt_secret",
     "node_id",
+    DEFAULT_LOCATION_KEY,
 ];
+/// The `server.toml` key rendered from `spec.defaultStorageLocation`.
+pub const DEFAULT_LOCATION_KEY: &str = "default_location";
 /// Annotation of the StatefulSet recording the volume size last applied to every PVC (the
 /// claim template itself is immutable and keeps the size the StatefulSet was created with).
 pub const STORAGE_SIZE_ANNOTATION: &str = "kalamdb.io/storage-size";
@@ -39,7 +44,20 @@ pub fn validate(spec: &KalamClusterSpec) -> Result<(), Invalid> {
     if spec.pod_disruption_budget.max_unavailable < 0 {
         return invalid("podDisruptionBudget.maxUnavailable must not be negative".into());
     }
+    if let Some(name) = &spec.default_storage_location {
+        if !is_identifier(name) {
+            return invalid(format!(
+                "defaultStorageLocation '{name}' must match {IDENTIFIER_PATTERN} (at most {MAX_NAME_LEN} characters)"
+            ));
+        }
+    }
     for (key, value) in &spec.config {
+        if key == DEFAULT_LOCATION_KEY {
+            return invalid(format!(
+                "config.{key} is set by the operator from spec.defaultStorageLocation; set that \
+                 field instead"
+            ));
+        }
         if OWNED_KEYS.contains(&key.as_str()) {
             return invalid(format!(
                 "config.{key} is set by the operator and cannot be overridden"
@@ -269,6 +287,38 @@ mod tests {
             e.message
         );
         assert!(validate(&spec(json!({"config": {"huge": 18446744073709551615u64}}))).is_err());
+    }
+
+    #[test]
+    fn the_default_location_comes_from_its_field_only() {
+        assert!(validate(&spec(json!({"defaultStorageLocation": "archive"}))).is_ok());
+        for config in [
+            json!({"default_location": "archive"}),
+            json!({"default_location": "other"}),
+        ] {
+            for s in [
+                spec(json!({"config": config.clone()})),
+                spec(json!({"defaultStorageLocation": "archive", "config": config.clone()})),
+            ] {
+                let e = validate(&s).unwrap_err();
+                assert_eq!(e.reason, "InvalidSpec");
+                assert!(
+                    e.message.contains("config.default_location")
+                        && e.message.contains("defaultStorageLocation"),
+                    "{}",
+                    e.message
+                );
+            }
+        }
+        for bad in ["Archive", "1st", "with-dash", ""] {
+            let e = validate(&spec(json!({"defaultStorageLocation": bad}))).unwrap_err();
+            assert_eq!(e.reason, "InvalidSpec", "{bad}");
+            assert!(
+                e.message.contains("defaultStorageLocation"),
+                "{}",
+                e.message
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{scalar_map_schema, ScalarMap};
+use super::{scalar_map_schema, ScalarMap, IDENTIFIER_PATTERN};
 
 /// Image used when the spec names none.
 pub const DEFAULT_IMAGE: &str = "ghcr.io/kalamdb/kalamdb:0.1.0";
@@ -61,7 +61,8 @@ pub struct KalamClusterSpec {
     #[serde(default = "default_resources")]
     pub resources: ResourceRequirements,
     /// Extra keys of the node's `server.toml` (e.g. `sync_writes: true`). The keys the
-    /// operator owns (listen, data_dir, credentials_dir, jwt_secret, node_id) are refused.
+    /// operator owns (listen, data_dir, credentials_dir, jwt_secret, node_id,
+    /// default_location) are refused.
     #[serde(default, skip_serializing_if = "ScalarMap::is_empty")]
     #[schemars(schema_with = "scalar_map_schema")]
     pub config: ScalarMap,
@@ -72,6 +73,12 @@ pub struct KalamClusterSpec {
     /// The PodDisruptionBudget of the nodes.
     #[serde(default)]
     pub pod_disruption_budget: PodDisruptionBudgetSpec,
+    /// Storage location of the tables created without `LOCATION` (the nodes'
+    /// `default_location`): the database name of a StorageLocation of this cluster. When
+    /// absent, the built-in `local` location under each node's data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = IDENTIFIER_PATTERN), length(min = 1, max = 63))]
+    pub default_storage_location: Option<String>,
 }
 
 /// When the kubelet pulls the image.
@@ -283,6 +290,16 @@ mod tests {
         );
         assert!(c.generates_jwt_secret());
         assert!(!c.is_ready());
+        assert_eq!(c.spec.default_storage_location, None);
+    }
+
+    #[test]
+    fn the_default_storage_location_is_camel_case() {
+        let spec: KalamClusterSpec =
+            serde_json::from_value(json!({"defaultStorageLocation": "archive"})).unwrap();
+        assert_eq!(spec.default_storage_location.as_deref(), Some("archive"));
+        let back = serde_json::to_value(&spec).unwrap();
+        assert_eq!(back["defaultStorageLocation"], "archive");
     }
 
     #[test]
