@@ -21,7 +21,7 @@
 
 pub mod query;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ use crate::auth::Principal;
 use crate::catalog::TableDef;
 use crate::error::{KalamError, Result};
 use crate::ids::TableId;
-use crate::live::query::{ColumnUse, CompiledQuery};
+use crate::live::query::{ColumnUse, CompiledQuery, GuardValue};
 use crate::sql::output::query_result;
 use crate::sql::rows::rows_to_batch;
 use crate::storage::codec::Reshape;
@@ -780,14 +780,47 @@ impl<'a> Shape<'a> {
 
 fn dispatch(job: &Dispatch) {
     let mut rendered: HashMap<Shape<'_>, Vec<Rendered>> = HashMap::new();
+    // Per guarded column: the values the commit's rows have, before and after.
+    let mut present: HashMap<&str, Option<HashSet<GuardValue>>> = HashMap::new();
     for subscription in job.subscriptions.iter() {
         if subscription.is_active() {
-            let parts = rendered
-                .entry(Shape::of(subscription))
-                .or_insert_with(|| render(&job.event, &subscription.query));
+            let parts = rendered.entry(Shape::of(subscription)).or_insert_with(|| {
+                if let Some(guard) = &subscription.query.guard {
+                    let values = present
+                        .entry(guard.column.as_str())
+                        .or_insert_with(|| guard_values(&job.event, &guard.column));
+                    if values.as_ref().is_some_and(|v| !v.contains(&guard.value)) {
+                        return Vec::new();
+                    }
+                }
+                render(&job.event, &subscription.query)
+            });
             send(&job.event, subscription, parts);
         }
     }
+}
+
+/// The values of `column` in the rows of a commit (new and old images); `None` when the
+/// commit's schema has no such column (then guards cannot rule anything out).
+fn guard_values(event: &ChangeEvent, column: &str) -> Option<HashSet<GuardValue>> {
+    let index = event
+        .def
+        .columns
+        .iter()
+        .position(|c| c.name.as_str() == column)?;
+    let key = |v: Option<&Value>| match v {
+        Some(Value::Text(s)) => Some(GuardValue::Text(s.clone())),
+        Some(Value::Int(i)) => Some(GuardValue::Int(*i)),
+        _ => None,
+    };
+    let mut out = HashSet::new();
+    for row in &event.batch.rows {
+        out.extend(key(row.new.get(index)));
+        if let Some(old) = &row.old {
+            out.extend(key(old.values.get(index)));
+        }
+    }
+    Some(out)
 }
 
 /// Which rows of a batch a predicate matches (`None` matches all; NULL is no match).

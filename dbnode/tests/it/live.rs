@@ -1799,3 +1799,76 @@ async fn identical_current_user_subscriptions_of_two_users_stay_apart() {
     let got_b = b.expect_change("q", "INSERT").await;
     assert_eq!(got_b["rows"], json!([{"id": 2, "body": "for bob"}]));
 }
+
+/// Subscriptions filtered by `column = literal` skip commits in which no row has that value
+/// (the dispatcher's equality guard): rows moving into or out of the filter by an UPDATE
+/// must still arrive (the value is in the old image only, or the new one only), for text and
+/// integer columns, and many such subscriptions of one user each get exactly their rows.
+#[tokio::test]
+async fn equality_filtered_subscriptions_see_every_transition_of_their_value() {
+    let node = chat_node().await;
+    node.admin("CREATE SHARED TABLE app.rooms (id BIGINT PRIMARY KEY, room TEXT, n BIGINT)")
+        .await;
+    let alice = token("alice", false);
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe(
+        "a",
+        "SELECT id, room FROM app.rooms WHERE room = 'a'",
+        Value::Null,
+    )
+    .await;
+    ws.expect_subscribed("a").await;
+    ws.subscribe(
+        "n5",
+        "SELECT id, n FROM app.rooms WHERE n = 5 AND id > 0",
+        Value::Null,
+    )
+    .await;
+    ws.expect_subscribed("n5").await;
+    for i in 0..20 {
+        ws.subscribe(
+            &format!("r{i}"),
+            &format!("SELECT id FROM app.rooms WHERE room = 'r{i}'"),
+            Value::Null,
+        )
+        .await;
+        ws.expect_subscribed(&format!("r{i}")).await;
+    }
+
+    // A commit with rows of other rooms only: nothing for `a` or `n5`; r3 gets its row.
+    node.exec(
+        &alice,
+        "INSERT INTO app.rooms (id, room, n) VALUES (1, 'b', 1), (2, 'r3', 2)",
+    )
+    .await;
+    let got = ws.expect_change("r3", "INSERT").await;
+    assert_eq!(got["rows"], json!([{"id": 2}]));
+    // Into the filter by UPDATE: the value is only in the new image.
+    node.exec(
+        &alice,
+        "UPDATE app.rooms SET room = 'a', n = 5 WHERE id = 1",
+    )
+    .await;
+    let got = ws.expect_change("a", "INSERT").await;
+    assert_eq!(got["rows"], json!([{"id": 1, "room": "a"}]));
+    let got = ws.expect_change("n5", "INSERT").await;
+    assert_eq!(got["rows"], json!([{"id": 1, "n": 5}]));
+    // Out of the filter by UPDATE: the value is only in the old image.
+    node.exec(
+        &alice,
+        "UPDATE app.rooms SET room = 'c', n = 6 WHERE id = 1",
+    )
+    .await;
+    let got = ws.expect_change("a", "DELETE").await;
+    assert_eq!(got["rows"], json!([{"id": 1, "room": "a"}]));
+    let got = ws.expect_change("n5", "DELETE").await;
+    assert_eq!(got["rows"], json!([{"id": 1, "n": 5}]));
+    // A marker through r7: nothing else arrived for `a`, `n5` or another room meanwhile.
+    node.exec(
+        &alice,
+        "INSERT INTO app.rooms (id, room, n) VALUES (3, 'r7', 0)",
+    )
+    .await;
+    let got = ws.expect_change("r7", "INSERT").await;
+    assert_eq!(got["rows"], json!([{"id": 3}]));
+}
