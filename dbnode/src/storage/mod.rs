@@ -61,7 +61,20 @@ impl Storage {
         db_opts.set_write_buffer_manager(&write_buffers);
         db_opts.increase_parallelism(2);
         let mut cf_opts = Options::default();
+        // Hot rows are young: most leave for Parquet (zstd there) within minutes. Compressing
+        // them in L0 and the base level cost a core during heavy ingest and again on every
+        // flush's scan, for data about to be deleted. Rows that stay long enough to sink
+        // below the base level are compressed with zstd.
         cf_opts.set_compression_type(DBCompressionType::Zstd);
+        cf_opts.set_compression_per_level(&[
+            DBCompressionType::None,
+            DBCompressionType::None,
+            DBCompressionType::Zstd,
+            DBCompressionType::Zstd,
+            DBCompressionType::Zstd,
+            DBCompressionType::Zstd,
+            DBCompressionType::Zstd,
+        ]);
         cf_opts.set_write_buffer_size(16 * 1024 * 1024);
 
         let mut names = Db::list_cf(&db_opts, dir).unwrap_or_default();
