@@ -5,10 +5,12 @@
 //! parsing, planning and execution, [`auth`] tokens, [`api`] HTTP, [`metrics`] Prometheus,
 //! [`jobs`] the record of background jobs (`system.jobs`), [`cold`] object-store locations,
 //! Parquet files and segment manifests, [`flush`] moving hot rows into the cold tier, [`live`]
-//! live-query subscriptions and change fan-out.
+//! live-query subscriptions and change fan-out, [`backup`] BACKUP / RESTORE NAMESPACE and
+//! SHOW BACKUP.
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod catalog;
 pub mod cold;
 pub mod config;

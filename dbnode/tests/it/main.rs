@@ -7,13 +7,15 @@
 //! `kill -9`, the operational endpoints, the Parquet cold tier (flushes, storage locations,
 //! S3 through a moto server, crash safety at flush failpoints), STREAM tables (options,
 //! eviction, append-only), live queries over `GET /ws` (§5, raw WebSocket frames), and
-//! ALTER TABLE schema versions across both tiers and live queries.
+//! ALTER TABLE schema versions across both tiers and live queries, and BACKUP / RESTORE
+//! NAMESPACE with SHOW BACKUP (local directories and S3).
 
 #[allow(dead_code)]
 mod harness;
 
 mod alter;
 mod auth;
+mod backup;
 mod cli;
 mod cold;
 mod dml;
