@@ -9,6 +9,8 @@
    with `deleted_retention = '2s'` whose deleted rows are half in Parquet (deleted, then
    flushed), half hot tombstones over flushed rows (timed by the jobs' `duration_ms` plus the
    `survey_ms` scan that found the work).
+5. backup / restore: BACKUP NAMESPACE of N MB (mostly Parquet, a tenth hot) to a local
+   directory and RESTORE NAMESPACE from it, MB/s from the jobs' results in system.jobs.
 
 Usage: python3 bench/cold_tier.py --kalamdb target/release/kalamdb [--quick]
 Numbers only mean something with a release build; --quick checks correctness in seconds.
@@ -65,13 +67,16 @@ class Node:
         return body["results"][-1]["rows"]
 
     def flush(self, table):
-        job = self.sql(ADMIN, f"FLUSH TABLE {table}")[0]["job_id"]
+        return self.job(self.sql(ADMIN, f"FLUSH TABLE {table}")[0]["job_id"])
+
+    def job(self, job):
+        """The system.jobs row of `job` once it finished; it must have completed."""
         while True:
-            row = self.sql(ADMIN, f"SELECT status, result, duration_ms, error_message "
+            row = self.sql(ADMIN, f"SELECT job_type, status, result, duration_ms, error_message "
                                   f"FROM system.jobs WHERE job_id = '{job}'")[0]
             if row["status"] != "running":
                 if row["status"] != "completed":
-                    raise SystemExit(f"flush failed: {row}")
+                    raise SystemExit(f"{row['job_type']} job {job} failed: {row}")
                 return row
             time.sleep(0.05)
 
@@ -195,6 +200,37 @@ def cleanup(node, rows):
             "duration_ms": ms, "rows_per_s": removed / (ms / 1000) if ms > 0 else float("inf")}
 
 
+def backup_restore(node, mb):
+    """BACKUP NAMESPACE of ~`mb` MB to a local directory and RESTORE NAMESPACE from it; MB/s
+    is the bytes each job moved (its result in system.jobs) over the job's duration."""
+    node.sql(ADMIN, "CREATE NAMESPACE bk")
+    node.sql(ADMIN, "CREATE SHARED TABLE bk.b (id BIGINT PRIMARY KEY, body TEXT) "
+                    "FLUSH POLICY ROWS 100000000")
+    rows = mb * 1000
+    cold = rows - rows // 10
+    log(f"backup/restore: inserting {rows} rows of ~1 KiB ({cold} flushed, the rest hot)")
+    body = lambda i: base64.b64encode(os.urandom(768)).decode()
+    insert(node, ADMIN, "bk.b", 1, cold, body, 500)
+    node.flush("bk.b")
+    insert(node, ADMIN, "bk.b", cold + 1, rows - cold, body, 500)
+    url = "file://" + os.path.join(node.dir.name, "backup-bk")
+    backup = node.job(node.sql(ADMIN, f"BACKUP NAMESPACE bk TO '{url}'")[0]["job_id"])
+    shown = node.sql(ADMIN, f"SHOW BACKUP '{url}'")
+    if [(t["table_name"], t["rows"]) for t in shown] != [("b", rows)]:
+        raise SystemExit(f"SHOW BACKUP lists {shown}, expected bk.b with {rows} rows")
+    restore = node.job(node.sql(ADMIN, f"RESTORE NAMESPACE bkr FROM '{url}'")[0]["job_id"])
+    n = node.sql(ADMIN, "SELECT count(*) AS n FROM bkr.b")[0]["n"]
+    if n != rows:
+        raise SystemExit(f"the restored bkr.b holds {n} rows, expected {rows}")
+
+    def rate(job):
+        moved, ms = job["result"]["bytes"], job["duration_ms"]
+        return {"mb": moved / 1e6, "files": job["result"]["files"], "duration_ms": ms,
+                "mb_per_s": moved / 1e6 / (ms / 1000)}
+
+    return {"rows": rows, "backup": rate(backup), "restore": rate(restore)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kalamdb", required=True)
@@ -207,14 +243,19 @@ def main():
                "flush_throughput": flush_throughput(node, 20_000 if args.quick else 200_000),
                "pruning": pruning(node, 20 if args.quick else 100),
                "hot_vs_cold": hot_vs_cold(node, 20_000 if args.quick else 1_000_000),
-               "cleanup": cleanup(node, 20_000 if args.quick else 200_000)}
+               "cleanup": cleanup(node, 20_000 if args.quick else 200_000),
+               "backup_restore": backup_restore(node, 10 if args.quick else 200)}
     finally:
         node.stop()
-    f, p, h, c = out["flush_throughput"], out["pruning"], out["hot_vs_cold"], out["cleanup"]
+    f, p, h, c, b = (out["flush_throughput"], out["pruning"], out["hot_vs_cold"], out["cleanup"],
+                     out["backup_restore"])
     log(f"flush: {f['parquet_mb']:.1f} MB in {f['duration_ms']:.0f} ms = {f['mb_per_s']:.1f} MB/s (target >= 100)")
     log(f"pruning: read {p['files_read']} of {p['files_total']} files, skipped {p['fraction_skipped']:.0%} (target >= 80%)")
     log(f"scan: half hot {h['half_hot_ms']:.0f} ms, all cold {h['all_cold_ms']:.0f} ms, ratio {h['ratio']:.2f} (target <= 1.5)")
     log(f"cleanup: {c['rows_removed']} deleted rows removed by {c['jobs']} job(s) in {c['duration_ms']:.0f} ms = {c['rows_per_s']:.0f} rows/s (target >= 50000)")
+    for what in ("backup", "restore"):
+        j = b[what]
+        log(f"{what}: {j['mb']:.1f} MB in {j['duration_ms']:.0f} ms = {j['mb_per_s']:.1f} MB/s (target >= 100)")
     json.dump(out, sys.stdout, indent=1)
     print()
 

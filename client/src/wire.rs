@@ -203,6 +203,14 @@ error_codes! {
     TableInUse => "TABLE_IN_USE", 409;
     /// The table was dropped while subscribed to.
     TableDropped => "TABLE_DROPPED", 410;
+    /// RESTORE NAMESPACE or SHOW BACKUP of a backup with a file whose size or sha256
+    /// differs from its manifest, a missing file, or one that does not parse; `details`
+    /// names the file.
+    BackupCorrupt => "BACKUP_CORRUPT", 400;
+    /// RESTORE NAMESPACE or SHOW BACKUP of a URL that holds no backup.
+    BackupNotFound => "BACKUP_NOT_FOUND", 404;
+    /// BACKUP NAMESPACE to a URL that already holds a backup.
+    BackupAlreadyExists => "BACKUP_ALREADY_EXISTS", 409;
 }
 
 impl fmt::Display for ErrorCode {

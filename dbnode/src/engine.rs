@@ -16,8 +16,8 @@ use datafusion::logical_expr::{lit, Expr, ExprSchemable};
 use parking_lot::RwLock;
 
 use crate::catalog::{
-    Catalog, ColumnDef, KalamType, LocationKind, LocationSpec, PendingPurge, TableDef, TableKind,
-    TableStorage, DELETED_COLUMN, UPDATED_COLUMN,
+    Catalog, ColumnDef, KalamType, LocationKind, LocationSpec, NamespaceDef, PendingPurge,
+    TableDef, TableKind, TableStorage, DELETED_COLUMN, UPDATED_COLUMN,
 };
 use crate::cold::ColdStorage;
 use crate::config::Config;
@@ -203,8 +203,25 @@ impl Engine {
         for cf in &purging {
             cold.forget_table(cf);
         }
+        // Column families a RESTORE staged and never committed (a crash in the middle):
+        // their data is not a table's, and the backup still holds it.
+        let prefix = crate::backup::RESTORE_PENDING_PREFIX.as_bytes();
+        let pending: std::collections::BTreeSet<String> = storage
+            .meta_scan_prefix(prefix)?
+            .into_iter()
+            .map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+            .collect();
+        for cf in &pending {
+            if !known.contains(cf) {
+                tracing::warn!(column_family = %cf, "dropping the data staged by an interrupted RESTORE NAMESPACE");
+                storage.drop_cf(cf)?;
+                storage.drop_cold_meta(cf)?;
+                cold.forget_table(cf);
+            }
+            storage.meta_delete(&crate::backup::restore_pending_key(cf))?;
+        }
         for cf in storage.table_cfs(&config.data_dir.join("rocksdb"))? {
-            if known.contains(&cf) {
+            if known.contains(&cf) || pending.contains(&cf) {
                 continue;
             }
             if purging.contains(&cf) {
@@ -485,6 +502,46 @@ impl Engine {
             }
             Ok(Some(next))
         })
+    }
+
+    /// Makes a staged RESTORE NAMESPACE visible (docs/adr/0015-backup-restore.md). The
+    /// tables' column families already hold their hot rows and sequences, and their
+    /// cold-tier manifests are written and published. The runtimes are built first (nothing
+    /// is visible yet), then the catalog commits the namespace with all its tables
+    /// (`namespace.json` last), then the runtimes are registered in one step. The tables'
+    /// restore-pending marks go last: a crash before that leaves marks of tables the
+    /// catalog holds, which start-up only removes.
+    pub fn restore_namespace(
+        &self,
+        namespace: NamespaceDef,
+        tables: Vec<Arc<TableDef>>,
+        planner: &SessionState,
+    ) -> Result<()> {
+        let mut runtimes = Vec::with_capacity(tables.len());
+        for def in &tables {
+            runtimes.push(Arc::new(Self::runtime(
+                &self.storage,
+                &self.cold,
+                def.clone(),
+                None,
+                Some(self.live.clone()),
+                planner,
+            )?));
+        }
+        self.catalog.restore_namespace(namespace, &tables)?;
+        {
+            let mut registered = self.tables.write();
+            for rt in runtimes {
+                registered.insert(rt.def().id(), rt);
+            }
+        }
+        for def in &tables {
+            let key = crate::backup::restore_pending_key(&def.cf_name());
+            if let Err(e) = self.storage.meta_delete(&key) {
+                tracing::warn!(table = %def.id(), error = %e, "could not remove a restore mark; it is removed at the next start");
+            }
+        }
+        Ok(())
     }
 
     /// Every table runtime (for the flush scheduler).

@@ -106,6 +106,14 @@ pub enum KalamError {
     LiveQueryNotFound(String),
     #[error("{what} is used by {} live quer{}", live_ids.len(), if live_ids.len() == 1 { "y" } else { "ies" })]
     TableInUse { what: String, live_ids: Vec<String> },
+    /// A backup file whose size or sha256 differs from the backup's manifest, that is
+    /// missing, or that does not parse; `file` is its path inside the backup.
+    #[error("backup file '{file}' is corrupt: {reason}")]
+    BackupCorrupt { file: String, reason: String },
+    #[error("there is no backup at '{0}' (no manifest.json)")]
+    BackupNotFound(String),
+    #[error("'{0}' already holds a backup; back up to a new URL")]
+    BackupAlreadyExists(String),
 }
 
 impl KalamError {
@@ -148,6 +156,9 @@ impl KalamError {
             ResumeGap { .. } => ErrorCode::ResumeGap,
             LiveQueryNotFound(_) => ErrorCode::LiveQueryNotFound,
             TableInUse { .. } => ErrorCode::TableInUse,
+            BackupCorrupt { .. } => ErrorCode::BackupCorrupt,
+            BackupNotFound(_) => ErrorCode::BackupNotFound,
+            BackupAlreadyExists(_) => ErrorCode::BackupAlreadyExists,
         }
     }
 
@@ -166,6 +177,9 @@ impl KalamError {
                 Some(format!("tables: {}", tables.join(", "))),
             ),
             KalamError::LocationUnreachable(reason) => (self.to_string(), Some(reason.clone())),
+            KalamError::BackupCorrupt { file, .. } => {
+                (self.to_string(), Some(format!("file: {file}")))
+            }
             KalamError::TableInUse { live_ids, .. } => (
                 self.to_string(),
                 Some(format!("live queries: {}", live_ids.join(", "))),

@@ -6,7 +6,8 @@
 //! [`jobs`] the record of background jobs (`system.jobs`), [`cold`] object-store locations,
 //! Parquet files and segment manifests, [`flush`] moving hot rows into the cold tier, [`live`]
 //! live-query subscriptions and change fan-out, [`purge`] removing a dropped table's files,
-//! [`flush::cleanup`] deleted-row retention.
+//! [`flush::cleanup`] deleted-row retention, [`backup`] BACKUP / RESTORE NAMESPACE and SHOW
+//! BACKUP.
 
 /// Aborts the process at a named step when `FAILPOINTS` asks for it (debug builds only; see
 /// `main`): the crash tests' stand-in for `kill -9` at that step. Defined before the modules
@@ -22,6 +23,7 @@ macro_rules! crash_point {
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod catalog;
 pub mod cold;
 pub mod config;

@@ -22,7 +22,7 @@ use crate::sql::ddl::USER_ID_PLACEHOLDER;
 pub const LOCAL_LOCATION: &str = "local";
 
 /// Splits `s3://bucket/rest` into (`s3://bucket`, `rest`).
-fn split_s3(path: &str) -> Result<(String, String)> {
+pub fn split_s3(path: &str) -> Result<(String, String)> {
     let rest = path
         .strip_prefix("s3://")
         .ok_or_else(|| KalamError::InvalidValue(format!("'{}' is not an s3:// URL", clip(path))))?;

@@ -140,6 +140,21 @@ fn declared_column(col: &SqlColumnDef, id: u32) -> Result<(ColumnDef, bool)> {
     Ok((def, primary))
 }
 
+/// A table's `uid`: creation time in µs as hex plus 4 random bytes, unique per creation
+/// (a restored table gets a new one too: it names the table's column family).
+pub fn new_table_uid(now: DateTime<Utc>) -> String {
+    let mut random = [0u8; 4];
+    rand::rng().fill_bytes(&mut random);
+    format!(
+        "{:x}{}",
+        now.timestamp_micros(),
+        random
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
 /// Builds the table definition; `check_default` compiles a DEFAULT expression for its type.
 pub fn table_def(
     c: &CreateTable,
@@ -269,19 +284,13 @@ pub fn table_def(
             }
         }
     }
-    let mut uid = [0u8; 4];
-    rand::rng().fill_bytes(&mut uid);
     let now = Utc::now();
     let last_column_id = columns.iter().map(|c| c.id).max().unwrap_or(0);
     Ok(TableDef {
         namespace: c.table.namespace.clone(),
         name: c.table.table.clone(),
         kind: c.kind,
-        uid: format!(
-            "{:x}{}",
-            now.timestamp_micros(),
-            uid.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        ),
+        uid: new_table_uid(now),
         created_at: now,
         schema_version: 1,
         columns,

@@ -30,6 +30,7 @@ use futures::StreamExt;
 use kalam_client::wire::{ColumnInfo, QueryResult, Row};
 use serde_json::json;
 
+use crate::backup;
 use crate::catalog::{
     human_duration, ColumnDef, KalamType, LocationKind, LocationSpec, NamespaceDef,
     StorageLocationDef, TableDef, TableKind, DELETED_COLUMN, TIMESTAMP_TZ, UPDATED_COLUMN,
@@ -344,12 +345,29 @@ impl Executor {
                 self.engine.live.kill(&live_id, &ctx.principal)?;
                 Ok(message(format!("live query {live_id} killed")))
             }
-            KalamStatement::NotYetSupported(what) => {
-                // The role rule of API.md holds even for statements this node cannot run yet.
-                if matches!(what, "BACKUP NAMESPACE" | "RESTORE NAMESPACE") {
-                    admin_only(ctx, what)?;
-                }
-                Err(KalamError::Unsupported(format!("{what} is not available on this node yet")))
+            // Backups (docs/adr/0015-backup-restore.md): BACKUP and RESTORE run as jobs in
+            // system.jobs and the statement waits for the job, answering with its outcome.
+            KalamStatement::BackupNamespace { name, url, options } => {
+                admin_only(ctx, "BACKUP NAMESPACE")?;
+                let job = backup::backup(self.engine.clone(), name, url, &options, ctx.principal.user_id.clone()).await?;
+                Ok(backup::job_result(&job))
+            }
+            KalamStatement::RestoreNamespace { name, url, options } => {
+                admin_only(ctx, "RESTORE NAMESPACE")?;
+                let job = backup::restore(
+                    self.engine.clone(),
+                    self.base.clone(),
+                    name,
+                    url,
+                    &options,
+                    ctx.principal.user_id.clone(),
+                )
+                .await?;
+                Ok(backup::job_result(&job))
+            }
+            KalamStatement::ShowBackup { url, options } => {
+                admin_only(ctx, "SHOW BACKUP")?;
+                backup::show(&self.engine, &url, &options).await
             }
             KalamStatement::Sql(stmt) => self.sql(ctx, *stmt).await,
         }

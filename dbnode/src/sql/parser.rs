@@ -70,8 +70,23 @@ pub enum KalamStatement {
     KillLiveQuery {
         live_id: String,
     },
-    /// A statement of the dialect that this node does not run yet.
-    NotYetSupported(&'static str),
+    /// `BACKUP NAMESPACE ns TO '<url>' [WITH (credentials_ref = '<name>')]`.
+    BackupNamespace {
+        name: NamespaceId,
+        url: String,
+        options: OptionList,
+    },
+    /// `RESTORE NAMESPACE ns FROM '<url>' [WITH (credentials_ref = '<name>')]`.
+    RestoreNamespace {
+        name: NamespaceId,
+        url: String,
+        options: OptionList,
+    },
+    /// `SHOW BACKUP '<url>' [WITH (credentials_ref = '<name>')]`.
+    ShowBackup {
+        url: String,
+        options: OptionList,
+    },
     /// Anything else: SELECT, INSERT, UPDATE, DELETE, EXPLAIN, ...
     Sql(Box<SqlStatement>),
 }
@@ -92,7 +107,9 @@ impl KalamStatement {
             KalamStatement::FlushTable { .. } => "flush_table",
             KalamStatement::ShowTableStats { .. } => "show_table_stats",
             KalamStatement::KillLiveQuery { .. } => "kill_live_query",
-            KalamStatement::NotYetSupported(_) => "unsupported",
+            KalamStatement::BackupNamespace { .. } => "backup_namespace",
+            KalamStatement::RestoreNamespace { .. } => "restore_namespace",
+            KalamStatement::ShowBackup { .. } => "show_backup",
             KalamStatement::Sql(s) => match s.as_ref() {
                 SqlStatement::Query(_) => "select",
                 SqlStatement::Insert(_) => "insert",
@@ -320,17 +337,6 @@ fn expect(p: &mut Parser, words: &[&str]) -> Result<()> {
     }
 }
 
-fn skip_statement(p: &mut Parser) {
-    loop {
-        match p.peek_token().token {
-            Token::SemiColon | Token::EOF => break,
-            _ => {
-                p.next_token();
-            }
-        }
-    }
-}
-
 fn parse_one(p: &mut Parser) -> Result<KalamStatement> {
     let kind_word = |p: &Parser, n: usize| match word_at(p, n).as_deref() {
         Some("USER") => Some(TableKind::User),
@@ -452,18 +458,50 @@ fn parse_one(p: &mut Parser) -> Result<KalamStatement> {
         let live_id = p.parse_literal_string().map_err(parse_error)?;
         return Ok(KalamStatement::KillLiveQuery { live_id });
     }
-    for (words, what) in [
-        (&["BACKUP"][..], "BACKUP NAMESPACE"),
-        (&["RESTORE"][..], "RESTORE NAMESPACE"),
-        (&["SHOW", "BACKUP"][..], "SHOW BACKUP"),
-    ] {
-        if words_are(p, words) {
-            skip_statement(p);
-            return Ok(KalamStatement::NotYetSupported(what));
-        }
+    if eat(p, &["BACKUP", "NAMESPACE"]) {
+        let name = namespace_name(p)?;
+        expect(p, &["TO"])?;
+        let url = p.parse_literal_string().map_err(parse_error)?;
+        return Ok(KalamStatement::BackupNamespace {
+            name,
+            url,
+            options: backup_options(p)?,
+        });
+    }
+    if eat(p, &["RESTORE", "NAMESPACE"]) {
+        let name = namespace_name(p)?;
+        expect(p, &["FROM"])?;
+        let url = p.parse_literal_string().map_err(parse_error)?;
+        return Ok(KalamStatement::RestoreNamespace {
+            name,
+            url,
+            options: backup_options(p)?,
+        });
+    }
+    if eat(p, &["SHOW", "BACKUP"]) {
+        let url = p.parse_literal_string().map_err(parse_error)?;
+        return Ok(KalamStatement::ShowBackup {
+            url,
+            options: backup_options(p)?,
+        });
+    }
+    if matches!(word_at(p, 0).as_deref(), Some("BACKUP" | "RESTORE")) {
+        return Err(KalamError::SqlParse(
+            "expected BACKUP NAMESPACE ns TO '<url>' or RESTORE NAMESPACE ns FROM '<url>'".into(),
+        ));
     }
     let stmt = p.parse_statement().map_err(parse_error)?;
     Ok(KalamStatement::Sql(Box::new(stmt)))
+}
+
+/// `[WITH [OPTIONS] (key = value, ...)]` after a backup statement (checked by `backup`).
+fn backup_options(p: &mut Parser) -> Result<OptionList> {
+    if eat(p, &["WITH"]) {
+        eat(p, &["OPTIONS"]);
+        option_list(p)
+    } else {
+        Ok(OptionList::new())
+    }
 }
 
 /// A column name as written (checked against the table later).
@@ -882,6 +920,35 @@ mod tests {
                 live_id: "alice-0a1b-messages-q1".into()
             }
         );
+        assert_eq!(
+            one("BACKUP NAMESPACE app TO 'file:///backups/app-1'"),
+            KalamStatement::BackupNamespace {
+                name: NamespaceId::new("app").unwrap(),
+                url: "file:///backups/app-1".into(),
+                options: OptionList::new(),
+            }
+        );
+        assert!(matches!(
+            one("restore namespace app2 from 's3://b/backups/app' WITH (credentials_ref = 'moto')"),
+            KalamStatement::RestoreNamespace { ref name, ref url, ref options }
+                if name.as_str() == "app2" && url == "s3://b/backups/app" && options["credentials_ref"] == "moto"
+        ));
+        assert!(matches!(
+            one("SHOW BACKUP 'file:///backups/app-1'"),
+            KalamStatement::ShowBackup { ref url, .. } if url == "file:///backups/app-1"
+        ));
+        for sql in [
+            "BACKUP NAMESPACE app 'file:///x'",
+            "BACKUP DATABASE app TO 'file:///x'",
+            "RESTORE NAMESPACE app TO 'file:///x'",
+            "SHOW BACKUP",
+        ] {
+            let (_, err) = parse_statements(sql);
+            assert!(
+                matches!(err, Some(KalamError::SqlParse(_))),
+                "{sql}: {err:?}"
+            );
+        }
         assert_eq!(one("select * from app.m where id = 1").kind(), "select");
         let KalamStatement::Sql(s) = one("SELECT CURRENT_USER(), current_user ( ) AS me") else {
             panic!()

@@ -25,6 +25,9 @@ pub const TABLE_CF_PREFIX: &str = "t_";
 
 type Db = DBWithThreadMode<MultiThreaded>;
 
+/// One raw key and value of a column family, as RocksDB returns them.
+pub type RawRow = (Box<[u8]>, Box<[u8]>);
+
 pub struct Storage {
     db: Db,
     write_opts: WriteOptions,
@@ -280,6 +283,51 @@ impl Storage {
                 break;
             }
         }
+        Ok(())
+    }
+
+    /// Takes a consistent snapshot of a table, calls `taken` once it exists (the caller
+    /// reads what must belong to the same moment and releases its write lock there), then
+    /// hands `f` that value and a pull iterator over the snapshot's raw keys and values, in
+    /// key order (a backup: docs/adr/0015-backup-restore.md). The snapshot is released
+    /// when `f` returns.
+    pub fn with_snapshot<C, T>(
+        &self,
+        cf_name: &str,
+        taken: impl FnOnce() -> C,
+        f: impl FnOnce(C, &mut dyn Iterator<Item = Result<RawRow>>) -> Result<T>,
+    ) -> Result<T> {
+        let cf = self.cf(cf_name)?;
+        let snapshot = self.db.snapshot();
+        let context = taken();
+        let mut read_opts = ReadOptions::default();
+        // A backup reads every row once: it must not push the working set out of the cache.
+        read_opts.fill_cache(false);
+        let mut rows = snapshot
+            .iterator_cf_opt(&cf, read_opts, IteratorMode::Start)
+            .map(|item| item.map_err(KalamError::from));
+        f(context, &mut rows)
+    }
+
+    /// Writes raw row values (a restore; each a [`StoredRow`] encoding) and the table's last
+    /// sequence and `_updated` in one atomic batch.
+    pub fn restore_rows(
+        &self,
+        cf_name: &str,
+        rows: &[(Vec<u8>, Vec<u8>)],
+        seq: u64,
+        updated: i64,
+    ) -> Result<()> {
+        let cf = self.cf(cf_name)?;
+        let meta = self.cf(META_CF)?;
+        let mut batch = WriteBatch::default();
+        for (key, value) in rows {
+            batch.put_cf(&cf, key, value);
+        }
+        let mut value = seq.to_be_bytes().to_vec();
+        value.extend_from_slice(&updated.to_be_bytes());
+        batch.put_cf(&meta, seq_key(cf_name), value);
+        self.db.write_opt(batch, &self.write_opts)?;
         Ok(())
     }
 

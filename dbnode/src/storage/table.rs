@@ -18,7 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::catalog::{TableDef, TableKind};
 use crate::error::{KalamError, Result};
 use crate::storage::codec::{Reshape, Shaper};
-use crate::storage::{Partition, RowKey, Storage, StoredRow, Value};
+use crate::storage::{Partition, RawRow, RowKey, Storage, StoredRow, Value};
 
 /// Extra checks a table puts on the values written to it (`system.users` checks roles).
 pub type RowValidator = fn(&TableDef, &[Value]) -> Result<()>;
@@ -135,6 +135,18 @@ pub enum HotAtCommit {
     Absent,
     /// Another (newer) version, which stays.
     Kept,
+}
+
+/// What [`TableStore::backup_snapshot`] read under the table's write lock.
+#[derive(Debug)]
+pub struct BackupPoint<C> {
+    /// The newest definition, with every schema version.
+    pub def: Arc<TableDef>,
+    /// The last committed sequence: every row of the snapshot has at most this one.
+    pub seq: u64,
+    /// The last `_updated` given out.
+    pub last_updated: i64,
+    pub taken: C,
 }
 
 /// The outcome of [`TableStore::insert`].
@@ -265,6 +277,37 @@ impl TableStore {
             },
         )?;
         Ok(seq)
+    }
+
+    /// A backup's view of the table at one point in time (docs/adr/0015-backup-restore.md):
+    /// under the write lock, so that no commit, flush commit or ALTER lands in between, it
+    /// takes the definition, the last sequence and `_updated`, a RocksDB snapshot and
+    /// whatever `taken` reads (the cold-tier manifests); the lock is released before `f`
+    /// reads the snapshot's raw rows in key order. Unlike a flush snapshot it leaves the
+    /// pending counters alone.
+    pub fn backup_snapshot<C, T>(
+        &self,
+        taken: impl FnOnce() -> C,
+        f: impl FnOnce(BackupPoint<C>, &mut dyn Iterator<Item = Result<RawRow>>) -> Result<T>,
+    ) -> Result<T> {
+        let guard = self.write_lock.lock();
+        let last_updated = *guard;
+        let seq = self.last_seq();
+        let def = self.def();
+        self.storage.with_snapshot(
+            &self.cf,
+            move || {
+                let taken = taken();
+                drop(guard);
+                BackupPoint {
+                    def,
+                    seq,
+                    last_updated,
+                    taken,
+                }
+            },
+            f,
+        )
     }
 
     /// Gives back the pending count of a snapshot whose flush failed, so policies fire again.

@@ -783,14 +783,16 @@ pub fn http_status_of(code: &str) -> u16 {
         | "INVALID_TABLE_DEFINITION"
         | "INVALID_OPTION"
         | "LOCATION_UNREACHABLE"
-        | "INVALID_QUERY" => 400,
+        | "INVALID_QUERY"
+        | "BACKUP_CORRUPT" => 400,
         "UNAUTHORIZED" => 401,
         "FORBIDDEN" => 403,
         "NAMESPACE_NOT_FOUND"
         | "TABLE_NOT_FOUND"
         | "COLUMN_NOT_FOUND"
         | "STORAGE_LOCATION_NOT_FOUND"
-        | "LIVE_QUERY_NOT_FOUND" => 404,
+        | "LIVE_QUERY_NOT_FOUND"
+        | "BACKUP_NOT_FOUND" => 404,
         "NAMESPACE_ALREADY_EXISTS"
         | "TABLE_ALREADY_EXISTS"
         | "COLUMN_ALREADY_EXISTS"
@@ -800,7 +802,8 @@ pub fn http_status_of(code: &str) -> u16 {
         | "STORAGE_LOCATION_ALREADY_EXISTS"
         | "STORAGE_LOCATION_IN_USE"
         | "DUPLICATE_QUERY_ID"
-        | "TABLE_IN_USE" => 409,
+        | "TABLE_IN_USE"
+        | "BACKUP_ALREADY_EXISTS" => 409,
         "RESUME_GAP" | "LIVE_QUERY_KILLED" | "TABLE_DROPPED" => 410,
         "PAYLOAD_TOO_LARGE" | "RESULT_TOO_LARGE" | "RESOURCES_EXHAUSTED" => 413,
         "INTERNAL_ERROR" => 500,

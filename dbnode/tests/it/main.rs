@@ -9,14 +9,16 @@
 //! eviction, append-only), live queries over `GET /ws` (§5, raw WebSocket frames),
 //! ALTER TABLE schema versions across both tiers and live queries, DROP TABLE / DROP
 //! NAMESPACE removing a table's files from its location (filesystem and S3), also across a
-//! failing location and a crash, and deleted-row retention (the scheduled `cleanup` job,
-//! crash safety at its failpoints).
+//! failing location and a crash, deleted-row retention (the scheduled `cleanup` job, crash
+//! safety at its failpoints), and BACKUP / RESTORE NAMESPACE with SHOW BACKUP (local
+//! directories and S3).
 
 #[allow(dead_code)]
 mod harness;
 
 mod alter;
 mod auth;
+mod backup;
 mod cli;
 mod cold;
 mod dml;
