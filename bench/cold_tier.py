@@ -10,7 +10,9 @@
    flushed), half hot tombstones over flushed rows (timed by the jobs' `duration_ms` plus the
    `survey_ms` scan that found the work).
 5. backup / restore: BACKUP NAMESPACE of N MB (mostly Parquet, a tenth hot) to a local
-   directory and RESTORE NAMESPACE from it, MB/s from the jobs' results in system.jobs.
+   directory and RESTORE NAMESPACE from it, MB/s from the jobs' results in system.jobs;
+6. add column: ALTER TABLE ... ADD COLUMN ... DEFAULT on the half-hot table of (3), timed
+   by the client around the statement, then every row must show the default.
 
 Usage: python3 bench/cold_tier.py --kalamdb target/release/kalamdb [--quick]
 Numbers only mean something with a release build; --quick checks correctness in seconds.
@@ -203,6 +205,20 @@ def cleanup(node, rows):
             "duration_ms": ms, "rows_per_s": removed / (ms / 1000) if ms > 0 else float("inf")}
 
 
+def add_column(node, table, rows):
+    """ALTER TABLE ADD COLUMN with a DEFAULT on `table` (`rows` rows, half hot, half in
+    Parquet): a metadata change, timed around the statement; every row then reads the
+    default, from both tiers."""
+    log(f"add column: ALTER TABLE {table} ADD COLUMN on {rows} rows")
+    started = time.perf_counter()
+    node.sql(ADMIN, f"ALTER TABLE {table} ADD COLUMN priority TEXT DEFAULT 'normal'")
+    ms = (time.perf_counter() - started) * 1000
+    row = node.sql(USER, f"SELECT count(*) AS n FROM {table} WHERE priority = 'normal'")[0]
+    if row["n"] != rows:
+        raise SystemExit(f"{row['n']} of {rows} rows read the new column's default")
+    return {"rows": rows, "alter_ms": ms}
+
+
 def backup_restore(node, mb):
     """BACKUP NAMESPACE of ~`mb` MB to a local directory and RESTORE NAMESPACE from it; MB/s
     is the bytes each job moved (its result in system.jobs) over the job's duration."""
@@ -246,6 +262,7 @@ def main():
                "flush_throughput": flush_throughput(node, 20_000 if args.quick else 200_000),
                "pruning": pruning(node, 20 if args.quick else 100),
                "hot_vs_cold": hot_vs_cold(node, 20_000 if args.quick else 1_000_000),
+               "add_column": add_column(node, "bench.h", 20_000 if args.quick else 1_000_000),
                "cleanup": cleanup(node, 20_000 if args.quick else 200_000),
                "backup_restore": backup_restore(node, 10 if args.quick else 200)}
     finally:
@@ -255,6 +272,8 @@ def main():
     log(f"flush: {f['parquet_mb']:.1f} MB in {f['duration_ms']:.0f} ms = {f['mb_per_s']:.1f} MB/s (target >= 100)")
     log(f"pruning: read {p['files_read']} of {p['files_total']} files, skipped {p['fraction_skipped']:.0%} (target >= 80%)")
     log(f"scan: half hot {h['half_hot_ms']:.0f} ms, all cold {h['all_cold_ms']:.0f} ms, ratio {h['ratio']:.2f} (target <= 1.5)")
+    a = out["add_column"]
+    log(f"add column: ALTER TABLE ADD COLUMN on {a['rows']} rows in {a['alter_ms']:.1f} ms (target < 100)")
     log(f"cleanup: {c['rows_removed']} deleted rows removed by {c['jobs']} job(s) in {c['duration_ms']:.0f} ms = {c['rows_per_s']:.0f} rows/s (target >= 50000)")
     for what in ("backup", "restore"):
         j = b[what]
