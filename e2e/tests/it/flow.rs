@@ -634,13 +634,31 @@ async fn cluster_namespaces_and_location_reconcile_into_the_node() {
         )
         .await
         .expect("enabling the PDB");
-    eventually("the PDB to appear", SETTLE, || async {
+    let pdb = eventually("the PDB to appear", SETTLE, || async {
         match pdbs.get_opt("chat").await {
-            Ok(Some(_)) => Ok(()),
+            Ok(Some(p)) => Ok(p),
             other => Err(format!("{other:?}")),
         }
     })
     .await;
+    let pdb_spec = pdb.spec.expect("the PDB has a spec");
+    assert_eq!(
+        pdb_spec.max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    // It selects exactly the StatefulSet's pods.
+    assert_eq!(
+        serde_json::to_value(&pdb_spec.selector).expect("JSON"),
+        sts["spec"]["selector"]
+    );
+    assert_eq!(
+        pdb.metadata
+            .owner_references
+            .as_ref()
+            .and_then(|o| o.first())
+            .map(|o| o.name.as_str()),
+        Some("chat")
+    );
     clusters
         .patch(
             "chat",
