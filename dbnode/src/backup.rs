@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Int16Type, Int32Type, Int64Type, UInt64Type};
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::UInt64Type;
 use datafusion::execution::context::SessionState;
 #[allow(deprecated)]
 use datafusion::parquet::arrow::async_reader::ParquetObjectReader;
@@ -59,7 +59,7 @@ use crate::ids::{NamespaceId, UserId, SYSTEM_NAMESPACE};
 use crate::jobs::{JobHandle, JobRecord, JobType};
 use crate::sql::ddl;
 use crate::sql::parser::OptionList;
-use crate::storage::{Partition, RawRow, RowKey, Storage, StoredRow};
+use crate::storage::{Partition, RawRow, Storage, StoredRow};
 
 /// The layout and manifest version this node writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -1116,26 +1116,11 @@ impl FileKeys {
         let deleted = deleted
             .as_boolean_opt()
             .ok_or_else(|| KalamError::Storage("_deleted is not Boolean".into()))?;
-        for i in 0..batch.num_rows() {
-            if pk.is_null(i) {
-                continue;
+        let keys = crate::cold::parquet::column_keys(&pk)?;
+        for (i, key) in keys.into_iter().enumerate() {
+            if let Some(key) = key {
+                self.rows.push_back((key, seq.value(i), deleted.value(i)));
             }
-            let key = match pk.data_type() {
-                DataType::Int16 => {
-                    RowKey::from_int(i64::from(pk.as_primitive::<Int16Type>().value(i)))
-                }
-                DataType::Int32 => {
-                    RowKey::from_int(i64::from(pk.as_primitive::<Int32Type>().value(i)))
-                }
-                DataType::Int64 => RowKey::from_int(pk.as_primitive::<Int64Type>().value(i)),
-                DataType::Utf8 => RowKey::from_text(pk.as_string::<i32>().value(i)),
-                other => {
-                    return Err(KalamError::Storage(format!(
-                        "a Parquet file with a key column of type {other}"
-                    )))
-                }
-            };
-            self.rows.push_back((key.0, seq.value(i), deleted.value(i)));
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::{Segment, SEQ_COLUMN};
-use crate::catalog::{KalamType, TableDef, DELETED_COLUMN, UPDATED_COLUMN};
+use crate::catalog::{TableDef, DELETED_COLUMN, UPDATED_COLUMN};
 use crate::error::{KalamError, Result};
 use crate::sql::rows::rows_to_batch;
 use crate::storage::{RowKey, StoredRow};
@@ -269,7 +269,6 @@ pub async fn lookup_versions(
 ) -> Result<HashMap<Vec<u8>, (u64, i64, bool)>> {
     let mut found: HashMap<Vec<u8>, (u64, i64, bool)> = HashMap::new();
     let wanted: std::collections::HashSet<&[u8]> = keys.iter().map(|k| k.0.as_slice()).collect();
-    let pk_type = def.columns[def.primary_key_index()].data_type;
     for seg in segments {
         let candidate = keys.iter().any(|k| {
             k.0.as_slice() >= seg.min_key.as_slice() && k.0.as_slice() <= seg.max_key.as_slice()
@@ -277,63 +276,17 @@ pub async fn lookup_versions(
         if !candidate {
             continue;
         }
-        #[allow(deprecated)] // its replacement (a hand-written AsyncFileReader) is more code
-        let reader = ParquetObjectReader::new(store.clone(), ObjectPath::from(seg.path.as_str()));
-        let builder = ParquetRecordBatchStreamBuilder::new(reader)
-            .await
-            .map_err(KalamError::storage)?;
-        let names = [
-            def.primary_key.as_str(),
-            UPDATED_COLUMN,
-            DELETED_COLUMN,
-            SEQ_COLUMN,
-        ];
-        let mask = ProjectionMask::columns(builder.parquet_schema(), names.iter().copied());
-        let mut stream = builder
-            .with_projection(mask)
-            .build()
-            .map_err(KalamError::storage)?;
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(KalamError::storage)?;
-            let col = |n: &str| {
-                batch
-                    .column_by_name(n)
-                    .cloned()
-                    .ok_or_else(|| KalamError::Storage(format!("parquet file lacks column {n}")))
-            };
-            let pk = col(def.primary_key.as_str())?;
-            let updated = col(UPDATED_COLUMN)?;
-            let deleted = col(DELETED_COLUMN)?;
-            let seq = col(SEQ_COLUMN)?;
-            let (updated, deleted, seq) = (
-                updated.as_primitive::<TimestampMicrosecondType>(),
-                deleted.as_boolean(),
-                seq.as_primitive::<UInt64Type>(),
-            );
-            for i in 0..batch.num_rows() {
-                if pk.is_null(i) {
-                    continue;
-                }
-                let key = match pk_type {
-                    KalamType::SmallInt => {
-                        RowKey::from_int(pk.as_primitive::<Int16Type>().value(i) as i64)
-                    }
-                    KalamType::Int => {
-                        RowKey::from_int(pk.as_primitive::<Int32Type>().value(i) as i64)
-                    }
-                    KalamType::BigInt => RowKey::from_int(pk.as_primitive::<Int64Type>().value(i)),
-                    _ => RowKey::from_text(pk.as_string::<i32>().value(i)),
-                };
-                if !wanted.contains(key.0.as_slice()) {
-                    continue;
-                }
-                let version = (seq.value(i), updated.value(i), deleted.value(i));
-                let entry = found.entry(key.0).or_insert(version);
-                if version.0 > entry.0 {
-                    *entry = version;
-                }
+        scan_versions(store, def, seg, |key, seq, updated, deleted| {
+            if !wanted.contains(key.as_slice()) {
+                return;
             }
-        }
+            let version = (seq, updated, deleted);
+            let entry = found.entry(key).or_insert(version);
+            if version.0 > entry.0 {
+                *entry = version;
+            }
+        })
+        .await?;
     }
     Ok(found)
 }
@@ -344,7 +297,7 @@ const SCAN_BATCH_ROWS: usize = 8192;
 /// The order-preserving key encoding ([`RowKey`]) of every row of a primary-key column
 /// (`None` for NULL). The column's own type decides, so a file keeps reading whatever type
 /// it was written with.
-fn column_keys(pk: &ArrayRef) -> Result<Vec<Option<Vec<u8>>>> {
+pub fn column_keys(pk: &ArrayRef) -> Result<Vec<Option<Vec<u8>>>> {
     let bad = || {
         KalamError::Storage(format!(
             "a Parquet key column of type {} that does not decode",
@@ -439,7 +392,7 @@ pub async fn scan_versions(
     segment: &Segment,
     mut f: impl FnMut(Vec<u8>, u64, i64, bool),
 ) -> Result<()> {
-    #[allow(deprecated)] // as in `lookup_versions`
+    #[allow(deprecated)] // its replacement (a hand-written AsyncFileReader) is more code
     let reader = ParquetObjectReader::new(store.clone(), ObjectPath::from(segment.path.as_str()));
     let builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
@@ -481,7 +434,7 @@ pub async fn rewrite_segment(
     remove: impl Fn(&[u8], u64) -> bool,
     note_memory: impl Fn(usize),
 ) -> Result<(Segment, u64)> {
-    #[allow(deprecated)] // as in `lookup_versions`
+    #[allow(deprecated)] // as in `scan_versions`
     let reader = ParquetObjectReader::new(store.clone(), ObjectPath::from(source.path.as_str()));
     let builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await

@@ -326,24 +326,6 @@ fn sha256_file(path: &Path) -> String {
     format!("{:x}", Sha256::digest(&bytes))
 }
 
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
-}
-
 fn copy_dir(from: &Path, to: &Path) {
     for file in files_under(from) {
         let rel = file.strip_prefix(from).expect("a file under the directory");

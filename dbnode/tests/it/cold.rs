@@ -402,27 +402,6 @@ async fn wait_completed_flush(
     }
 }
 
-/// [`wait_job`] with a longer timeout.
-async fn wait_job_for(node: &TestNode, job_id: &str, timeout: Duration) -> Value {
-    let sql = format!("SELECT * FROM system.jobs WHERE job_id = {}", lit(job_id));
-    let deadline = Instant::now() + timeout;
-    loop {
-        let rows = node.query(&admin_token(), &sql).await;
-        if let Some(row) = rows.first() {
-            if row["status"] != "running" {
-                return row.clone();
-            }
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "job {job_id} not finished within {timeout:?}: {}",
-                pretty(&json!(rows))
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The one row of `SHOW TABLE STATS <table>`.
 async fn stats(node: &TestNode, table: &str) -> Value {
     let rows = node
@@ -2282,7 +2261,7 @@ async fn secrets_never_leak() {
     )
     .await;
     let job_id = start_flush(&node, "app.notes").await;
-    let failed = wait_job_for(&node, &job_id, FAILED_FLUSH_TIMEOUT).await;
+    let failed = wait_job_within(&node, &job_id, FAILED_FLUSH_TIMEOUT).await;
     assert_eq!(failed["status"], "failed", "{}", pretty(&failed));
     let resp = node
         .sql(
@@ -2310,7 +2289,7 @@ async fn secrets_never_leak() {
     let dir = node.stop().await;
     // Nor anything the node wrote into its data directory in plain text next to the data,
     // other than the credentials directory itself (which is outside it here).
-    for file in walk(&dir.data_dir()) {
+    for file in files_under(&dir.data_dir()) {
         let bytes = std::fs::read(&file).unwrap_or_default();
         assert!(
             !bytes
@@ -2320,22 +2299,6 @@ async fn secrets_never_leak() {
             file.display()
         );
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2480,7 +2443,7 @@ async fn s3_outage_fails_the_flush_and_a_retry_recovers() {
 
     s3.stop().await;
     let job_id = start_flush(&node, "app.notes").await;
-    let failed = wait_job_for(&node, &job_id, FAILED_FLUSH_TIMEOUT).await;
+    let failed = wait_job_within(&node, &job_id, FAILED_FLUSH_TIMEOUT).await;
     assert_eq!(failed["status"], "failed", "{}", pretty(&failed));
     assert!(
         failed["error_message"]

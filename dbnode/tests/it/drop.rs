@@ -82,34 +82,6 @@ fn s3_location_sql(name: &str, bucket_path: &str, credentials: &str) -> String {
     )
 }
 
-/// Every entry under `dir` that is not a directory (files, links), recursively, sorted;
-/// none when `dir` does not exist.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries = match std::fs::read_dir(&d) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => panic!("reading {}: {e}", d.display()),
-        };
-        for entry in entries {
-            let entry = entry.unwrap_or_else(|e| panic!("reading {}: {e}", d.display()));
-            let is_dir = entry
-                .file_type()
-                .unwrap_or_else(|e| panic!("{}: {e}", entry.path().display()))
-                .is_dir();
-            if is_dir {
-                stack.push(entry.path());
-            } else {
-                out.push(entry.path());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 fn total_size(files: &[PathBuf]) -> u64 {
     files
         .iter()
@@ -198,27 +170,6 @@ async fn wait_cleanup(
                 "no {status} cleanup job of {ns}.{table} within {timeout:?}; jobs: {}\n--- node stderr ---\n{}",
                 pretty(&json!(jobs)),
                 tail(&node.stderr(), 8000)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The row of `job_id` once it is no longer running, waiting at most `timeout`.
-async fn wait_job_within(node: &TestNode, job_id: &str, timeout: Duration) -> Value {
-    let sql = format!("SELECT * FROM system.jobs WHERE job_id = {}", lit(job_id));
-    let deadline = Instant::now() + timeout;
-    loop {
-        let rows = node.query(&admin_token(), &sql).await;
-        if let Some(row) = rows.first() {
-            if row["status"] != "running" {
-                return row.clone();
-            }
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "job {job_id} not finished within {timeout:?}: {}",
-                pretty(&json!(rows))
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1658,9 +1658,14 @@ pub fn parquet_check(args: &[&str]) -> Value {
 /// The row of `job_id` in `system.jobs` (admin token) once its status is no longer
 /// `running`; polls every 50 ms for at most 60 s.
 pub async fn wait_job(node: &TestNode, job_id: &str) -> Value {
+    wait_job_within(node, job_id, JOB_TIMEOUT).await
+}
+
+/// [`wait_job`] for at most `timeout`.
+pub async fn wait_job_within(node: &TestNode, job_id: &str, timeout: Duration) -> Value {
     let admin = admin_token();
     let sql = format!("SELECT * FROM system.jobs WHERE job_id = {}", lit(job_id));
-    let deadline = Instant::now() + JOB_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     loop {
         let rows = node.query(&admin, &sql).await;
         assert!(
@@ -1675,7 +1680,7 @@ pub async fn wait_job(node: &TestNode, job_id: &str) -> Value {
         }
         if Instant::now() >= deadline {
             panic!(
-                "job {job_id} still not finished after {JOB_TIMEOUT:?}; its row: {}",
+                "job {job_id} still not finished after {timeout:?}; its row: {}",
                 pretty(&json!(rows))
             );
         }
@@ -2409,4 +2414,32 @@ impl Drop for WsClient {
     fn drop(&mut self) {
         self.reader.abort();
     }
+}
+
+/// Every entry under `dir` that is not a directory (files, links), recursively, sorted;
+/// none when `dir` does not exist.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("reading {}: {e}", d.display()),
+        };
+        for entry in entries {
+            let entry = entry.unwrap_or_else(|e| panic!("reading {}: {e}", d.display()));
+            let is_dir = entry
+                .file_type()
+                .unwrap_or_else(|e| panic!("{}: {e}", entry.path().display()))
+                .is_dir();
+            if is_dir {
+                stack.push(entry.path());
+            } else {
+                out.push(entry.path());
+            }
+        }
+    }
+    out.sort();
+    out
 }

@@ -76,6 +76,16 @@ impl Moto {
     }
 }
 
+/// A JSON merge patch of `name`, as `kubectl patch --type merge`; panics with `what`.
+async fn merge_patch<K>(api: &Api<K>, name: &str, patch: Value, what: &str)
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
 fn has_condition(obj: &Value, type_: &str, status: &str) -> Result<(), String> {
     match condition(obj, type_) {
         Some((s, _)) if s == status => Ok(()),
@@ -341,20 +351,14 @@ async fn cluster_namespaces_and_location_reconcile_into_the_node() {
     );
 
     // Options follow the resource; hand edits and a hand drop are corrected by the resync.
-    let namespaces: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        admin.clone(),
-        &ns,
-        &kube::api::ApiResource::erase::<kalam_operator::crd::KalamNamespace>(&()),
-    );
-    let merge = |v: Value| Patch::Merge(v);
-    namespaces
-        .patch(
-            "app",
-            &PatchParams::default(),
-            &merge(json!({"spec": {"options": {"retention_days": 30}}})),
-        )
-        .await
-        .expect("patching the options");
+    let namespaces: Api<kalam_operator::crd::KalamNamespace> = Api::namespaced(admin.clone(), &ns);
+    merge_patch(
+        &namespaces,
+        "app",
+        json!({"spec": {"options": {"retention_days": 30}}}),
+        "patching the options",
+    )
+    .await;
     eventually("options to follow the resource", SETTLE, || async {
         let rows = pod.rows("SHOW NAMESPACES").await;
         let options = namespace_row(&rows, "app").map(|r| r["options"].clone());
@@ -411,27 +415,21 @@ async fn cluster_namespaces_and_location_reconcile_into_the_node() {
     .await;
 
     // Deletes with policy Delete wait while tables use the namespace and the location.
-    let locations: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        admin.clone(),
-        &ns,
-        &kube::api::ApiResource::erase::<kalam_operator::crd::StorageLocation>(&()),
-    );
-    locations
-        .patch(
-            "archive",
-            &PatchParams::default(),
-            &merge(json!({"spec": {"deletionPolicy": "Delete"}})),
-        )
-        .await
-        .expect("deletionPolicy Delete");
-    namespaces
-        .patch(
-            "app",
-            &PatchParams::default(),
-            &merge(json!({"spec": {"deletionPolicy": "Delete"}})),
-        )
-        .await
-        .expect("deletionPolicy Delete");
+    let locations: Api<kalam_operator::crd::StorageLocation> = Api::namespaced(admin.clone(), &ns);
+    merge_patch(
+        &locations,
+        "archive",
+        json!({"spec": {"deletionPolicy": "Delete"}}),
+        "deletionPolicy Delete",
+    )
+    .await;
+    merge_patch(
+        &namespaces,
+        "app",
+        json!({"spec": {"deletionPolicy": "Delete"}}),
+        "deletionPolicy Delete",
+    )
+    .await;
     // Let both controllers see the new policy before the delete.
     wait_for(
         &admin,
@@ -621,19 +619,14 @@ async fn cluster_namespaces_and_location_reconcile_into_the_node() {
     .await;
 
     // The PDB switch: on creates it, off removes it.
-    let clusters: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        admin.clone(),
-        &ns,
-        &kube::api::ApiResource::erase::<kalam_operator::crd::KalamCluster>(&()),
-    );
-    clusters
-        .patch(
-            "chat",
-            &PatchParams::default(),
-            &merge(json!({"spec": {"podDisruptionBudget": {"enabled": true}}})),
-        )
-        .await
-        .expect("enabling the PDB");
+    let clusters: Api<kalam_operator::crd::KalamCluster> = Api::namespaced(admin.clone(), &ns);
+    merge_patch(
+        &clusters,
+        "chat",
+        json!({"spec": {"podDisruptionBudget": {"enabled": true}}}),
+        "enabling the PDB",
+    )
+    .await;
     let pdb = eventually("the PDB to appear", SETTLE, || async {
         match pdbs.get_opt("chat").await {
             Ok(Some(p)) => Ok(p),
@@ -659,14 +652,13 @@ async fn cluster_namespaces_and_location_reconcile_into_the_node() {
             .map(|o| o.name.as_str()),
         Some("chat")
     );
-    clusters
-        .patch(
-            "chat",
-            &PatchParams::default(),
-            &merge(json!({"spec": {"podDisruptionBudget": {"enabled": false}}})),
-        )
-        .await
-        .expect("disabling the PDB");
+    merge_patch(
+        &clusters,
+        "chat",
+        json!({"spec": {"podDisruptionBudget": {"enabled": false}}}),
+        "disabling the PDB",
+    )
+    .await;
     eventually("the PDB to go", SETTLE, || async {
         match pdbs.get_opt("chat").await {
             Ok(None) => Ok(()),
