@@ -209,6 +209,12 @@ impl KalamError {
     }
 }
 
+impl From<KalamError> for DataFusionError {
+    fn from(e: KalamError) -> Self {
+        e.into_datafusion()
+    }
+}
+
 impl From<rocksdb::Error> for KalamError {
     fn from(e: rocksdb::Error) -> Self {
         KalamError::Storage(e.into_string())

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt64Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{
     DataType, Field, Int16Type, Int32Type, Int64Type, Schema, SchemaRef, TimestampMicrosecondType,
@@ -29,8 +29,8 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use super::{Segment, SEQ_COLUMN};
 use crate::catalog::{TableDef, DELETED_COLUMN, UPDATED_COLUMN};
 use crate::error::{KalamError, Result};
-use crate::sql::rows::rows_to_batch;
-use crate::storage::{RowKey, StoredRow};
+use crate::sql::rows::RowBatchBuilder;
+use crate::storage::{RowKey, StoredRowRef};
 
 /// Rows per row group: small enough that statistics prune well, large enough to compress.
 pub const ROW_GROUP_ROWS: usize = 65_536;
@@ -83,11 +83,9 @@ pub struct SegmentWriter {
     /// Size of the last batch sent, to estimate the queued ones.
     last_batch_bytes: usize,
     store: Arc<dyn ObjectStore>,
-    def: Arc<TableDef>,
-    table_schema: SchemaRef,
-    schema: SchemaRef,
     path: ObjectPath,
-    pending: Vec<StoredRow>,
+    /// Rows not yet sent to the encoder.
+    pending: RowBatchBuilder,
     segment: Segment,
     /// Keys written, for deleting them from the hot tier at commit.
     pub keys: Vec<Vec<u8>>,
@@ -102,13 +100,13 @@ impl SegmentWriter {
             Some(properties(&def)),
         )
         .map_err(KalamError::storage)?;
+        let pending = RowBatchBuilder::new(&def, schema.clone(), BATCH_ROWS)?;
         Ok(Self {
             writer: Some(writer),
             encoder: None,
             buffered: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             last_batch_bytes: 0,
             store,
-            table_schema: def.arrow_schema(),
             segment: Segment {
                 path: path.to_string(),
                 seq_from: u64::MAX,
@@ -122,10 +120,8 @@ impl SegmentWriter {
                 schema_version: def.schema_version,
                 min_deleted_updated: None,
             },
-            def,
-            schema,
             path,
-            pending: Vec::new(),
+            pending,
             keys: Vec::new(),
         })
     }
@@ -144,8 +140,13 @@ impl SegmentWriter {
         writer + queued + self.buffered.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Adds one row (hot key, stored version); rows must come in key order.
-    pub async fn push(&mut self, hot_key: &[u8], row_key: RowKey, row: StoredRow) -> Result<()> {
+    /// Adds one row (hot key, stored version read in place); rows must come in key order.
+    pub async fn push(
+        &mut self,
+        hot_key: &[u8],
+        row_key: RowKey,
+        row: &StoredRowRef<'_>,
+    ) -> Result<()> {
         let s = &mut self.segment;
         if s.rows == 0 && self.pending.is_empty() {
             s.min_key = row_key.0.clone();
@@ -162,7 +163,7 @@ impl SegmentWriter {
             );
         }
         self.keys.push(hot_key.to_vec());
-        self.pending.push(row);
+        self.pending.push(row)?;
         if self.pending.len() >= BATCH_ROWS {
             self.write_pending().await?;
         }
@@ -173,14 +174,8 @@ impl SegmentWriter {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let batch = rows_to_batch(&self.def, &self.table_schema, &self.pending)?;
-        let seqs = UInt64Array::from(self.pending.iter().map(|r| r.seq).collect::<Vec<_>>());
-        let mut columns = batch.columns().to_vec();
-        columns.push(Arc::new(seqs));
-        let batch =
-            RecordBatch::try_new(self.schema.clone(), columns).map_err(KalamError::internal)?;
         self.segment.rows += self.pending.len() as u64;
-        self.pending.clear();
+        let batch = self.pending.finish()?;
         let encoder = match self.encoder.as_ref() {
             Some(e) => e,
             None => {

@@ -47,7 +47,7 @@ use crate::flush::{journal_key, remove_uncommitted, split_key};
 use crate::ids::{UserId, SYSTEM_NAMESPACE};
 use crate::jobs::{JobHandle, JobRecord, JobType};
 use crate::storage::table::HotAtCommit;
-use crate::storage::{Partition, RowKey, Storage};
+use crate::storage::{Partition, RowKey, Storage, StoredRowRef};
 
 /// Aborts the process at a named step when `FAILPOINTS` asks for it (debug builds only; see
 /// `main`): the crash tests' stand-in for `kill -9` at that step.
@@ -224,7 +224,8 @@ impl Cleaner {
             storage.scan_snapshot(
                 cf,
                 || {},
-                |key, row| {
+                |key, bytes| {
+                    let row = StoredRowRef::decode(bytes)?;
                     if row.deleted && row.updated_micros < cutoff {
                         let (partition, _) = split_key(rt, key)?;
                         partitions

@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{RecordBatch, UInt64Array};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
@@ -53,8 +53,8 @@ use crate::engine::{Engine, TableRuntime};
 use crate::error::KalamError;
 use crate::ids::{UserId, SYSTEM_NAMESPACE};
 use crate::sql::dedup::DedupExec;
-use crate::sql::rows::{batch_to_values, rows_to_batch, value_to_scalar};
-use crate::storage::{Partition, RowKey, StoredRow, Value};
+use crate::sql::rows::{batch_to_values, value_to_scalar, RowBatchBuilder};
+use crate::storage::{Partition, RowKey, Value};
 
 /// Who a request runs as; stored in the DataFusion session config of every request.
 #[derive(Debug, Clone)]
@@ -168,7 +168,66 @@ impl KalamTableProvider {
     }
 }
 
+/// A partition's hot rows as batches, and the range of row keys they span.
+#[derive(Default)]
+struct HotRows {
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    /// First and last row key (within the partition), when there are rows.
+    range: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 impl KalamTableProvider {
+    /// The partition's current hot rows in key order (soft-deleted ones only when asked), as
+    /// batches of `schema` (the table schema, a projection of it, or the file schema), built
+    /// straight from the stored bytes. A `pk = literal` filter makes it one point read.
+    fn hot_rows(
+        &self,
+        partition: &Partition,
+        schema: SchemaRef,
+        filters: &[Expr],
+        limit: Option<usize>,
+        include_deleted: bool,
+    ) -> DfResult<HotRows> {
+        let store = &self.rt.store;
+        let def = self.rt.def();
+        let mut builder = RowBatchBuilder::new(def, schema, BATCH_ROWS)?;
+        let mut out = HotRows::default();
+        if let Some(key) = self.point_key(filters) {
+            let row = store
+                .get(def, partition, &key)?
+                .filter(|r| include_deleted || !r.deleted);
+            if let Some(row) = row {
+                builder.push_owned(&row)?;
+                out.batches.push(builder.finish()?);
+                out.rows = 1;
+                out.range = Some((key.0.clone(), key.0));
+            }
+            return Ok(out);
+        }
+        let mut last = Vec::new();
+        store.scan_in_place(def, partition, include_deleted, |key, row| {
+            if out.range.is_none() {
+                out.range = Some((key.to_vec(), Vec::new()));
+            }
+            last.clear();
+            last.extend_from_slice(key);
+            builder.push(row)?;
+            out.rows += 1;
+            if builder.len() == BATCH_ROWS {
+                out.batches.push(builder.finish()?);
+            }
+            Ok(limit.is_none_or(|l| out.rows < l))
+        })?;
+        if !builder.is_empty() {
+            out.batches.push(builder.finish()?);
+        }
+        if let Some((_, end)) = out.range.as_mut() {
+            *end = last;
+        }
+        Ok(out)
+    }
+
     /// Only hot rows can match: each key appears once, no merge needed.
     fn hot_scan(
         &self,
@@ -178,32 +237,19 @@ impl KalamTableProvider {
         limit: Option<usize>,
         include_deleted: bool,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let store = &self.rt.store;
-        let def = self.rt.def();
-        let rows: Vec<StoredRow> = match self.point_key(filters) {
-            Some(key) => store
-                .get(def, partition, &key)
-                .map_err(KalamError::into_datafusion)?
-                .filter(|r| include_deleted || !r.deleted)
-                .into_iter()
-                .collect(),
-            None => {
-                let limit = if filters.is_empty() { limit } else { None };
-                store
-                    .scan(def, partition, include_deleted, limit)
-                    .map_err(KalamError::into_datafusion)?
-            }
+        let schema = match projection {
+            Some(p) => Arc::new(self.rt.schema.project(p)?),
+            None => self.rt.schema.clone(),
         };
-        let batches = rows
-            .chunks(BATCH_ROWS)
-            .map(|chunk| rows_to_batch(def, &self.rt.schema, chunk))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(KalamError::into_datafusion)?;
-        MemorySourceConfig::try_new_exec(&[batches], self.rt.schema.clone(), projection.cloned())
+        let limit = if filters.is_empty() { limit } else { None };
+        let hot = self.hot_rows(partition, schema.clone(), filters, limit, include_deleted)?;
+        MemorySourceConfig::try_new_exec(&[hot.batches], schema, None)
             .map(|e| e as Arc<dyn ExecutionPlan>)
     }
 
-    /// Hot rows and Parquet files merged by key, newest version first, deduplicated.
+    /// Hot rows and Parquet files together. When no key can be in two of them (the usual
+    /// case: new rows have keys above the flushed ones) the inputs are simply concatenated;
+    /// otherwise they are merged by key, newest version first, and deduplicated.
     fn merged_scan(
         &self,
         state: &dyn Session,
@@ -216,55 +262,78 @@ impl KalamTableProvider {
         let def = self.rt.def();
         let schema = file_schema(def);
         let ordering = merge_ordering(def, &schema)?;
+        let indices: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.rt.schema.fields().len()).collect(),
+        };
 
-        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         // Every hot version takes part, deleted ones too: a hot tombstone hides older
         // cold versions of its key.
-        let hot: Vec<StoredRow> = match self.point_key(filters) {
-            Some(key) => self
-                .rt
-                .store
-                .get(def, partition, &key)
-                .map_err(KalamError::into_datafusion)?
-                .into_iter()
-                .collect(),
-            None => self
-                .rt
-                .store
-                .scan(def, partition, true, None)
-                .map_err(KalamError::into_datafusion)?,
-        };
-        if !hot.is_empty() {
-            let mut batches = Vec::new();
-            for chunk in hot.chunks(BATCH_ROWS) {
-                let b = rows_to_batch(def, &self.rt.schema, chunk)
-                    .map_err(KalamError::into_datafusion)?;
-                let mut columns = b.columns().to_vec();
-                columns.push(Arc::new(UInt64Array::from(
-                    chunk.iter().map(|r| r.seq).collect::<Vec<_>>(),
-                )));
-                batches.push(RecordBatch::try_new(schema.clone(), columns)?);
-            }
-            let source = MemorySourceConfig::try_new(&[batches], schema.clone(), None)?
+        let hot = self.hot_rows(partition, schema.clone(), filters, None, true)?;
+        let cold = self.cold_inputs(state, def, files, filters)?;
+        let disjoint = key_ranges_disjoint(
+            hot.range
+                .iter()
+                .map(|(a, b)| (a.as_slice(), b.as_slice()))
+                .chain(
+                    files
+                        .iter()
+                        .map(|f| (f.min_key.as_slice(), f.max_key.as_slice())),
+                ),
+        );
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if hot.rows > 0 {
+            let source = MemorySourceConfig::try_new(&[hot.batches], schema.clone(), None)?
                 .try_with_sort_information(vec![ordering.clone()])?;
             inputs.push(DataSourceExec::from_data_source(source));
         }
+        inputs.extend(cold);
+        let union = UnionExec::try_new(inputs)?;
+        let mut plan: Arc<dyn ExecutionPlan> = if disjoint {
+            // One version per key across all inputs: nothing to merge or deduplicate.
+            union
+        } else {
+            let merged = Arc::new(SortPreservingMergeExec::new(ordering.clone(), union));
+            Arc::new(DedupExec::try_new(
+                merged,
+                def.primary_key_index(),
+                ordering,
+            )?)
+        };
+        if !include_deleted {
+            let visible = not(col(DELETED_COLUMN, &schema)?)?;
+            plan = Arc::new(FilterExec::try_new(visible, plan)?);
+        }
+        let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = indices
+            .iter()
+            .map(|i| {
+                let name = self.rt.schema.field(*i).name().clone();
+                Ok((col(&name, &schema)?, name))
+            })
+            .collect::<DfResult<_>>()?;
+        Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
+    }
 
-        let (url, _) = self
-            .engine
-            .cold
-            .store(&self.rt.location)
-            .map_err(KalamError::into_datafusion)?;
+    /// One scan per schema version the files were written under (the manifest says), each
+    /// in the file schema of the version the query planned with.
+    fn cold_inputs(
+        &self,
+        state: &dyn Session,
+        def: &TableDef,
+        files: &[&Segment],
+        filters: &[Expr],
+    ) -> DfResult<Vec<Arc<dyn ExecutionPlan>>> {
+        let (url, _) = self.engine.cold.store(&self.rt.location)?;
         let predicate = self
             .pruning_filters(filters)
             .into_iter()
             .reduce(|a, b| a.and(b));
-        // One scan per schema version the files were written under (the manifest says).
         let mut by_version: std::collections::BTreeMap<u32, Vec<&Segment>> = Default::default();
         for f in files.iter().copied() {
             by_version.entry(f.schema_version).or_default().push(f);
         }
         let newest = self.rt.store.def();
+        let mut inputs = Vec::new();
         for (version, files) in by_version {
             let scan = if version == def.schema_version {
                 self.file_scan(state, &url, def, &files, predicate.as_ref())?
@@ -278,9 +347,8 @@ impl KalamTableProvider {
                             "a Parquet file of {} has schema version {version}, which the catalog does not hold",
                             def.id()
                         ))
-                        .into_datafusion()
                     })?;
-                let mut written = def.as_ref().clone();
+                let mut written = def.clone();
                 written.schema_version = version;
                 written.columns = columns.to_vec();
                 let scan = self.file_scan(state, &url, &written, &files, predicate.as_ref())?;
@@ -288,32 +356,15 @@ impl KalamTableProvider {
             };
             inputs.push(scan);
         }
-
-        let union = UnionExec::try_new(inputs)?;
-        let merged: Arc<dyn ExecutionPlan> =
-            Arc::new(SortPreservingMergeExec::new(ordering.clone(), union));
-        let mut plan: Arc<dyn ExecutionPlan> = Arc::new(DedupExec::try_new(
-            merged,
-            def.primary_key_index(),
-            ordering,
-        )?);
-        if !include_deleted {
-            let visible = not(col(DELETED_COLUMN, &schema)?)?;
-            plan = Arc::new(FilterExec::try_new(visible, plan)?);
-        }
-        let indices: Vec<usize> = match projection {
-            Some(p) => p.clone(),
-            None => (0..self.rt.schema.fields().len()).collect(),
-        };
-        let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = indices
-            .iter()
-            .map(|i| {
-                let name = self.rt.schema.field(*i).name().clone();
-                Ok((col(&name, &schema)?, name))
-            })
-            .collect::<DfResult<_>>()?;
-        Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
+        Ok(inputs)
     }
+}
+
+/// Whether no two of the key ranges (first, last; inclusive) overlap.
+fn key_ranges_disjoint<'a>(ranges: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> bool {
+    let mut ranges: Vec<_> = ranges.collect();
+    ranges.sort_unstable();
+    ranges.windows(2).all(|w| w[0].1 < w[1].0)
 }
 
 impl KalamTableProvider {
@@ -478,26 +529,30 @@ impl TableProvider for KalamTableProvider {
             return self.hot_scan(&partition, projection, filters, limit, true);
         }
         let include_deleted = !def.kind.has_system_columns() || mentions_deleted(filters);
-        let segments = self
-            .engine
-            .cold
-            .segments(self.rt.store.cf_name(), &partition);
-        let files: Vec<&Segment> = segments
-            .iter()
-            .filter(|s| self.file_may_match(s, filters))
-            .collect();
-        if files.is_empty() {
-            return self.hot_scan(&partition, projection, filters, limit, include_deleted);
-        }
-        self.merged_scan(
-            state,
-            &partition,
-            projection,
-            filters,
-            &files,
-            include_deleted,
-        )
-        .map_err(|e| match e {
+        // The hot rows and the manifest must be of one moment: a flush committing between
+        // the two reads would otherwise hide its rows from both.
+        let plan = self.rt.store.read_consistent(|| {
+            let segments = self
+                .engine
+                .cold
+                .segments(self.rt.store.cf_name(), &partition);
+            let files: Vec<&Segment> = segments
+                .iter()
+                .filter(|s| self.file_may_match(s, filters))
+                .collect();
+            if files.is_empty() {
+                return self.hot_scan(&partition, projection, filters, limit, include_deleted);
+            }
+            self.merged_scan(
+                state,
+                &partition,
+                projection,
+                filters,
+                &files,
+                include_deleted,
+            )
+        });
+        plan.map_err(|e| match e {
             DataFusionError::External(_) => e,
             other => KalamError::from(other).into_datafusion(),
         })
@@ -578,5 +633,26 @@ impl DataSink for InsertSink {
             .insert_rows(&self.rt, &self.partition, rows)
             .await
             .map_err(KalamError::into_datafusion)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_ranges_disjoint;
+
+    fn disjoint(ranges: &[(&[u8], &[u8])]) -> bool {
+        key_ranges_disjoint(ranges.iter().copied())
+    }
+
+    /// The merge is skipped only when no key can be in two inputs: ranges that share even
+    /// their end points overlap, in whatever order the inputs come.
+    #[test]
+    fn key_ranges_overlap_at_shared_end_points() {
+        assert!(disjoint(&[]));
+        assert!(disjoint(&[(b"a", b"z")]));
+        assert!(disjoint(&[(b"m", b"p"), (b"a", b"c"), (b"d", b"l")]));
+        assert!(!disjoint(&[(b"a", b"c"), (b"c", b"d")]));
+        assert!(!disjoint(&[(b"d", b"f"), (b"a", b"z")]));
+        assert!(!disjoint(&[(b"k", b"k"), (b"a", b"c"), (b"j", b"l")]));
     }
 }

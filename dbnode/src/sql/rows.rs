@@ -6,7 +6,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder,
     Float32Builder, Float64Builder, Int16Builder, Int32Builder, Int64Builder, RecordBatch,
-    StringBuilder, TimestampMicrosecondBuilder,
+    RecordBatchOptions, StringBuilder, TimestampMicrosecondBuilder, UInt64Builder,
 };
 use datafusion::arrow::datatypes::{
     Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
@@ -15,93 +15,256 @@ use datafusion::arrow::datatypes::{
 
 use datafusion::common::ScalarValue;
 
-use crate::catalog::{KalamType, TableDef, TIMESTAMP_TZ};
+use crate::catalog::{KalamType, TableDef, DELETED_COLUMN, TIMESTAMP_TZ, UPDATED_COLUMN};
+use crate::cold::SEQ_COLUMN;
 use crate::error::{KalamError, Result};
-use crate::storage::{StoredRow, Value};
+use crate::storage::{StoredRow, StoredRowRef, Value, ValueRef};
 
-/// Builds one batch of the table's full schema (user columns, then system columns).
+/// Builds one batch of `schema` (the table's full schema, a projection of it, or a file
+/// schema with `_seq`) from stored rows.
 pub fn rows_to_batch(
     def: &TableDef,
     schema: &SchemaRef,
     rows: &[StoredRow],
 ) -> Result<RecordBatch> {
-    let n = rows.len();
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    for (i, col) in def.columns.iter().enumerate() {
-        columns.push(build_column(
-            col.data_type,
-            n,
-            rows.iter().map(|r| r.values.get(i).unwrap_or(&Value::Null)),
-        )?);
+    let mut builder = RowBatchBuilder::new(def, schema.clone(), rows.len())?;
+    for row in rows {
+        builder.push_owned(row)?;
     }
-    if def.kind.has_system_columns() {
-        let mut updated = TimestampMicrosecondBuilder::with_capacity(n).with_timezone(TIMESTAMP_TZ);
-        let mut deleted = BooleanBuilder::with_capacity(n);
-        for r in rows {
-            updated.append_value(r.updated_micros);
-            deleted.append_value(r.deleted);
-        }
-        columns.push(Arc::new(updated.finish()));
-        columns.push(Arc::new(deleted.finish()));
-    }
-    RecordBatch::try_new(schema.clone(), columns).map_err(KalamError::internal)
+    builder.finish()
 }
 
 /// A stored value as a DataFusion scalar of the column's Arrow type (a fill value of a
 /// column that a Parquet file's schema version lacks).
 pub fn value_to_scalar(t: KalamType, v: &Value) -> Result<ScalarValue> {
-    let array = build_column(t, 1, std::iter::once(v))?;
-    ScalarValue::try_from_array(&array, 0).map_err(KalamError::internal)
+    let mut b = ColumnBuilder::new(t, 1)?;
+    b.append(v.into())?;
+    ScalarValue::try_from_array(&b.finish(), 0).map_err(KalamError::internal)
 }
 
-fn mismatch(t: KalamType, v: &Value) -> KalamError {
-    KalamError::Storage(format!(
-        "stored value {v:?} does not fit column type {}",
-        t.sql_name()
-    ))
+/// Where a field of the output schema takes its cells from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// A user column, by position in the definition's columns.
+    Column(usize),
+    Updated,
+    Deleted,
+    Seq,
 }
 
-fn build_column<'a>(
-    t: KalamType,
-    n: usize,
-    values: impl Iterator<Item = &'a Value>,
-) -> Result<ArrayRef> {
-    macro_rules! build {
-        ($builder:expr, $($pat:pat => $val:expr),+) => {{
-            let mut b = $builder;
-            for v in values {
-                match v {
-                    Value::Null => b.append_null(),
-                    $($pat => b.append_value($val),)+
-                    other => return Err(mismatch(t, other)),
+/// Builds Arrow batches of one table's rows cell by cell, from rows read in place from the
+/// hot tier ([`StoredRowRef`]) or owned ones: no intermediate row of owned values. Each
+/// field of the output schema is matched by name to a user column or a system column.
+pub struct RowBatchBuilder {
+    schema: SchemaRef,
+    sources: Vec<Source>,
+    columns: Vec<ColumnBuilder>,
+    rows: usize,
+}
+
+impl RowBatchBuilder {
+    pub fn new(def: &TableDef, schema: SchemaRef, capacity: usize) -> Result<Self> {
+        let mut sources = Vec::with_capacity(schema.fields().len());
+        let mut columns = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
+            let name = field.name().as_str();
+            let (source, t) = match name {
+                UPDATED_COLUMN => (Source::Updated, KalamType::Timestamp),
+                DELETED_COLUMN => (Source::Deleted, KalamType::Boolean),
+                SEQ_COLUMN => {
+                    sources.push(Source::Seq);
+                    columns.push(ColumnBuilder::Seq(UInt64Builder::with_capacity(capacity)));
+                    continue;
                 }
-            }
-            Arc::new(b.finish()) as ArrayRef
-        }};
-    }
-    Ok(match t {
-        KalamType::Boolean => build!(BooleanBuilder::with_capacity(n), Value::Bool(b) => *b),
-        KalamType::SmallInt => build!(Int16Builder::with_capacity(n), Value::Int(i) => *i as i16),
-        KalamType::Int => build!(Int32Builder::with_capacity(n), Value::Int(i) => *i as i32),
-        KalamType::BigInt => build!(Int64Builder::with_capacity(n), Value::Int(i) => *i),
-        KalamType::Float => build!(Float32Builder::with_capacity(n), Value::Float(f) => *f as f32),
-        KalamType::Double => build!(Float64Builder::with_capacity(n), Value::Float(f) => *f),
-        KalamType::Decimal { precision, scale } => build!(
-            Decimal128Builder::with_capacity(n)
-                .with_precision_and_scale(precision, scale)
-                .map_err(KalamError::internal)?,
-            Value::Decimal(d) => *d
-        ),
-        KalamType::Text | KalamType::Json => {
-            build!(StringBuilder::with_capacity(n, n * 16), Value::Text(s) => s)
+                _ => {
+                    let i = def
+                        .columns
+                        .iter()
+                        .position(|c| c.name.as_str() == name)
+                        .ok_or_else(|| {
+                            KalamError::internal(format!("{} has no column {name}", def.id()))
+                        })?;
+                    (Source::Column(i), def.columns[i].data_type)
+                }
+            };
+            sources.push(source);
+            columns.push(ColumnBuilder::new(t, capacity)?);
         }
-        KalamType::Bytes => build!(BinaryBuilder::with_capacity(n, n * 16), Value::Bytes(b) => b),
-        KalamType::Date => build!(Date32Builder::with_capacity(n), Value::Date(d) => *d),
-        KalamType::Timestamp => build!(
-            TimestampMicrosecondBuilder::with_capacity(n).with_timezone(TIMESTAMP_TZ),
-            Value::Timestamp(t) => *t
-        ),
-    })
+        Ok(Self {
+            schema,
+            sources,
+            columns,
+            rows: 0,
+        })
+    }
+
+    /// Rows pushed since the last [`finish`](Self::finish).
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Appends a row read in place; its values are in the definition's schema version.
+    pub fn push(&mut self, row: &StoredRowRef<'_>) -> Result<()> {
+        self.push_with(row.seq, row.updated_micros, row.deleted, |i| {
+            row.values.get(i).copied().unwrap_or(ValueRef::Null)
+        })
+    }
+
+    /// Appends an owned row; its values are in the definition's schema version.
+    pub fn push_owned(&mut self, row: &StoredRow) -> Result<()> {
+        self.push_with(row.seq, row.updated_micros, row.deleted, |i| {
+            row.values.get(i).map_or(ValueRef::Null, ValueRef::from)
+        })
+    }
+
+    fn push_with<'a>(
+        &mut self,
+        seq: u64,
+        updated: i64,
+        deleted: bool,
+        value: impl Fn(usize) -> ValueRef<'a>,
+    ) -> Result<()> {
+        for (source, b) in self.sources.iter().zip(self.columns.iter_mut()) {
+            match *source {
+                Source::Column(i) => b.append(value(i))?,
+                Source::Updated => b.append(ValueRef::Timestamp(updated))?,
+                Source::Deleted => b.append(ValueRef::Bool(deleted))?,
+                Source::Seq => b.append_seq(seq),
+            }
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// The rows pushed so far as one batch; the builder starts empty again.
+    pub fn finish(&mut self) -> Result<RecordBatch> {
+        let columns = self.columns.iter_mut().map(ColumnBuilder::finish).collect();
+        let options = RecordBatchOptions::new().with_row_count(Some(self.rows));
+        self.rows = 0;
+        RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
+            .map_err(KalamError::internal)
+    }
+}
+
+/// The Arrow builder of one column, with the column's type (for the mismatch error).
+enum ColumnBuilder {
+    Boolean(BooleanBuilder),
+    SmallInt(Int16Builder),
+    Int(Int32Builder),
+    BigInt(Int64Builder),
+    Float(Float32Builder),
+    Double(Float64Builder),
+    Decimal(Decimal128Builder, KalamType),
+    Text(StringBuilder, KalamType),
+    Bytes(BinaryBuilder),
+    Date(Date32Builder),
+    Timestamp(TimestampMicrosecondBuilder),
+    Seq(UInt64Builder),
+}
+
+impl ColumnBuilder {
+    fn new(t: KalamType, n: usize) -> Result<Self> {
+        Ok(match t {
+            KalamType::Boolean => Self::Boolean(BooleanBuilder::with_capacity(n)),
+            KalamType::SmallInt => Self::SmallInt(Int16Builder::with_capacity(n)),
+            KalamType::Int => Self::Int(Int32Builder::with_capacity(n)),
+            KalamType::BigInt => Self::BigInt(Int64Builder::with_capacity(n)),
+            KalamType::Float => Self::Float(Float32Builder::with_capacity(n)),
+            KalamType::Double => Self::Double(Float64Builder::with_capacity(n)),
+            KalamType::Decimal { precision, scale } => Self::Decimal(
+                Decimal128Builder::with_capacity(n)
+                    .with_precision_and_scale(precision, scale)
+                    .map_err(KalamError::internal)?,
+                t,
+            ),
+            KalamType::Text | KalamType::Json => {
+                Self::Text(StringBuilder::with_capacity(n, n * 16), t)
+            }
+            KalamType::Bytes => Self::Bytes(BinaryBuilder::with_capacity(n, n * 16)),
+            KalamType::Date => Self::Date(Date32Builder::with_capacity(n)),
+            KalamType::Timestamp => Self::Timestamp(
+                TimestampMicrosecondBuilder::with_capacity(n).with_timezone(TIMESTAMP_TZ),
+            ),
+        })
+    }
+
+    fn kalam_type(&self) -> KalamType {
+        match self {
+            Self::Boolean(_) => KalamType::Boolean,
+            Self::SmallInt(_) => KalamType::SmallInt,
+            Self::Int(_) => KalamType::Int,
+            Self::BigInt(_) | Self::Seq(_) => KalamType::BigInt,
+            Self::Float(_) => KalamType::Float,
+            Self::Double(_) => KalamType::Double,
+            Self::Decimal(_, t) | Self::Text(_, t) => *t,
+            Self::Bytes(_) => KalamType::Bytes,
+            Self::Date(_) => KalamType::Date,
+            Self::Timestamp(_) => KalamType::Timestamp,
+        }
+    }
+
+    fn append(&mut self, v: ValueRef<'_>) -> Result<()> {
+        // Integers of every width are stored as `Int`, floats of both widths as `Float`;
+        // the column's type says which Arrow type they become.
+        match (self, v) {
+            (Self::Boolean(b), ValueRef::Null) => b.append_null(),
+            (Self::Boolean(b), ValueRef::Bool(x)) => b.append_value(x),
+            (Self::SmallInt(b), ValueRef::Null) => b.append_null(),
+            (Self::SmallInt(b), ValueRef::Int(i)) => b.append_value(i as i16),
+            (Self::Int(b), ValueRef::Null) => b.append_null(),
+            (Self::Int(b), ValueRef::Int(i)) => b.append_value(i as i32),
+            (Self::BigInt(b), ValueRef::Null) => b.append_null(),
+            (Self::BigInt(b), ValueRef::Int(i)) => b.append_value(i),
+            (Self::Float(b), ValueRef::Null) => b.append_null(),
+            (Self::Float(b), ValueRef::Float(f)) => b.append_value(f as f32),
+            (Self::Double(b), ValueRef::Null) => b.append_null(),
+            (Self::Double(b), ValueRef::Float(f)) => b.append_value(f),
+            (Self::Decimal(b, _), ValueRef::Null) => b.append_null(),
+            (Self::Decimal(b, _), ValueRef::Decimal(d)) => b.append_value(d),
+            (Self::Text(b, _), ValueRef::Null) => b.append_null(),
+            (Self::Text(b, _), ValueRef::Text(s)) => b.append_value(s),
+            (Self::Bytes(b), ValueRef::Null) => b.append_null(),
+            (Self::Bytes(b), ValueRef::Bytes(x)) => b.append_value(x),
+            (Self::Date(b), ValueRef::Null) => b.append_null(),
+            (Self::Date(b), ValueRef::Date(d)) => b.append_value(d),
+            (Self::Timestamp(b), ValueRef::Null) => b.append_null(),
+            (Self::Timestamp(b), ValueRef::Timestamp(t)) => b.append_value(t),
+            (this, other) => {
+                return Err(KalamError::Storage(format!(
+                    "stored value {other:?} does not fit column type {}",
+                    this.kalam_type().sql_name()
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn append_seq(&mut self, seq: u64) {
+        if let Self::Seq(b) = self {
+            b.append_value(seq);
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Self::Boolean(b) => Arc::new(b.finish()),
+            Self::SmallInt(b) => Arc::new(b.finish()),
+            Self::Int(b) => Arc::new(b.finish()),
+            Self::BigInt(b) => Arc::new(b.finish()),
+            Self::Float(b) => Arc::new(b.finish()),
+            Self::Double(b) => Arc::new(b.finish()),
+            Self::Decimal(b, _) => Arc::new(b.finish()),
+            Self::Text(b, _) => Arc::new(b.finish()),
+            Self::Bytes(b) => Arc::new(b.finish()),
+            Self::Date(b) => Arc::new(b.finish()),
+            Self::Timestamp(b) => Arc::new(b.finish()),
+            Self::Seq(b) => Arc::new(b.finish()),
+        }
+    }
 }
 
 /// Casts `array` to the column's Arrow type; a value that does not convert is the client's
@@ -173,4 +336,129 @@ pub fn batch_to_values(def: &TableDef, batch: &RecordBatch) -> Result<Vec<Vec<Va
         rows.push(values);
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{ColumnDef, FlushPolicy, LocationSpec, TableKind};
+    use crate::cold::parquet::file_schema;
+    use crate::ids::{ColumnName, NamespaceId, TableName};
+    use datafusion::arrow::array::{BooleanArray, Int64Array, StringArray, UInt64Array};
+    use datafusion::arrow::datatypes::Schema;
+
+    fn def() -> TableDef {
+        let column = |id, name: &str, data_type, nullable| ColumnDef {
+            id,
+            name: ColumnName::new(name).unwrap(),
+            data_type,
+            nullable,
+            default: None,
+            initial_default: None,
+        };
+        TableDef {
+            namespace: NamespaceId::new("app").unwrap(),
+            name: TableName::new("t").unwrap(),
+            kind: TableKind::Shared,
+            uid: "u".into(),
+            created_at: chrono::Utc::now(),
+            schema_version: 1,
+            columns: vec![
+                column(1, "id", KalamType::BigInt, false),
+                column(2, "body", KalamType::Text, true),
+            ],
+            primary_key: ColumnName::new("id").unwrap(),
+            location: LocationSpec::Default,
+            flush_policy: FlushPolicy::default(),
+            deleted_retention_secs: None,
+            stream: None,
+            storage: None,
+            last_column_id: 2,
+            history: Vec::new(),
+        }
+    }
+
+    fn row(id: i64, body: Option<&str>, seq: u64, deleted: bool) -> StoredRow {
+        StoredRow {
+            schema_version: 1,
+            seq,
+            updated_micros: 1_000 + seq as i64,
+            deleted,
+            values: vec![
+                Value::Int(id),
+                body.map_or(Value::Null, |b| Value::Text(b.into())),
+            ],
+        }
+    }
+
+    /// Rows read in place and owned rows build the same batch, in the file schema (with
+    /// `_seq`), and the builder starts over after `finish`.
+    #[test]
+    fn builds_batches_from_rows_read_in_place() {
+        let def = def();
+        let schema = file_schema(&def);
+        let rows = [row(1, Some("a"), 7, false), row(2, None, 8, true)];
+        let encoded: Vec<Vec<u8>> = rows.iter().map(|r| r.encode().unwrap()).collect();
+        let mut b = RowBatchBuilder::new(&def, schema.clone(), 2).unwrap();
+        for bytes in &encoded {
+            b.push(&StoredRowRef::decode(bytes).unwrap()).unwrap();
+        }
+        assert_eq!(b.len(), 2);
+        let in_place = b.finish().unwrap();
+        assert!(b.is_empty());
+        assert_eq!(rows_to_batch(&def, &schema, &rows).unwrap(), in_place);
+        let ids = in_place
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(ids, &Int64Array::from(vec![1, 2]));
+        let bodies = in_place
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(bodies, &StringArray::from(vec![Some("a"), None]));
+        let deleted = in_place.column_by_name(DELETED_COLUMN).unwrap();
+        assert_eq!(
+            deleted.as_any().downcast_ref::<BooleanArray>().unwrap(),
+            &BooleanArray::from(vec![false, true])
+        );
+        let seqs = in_place.column_by_name(SEQ_COLUMN).unwrap();
+        assert_eq!(
+            seqs.as_any().downcast_ref::<UInt64Array>().unwrap(),
+            &UInt64Array::from(vec![7, 8])
+        );
+        b.push_owned(&rows[0]).unwrap();
+        assert_eq!(b.finish().unwrap().num_rows(), 1);
+    }
+
+    /// A projection builds only its columns; an empty one (`count(*)`) still counts rows.
+    #[test]
+    fn builds_projections_and_row_counts() {
+        let def = def();
+        let table = def.arrow_schema();
+        let rows = [row(1, Some("a"), 1, false), row(2, Some("b"), 2, false)];
+        let body = Arc::new(table.project(&[1]).unwrap());
+        let batch = rows_to_batch(&def, &body, &rows).unwrap();
+        assert_eq!(batch.num_columns(), 1);
+        assert_eq!(batch.schema().field(0).name(), "body");
+        let none = Arc::new(Schema::empty());
+        let batch = rows_to_batch(&def, &none, &rows).unwrap();
+        assert_eq!((batch.num_columns(), batch.num_rows()), (0, 2));
+    }
+
+    /// A stored value of the wrong kind for its column is a storage error naming the type,
+    /// not a panic or a silent NULL.
+    #[test]
+    fn refuses_values_of_another_type() {
+        let def = def();
+        let mut bad = row(1, None, 1, false);
+        bad.values[1] = Value::Int(5);
+        let err = rows_to_batch(&def, &def.arrow_schema(), &[bad]).unwrap_err();
+        assert!(
+            matches!(&err, KalamError::Storage(m) if m.contains("TEXT")),
+            "{err:?}"
+        );
+    }
 }

@@ -58,6 +58,69 @@ impl StoredRow {
     }
 }
 
+/// One cell borrowed from an encoded row: the same variants in the same order as
+/// [`Value`], so postcard reads a stored value into it without copying text or bytes (a scan
+/// appends cells straight to Arrow builders).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub enum ValueRef<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Decimal(i128),
+    Text(&'a str),
+    Bytes(&'a [u8]),
+    Date(i32),
+    Timestamp(i64),
+}
+
+impl<'a> From<&'a Value> for ValueRef<'a> {
+    fn from(v: &'a Value) -> Self {
+        match v {
+            Value::Null => ValueRef::Null,
+            Value::Bool(b) => ValueRef::Bool(*b),
+            Value::Int(i) => ValueRef::Int(*i),
+            Value::Float(f) => ValueRef::Float(*f),
+            Value::Decimal(d) => ValueRef::Decimal(*d),
+            Value::Text(s) => ValueRef::Text(s),
+            Value::Bytes(b) => ValueRef::Bytes(b),
+            Value::Date(d) => ValueRef::Date(*d),
+            Value::Timestamp(t) => ValueRef::Timestamp(*t),
+        }
+    }
+}
+
+/// A [`StoredRow`] read in place from its encoding (the fields in the same order).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct StoredRowRef<'a> {
+    pub schema_version: u32,
+    pub seq: u64,
+    pub updated_micros: i64,
+    pub deleted: bool,
+    #[serde(borrow)]
+    pub values: Vec<ValueRef<'a>>,
+}
+
+impl<'a> StoredRowRef<'a> {
+    pub fn decode(bytes: &'a [u8]) -> Result<Self> {
+        postcard::from_bytes(bytes)
+            .map_err(|e| KalamError::Storage(format!("undecodable row value: {e}")))
+    }
+}
+
+impl StoredRow {
+    /// A borrowed view of this row, for code that takes rows read in place.
+    pub fn borrowed(&self) -> StoredRowRef<'_> {
+        StoredRowRef {
+            schema_version: self.schema_version,
+            seq: self.seq,
+            updated_micros: self.updated_micros,
+            deleted: self.deleted,
+            values: self.values.iter().map(ValueRef::from).collect(),
+        }
+    }
+}
+
 /// Where each column of a target version takes its value from, for rows of one source
 /// version: a position in the source row, or a fill value (the column did not exist yet).
 #[derive(Debug, Clone)]
@@ -246,6 +309,10 @@ mod tests {
         assert!(bytes.len() < 64, "encoded size {}", bytes.len());
         assert_eq!(StoredRow::decode(&bytes).unwrap(), row);
         assert!(StoredRow::decode(&[0xff, 0xff, 0xff]).is_err());
+        // The borrowed reading of the same bytes sees the same row.
+        assert_eq!(StoredRowRef::decode(&bytes).unwrap(), row.borrowed());
+        assert!(StoredRowRef::decode(&[0xff, 0xff, 0xff]).is_err());
+        assert!(StoredRowRef::decode(&bytes[..bytes.len() - 1]).is_err());
     }
 
     fn column(id: u32, name: &str, t: KalamType, initial: Option<Value>) -> ColumnDef {

@@ -16,7 +16,7 @@ use rocksdb::{
 };
 
 use crate::error::{KalamError, Result};
-pub use codec::{Partition, RowKey, StoredRow, Value};
+pub use codec::{Partition, RowKey, StoredRow, StoredRowRef, Value, ValueRef};
 
 const META_CF: &str = "meta";
 const SEQ_PREFIX: &str = "seq/";
@@ -201,22 +201,32 @@ impl Storage {
         partition: &Partition,
         mut f: impl FnMut(&[u8], StoredRow) -> Result<bool>,
     ) -> Result<()> {
+        self.scan_partition_raw(cf_name, partition, |k, v| f(k, StoredRow::decode(v)?))
+    }
+
+    /// Every key and encoded value of a partition in key order, borrowed from the iterator
+    /// (no copy per row), until `f` returns false.
+    pub fn scan_partition_raw(
+        &self,
+        cf_name: &str,
+        partition: &Partition,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
         let cf = self.cf(cf_name)?;
         let prefix = partition.prefix();
         let mut read_opts = ReadOptions::default();
         if let Some(upper) = partition.upper_bound() {
             read_opts.set_iterate_upper_bound(upper);
         }
-        let mode = IteratorMode::From(&prefix, rocksdb::Direction::Forward);
-        for item in self.db.iterator_cf_opt(&cf, read_opts, mode) {
-            let (k, v) = item?;
-            if !k.starts_with(&prefix) {
+        let mut it = self.db.raw_iterator_cf_opt(&cf, read_opts);
+        it.seek(&prefix);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(&prefix) || !f(k, v)? {
                 break;
             }
-            if !f(&k, StoredRow::decode(&v)?)? {
-                break;
-            }
+            it.next();
         }
+        it.status()?;
         Ok(())
     }
 
@@ -266,23 +276,26 @@ impl Storage {
     }
 
     /// Takes a consistent snapshot of a table, calls `taken` once it exists (the caller
-    /// releases its write lock there), then calls `f` with every row of the snapshot in key
-    /// order until `f` returns false.
+    /// releases its write lock there), then calls `f` with every key and encoded row of the
+    /// snapshot in key order (borrowed from the iterator) until `f` returns false.
     pub fn scan_snapshot(
         &self,
         cf_name: &str,
         taken: impl FnOnce(),
-        mut f: impl FnMut(&[u8], StoredRow) -> Result<bool>,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
     ) -> Result<()> {
         let cf = self.cf(cf_name)?;
         let snapshot = self.db.snapshot();
         taken();
-        for item in snapshot.iterator_cf(&cf, IteratorMode::Start) {
-            let (k, v) = item?;
-            if !f(&k, StoredRow::decode(&v)?)? {
+        let mut it = snapshot.raw_iterator_cf(&cf);
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !f(k, v)? {
                 break;
             }
+            it.next();
         }
+        it.status()?;
         Ok(())
     }
 

@@ -18,7 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::catalog::{TableDef, TableKind};
 use crate::error::{KalamError, Result};
 use crate::storage::codec::{Reshape, Shaper};
-use crate::storage::{Partition, RawRow, RowKey, Storage, StoredRow, Value};
+use crate::storage::{Partition, RawRow, RowKey, Storage, StoredRow, StoredRowRef, Value};
 
 /// Extra checks a table puts on the values written to it (`system.users` checks roles).
 pub type RowValidator = fn(&TableDef, &[Value]) -> Result<()>;
@@ -106,6 +106,10 @@ pub struct TableStore {
     /// Bumped by every flush commit (under `write_lock`): a writer that looked up versions
     /// in the cold tier knows its answer is still current when the generation is unchanged.
     cold_generation: AtomicU64,
+    /// Bumped by every flush or cleanup commit (under `write_lock`) before its batch, as
+    /// `cold_generation` is after its publish: a reader whose window saw neither move read
+    /// the hot tier and the manifests of one moment ([`TableStore::read_consistent`]).
+    cold_begun: AtomicU64,
     /// Rows written since the last flush snapshot, and when the oldest of them was written:
     /// flush policies are checked from these, without scanning.
     pending_rows: AtomicU64,
@@ -201,6 +205,7 @@ impl TableStore {
             dml_locks: Mutex::new(HashMap::new()),
             validator,
             cold_generation: AtomicU64::new(0),
+            cold_begun: AtomicU64::new(0),
             pending_rows: AtomicU64::new(pending),
             oldest_pending: Mutex::new((pending > 0).then(Instant::now)),
             flushing: AtomicBool::new(false),
@@ -215,6 +220,28 @@ impl TableStore {
 
     pub fn cold_generation(&self) -> u64 {
         self.cold_generation.load(Ordering::Acquire)
+    }
+
+    /// Runs `read` (a read of hot rows and of published manifests) until no flush or cleanup
+    /// commit overlapped it. A commit deletes hot rows and publishes their file in two steps;
+    /// a reader between them would see the rows in neither tier. Commits are rare and short,
+    /// so a retry almost always succeeds; after a few, the read waits out the table's
+    /// flush or cleanup instead.
+    pub fn read_consistent<T, E>(
+        &self,
+        mut read: impl FnMut() -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        const ATTEMPTS: usize = 4;
+        for _ in 0..ATTEMPTS {
+            let done = self.cold_generation.load(Ordering::SeqCst);
+            let out = read()?;
+            if self.cold_begun.load(Ordering::SeqCst) == done {
+                return Ok(out);
+            }
+        }
+        // Commits only happen inside a flush or a cleanup, which hold this for their run.
+        let _maintenance = self.maintenance.lock();
+        read()
     }
 
     /// Rows waiting for a flush, and since when.
@@ -255,11 +282,11 @@ impl TableStore {
 
     /// Takes a flush snapshot: returns its sequence; `f` gets that sequence, the definition
     /// current at the snapshot, and every row version of the snapshot in key order, in that
-    /// definition's schema version (no row of the snapshot is newer). Rows written after the
-    /// snapshot count as pending for the next flush.
+    /// definition's schema version (no row of the snapshot is newer), read in place. Rows
+    /// written after the snapshot count as pending for the next flush.
     pub fn snapshot_scan(
         &self,
-        mut f: impl FnMut(u64, &Arc<TableDef>, &[u8], StoredRow) -> Result<bool>,
+        mut f: impl FnMut(u64, &Arc<TableDef>, &[u8], &StoredRowRef<'_>) -> Result<bool>,
     ) -> Result<u64> {
         let guard = self.write_lock.lock();
         self.refuse_if_dropped()?;
@@ -271,9 +298,14 @@ impl TableStore {
         self.storage.scan_snapshot(
             &self.cf,
             move || drop(guard),
-            |k, mut r| {
-                shaper.shape(&mut r)?;
-                f(seq, &def, k, r)
+            |k, bytes| {
+                let row = StoredRowRef::decode(bytes)?;
+                if row.schema_version == def.schema_version {
+                    return f(seq, &def, k, &row);
+                }
+                let mut owned = StoredRow::decode(bytes)?;
+                shaper.shape(&mut owned)?;
+                f(seq, &def, k, &owned.borrowed())
             },
         )?;
         Ok(seq)
@@ -340,10 +372,16 @@ impl TableStore {
                 }
             }
         }
-        self.storage
-            .write_flush_commit(&self.cf, &deletes, meta_ops)?;
-        publish();
-        self.cold_generation.fetch_add(1, Ordering::AcqRel);
+        self.cold_begun.fetch_add(1, Ordering::SeqCst);
+        let written = self
+            .storage
+            .write_flush_commit(&self.cf, &deletes, meta_ops);
+        if written.is_ok() {
+            publish();
+        }
+        // Even after a failed batch, so the two counters agree again.
+        self.cold_generation.fetch_add(1, Ordering::SeqCst);
+        written?;
         Ok(deletes.len())
     }
 
@@ -382,10 +420,16 @@ impl TableStore {
                 });
             }
         }
-        self.storage
-            .write_flush_commit(&self.cf, &deletes, meta_ops)?;
-        publish();
-        self.cold_generation.fetch_add(1, Ordering::AcqRel);
+        self.cold_begun.fetch_add(1, Ordering::SeqCst);
+        let written = self
+            .storage
+            .write_flush_commit(&self.cf, &deletes, meta_ops);
+        if written.is_ok() {
+            publish();
+        }
+        // Even after a failed batch, so the two counters agree again.
+        self.cold_generation.fetch_add(1, Ordering::SeqCst);
+        written?;
         // The removed tombstones no longer wait for a flush.
         let removed = deletes.len() as u64;
         let _ = self
@@ -761,27 +805,34 @@ impl TableStore {
         Ok(())
     }
 
-    /// Every current row version of a partition, soft-deleted ones only when asked, in the
-    /// schema version of `target` (the definition the reader planned with).
-    pub fn scan(
+    /// Every current row version of a partition in key order, soft-deleted ones only when
+    /// asked, in the schema version of `target` (the definition the reader planned with):
+    /// `f` gets each row read in place, with its key within the partition, until it returns
+    /// false. Rows of `target`'s version are not copied; others are decoded and reshaped.
+    pub fn scan_in_place(
         &self,
         target: &TableDef,
         partition: &Partition,
         include_deleted: bool,
-        limit: Option<usize>,
-    ) -> Result<Vec<StoredRow>> {
+        mut f: impl FnMut(&[u8], &StoredRowRef<'_>) -> Result<bool>,
+    ) -> Result<()> {
         let history = self.def();
         let mut shaper = Shaper::new(&history, target);
-        let mut out = Vec::new();
+        let prefix = partition.prefix().len();
         self.storage
-            .scan_partition(&self.cf, partition, |_, mut row| {
-                if include_deleted || !row.deleted {
-                    shaper.shape(&mut row)?;
-                    out.push(row);
+            .scan_partition_raw(&self.cf, partition, |key, bytes| {
+                let row = StoredRowRef::decode(bytes)?;
+                if !include_deleted && row.deleted {
+                    return Ok(true);
                 }
-                Ok(limit.is_none_or(|l| out.len() < l))
-            })?;
-        Ok(out)
+                let row_key = key.get(prefix..).unwrap_or_default();
+                if row.schema_version == target.schema_version {
+                    return f(row_key, &row);
+                }
+                let mut owned = StoredRow::decode(bytes)?;
+                shaper.shape(&mut owned)?;
+                f(row_key, &owned.borrowed())
+            })
     }
 
     /// The current version of one key, soft-deleted or not, in the schema version of

@@ -1293,6 +1293,62 @@ async fn rows_policy_flushes_automatically() {
     );
 }
 
+/// A query while flushes commit: every row acknowledged before the query started is counted,
+/// once. (A flush commit deletes hot rows and publishes their file in two steps; a read
+/// between them must not miss the rows.)
+#[tokio::test]
+async fn queries_during_flushes_see_every_row_once() {
+    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+    const ROWS: i64 = 400;
+    let node = TestNode::start_with_options(fast_checks()).await;
+    let alice = token("alice", false);
+    node.admin("CREATE NAMESPACE app").await;
+    node.admin("CREATE SHARED TABLE app.busy (id BIGINT PRIMARY KEY, v TEXT) FLUSH POLICY ROWS 10")
+        .await;
+    let acked = AtomicI64::new(0);
+    let writing = AtomicBool::new(true);
+    let writer = async {
+        for i in 1..=ROWS {
+            node.exec(&alice, &format!("INSERT INTO app.busy (id, v) VALUES ({i}, 'v{i}')"))
+                .await;
+            acked.store(i, Ordering::SeqCst);
+            if i % 25 == 0 {
+                node.admin("FLUSH TABLE app.busy").await;
+            }
+        }
+        writing.store(false, Ordering::SeqCst);
+    };
+    let reader = async {
+        let mut queries = 0;
+        while writing.load(Ordering::SeqCst) {
+            let before = acked.load(Ordering::SeqCst);
+            let rows = node
+                .query(
+                    &alice,
+                    "SELECT COUNT(*) AS total_rows, COUNT(DISTINCT id) AS distinct_ids, \
+                     MAX(id) AS max_id FROM app.busy",
+                )
+                .await;
+            let total = int(&rows[0]["total_rows"], "total_rows");
+            let distinct = int(&rows[0]["distinct_ids"], "distinct_ids");
+            assert_eq!(total, distinct, "a row counted twice: {rows:?}");
+            assert!(
+                total >= before,
+                "{before} rows were acknowledged before the query, it counted {total}"
+            );
+            queries += 1;
+        }
+        queries
+    };
+    let ((), queries) = tokio::join!(writer, reader);
+    assert!(queries > 10, "the reader ran alongside the writer ({queries} queries)");
+    assert_once(&node, &alice, "app.busy", ROWS, "after the writes").await;
+    assert!(
+        flushed_rows(&node, "app", "busy").await > 0,
+        "flushes ran while the reader read"
+    );
+}
+
 #[tokio::test]
 async fn interval_policy_flushes_waiting_rows() {
     let node = TestNode::start_with_options(fast_checks()).await;
