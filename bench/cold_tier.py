@@ -250,34 +250,65 @@ def backup_restore(node, mb):
     return {"rows": rows, "backup": rate(backup), "restore": rate(restore)}
 
 
+SCENARIOS = ("flush_throughput", "pruning", "hot_vs_cold", "add_column", "cleanup",
+             "backup_restore")
+
+
+def report(out):
+    if "flush_throughput" in out:
+        f = out["flush_throughput"]
+        log(f"flush: {f['parquet_mb']:.1f} MB in {f['duration_ms']:.0f} ms = {f['mb_per_s']:.1f} MB/s (target >= 100)")
+    if "pruning" in out:
+        p = out["pruning"]
+        log(f"pruning: read {p['files_read']} of {p['files_total']} files, skipped {p['fraction_skipped']:.0%} (target >= 80%)")
+    if "hot_vs_cold" in out:
+        h = out["hot_vs_cold"]
+        log(f"scan: half hot {h['half_hot_ms']:.0f} ms, all cold {h['all_cold_ms']:.0f} ms, ratio {h['ratio']:.2f} (target <= 1.5)")
+    if "add_column" in out:
+        a = out["add_column"]
+        log(f"add column: ALTER TABLE ADD COLUMN on {a['rows']} rows in {a['alter_ms']:.1f} ms (target < 100)")
+    if "cleanup" in out:
+        c = out["cleanup"]
+        log(f"cleanup: {c['rows_removed']} deleted rows removed by {c['jobs']} job(s) in {c['duration_ms']:.0f} ms = {c['rows_per_s']:.0f} rows/s (target >= 50000)")
+    for what in ("backup", "restore"):
+        if "backup_restore" in out:
+            j = out["backup_restore"][what]
+            log(f"{what}: {j['mb']:.1f} MB in {j['duration_ms']:.0f} ms = {j['mb_per_s']:.1f} MB/s (target >= 100)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kalamdb", required=True)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default=",".join(SCENARIOS),
+                    help="comma-separated scenarios to run (add_column needs hot_vs_cold): "
+                         + ", ".join(SCENARIOS))
     args = ap.parse_args()
+    only = [s for s in args.only.split(",") if s]
+    unknown = [s for s in only if s not in SCENARIOS]
+    if unknown:
+        ap.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    if "add_column" in only and "hot_vs_cold" not in only:
+        ap.error("add_column alters the table hot_vs_cold fills: run both")
+    q = args.quick
+    runs = {
+        "flush_throughput": lambda: flush_throughput(node, 20_000 if q else 200_000),
+        "pruning": lambda: pruning(node, 20 if q else 100),
+        "hot_vs_cold": lambda: hot_vs_cold(node, 20_000 if q else 1_000_000),
+        "add_column": lambda: add_column(node, "bench.h", 20_000 if q else 1_000_000),
+        "cleanup": lambda: cleanup(node, 20_000 if q else 200_000),
+        "backup_restore": lambda: backup_restore(node, 10 if q else 200),
+    }
     node = Node(args.kalamdb)
+    out = {"mode": "quick" if q else "full"}
     try:
         node.sql(ADMIN, "CREATE NAMESPACE bench")
-        out = {"mode": "quick" if args.quick else "full",
-               "flush_throughput": flush_throughput(node, 20_000 if args.quick else 200_000),
-               "pruning": pruning(node, 20 if args.quick else 100),
-               "hot_vs_cold": hot_vs_cold(node, 20_000 if args.quick else 1_000_000),
-               "add_column": add_column(node, "bench.h", 20_000 if args.quick else 1_000_000),
-               "cleanup": cleanup(node, 20_000 if args.quick else 200_000),
-               "backup_restore": backup_restore(node, 10 if args.quick else 200)}
+        for name in SCENARIOS:
+            if name in only:
+                out[name] = runs[name]()
     finally:
         node.stop()
-    f, p, h, c, b = (out["flush_throughput"], out["pruning"], out["hot_vs_cold"], out["cleanup"],
-                     out["backup_restore"])
-    log(f"flush: {f['parquet_mb']:.1f} MB in {f['duration_ms']:.0f} ms = {f['mb_per_s']:.1f} MB/s (target >= 100)")
-    log(f"pruning: read {p['files_read']} of {p['files_total']} files, skipped {p['fraction_skipped']:.0%} (target >= 80%)")
-    log(f"scan: half hot {h['half_hot_ms']:.0f} ms, all cold {h['all_cold_ms']:.0f} ms, ratio {h['ratio']:.2f} (target <= 1.5)")
-    a = out["add_column"]
-    log(f"add column: ALTER TABLE ADD COLUMN on {a['rows']} rows in {a['alter_ms']:.1f} ms (target < 100)")
-    log(f"cleanup: {c['rows_removed']} deleted rows removed by {c['jobs']} job(s) in {c['duration_ms']:.0f} ms = {c['rows_per_s']:.0f} rows/s (target >= 50000)")
-    for what in ("backup", "restore"):
-        j = b[what]
-        log(f"{what}: {j['mb']:.1f} MB in {j['duration_ms']:.0f} ms = {j['mb_per_s']:.1f} MB/s (target >= 100)")
+    report(out)
     json.dump(out, sys.stdout, indent=1)
     print()
 
