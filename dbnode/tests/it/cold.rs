@@ -1309,8 +1309,11 @@ async fn queries_during_flushes_see_every_row_once() {
     let writing = AtomicBool::new(true);
     let writer = async {
         for i in 1..=ROWS {
-            node.exec(&alice, &format!("INSERT INTO app.busy (id, v) VALUES ({i}, 'v{i}')"))
-                .await;
+            node.exec(
+                &alice,
+                &format!("INSERT INTO app.busy (id, v) VALUES ({i}, 'v{i}')"),
+            )
+            .await;
             acked.store(i, Ordering::SeqCst);
             if i % 25 == 0 {
                 node.admin("FLUSH TABLE app.busy").await;
@@ -1341,7 +1344,10 @@ async fn queries_during_flushes_see_every_row_once() {
         queries
     };
     let ((), queries) = tokio::join!(writer, reader);
-    assert!(queries > 10, "the reader ran alongside the writer ({queries} queries)");
+    assert!(
+        queries > 10,
+        "the reader ran alongside the writer ({queries} queries)"
+    );
     assert_once(&node, &alice, "app.busy", ROWS, "after the writes").await;
     assert!(
         flushed_rows(&node, "app", "busy").await > 0,
