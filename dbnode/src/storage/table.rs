@@ -372,17 +372,27 @@ impl TableStore {
                 }
             }
         }
+        self.commit_cold(&deletes, meta_ops, publish)?;
+        Ok(deletes.len())
+    }
+
+    /// The common end of a flush or cleanup commit (under the write lock): deletes `deletes`
+    /// and writes `meta_ops` in one batch, publishes on success, and moves both cold counters
+    /// ([`TableStore::read_consistent`]).
+    fn commit_cold(
+        &self,
+        deletes: &[Vec<u8>],
+        meta_ops: &[(Vec<u8>, Option<Vec<u8>>)],
+        publish: impl FnOnce(),
+    ) -> Result<()> {
         self.cold_begun.fetch_add(1, Ordering::SeqCst);
-        let written = self
-            .storage
-            .write_flush_commit(&self.cf, &deletes, meta_ops);
+        let written = self.storage.write_flush_commit(&self.cf, deletes, meta_ops);
         if written.is_ok() {
             publish();
         }
         // Even after a failed batch, so the two counters agree again.
         self.cold_generation.fetch_add(1, Ordering::SeqCst);
-        written?;
-        Ok(deletes.len())
+        written
     }
 
     /// The lock a flush or a cleanup of this table holds for its whole run.
@@ -420,16 +430,7 @@ impl TableStore {
                 });
             }
         }
-        self.cold_begun.fetch_add(1, Ordering::SeqCst);
-        let written = self
-            .storage
-            .write_flush_commit(&self.cf, &deletes, meta_ops);
-        if written.is_ok() {
-            publish();
-        }
-        // Even after a failed batch, so the two counters agree again.
-        self.cold_generation.fetch_add(1, Ordering::SeqCst);
-        written?;
+        self.commit_cold(&deletes, meta_ops, publish)?;
         // The removed tombstones no longer wait for a flush.
         let removed = deletes.len() as u64;
         let _ = self
