@@ -299,13 +299,9 @@ impl TableStore {
             &self.cf,
             move || drop(guard),
             |k, bytes| {
-                let row = StoredRowRef::decode(bytes)?;
-                if row.schema_version == def.schema_version {
-                    return f(seq, &def, k, &row);
-                }
-                let mut owned = StoredRow::decode(bytes)?;
-                shaper.shape(&mut owned)?;
-                f(seq, &def, k, &owned.borrowed())
+                in_version(&mut shaper, def.schema_version, bytes, |row| {
+                    f(seq, &def, k, row)
+                })
             },
         )?;
         Ok(seq)
@@ -822,17 +818,13 @@ impl TableStore {
         let prefix = partition.prefix().len();
         self.storage
             .scan_partition_raw(&self.cf, partition, |key, bytes| {
-                let row = StoredRowRef::decode(bytes)?;
-                if !include_deleted && row.deleted {
-                    return Ok(true);
-                }
                 let row_key = key.get(prefix..).unwrap_or_default();
-                if row.schema_version == target.schema_version {
-                    return f(row_key, &row);
-                }
-                let mut owned = StoredRow::decode(bytes)?;
-                shaper.shape(&mut owned)?;
-                f(row_key, &owned.borrowed())
+                in_version(&mut shaper, target.schema_version, bytes, |row| {
+                    if !include_deleted && row.deleted {
+                        return Ok(true);
+                    }
+                    f(row_key, row)
+                })
             })
     }
 
@@ -851,4 +843,21 @@ impl TableStore {
         Shaper::new(&history, target).shape(&mut row)?;
         Ok(Some(row))
     }
+}
+
+/// Hands `f` the encoded row `bytes` in schema version `version`: read in place when it was
+/// written in that version, otherwise decoded and reshaped by `shaper` (ADR 0011).
+fn in_version<R>(
+    shaper: &mut Shaper<'_>,
+    version: u32,
+    bytes: &[u8],
+    f: impl FnOnce(&StoredRowRef<'_>) -> Result<R>,
+) -> Result<R> {
+    let row = StoredRowRef::decode(bytes)?;
+    if row.schema_version == version {
+        return f(&row);
+    }
+    let mut owned = StoredRow::decode(bytes)?;
+    shaper.shape(&mut owned)?;
+    f(&owned.borrowed())
 }
