@@ -39,6 +39,8 @@ pub struct Config {
     pub rocksdb_write_buffer_bytes: usize,
     /// Most files RocksDB keeps open at once.
     pub rocksdb_max_open_files: i32,
+    /// Memory for hot partitions kept decoded (as Arrow) between scans; 0 turns it off.
+    pub hot_cache_bytes: usize,
     /// Root of the built-in `local` storage location (Parquet files); default
     /// `<data_dir>/storage`.
     pub storage_dir: Option<PathBuf>,
@@ -102,6 +104,7 @@ impl Default for Config {
             log_level: "info".to_string(),
             rocksdb_write_buffer_bytes: 256 * 1024 * 1024,
             rocksdb_max_open_files: 1024,
+            hot_cache_bytes: 256 * 1024 * 1024,
             storage_dir: None,
             credentials_dir: None,
             default_location: None,
@@ -149,6 +152,7 @@ impl Config {
         "log_level",
         "rocksdb_write_buffer_bytes",
         "rocksdb_max_open_files",
+        "hot_cache_bytes",
         "storage_dir",
         "credentials_dir",
         "default_location",

@@ -28,6 +28,7 @@ use crate::live::query::ColumnUse;
 use crate::live::{LiveHub, LiveSettings};
 use crate::sql::ddl::{self, Alteration};
 use crate::sql::fast_insert::{fast_default, FastDefault};
+use crate::sql::hot_cache::HotCache;
 use crate::storage::table::ChangeSink;
 use crate::storage::table::{ColdVersions, Inserted};
 use crate::storage::table::{RowValidator, TableStore};
@@ -77,6 +78,8 @@ pub struct Engine {
     /// `default_location` of the config when it names a row of `system.storage_locations`
     /// (not the built-in `local`): where tables created without `LOCATION` go.
     pub default_location: Option<String>,
+    /// Hot partitions kept decoded between scans (docs/adr/0017-hot-partition-cache.md).
+    pub hot_cache: Arc<HotCache>,
     tables: RwLock<HashMap<TableId, Arc<TableRuntime>>>,
     users: Arc<TableRuntime>,
 }
@@ -242,6 +245,9 @@ impl Engine {
             jobs,
             live,
             default_location: config.default_location().map(str::to_string),
+            hot_cache: Arc::new(
+                HotCache::new(config.hot_cache_bytes).map_err(KalamError::internal)?,
+            ),
             tables: RwLock::new(tables),
             users,
         })
@@ -397,6 +403,7 @@ impl Engine {
         let store = removed.map(|rt| rt.store.clone());
         if let Some(store) = &store {
             store.mark_dropped();
+            self.hot_cache.forget_store(store.id());
         }
         let cf = def.cf_name();
         if let Err(e) = self.storage.drop_cf(&cf) {

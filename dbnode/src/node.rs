@@ -64,6 +64,9 @@ impl Node {
         metrics
             .register(engine.live.metrics.collectors())
             .map_err(KalamError::internal)?;
+        metrics
+            .register(engine.hot_cache.collectors())
+            .map_err(KalamError::internal)?;
         let flusher = Flusher::new(
             engine.clone(),
             metrics.clone(),

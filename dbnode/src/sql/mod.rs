@@ -6,6 +6,7 @@ pub mod dedup;
 pub mod executor;
 pub mod fast_insert;
 pub mod functions;
+pub mod hot_cache;
 pub mod output;
 pub mod parser;
 pub mod provider;

@@ -20,7 +20,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
@@ -53,6 +54,7 @@ use crate::engine::{Engine, TableRuntime};
 use crate::error::KalamError;
 use crate::ids::{UserId, SYSTEM_NAMESPACE};
 use crate::sql::dedup::DedupExec;
+use crate::sql::hot_cache::{CacheKey, HotRows, Lookup};
 use crate::sql::rows::{batch_to_values, value_to_scalar, RowBatchBuilder};
 use crate::storage::{Partition, RowKey, Value};
 
@@ -168,15 +170,6 @@ impl KalamTableProvider {
     }
 }
 
-/// A partition's hot rows as batches, and the range of row keys they span.
-#[derive(Default)]
-struct HotRows {
-    batches: Vec<RecordBatch>,
-    rows: usize,
-    /// First and last row key (within the partition), when there are rows.
-    range: Option<(Vec<u8>, Vec<u8>)>,
-}
-
 impl KalamTableProvider {
     /// The partition's current hot rows in key order (soft-deleted ones only when asked), as
     /// batches of `schema` (the table schema, a projection of it, or the file schema), built
@@ -214,6 +207,7 @@ impl KalamTableProvider {
             last.extend_from_slice(key);
             builder.push(row)?;
             out.rows += 1;
+            out.deleted += usize::from(row.deleted);
             if builder.len() == BATCH_ROWS {
                 out.batches.push(builder.finish()?);
             }
@@ -228,6 +222,39 @@ impl KalamTableProvider {
         Ok(out)
     }
 
+    /// The partition's decoded hot rows (every version, in the file schema) from the hot
+    /// cache, or decoded now when the cache admits the partition; `None` when the scan
+    /// should read RocksDB as usual (first scan at this version, a point read, a STREAM
+    /// table, or `may_admit` false: a scan that stops early must not fill the cache).
+    fn cached_hot(
+        &self,
+        partition: &Partition,
+        filters: &[Expr],
+        may_admit: bool,
+    ) -> DfResult<Option<Arc<HotRows>>> {
+        let def = self.rt.def();
+        if def.kind == TableKind::Stream || self.point_key(filters).is_some() {
+            return Ok(None);
+        }
+        let store = &self.rt.store;
+        let key = CacheKey {
+            store: store.id(),
+            schema_version: def.schema_version,
+            partition: partition.prefix(),
+        };
+        // Read before the rows: a change after this read moves the version past it.
+        let version = store.hot_version(partition);
+        match self.engine.hot_cache.lookup(&key, version) {
+            Lookup::Hit(rows) => Ok(Some(rows)),
+            Lookup::Admit if may_admit => {
+                let rows = Arc::new(self.hot_rows(partition, file_schema(def), &[], None, true)?);
+                self.engine.hot_cache.insert(key, version, rows.clone());
+                Ok(Some(rows))
+            }
+            Lookup::Admit | Lookup::Miss => Ok(None),
+        }
+    }
+
     /// Only hot rows can match: each key appears once, no merge needed.
     fn hot_scan(
         &self,
@@ -237,13 +264,41 @@ impl KalamTableProvider {
         limit: Option<usize>,
         include_deleted: bool,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let schema = match projection {
-            Some(p) => Arc::new(self.rt.schema.project(p)?),
-            None => self.rt.schema.clone(),
+        let indices: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.rt.schema.fields().len()).collect(),
         };
+        let schema = Arc::new(self.rt.schema.project(&indices)?);
         let limit = if filters.is_empty() { limit } else { None };
-        let hot = self.hot_rows(partition, schema.clone(), filters, limit, include_deleted)?;
-        MemorySourceConfig::try_new_exec(&[hot.batches], schema, None)
+        let batches = match self.cached_hot(partition, filters, limit.is_none())? {
+            // The file schema is the table schema and `_seq`: the same column indices.
+            Some(hot) => hot
+                .batches
+                .iter()
+                .map(|b| {
+                    let visible = if include_deleted || hot.deleted == 0 {
+                        b.clone()
+                    } else {
+                        let deleted = b
+                            .column_by_name(DELETED_COLUMN)
+                            .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
+                            .ok_or_else(|| {
+                                KalamError::internal("cached hot rows without _deleted")
+                                    .into_datafusion()
+                            })?;
+                        filter_record_batch(b, &datafusion::arrow::compute::not(deleted)?)?
+                    };
+                    Ok(visible.project(&indices)?)
+                })
+                .collect::<DfResult<Vec<_>>>()?,
+            None => {
+                self.hot_rows(partition, schema.clone(), filters, limit, include_deleted)?
+                    .batches
+            }
+        };
+        // One partition: a table that is all hot (and every STREAM table) returns rows in key
+        // order.
+        MemorySourceConfig::try_new_exec(&[batches], schema, None)
             .map(|e| e as Arc<dyn ExecutionPlan>)
     }
 
@@ -269,7 +324,10 @@ impl KalamTableProvider {
 
         // Every hot version takes part, deleted ones too: a hot tombstone hides older
         // cold versions of its key.
-        let hot = self.hot_rows(partition, schema.clone(), filters, None, true)?;
+        let hot = match self.cached_hot(partition, filters, true)? {
+            Some(hot) => hot,
+            None => Arc::new(self.hot_rows(partition, schema.clone(), filters, None, true)?),
+        };
         let cold = self.cold_inputs(state, def, files, filters)?;
         let disjoint = key_ranges_disjoint(
             hot.range
@@ -283,7 +341,9 @@ impl KalamTableProvider {
         );
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if hot.rows > 0 {
-            let source = MemorySourceConfig::try_new(&[hot.batches], schema.clone(), None)?
+            // Contiguous runs of the key order: each partition stays sorted.
+            let parts = spread(hot.batches.clone(), state.config().target_partitions());
+            let source = MemorySourceConfig::try_new(&parts, schema.clone(), None)?
                 .try_with_sort_information(vec![ordering.clone()])?;
             inputs.push(DataSourceExec::from_data_source(source));
         }
@@ -358,6 +418,21 @@ impl KalamTableProvider {
         }
         Ok(inputs)
     }
+}
+
+/// `batches` cut into at most `n` contiguous runs of about equal size, so that DataFusion
+/// reads them on `n` threads; the order within each run is kept.
+fn spread(batches: Vec<RecordBatch>, n: usize) -> Vec<Vec<RecordBatch>> {
+    let per = batches.len().div_ceil(n.max(1)).max(1);
+    let mut parts: Vec<Vec<RecordBatch>> = Vec::new();
+    let mut batches = batches.into_iter().peekable();
+    while batches.peek().is_some() {
+        parts.push(batches.by_ref().take(per).collect());
+    }
+    if parts.is_empty() {
+        parts.push(Vec::new());
+    }
+    parts
 }
 
 /// Whether no two of the key ranges (first, last; inclusive) overlap.

@@ -128,7 +128,21 @@ pub struct TableStore {
     sink: Option<Arc<dyn ChangeSink>>,
     /// STREAM tables: events held now (for `max_buffer`), kept under `write_lock`.
     stream_rows: AtomicU64,
+    /// Unique among the stores this process opened (cache keys outlive a DROP TABLE).
+    id: u64,
+    /// Moved after every flush or cleanup commit and every ALTER: hot rows of any partition
+    /// may have changed. With `hot_stripes`, makes up [`TableStore::hot_version`].
+    hot_epoch: AtomicU64,
+    /// Moved after every commit, in the stripe its partition hashes to: a bounded stand-in
+    /// for one counter per partition (two partitions sharing a stripe only cost each other
+    /// cache hits).
+    hot_stripes: Box<[AtomicU64]>,
 }
+
+/// How many counters [`TableStore::hot_version`] spreads partitions over.
+const HOT_STRIPES: usize = 256;
+
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// What the hot tier held for a key when a cleanup committed ([`TableStore::commit_cleanup`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,9 +227,26 @@ impl TableStore {
             maintenance: Mutex::new(()),
             sink,
             stream_rows: AtomicU64::new(stream_rows),
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
+            hot_epoch: AtomicU64::new(0),
+            hot_stripes: (0..HOT_STRIPES).map(|_| AtomicU64::new(0)).collect(),
             cf,
             storage,
         })
+    }
+
+    /// This open store's identity (see `id`).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// A number that has moved whenever hot rows of `partition` changed since it was last
+    /// read: every change moves it after its write, so rows read after reading the version
+    /// are at least as new as that version (docs/adr/0017-hot-partition-cache.md).
+    pub fn hot_version(&self, partition: &Partition) -> u64 {
+        // Both counters only grow, so their sum moves whenever either does.
+        self.hot_epoch.load(Ordering::SeqCst)
+            + self.hot_stripes[hot_stripe(partition)].load(Ordering::SeqCst)
     }
 
     pub fn cold_generation(&self) -> u64 {
@@ -386,6 +417,8 @@ impl TableStore {
         if written.is_ok() {
             publish();
         }
+        // Before the cold generation: a reader that saw this commit complete sees the move.
+        self.hot_epoch.fetch_add(1, Ordering::SeqCst);
         // Even after a failed batch, so the two counters agree again.
         self.cold_generation.fetch_add(1, Ordering::SeqCst);
         written
@@ -464,6 +497,7 @@ impl TableStore {
         let current = self.def();
         let make_current = |next: Arc<TableDef>| {
             *self.def.write() = next;
+            self.hot_epoch.fetch_add(1, Ordering::SeqCst);
         };
         change(&current, &make_current)
     }
@@ -606,6 +640,7 @@ impl TableStore {
             let evicted = self
                 .storage
                 .delete_first(&self.cf, held - options.max_buffer)?;
+            self.hot_epoch.fetch_add(1, Ordering::SeqCst);
             self.stream_rows
                 .fetch_sub(evicted.min(held), Ordering::AcqRel);
         }
@@ -624,6 +659,9 @@ impl TableStore {
         // Under the write lock so the count stays exact; the delete touches old keys only.
         let _lock = self.write_lock.lock();
         let evicted = self.storage.delete_before(&self.cf, &bound)?;
+        if evicted > 0 {
+            self.hot_epoch.fetch_add(1, Ordering::SeqCst);
+        }
         let held = self.stream_rows.load(Ordering::Acquire);
         self.stream_rows
             .store(held.saturating_sub(evicted), Ordering::Release);
@@ -728,8 +766,12 @@ impl TableStore {
                 (key, row)
             })
             .collect();
-        self.storage
-            .write_rows(&self.cf, &batch, seq, updated_micros)?;
+        let written = self
+            .storage
+            .write_rows(&self.cf, &batch, seq, updated_micros);
+        // Even after an error: RocksDB may have applied the batch it reports as failed.
+        self.hot_stripes[hot_stripe(partition)].fetch_add(1, Ordering::SeqCst);
+        written?;
         self.seq.store(seq, Ordering::Release);
         *last_updated = updated_micros;
         if def.kind != TableKind::Stream {
@@ -843,6 +885,14 @@ impl TableStore {
         Shaper::new(&history, target).shape(&mut row)?;
         Ok(Some(row))
     }
+}
+
+/// The stripe of `partition`'s hot version counter.
+fn hot_stripe(partition: &Partition) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    partition.prefix().hash(&mut h);
+    (h.finish() % HOT_STRIPES as u64) as usize
 }
 
 /// Hands `f` the encoded row `bytes` in schema version `version`: read in place when it was

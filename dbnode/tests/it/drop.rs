@@ -124,7 +124,7 @@ fn attempt_of(job: &Value) -> u64 {
 }
 
 /// The job id DROP TABLE names in its message (`... removed by job cleanup-...`).
-fn purge_job(body: &Value, context: &str) -> String {
+pub(crate) fn purge_job(body: &Value, context: &str) -> String {
     assert_ddl(body, context);
     let message = body["results"][0]["message"]
         .as_str()
