@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use kalam_dbnode::auth::{self, parse_duration, Authenticator};
 use kalam_dbnode::config::{Config, LogFormat, Overrides};
@@ -153,6 +154,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     node.start_background();
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    // Nagle off: responses and live frames are small, and a frame written while the previous
+    // one is unacknowledged would otherwise wait for the peer's delayed ACK (tens of ms).
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY on an accepted connection");
+        }
+    });
     tracing::info!(%addr, "serving");
     // The one line on stdout: tests and scripts wait for it (port 0 picks a free port).
     println!("kalamdb listening on http://{addr}");

@@ -36,6 +36,9 @@ use crate::sql::provider::{partition_for, RequestContext};
 const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the node tries to deliver its close frame to a client that is not reading.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most queued messages written to the socket in one flush; bounds the time a ping or a
+/// close waits behind a backlog.
+const MAX_BURST: usize = 256;
 /// Longest `query_id`: it is part of the live id.
 const MAX_QUERY_ID: usize = 128;
 
@@ -202,9 +205,21 @@ async fn write_loop(
                 continue;
             }
         };
-        // A client that stops reading blocks this send; the hub's close still gets through.
+        // Everything already queued goes out with this message in one flush: a fan-out burst
+        // of a hundred changes is one socket write, not a hundred. A client that stops
+        // reading blocks the flush; the hub's close still gets through.
+        let burst = async {
+            sink.feed(outgoing).await?;
+            for _ in 1..MAX_BURST {
+                match queue.try_recv() {
+                    Ok(text) => sink.feed(Message::Text(text.into())).await?,
+                    Err(_) => break,
+                }
+            }
+            sink.flush().await
+        };
         tokio::select! {
-            sent = sink.send(outgoing) => if sent.is_err() { break None },
+            sent = burst => if sent.is_err() { break None },
             reason = close_rx.wait_for(Option::is_some) => break reason.ok().and_then(|r| r.clone()),
         }
     };

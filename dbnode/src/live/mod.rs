@@ -4,7 +4,8 @@
 //! Every commit of a USER, SHARED or STREAM table reaches [`LiveHub::committed`] while the
 //! table's write lock is held, so events arrive in commit order. The hub appends the event
 //! to the table's log and hands it, with a snapshot of the partition's subscriptions, to one
-//! dispatcher thread that evaluates the compiled predicates and queues the messages. Writers
+//! dispatcher thread that evaluates the compiled predicates of the subscriptions the commit
+//! can match (indexed by their `column = literal` guard) and queues the messages. Writers
 //! never evaluate predicates and never wait for a socket; a connection whose queue is full is
 //! closed (code 4008), never silently skipped.
 //!
@@ -127,6 +128,9 @@ pub struct Subscription {
     /// The options as the client sent them, for `system.live_queries`.
     pub options: serde_json::Value,
     pub created_at: DateTime<Utc>,
+    /// Registration order: the changes of one commit reach a connection's subscriptions in
+    /// the order they were registered.
+    registered: u64,
     updated_at_micros: AtomicI64,
     changes: AtomicU64,
     active: AtomicBool,
@@ -333,7 +337,100 @@ struct TableLive {
     /// The last commit appended.
     last_seq: u64,
     /// Partition prefix -> its subscriptions (copy on write: the dispatcher gets a snapshot).
-    subscriptions: HashMap<Vec<u8>, Arc<Vec<Arc<Subscription>>>>,
+    subscriptions: HashMap<Vec<u8>, Arc<Listeners>>,
+}
+
+/// A partition's subscriptions, indexed by their equality guard (`column = literal`), so a
+/// commit is evaluated only for the subscriptions one of its rows can match: a thousand
+/// subscriptions watching other conversations cost a commit a hash lookup, not a thousand
+/// checks.
+#[derive(Debug, Default, Clone)]
+struct Listeners {
+    unguarded: Vec<Arc<Subscription>>,
+    /// Guard column -> guard value -> the subscriptions requiring it.
+    guarded: HashMap<String, HashMap<GuardValue, Vec<Arc<Subscription>>>>,
+}
+
+impl Listeners {
+    fn with(&self, subscription: Arc<Subscription>) -> Self {
+        let mut out = self.clone();
+        match &subscription.query.guard {
+            Some(guard) => out
+                .guarded
+                .entry(guard.column.clone())
+                .or_default()
+                .entry(guard.value.clone())
+                .or_default()
+                .push(subscription),
+            None => out.unguarded.push(subscription),
+        }
+        out
+    }
+
+    fn without(&self, subscription: &Arc<Subscription>) -> Self {
+        let keep = |list: &Vec<Arc<Subscription>>| -> Vec<Arc<Subscription>> {
+            list.iter()
+                .filter(|s| !Arc::ptr_eq(s, subscription))
+                .cloned()
+                .collect()
+        };
+        let mut guarded = HashMap::new();
+        for (column, by_value) in &self.guarded {
+            let by_value: HashMap<GuardValue, Vec<Arc<Subscription>>> = by_value
+                .iter()
+                .map(|(value, list)| (value.clone(), keep(list)))
+                .filter(|(_, list)| !list.is_empty())
+                .collect();
+            if !by_value.is_empty() {
+                guarded.insert(column.clone(), by_value);
+            }
+        }
+        Self {
+            unguarded: keep(&self.unguarded),
+            guarded,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.unguarded.is_empty() && self.guarded.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<Subscription>> {
+        self.unguarded.iter().chain(
+            self.guarded
+                .values()
+                .flat_map(|by_value| by_value.values().flatten()),
+        )
+    }
+
+    /// The subscriptions a commit may match: the unguarded ones, and the guarded ones whose
+    /// value is in the guard column of one of its rows (new or old image). When the commit's
+    /// schema has no such column nothing can be ruled out.
+    fn candidates(&self, event: &ChangeEvent) -> Vec<&Arc<Subscription>> {
+        let mut out: Vec<&Arc<Subscription>> = self.unguarded.iter().collect();
+        let mut lists = usize::from(!out.is_empty());
+        for (column, by_value) in &self.guarded {
+            match guard_values(event, column) {
+                Some(values) => {
+                    for value in &values {
+                        if let Some(list) = by_value.get(value) {
+                            out.extend(list);
+                            lists += 1;
+                        }
+                    }
+                }
+                None => {
+                    out.extend(by_value.values().flatten());
+                    lists += by_value.len();
+                }
+            }
+        }
+        // Each list is in registration order already; only a mix of lists needs sorting.
+        if lists > 1 {
+            out.sort_unstable_by_key(|s| s.registered);
+        }
+        out
+    }
 }
 
 impl TableLive {
@@ -351,7 +448,7 @@ impl TableLive {
 
 struct Dispatch {
     event: Arc<ChangeEvent>,
-    subscriptions: Arc<Vec<Arc<Subscription>>>,
+    subscriptions: Arc<Listeners>,
 }
 
 /// Live-query metrics, registered with the node's registry.
@@ -416,8 +513,9 @@ pub struct LiveHub {
     /// Keyed by the table's creation uid: a table dropped and created again starts afresh.
     tables: RwLock<HashMap<String, Arc<Mutex<TableLive>>>>,
     registry: Mutex<BTreeMap<String, Arc<Subscription>>>,
-    dispatch: Mutex<std::sync::mpsc::Sender<Dispatch>>,
+    dispatch: mpsc::UnboundedSender<Dispatch>,
     next_connection: AtomicU64,
+    next_subscription: AtomicU64,
     pub metrics: LiveMetrics,
 }
 
@@ -428,23 +526,36 @@ impl std::fmt::Debug for Dispatch {
 }
 
 impl LiveHub {
-    /// Creates the hub and its dispatcher thread.
+    /// Creates the hub and its dispatcher: a task of the current Tokio runtime when there is
+    /// one, so that a commit hands its event over and the dispatcher wakes socket tasks
+    /// without waking another OS thread (two cross-CPU wakeups per change otherwise);
+    /// outside a runtime (embedded use, criterion) a thread of its own runs the same loop.
+    /// Either way one loop takes the events in commit order.
     pub fn new(settings: LiveSettings) -> Result<Arc<Self>> {
-        let (tx, rx) = std::sync::mpsc::channel::<Dispatch>();
-        std::thread::Builder::new()
-            .name("kalamdb-live".into())
-            .spawn(move || {
-                for job in rx {
-                    dispatch(&job);
-                }
-            })
-            .map_err(KalamError::internal)?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Dispatch>();
+        let dispatcher = async move {
+            while let Some(job) = rx.recv().await {
+                dispatch(&job);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(dispatcher);
+            }
+            Err(_) => {
+                std::thread::Builder::new()
+                    .name("kalamdb-live".into())
+                    .spawn(move || futures::executor::block_on(dispatcher))
+                    .map_err(KalamError::internal)?;
+            }
+        }
         Ok(Arc::new(Self {
             settings,
             tables: RwLock::new(HashMap::new()),
             registry: Mutex::new(BTreeMap::new()),
-            dispatch: Mutex::new(tx),
+            dispatch: tx,
             next_connection: AtomicU64::new(1),
+            next_subscription: AtomicU64::new(1),
             metrics: LiveMetrics::new(),
         }))
     }
@@ -533,6 +644,7 @@ impl LiveHub {
             sql,
             options,
             created_at: now,
+            registered: self.next_subscription.fetch_add(1, Ordering::Relaxed),
             updated_at_micros: AtomicI64::new(now.timestamp_micros()),
             changes: AtomicU64::new(0),
             active: AtomicBool::new(true),
@@ -569,10 +681,8 @@ impl LiveHub {
             }
         }
         let key = partition.prefix();
-        let list = state.subscriptions.entry(key).or_default();
-        let mut updated: Vec<Arc<Subscription>> = list.as_ref().clone();
-        updated.push(subscription.clone());
-        *list = Arc::new(updated);
+        let listeners = state.subscriptions.entry(key).or_default();
+        *listeners = Arc::new(listeners.with(subscription.clone()));
         drop(state);
         subs.insert(query_id, subscription.clone());
         drop(subs);
@@ -595,16 +705,12 @@ impl LiveHub {
         if let Some(table) = self.tables.read().get(&subscription.table_uid) {
             let mut state = table.lock();
             let key = subscription.partition.prefix();
-            if let Some(list) = state.subscriptions.get_mut(&key) {
-                let kept: Vec<Arc<Subscription>> = list
-                    .iter()
-                    .filter(|s| !Arc::ptr_eq(s, subscription))
-                    .cloned()
-                    .collect();
+            if let Some(listeners) = state.subscriptions.get_mut(&key) {
+                let kept = listeners.without(subscription);
                 if kept.is_empty() {
                     state.subscriptions.remove(&key);
                 } else {
-                    *list = Arc::new(kept);
+                    *listeners = Arc::new(kept);
                 }
             }
         }
@@ -741,8 +847,8 @@ impl ChangeSink for LiveHub {
                 event,
                 subscriptions,
             };
-            if self.dispatch.lock().send(job).is_err() {
-                tracing::error!("the live-query dispatcher thread is gone");
+            if self.dispatch.send(job).is_err() {
+                tracing::error!("the live-query dispatcher is gone");
             }
         }
     }
@@ -751,7 +857,7 @@ impl ChangeSink for LiveHub {
         self.tables
             .read()
             .get(&def.uid)
-            .is_some_and(|t| t.lock().subscriptions.values().any(|list| !list.is_empty()))
+            .is_some_and(|t| t.lock().subscriptions.values().any(|l| !l.is_empty()))
     }
 }
 
@@ -780,21 +886,11 @@ impl<'a> Shape<'a> {
 
 fn dispatch(job: &Dispatch) {
     let mut rendered: HashMap<Shape<'_>, Vec<Rendered>> = HashMap::new();
-    // Per guarded column: the values the commit's rows have, before and after.
-    let mut present: HashMap<&str, Option<HashSet<GuardValue>>> = HashMap::new();
-    for subscription in job.subscriptions.iter() {
+    for subscription in job.subscriptions.candidates(&job.event) {
         if subscription.is_active() {
-            let parts = rendered.entry(Shape::of(subscription)).or_insert_with(|| {
-                if let Some(guard) = &subscription.query.guard {
-                    let values = present
-                        .entry(guard.column.as_str())
-                        .or_insert_with(|| guard_values(&job.event, &guard.column));
-                    if values.as_ref().is_some_and(|v| !v.contains(&guard.value)) {
-                        return Vec::new();
-                    }
-                }
-                render(&job.event, &subscription.query)
-            });
+            let parts = rendered
+                .entry(Shape::of(subscription))
+                .or_insert_with(|| render(&job.event, &subscription.query));
             send(&job.event, subscription, parts);
         }
     }

@@ -1871,4 +1871,39 @@ async fn equality_filtered_subscriptions_see_every_transition_of_their_value() {
     .await;
     let got = ws.expect_change("r7", "INSERT").await;
     assert_eq!(got["rows"], json!([{"id": 3}]));
+
+    // Two subscriptions on one value, one unsubscribed: the other keeps receiving, the
+    // unsubscribed one gets nothing (a marker through r9 follows the row in the same commit).
+    ws.subscribe(
+        "a2",
+        "SELECT id FROM app.rooms WHERE room = 'a'",
+        Value::Null,
+    )
+    .await;
+    ws.expect_subscribed("a2").await;
+    ws.unsubscribe("a").await;
+    ws.sync().await;
+    node.exec(
+        &alice,
+        "INSERT INTO app.rooms (id, room, n) VALUES (4, 'a', 0), (5, 'r9', 0)",
+    )
+    .await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let message = ws.recv().await;
+        assert_eq!(message["type"], "change", "{message}");
+        got.push((message["query_id"].clone(), message["rows"].clone()));
+    }
+    got.sort_by_key(|(q, _)| q.to_string());
+    assert_eq!(
+        got,
+        vec![
+            (json!("a2"), json!([{"id": 4}])),
+            (json!("r9"), json!([{"id": 5}]))
+        ]
+    );
+    assert!(
+        ws.recv_within(Duration::from_millis(300)).await.is_none(),
+        "nothing else arrives, in particular not for the unsubscribed `a`"
+    );
 }
