@@ -307,7 +307,7 @@ impl fmt::Debug for LiveConnection {
 }
 
 fn parse_server_message(text: &str) -> Result<RawServerMessage, ClientError> {
-    match serde_json::from_str::<ServerMessage>(text) {
+    match ServerMessage::from_json(text) {
         Ok(message) => Ok(RawServerMessage {
             text: text.to_owned(),
             message,

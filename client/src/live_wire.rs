@@ -117,6 +117,44 @@ pub enum ServerMessage {
     },
 }
 
+impl ServerMessage {
+    /// Parses one message of the node. A `change` (nearly all of the traffic) is read in one
+    /// pass straight into its fields; serde's path for an internally tagged enum first
+    /// buffers the whole message, rows included, into an intermediate tree and then decodes
+    /// that again. Anything else, or a change the direct path cannot read, goes the general
+    /// way, so the result (and any error) is what `serde_json::from_str` gives.
+    pub fn from_json(text: &str) -> serde_json::Result<Self> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Tag {
+            Change,
+        }
+        #[derive(Deserialize)]
+        struct Change {
+            #[serde(rename = "type")]
+            _tag: Tag,
+            query_id: String,
+            live_id: String,
+            change_type: ChangeType,
+            rows: Vec<Row>,
+            #[serde(default)]
+            old_values: Option<Vec<Row>>,
+            seq: u64,
+        }
+        match serde_json::from_str::<Change>(text) {
+            Ok(c) => Ok(ServerMessage::Change {
+                query_id: c.query_id,
+                live_id: c.live_id,
+                change_type: c.change_type,
+                rows: c.rows,
+                old_values: c.old_values,
+                seq: c.seq,
+            }),
+            Err(_) => serde_json::from_str(text),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +215,31 @@ mod tests {
         assert!(
             matches!(err, ServerMessage::Error { code, .. } if code == crate::wire::ErrorCode::InvalidQuery)
         );
+    }
+
+    #[test]
+    fn from_json_reads_every_message_as_serde_does() {
+        let texts = [
+            r#"{"type":"change","query_id":"q","live_id":"l","change_type":"INSERT","rows":[{"id":1,"t":"a\"b"}],"seq":4}"#,
+            r#"{"type":"change","query_id":"q","live_id":"l","change_type":"UPDATE","rows":[{"id":1}],"old_values":[{"id":0}],"seq":5}"#,
+            r#"{"seq":6,"rows":[],"change_type":"DELETE","live_id":"l","query_id":"q","type":"change","extra":true}"#,
+            r#"{"type":"change","query_id":"q","live_id":"l","change_type":"INSERT","rows":[],"old_values":null,"seq":7}"#,
+            r#"{"type":"subscribed","query_id":"q","live_id":"l"}"#,
+            r#"{"type":"initial_data","query_id":"q","live_id":"l","rows":[{"id":1}],"seq":3}"#,
+            r#"{"type":"pong"}"#,
+            r#"{"type":"error","code":"RESUME_GAP","message":"m"}"#,
+        ];
+        for text in texts {
+            let expected: ServerMessage = serde_json::from_str(text).unwrap();
+            assert_eq!(ServerMessage::from_json(text).unwrap(), expected, "{text}");
+        }
+        for bad in [
+            r#"{"type":"change","query_id":"q"}"#,
+            r#"{"type":"change","query_id":"q","live_id":"l","change_type":"UPSERT","rows":[],"seq":1}"#,
+            r#"{"type":"bogus"}"#,
+            "not json",
+        ] {
+            assert!(ServerMessage::from_json(bad).is_err(), "{bad}");
+        }
     }
 }
