@@ -200,39 +200,39 @@ impl HotCache {
             return Lookup::Miss;
         }
         let mut inner = self.inner.lock();
-        let found = match inner.slots.get(key) {
+        // `remember`: a first scan at this version, noted so that the next one admits.
+        let (found, remember) = match inner.slots.get(key) {
             Some(Slot::Held {
                 version: v, rows, ..
-            }) if *v == version => Lookup::Hit(rows.clone()),
+            }) if *v == version => (Lookup::Hit(rows.clone()), false),
+            // Too big to keep: read as usual at this version instead of decoding it again.
             Some(Slot::Seen {
                 version: v,
                 too_big,
                 ..
-            }) if *v == version => {
+            }) if *v == version => (
                 if *too_big {
-                    inner.touch(key);
-                    drop(inner);
-                    self.lookups.with_label_values(&["miss"]).inc();
-                    return Lookup::Miss;
-                }
-                Lookup::Admit
-            }
-            _ => Lookup::Miss,
+                    Lookup::Miss
+                } else {
+                    Lookup::Admit
+                },
+                false,
+            ),
+            _ => (Lookup::Miss, true),
         };
-        match &found {
-            Lookup::Hit(_) | Lookup::Admit => inner.touch(key),
-            Lookup::Miss => {
-                let evicted = inner.put(
-                    key.clone(),
-                    |tick| Slot::Seen {
-                        version,
-                        tick,
-                        too_big: false,
-                    },
-                    self.budget,
-                );
-                self.evictions.inc_by(evicted);
-            }
+        if remember {
+            let evicted = inner.put(
+                key.clone(),
+                |tick| Slot::Seen {
+                    version,
+                    tick,
+                    too_big: false,
+                },
+                self.budget,
+            );
+            self.evictions.inc_by(evicted);
+        } else {
+            inner.touch(key);
         }
         self.bytes.set(inner.used as i64);
         drop(inner);

@@ -279,14 +279,7 @@ impl KalamTableProvider {
                     let visible = if include_deleted || hot.deleted == 0 {
                         b.clone()
                     } else {
-                        let deleted = b
-                            .column_by_name(DELETED_COLUMN)
-                            .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
-                            .ok_or_else(|| {
-                                KalamError::internal("cached hot rows without _deleted")
-                                    .into_datafusion()
-                            })?;
-                        filter_record_batch(b, &datafusion::arrow::compute::not(deleted)?)?
+                        without_deleted(b)?
                     };
                     Ok(visible.project(&indices)?)
                 })
@@ -418,6 +411,18 @@ impl KalamTableProvider {
         }
         Ok(inputs)
     }
+}
+
+/// The rows of `batch` (which has `_deleted`) that are not soft-deleted.
+fn without_deleted(batch: &RecordBatch) -> DfResult<RecordBatch> {
+    let deleted = batch
+        .column_by_name(DELETED_COLUMN)
+        .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
+        .ok_or_else(|| {
+            KalamError::internal("cached hot rows without _deleted").into_datafusion()
+        })?;
+    let live = datafusion::arrow::compute::not(deleted)?;
+    Ok(filter_record_batch(batch, &live)?)
 }
 
 /// `batches` cut into at most `n` contiguous runs of about equal size, so that DataFusion

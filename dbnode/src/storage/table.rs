@@ -891,7 +891,7 @@ impl TableStore {
 fn hot_stripe(partition: &Partition) -> usize {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    partition.prefix().hash(&mut h);
+    partition.hash(&mut h);
     (h.finish() % HOT_STRIPES as u64) as usize
 }
 
