@@ -519,7 +519,14 @@ mod tests {
                 .unwrap();
             assert_eq!(done.status, JobStatus::Completed);
             assert_eq!(done.memory_used_mb, 3.0);
-            assert!((0.0..=100.0).contains(&done.cpu_used_percent));
+            // Counted as `top` does (up to 100 per core). A job this short is mostly clock
+            // granularity, so only the bounds are checked.
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            assert!(
+                (0.0..=100.0 * cores).contains(&done.cpu_used_percent),
+                "{}",
+                done.cpu_used_percent
+            );
             assert_eq!(done.namespace.as_deref(), Some("app"));
             assert_eq!(done.user_id.as_deref(), Some("admin"));
             (id, done)
