@@ -1,22 +1,23 @@
 //! The async HTTP client of a KalamDB node: `POST /api/sql`, `GET /healthz`, `GET /readyz`.
 //!
-//! One [`KalamClient`] wraps one `reqwest::Client`, whose connection pool is shared by every
-//! clone, so a load tool can clone it into each task without opening new connections.
-//! Live queries (`GET /ws`) are in [`crate::live`]; they share [`ClientError`].
+//! One [`KalamClient`] keeps a pool of keep-alive connections to its node ([`crate::http`]),
+//! shared by every clone, so a load tool can clone it into each task without opening new
+//! connections. Live queries (`GET /ws`) are in [`crate::live`]; they share [`ClientError`].
 
 use std::fmt;
-use std::time::Duration;
+use std::sync::Arc;
 
+use hyper::body::Bytes;
+use hyper::header::HeaderValue;
+use hyper::{Method, Uri};
 use serde::Deserialize;
 
+use crate::http::{Head, HttpError, Pool};
 use crate::wire::{ApiError, ErrorCode, SqlRequest, SqlResponse, SqlSuccess};
 
 /// How much of an unexpected body [`ClientError::Protocol`] keeps: enough to recognise an
 /// HTML error page or a proxy message, not so much that it floods a terminal.
 const SNIPPET_CHARS: usize = 200;
-
-/// Bounds only the TCP connect: statements themselves may legitimately run for long.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything that can go wrong when talking to a node.
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +25,21 @@ pub enum ClientError {
     /// The base URL given to [`KalamClient::new`] is not an `http(s)://host[:port][/path]` URL.
     #[error("invalid server URL {0}")]
     InvalidUrl(String),
-    /// The request never got an answer: connection refused, reset, timeout, ...
-    #[error(transparent)]
-    Http(#[from] reqwest::Error),
+    /// No connection to the node could be opened: refused, unreachable, a name that does
+    /// not resolve, or no answer within the connect timeout.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection failed before the answer was complete: reset, closed early, or an
+    /// answer that is not HTTP.
+    #[error("HTTP exchange with the node failed: {0}")]
+    Http(#[source] hyper::Error),
+    /// The token has characters an HTTP header cannot carry.
+    #[error("the token has characters an HTTP header cannot carry")]
+    InvalidToken,
     /// The node answered with the error shape of `API.md`.
     #[error("HTTP {status}: {error}")]
     Api { status: u16, error: ApiError },
@@ -74,8 +87,7 @@ impl ClientError {
     /// True when no connection to the node could be made (it is down, or the URL is wrong).
     pub fn is_connect(&self) -> bool {
         match self {
-            ClientError::Http(e) => e.is_connect(),
-            ClientError::WebSocketConnect { .. } => true,
+            ClientError::Connect { .. } | ClientError::WebSocketConnect { .. } => true,
             _ => false,
         }
     }
@@ -107,8 +119,8 @@ impl ClientError {
         matches!(self.close_code(), Some(1000 | 1001 | 1005))
     }
 
-    /// The message followed by its causes (`a: b: c`), because reqwest hides the useful part
-    /// ("Connection refused") in the source chain.
+    /// The message followed by its causes (`a: b: c`), because transport errors keep the
+    /// useful part ("connection reset") in their source chain.
     pub fn with_causes(&self) -> String {
         let mut text = self.to_string();
         let mut cause = std::error::Error::source(self);
@@ -168,68 +180,83 @@ impl RawSqlResponse {
 /// Async client of one KalamDB node. Cloning is cheap and shares the connection pool.
 #[derive(Clone)]
 pub struct KalamClient {
-    http: reqwest::Client,
+    pool: Arc<Pool>,
     base_url: String,
-    // Parsed once: a load tool sends many requests and should not re-parse the URL each time.
-    sql_url: reqwest::Url,
-    healthz_url: reqwest::Url,
-    readyz_url: reqwest::Url,
+    /// `https://`: accepted, refused when a request is sent (the crate has no TLS).
+    tls: bool,
+    // Built once: a load tool sends many requests and should not re-parse them each time.
+    sql_uri: Uri,
+    healthz_uri: Uri,
+    readyz_uri: Uri,
     token: Option<String>,
+    /// `Bearer <token>`, or `None` with a token no header can carry.
+    authorization: Option<HeaderValue>,
 }
 
 impl KalamClient {
     /// A client of the node at `base_url` (`http://127.0.0.1:8080`, optionally with a path
-    /// prefix when the node sits behind a proxy). A trailing `/` is ignored.
+    /// prefix when the node sits behind a proxy). A trailing `/` is ignored. Nothing is
+    /// connected until the first request.
     ///
     /// This crate is built without TLS, so `https://` URLs are accepted here but fail when a
     /// request is sent; put a TLS-terminating proxy in front of the node or use plain HTTP.
+    /// Redirects are not followed (the node never answers with one).
     pub fn new(base_url: impl Into<String>) -> Result<Self, ClientError> {
         let raw: String = base_url.into();
         let base_url = raw.trim().trim_end_matches('/').to_string();
-        let parsed = reqwest::Url::parse(&base_url)
-            .map_err(|e| ClientError::InvalidUrl(format!("'{raw}': {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(ClientError::InvalidUrl(format!(
-                "'{raw}': the scheme must be http or https"
-            )));
-        }
-        if parsed.host_str().is_none_or(str::is_empty) {
-            return Err(ClientError::InvalidUrl(format!("'{raw}': no host")));
-        }
-        if parsed.query().is_some() || parsed.fragment().is_some() {
-            return Err(ClientError::InvalidUrl(format!(
-                "'{raw}': a base URL takes no query or fragment"
-            )));
-        }
-        let endpoint = |path: &str| {
-            reqwest::Url::parse(&format!("{base_url}{path}"))
-                .map_err(|e| ClientError::InvalidUrl(format!("'{raw}': {e}")))
+        let invalid = |why: &dyn fmt::Display| ClientError::InvalidUrl(format!("'{raw}': {why}"));
+        let parsed = url::Url::parse(&base_url).map_err(|e| invalid(&e))?;
+        let tls = match parsed.scheme() {
+            "http" => false,
+            "https" => true,
+            _ => return Err(invalid(&"the scheme must be http or https")),
         };
-        let sql_url = endpoint("/api/sql")?;
-        let healthz_url = endpoint("/healthz")?;
-        let readyz_url = endpoint("/readyz")?;
-
-        let http = reqwest::Client::builder()
-            // Small request/response pairs: Nagle's algorithm would add delay to every one.
-            .tcp_nodelay(true)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("kalam-client/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-
+        let host = match parsed.host() {
+            Some(url::Host::Domain(d)) if !d.is_empty() => d.to_owned(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            _ => return Err(invalid(&"no host")),
+        };
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(invalid(&"a base URL takes no query or fragment"));
+        }
+        let port = parsed
+            .port_or_known_default()
+            .ok_or_else(|| invalid(&"no port"))?;
+        let authority = match (parsed.host_str(), parsed.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            (None, _) => return Err(invalid(&"no host")),
+        };
+        let authority = HeaderValue::from_str(&authority).map_err(|e| invalid(&e))?;
+        let prefix = parsed.path().trim_end_matches('/').to_owned();
+        let endpoint =
+            |path: &str| Uri::try_from(format!("{prefix}{path}")).map_err(|e| invalid(&e));
         Ok(KalamClient {
-            http,
+            pool: Arc::new(Pool::new(host, port, authority)),
             base_url,
-            sql_url,
-            healthz_url,
-            readyz_url,
+            tls,
+            sql_uri: endpoint("/api/sql")?,
+            healthz_uri: endpoint("/healthz")?,
+            readyz_uri: endpoint("/readyz")?,
             token: None,
+            authorization: None,
         })
     }
 
     /// Sends `Authorization: Bearer <token>` with every SQL request (a JWT from
     /// `kalamdb token --user <id>` or from the application's own issuer).
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
-        self.token = Some(token.into());
+        let token = token.into();
+        self.authorization =
+            HeaderValue::from_str(&format!("Bearer {token}"))
+                .ok()
+                .map(|mut value| {
+                    // Keeps the token out of any debug output of a request.
+                    value.set_sensitive(true);
+                    value
+                });
+        self.token = Some(token);
         self
     }
 
@@ -259,9 +286,7 @@ impl KalamClient {
 
     /// Sends a prepared request; see [`KalamClient::sql`].
     pub async fn execute(&self, request: &SqlRequest) -> Result<SqlSuccess, ClientError> {
-        let response = self.post_sql(request).await?;
-        let status = response.status().as_u16();
-        let body = response.bytes().await?;
+        let (status, body) = self.post_sql(request).await?;
         parse_sql_body(status, &body)
     }
 
@@ -273,9 +298,7 @@ impl KalamClient {
         sql: &str,
         as_user: Option<&str>,
     ) -> Result<RawSqlResponse, ClientError> {
-        let response = self.post_sql(&build_request(sql, as_user)).await?;
-        let status = response.status().as_u16();
-        let body = response.bytes().await?;
+        let (status, body) = self.post_sql(&build_request(sql, as_user)).await?;
         let value: serde_json::Value =
             serde_json::from_slice(&body).map_err(|_| ClientError::protocol(status, &body))?;
         // Validate the shape so that a proxy's JSON error page is not mistaken for an answer.
@@ -290,22 +313,60 @@ impl KalamClient {
 
     /// `GET /healthz`: true when the process is up and answers 2xx.
     pub async fn health(&self) -> Result<bool, ClientError> {
-        let response = self.http.get(self.healthz_url.clone()).send().await?;
-        Ok(response.status().is_success())
+        let (status, _) = self
+            .send(Method::GET, &self.healthz_uri, None, None)
+            .await?;
+        Ok((200..300).contains(&status))
     }
 
     /// `GET /readyz`: true when the node has opened its storage and can take traffic.
     pub async fn ready(&self) -> Result<bool, ClientError> {
-        let response = self.http.get(self.readyz_url.clone()).send().await?;
-        Ok(response.status().is_success())
+        let (status, _) = self.send(Method::GET, &self.readyz_uri, None, None).await?;
+        Ok((200..300).contains(&status))
     }
 
-    async fn post_sql(&self, request: &SqlRequest) -> Result<reqwest::Response, ClientError> {
-        let mut builder = self.http.post(self.sql_url.clone()).json(request);
-        if let Some(token) = &self.token {
-            builder = builder.bearer_auth(token);
+    async fn post_sql(&self, request: &SqlRequest) -> Result<(u16, Bytes), ClientError> {
+        // Serialising a struct of strings cannot fail.
+        let body = serde_json::to_vec(request).unwrap_or_default();
+        let authorization = match (&self.token, &self.authorization) {
+            (Some(_), None) => return Err(ClientError::InvalidToken),
+            (_, value) => value.as_ref(),
+        };
+        self.send(
+            Method::POST,
+            &self.sql_uri,
+            authorization,
+            Some(body.into()),
+        )
+        .await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        uri: &Uri,
+        authorization: Option<&HeaderValue>,
+        body: Option<Bytes>,
+    ) -> Result<(u16, Bytes), ClientError> {
+        if self.tls {
+            return Err(ClientError::InvalidUrl(format!(
+                "'{}': https needs TLS, and this client is built without it; use http:// \
+                 (e.g. behind a TLS-terminating proxy)",
+                self.base_url
+            )));
         }
-        Ok(builder.send().await?)
+        let head = Head {
+            method,
+            uri,
+            authorization,
+        };
+        self.pool.exchange(&head, body).await.map_err(|e| match e {
+            HttpError::Connect(source) => ClientError::Connect {
+                url: self.base_url.clone(),
+                source,
+            },
+            HttpError::Exchange(e) => ClientError::Http(e),
+        })
     }
 }
 
@@ -344,9 +405,9 @@ mod tests {
     fn new_validates_and_trims_the_url() {
         let c = KalamClient::new(" http://127.0.0.1:8080/ ").unwrap();
         assert_eq!(c.base_url(), "http://127.0.0.1:8080");
-        assert_eq!(c.sql_url.as_str(), "http://127.0.0.1:8080/api/sql");
+        assert_eq!(c.sql_uri, "/api/sql");
         let c = KalamClient::new("http://proxy/kalam/").unwrap();
-        assert_eq!(c.readyz_url.as_str(), "http://proxy/kalam/readyz");
+        assert_eq!(c.readyz_uri, "/kalam/readyz");
         for bad in [
             "127.0.0.1:8080",
             "ftp://host",

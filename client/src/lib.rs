@@ -4,8 +4,8 @@
 //!   node so the two sides cannot drift apart.
 //! - [`live_wire`]: the serde types of the `GET /ws` live-query protocol.
 //! - [`live`]: [`LiveConnection`], the async live-query client over one WebSocket.
-//! - [`client`]: [`KalamClient`], a small async HTTP client over one pooled `reqwest::Client`,
-//!   cheap to clone and fit for latency benchmarks.
+//! - [`client`]: [`KalamClient`], a small async HTTP client, cheap to clone and fit for
+//!   latency benchmarks; its keep-alive connection pool is [`http`] (crate-private).
 //! - [`table`]: psql-style text rendering of results and errors, for people.
 //! - [`token`]: the JWT claims of `API.md` §2 and HS256 minting, shared with the node.
 //! - the `kalam` binary (`src/bin/kalam.rs`): a command-line client built on the above.
@@ -15,6 +15,7 @@
 //! build in seconds.
 
 pub mod client;
+mod http;
 pub mod live;
 pub mod live_wire;
 pub mod table;

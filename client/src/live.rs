@@ -36,7 +36,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header::{HeaderValue, AUTHORIZATION, USER_AGENT};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::client::{snippet, ClientError, KalamClient};
@@ -75,7 +75,7 @@ pub struct RawServerMessage {
 /// `wss://` connection could never succeed, and saying so up front beats a handshake error.
 pub fn ws_url(base_url: &str) -> Result<String, ClientError> {
     let invalid = |why: &str| ClientError::InvalidUrl(format!("'{base_url}': {why}"));
-    let mut url = reqwest::Url::parse(base_url.trim()).map_err(|e| invalid(&e.to_string()))?;
+    let mut url = url::Url::parse(base_url.trim()).map_err(|e| invalid(&e.to_string()))?;
     match url.scheme() {
         "http" => {}
         "https" => {
@@ -213,13 +213,24 @@ impl LiveConnection {
     /// [`ClientError::WebSocket`] item after which reading may go on. Cancel-safe: a
     /// message is never lost when the future is dropped (e.g. in `tokio::select!`).
     pub async fn next(&mut self) -> Option<Result<ServerMessage, ClientError>> {
-        self.next_raw()
-            .await
-            .map(|result| result.map(|raw| raw.message))
+        let text = self.next_text().await?;
+        Some(text.and_then(|text| parse_server_message(text.as_str())))
     }
 
     /// Like [`next`](Self::next), but also hands back the text of the frame.
     pub async fn next_raw(&mut self) -> Option<Result<RawServerMessage, ClientError>> {
+        let text = self.next_text().await?;
+        Some(text.and_then(|text| {
+            let message = parse_server_message(text.as_str())?;
+            Ok(RawServerMessage {
+                text: text.as_str().to_owned(),
+                message,
+            })
+        }))
+    }
+
+    /// The next text frame of the node (see [`next`](Self::next) for the rest).
+    async fn next_text(&mut self) -> Option<Result<Utf8Bytes, ClientError>> {
         if let Some(error) = self.pending.take() {
             return Some(Err(error));
         }
@@ -239,7 +250,7 @@ impl LiveConnection {
                 }
             };
             match frame {
-                Message::Text(text) => return Some(parse_server_message(text.as_str())),
+                Message::Text(text) => return Some(Ok(text)),
                 Message::Binary(_) => {
                     return Some(Err(ClientError::WebSocket(
                         "the node sent a binary frame; the protocol has text frames only".into(),
@@ -306,17 +317,13 @@ impl fmt::Debug for LiveConnection {
     }
 }
 
-fn parse_server_message(text: &str) -> Result<RawServerMessage, ClientError> {
-    match ServerMessage::from_json(text) {
-        Ok(message) => Ok(RawServerMessage {
-            text: text.to_owned(),
-            message,
-        }),
-        Err(e) => Err(ClientError::WebSocket(format!(
+fn parse_server_message(text: &str) -> Result<ServerMessage, ClientError> {
+    ServerMessage::from_json(text).map_err(|e| {
+        ClientError::WebSocket(format!(
             "not a message of the live-query protocol ({e}): {}",
             snippet(text.as_bytes())
-        ))),
-    }
+        ))
+    })
 }
 
 /// A refused upgrade keeps the node's JSON error (same shape as `/api/sql`); everything else
@@ -395,7 +402,7 @@ mod tests {
     #[test]
     fn unparsable_messages_are_errors() {
         let ok = parse_server_message(r#"{"type":"pong"}"#).unwrap();
-        assert_eq!(ok.message, ServerMessage::Pong);
+        assert_eq!(ok, ServerMessage::Pong);
         assert!(matches!(
             parse_server_message(r#"{"type":"bogus"}"#),
             Err(ClientError::WebSocket(_))
