@@ -3,18 +3,26 @@
 //! The secret comes from configuration or, when none is configured, from
 //! `<data_dir>/jwt_secret`, generated on first start with mode 0600. It is never logged.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use parking_lot::Mutex;
 use rand::RngCore;
 
 use crate::error::{KalamError, Result};
 use crate::ids::{Role, UserId};
 
 const SECRET_FILE: &str = "jwt_secret";
+/// Seconds a token is still accepted after its `exp` (clock skew between issuer and node).
+const LEEWAY_SECS: u64 = 30;
+/// Verified tokens remembered at most; when full the memory starts afresh (a token then
+/// costs one full verification again).
+const MAX_VERIFIED: usize = 4096;
 
 /// Claims of a KalamDB token: defined once in `kalam-client`, which tools that mint tokens
 /// (the operator) share with the node.
@@ -47,6 +55,11 @@ pub struct Authenticator {
     decoding: DecodingKey,
     encoding: EncodingKey,
     validation: Validation,
+    /// Tokens whose signature checked out, with who they name and their `exp`. A client
+    /// sends the same token with every request, and verifying it again (base64, HMAC-SHA256,
+    /// JSON) was about 7 µs of a 130 µs single-row INSERT on the node. Expiry is checked on
+    /// every use, so a remembered token stops working when a fresh verification would.
+    verified: Arc<Mutex<HashMap<Box<str>, (Principal, Option<u64>)>>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -60,16 +73,46 @@ impl Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["sub"]);
         validation.validate_exp = true;
-        validation.leeway = 30;
+        validation.leeway = LEEWAY_SECS;
         Self {
             decoding: DecodingKey::from_secret(secret),
             encoding: EncodingKey::from_secret(secret),
             validation,
+            verified: Arc::default(),
         }
     }
 
     /// Checks signature, expiry and claims; every failure is the same 401 to the client.
     pub fn verify(&self, token: &str) -> Result<Principal> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(KalamError::internal)?
+            .as_secs();
+        self.verify_at(token, now)
+    }
+
+    /// [`Self::verify`] at `now` (seconds since the epoch) for a token verified before; a new
+    /// token gets the full verification, against the real clock.
+    fn verify_at(&self, token: &str, now: u64) -> Result<Principal> {
+        let known = self.verified.lock().get(token).cloned();
+        if let Some((principal, exp)) = known {
+            if exp.is_some_and(|exp| exp.saturating_add(LEEWAY_SECS) < now) {
+                self.verified.lock().remove(token);
+                return Err(KalamError::Unauthorized("token has expired".into()));
+            }
+            return Ok(principal);
+        }
+        let principal_and_exp = self.decode(token)?;
+        let principal = principal_and_exp.0.clone();
+        let mut verified = self.verified.lock();
+        if verified.len() >= MAX_VERIFIED {
+            verified.clear();
+        }
+        verified.insert(token.into(), principal_and_exp);
+        Ok(principal)
+    }
+
+    fn decode(&self, token: &str) -> Result<(Principal, Option<u64>)> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
@@ -83,10 +126,11 @@ impl Authenticator {
                 KalamError::Unauthorized(why.to_string())
             })?;
         let user_id = UserId::new(data.claims.sub)?;
-        Ok(Principal {
+        let principal = Principal {
             user_id,
             role: data.claims.role,
-        })
+        };
+        Ok((principal, data.claims.exp))
     }
 
     /// Signs a token for `user` valid for `ttl`.
@@ -190,6 +234,39 @@ mod tests {
         let other = Authenticator::new(b"another-secret-of-16+");
         assert!(matches!(other.verify(&t), Err(KalamError::Unauthorized(_))));
         assert!(a.verify("garbage").is_err());
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_a_tampered_one_is_never_remembered() {
+        let a = Authenticator::new(b"0123456789abcdef0123");
+        let bob = UserId::new("bob").unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        // exp is now + 60, or now + 61 when a second passed meanwhile.
+        let t = a.mint(&bob, Role::User, Duration::from_secs(60)).unwrap();
+        assert_eq!(a.verify(&t).unwrap().user_id, bob);
+        // Remembered now: the same answer within exp + leeway, a 401 after it.
+        assert_eq!(
+            a.verify_at(&t, now + 60 + LEEWAY_SECS).unwrap().user_id,
+            bob
+        );
+        let late = a.verify_at(&t, now + 62 + LEEWAY_SECS);
+        assert!(matches!(late, Err(KalamError::Unauthorized(m)) if m.contains("expired")));
+        // A changed signature is not the remembered token: it gets the full verification.
+        let fresh = a.mint(&bob, Role::Admin, Duration::from_secs(60)).unwrap();
+        assert!(a.verify(&fresh).unwrap().is_admin());
+        // The signature's first character carries six bits of the MAC.
+        let cut = fresh.rfind('.').unwrap() + 1;
+        let flipped = if fresh[cut..].starts_with('A') {
+            "B"
+        } else {
+            "A"
+        };
+        let tampered = format!("{}{flipped}{}", &fresh[..cut], &fresh[cut + 1..]);
+        assert!(a.verify(&tampered).is_err());
+        assert!(a.verify(&fresh).unwrap().is_admin());
     }
 
     #[test]
