@@ -131,6 +131,11 @@ pub struct Subscription {
     /// Registration order: the changes of one commit reach a connection's subscriptions in
     /// the order they were registered.
     registered: u64,
+    /// The start of every `change` message of this subscription, up to the change type:
+    /// encoded once here instead of for every message.
+    envelope: String,
+    /// [`Shape::hash`] of this subscription, computed once.
+    shape_hash: u64,
     /// The last commit before registration: commits up to it never reach this subscription
     /// (they were appended before it existed; `from_seq` replays are sent at registration).
     after: AtomicU64,
@@ -188,10 +193,9 @@ impl Subscription {
         }
     }
 
-    fn counted(&self, messages: u64) {
+    fn counted(&self, messages: u64, at_micros: i64) {
         self.changes.fetch_add(messages, Ordering::Relaxed);
-        self.updated_at_micros
-            .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
+        self.updated_at_micros.store(at_micros, Ordering::Relaxed);
     }
 }
 
@@ -534,9 +538,11 @@ impl LiveHub {
     /// Either way one loop takes the events in commit order.
     pub fn new(settings: LiveSettings) -> Result<Arc<Self>> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Dispatch>();
+        let metrics = LiveMetrics::new();
+        let messages = metrics.messages.clone();
         let dispatcher = async move {
             while let Some(job) = rx.recv().await {
-                dispatch(&job);
+                dispatch(&job, &messages);
             }
         };
         match tokio::runtime::Handle::try_current() {
@@ -557,7 +563,7 @@ impl LiveHub {
             dispatch: tx,
             next_connection: AtomicU64::new(1),
             next_subscription: AtomicU64::new(1),
-            metrics: LiveMetrics::new(),
+            metrics,
         }))
     }
 
@@ -634,6 +640,7 @@ impl LiveHub {
             return Err(KalamError::DuplicateQueryId(query_id));
         }
         let now = Utc::now();
+        let shape_hash = Shape::new(connection.principal.user_id.as_str(), &query).hash();
         let subscription = Arc::new(Subscription {
             live_id: live_id.clone(),
             query_id: query_id.clone(),
@@ -646,6 +653,8 @@ impl LiveHub {
             options,
             created_at: now,
             registered: self.next_subscription.fetch_add(1, Ordering::Relaxed),
+            envelope: envelope(&query_id, &live_id),
+            shape_hash,
             after: AtomicU64::new(u64::MAX),
             updated_at_micros: AtomicI64::new(now.timestamp_micros()),
             changes: AtomicU64::new(0),
@@ -677,11 +686,15 @@ impl LiveHub {
             live_id: live_id.clone(),
         });
         if let Some(from) = start.from_seq {
+            let now = now.timestamp_micros();
+            let mut replayed = 0;
             for event in state.log.iter().filter(|e| e.batch.seq > from) {
                 if event.batch.partition == partition {
-                    send(event, &subscription, &render(event, &subscription.query));
+                    let rendered = render(event, &subscription.query);
+                    replayed += send(event, &subscription, &rendered, now);
                 }
             }
+            self.metrics.messages.inc_by(replayed);
         }
         let key = partition.prefix();
         state
@@ -874,18 +887,36 @@ struct Shape<'a> {
 }
 
 impl<'a> Shape<'a> {
-    fn of(subscription: &'a Subscription) -> Self {
-        let query = &subscription.query;
+    fn new(user: &'a str, query: &'a CompiledQuery) -> Self {
         Shape {
-            user: subscription.connection.principal.user_id.as_str(),
+            user,
             version: query.runtime.def().schema_version,
             columns: &query.column_names,
             predicate: &query.predicate_text,
         }
     }
+
+    fn of(subscription: &'a Subscription) -> Self {
+        Self::new(
+            subscription.connection.principal.user_id.as_str(),
+            &subscription.query,
+        )
+    }
+
+    /// A hash of the shape, the same for equal shapes within the process: computed once per
+    /// subscription, so a dispatch to 10,000 subscriptions hashes 10,000 numbers, not
+    /// 10,000 predicate texts.
+    fn hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        Hash::hash(self, &mut hasher);
+        hasher.finish()
+    }
 }
 
-fn dispatch(job: &Dispatch) {
+/// Evaluates one commit for the subscriptions of its partition and queues their messages;
+/// `messages` counts them.
+fn dispatch(job: &Dispatch, messages: &IntCounter) {
     let seq = job.event.batch.seq;
     let candidates = match job
         .table
@@ -896,15 +927,25 @@ fn dispatch(job: &Dispatch) {
         Some(listeners) => listeners.candidates(&job.event),
         None => return,
     };
-    let mut rendered: HashMap<Shape<'_>, Vec<Rendered>> = HashMap::new();
+    // Shapes by their hash; equal hashes of unequal shapes share a bucket, never a rendering.
+    let mut rendered: HashMap<u64, Vec<(Shape<'_>, Vec<Rendered>)>> = HashMap::new();
+    let now = Utc::now().timestamp_micros();
+    let mut sent = 0;
     for subscription in &candidates {
         if subscription.is_active() && seq > subscription.after.load(Ordering::Acquire) {
-            let parts = rendered
-                .entry(Shape::of(subscription))
-                .or_insert_with(|| render(&job.event, &subscription.query));
-            send(&job.event, subscription, parts);
+            let shape = Shape::of(subscription);
+            let bucket = rendered.entry(subscription.shape_hash).or_default();
+            let index = match bucket.iter().position(|(s, _)| *s == shape) {
+                Some(index) => index,
+                None => {
+                    bucket.push((shape, render(&job.event, &subscription.query)));
+                    bucket.len() - 1
+                }
+            };
+            sent += send(&job.event, subscription, &bucket[index].1, now);
         }
     }
+    messages.inc_by(sent);
 }
 
 /// The values of `column` in the rows of a commit (new and old images); `None` when the
@@ -1040,34 +1081,42 @@ fn render(event: &ChangeEvent, query: &CompiledQuery) -> Vec<Rendered> {
     out
 }
 
-/// Queues the rendered messages of a commit to one subscription.
-fn send(event: &ChangeEvent, subscription: &Subscription, rendered: &[Rendered]) {
+/// Queues the rendered messages of a commit to one subscription; returns how many.
+fn send(event: &ChangeEvent, subscription: &Subscription, rendered: &[Rendered], now: i64) -> u64 {
     for part in rendered {
         subscription.deliver(change_message(
-            &subscription.query_id,
-            &subscription.live_id,
+            &subscription.envelope,
             part,
             event.batch.seq,
         ));
     }
     let sent = rendered.len() as u64;
     if sent > 0 {
-        subscription.counted(sent);
-        subscription.connection.metrics.messages.inc_by(sent);
+        subscription.counted(sent, now);
     }
+    sent
 }
 
-/// `ServerMessage::Change` as JSON, around rows encoded once per shape: the same fields in
-/// the same order as serde writes them (a test compares the two).
-fn change_message(query_id: &str, live_id: &str, part: &Rendered, seq: u64) -> String {
+/// `{"type":"change","query_id":...,"live_id":...,"change_type":"`: the fixed start of a
+/// subscription's `change` messages (see [`change_message`]).
+fn envelope(query_id: &str, live_id: &str) -> String {
     // Encoding a string cannot fail.
     let quoted = |s: &str| serde_json::to_string(s).unwrap_or_default();
-    let mut out = String::with_capacity(part.rows.len() + 160);
-    out.push_str(r#"{"type":"change","query_id":"#);
-    out.push_str(&quoted(query_id));
-    out.push_str(r#","live_id":"#);
-    out.push_str(&quoted(live_id));
-    out.push_str(r#","change_type":""#);
+    format!(
+        r#"{{"type":"change","query_id":{},"live_id":{},"change_type":""#,
+        quoted(query_id),
+        quoted(live_id)
+    )
+}
+
+/// `ServerMessage::Change` as JSON: the subscription's [`envelope`] around rows encoded once
+/// per shape, the same fields in the same order as serde writes them (a test compares the
+/// two).
+fn change_message(envelope: &str, part: &Rendered, seq: u64) -> String {
+    use std::fmt::Write;
+    let old_len = part.old_values.as_ref().map_or(0, |o| o.len() + 14);
+    let mut out = String::with_capacity(envelope.len() + part.rows.len() + old_len + 48);
+    out.push_str(envelope);
     out.push_str(part.change_type.as_str());
     out.push_str(r#"","rows":"#);
     out.push_str(&part.rows);
@@ -1075,9 +1124,8 @@ fn change_message(query_id: &str, live_id: &str, part: &Rendered, seq: u64) -> S
         out.push_str(r#","old_values":"#);
         out.push_str(old);
     }
-    out.push_str(r#","seq":"#);
-    out.push_str(&seq.to_string());
-    out.push('}');
+    // Writing to a String cannot fail.
+    let _ = write!(out, r#","seq":{seq}}}"#);
     out
 }
 
@@ -1116,7 +1164,7 @@ mod tests {
                 old_values: old_values.map(|o| serde_json::to_string(&o).unwrap()),
             };
             assert_eq!(
-                change_message("q\"1", "alice-c1-messages-q\"1", &part, 42),
+                change_message(&envelope("q\"1", "alice-c1-messages-q\"1"), &part, 42),
                 expected
             );
         }
