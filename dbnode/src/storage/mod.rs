@@ -239,6 +239,30 @@ impl Storage {
         Ok(())
     }
 
+    /// Calls `f` with every key of a column family from `first` to `last` (both included),
+    /// in key order, without decoding values.
+    pub fn keys_between(
+        &self,
+        cf_name: &str,
+        first: &[u8],
+        last: &[u8],
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<()> {
+        let cf = self.cf(cf_name)?;
+        let mut upper = last.to_vec();
+        upper.push(0);
+        let mut read_opts = ReadOptions::default();
+        read_opts.set_iterate_upper_bound(upper);
+        let mut it = self.db.raw_iterator_cf_opt(&cf, read_opts);
+        it.seek(first);
+        while let Some(k) = it.key() {
+            f(k);
+            it.next();
+        }
+        it.status()?;
+        Ok(())
+    }
+
     /// Writes row versions and the table's new last sequence in one atomic batch.
     pub fn write_rows(
         &self,
@@ -260,12 +284,14 @@ impl Storage {
         Ok(())
     }
 
-    /// One atomic batch of a flush commit: deletes of flushed hot keys plus `meta` writes
-    /// (the partition's manifest; `None` deletes a key).
-    pub fn write_flush_commit(
+    /// One atomic batch of a flush commit: deletes of flushed hot keys (single keys, and
+    /// ranges `[from, to)` that hold nothing else) plus `meta` writes (the partition's
+    /// manifest; `None` deletes a key).
+    pub fn write_flush_commit<K: AsRef<[u8]>>(
         &self,
         cf_name: &str,
-        deletes: &[Vec<u8>],
+        deletes: &[K],
+        ranges: &[(Vec<u8>, Vec<u8>)],
         meta_ops: &[(Vec<u8>, Option<Vec<u8>>)],
     ) -> Result<()> {
         let cf = self.cf(cf_name)?;
@@ -273,6 +299,9 @@ impl Storage {
         let mut batch = WriteBatch::default();
         for key in deletes {
             batch.delete_cf(&cf, key);
+        }
+        for (from, to) in ranges {
+            batch.delete_range_cf(&cf, from, to);
         }
         for (key, value) in meta_ops {
             match value {

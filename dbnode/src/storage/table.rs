@@ -124,6 +124,10 @@ pub struct TableStore {
     /// rewrite the table's manifests and its journal of uncommitted files, so they never
     /// run at the same time.
     maintenance: Mutex<()>,
+    /// While a flush commit checks the versions of its keys outside the write lock
+    /// ([`TableStore::commit_flush`]): the keys every commit wrote since the check began.
+    /// `None` otherwise. Written under `write_lock`.
+    late_keys: Mutex<Option<Vec<Vec<u8>>>>,
     /// Where commits are published (live queries); `None` for system tables.
     sink: Option<Arc<dyn ChangeSink>>,
     /// STREAM tables: events held now (for `max_buffer`), kept under `write_lock`.
@@ -187,6 +191,118 @@ pub struct ColdVersions {
 /// sink), `_deleted`.
 type PendingRow = (Vec<u8>, Vec<Value>, Option<OldImage>, bool);
 
+/// Runs of at least this many flushed keys with no other key among them are removed with one
+/// range tombstone: one entry in the commit's batch instead of one per key. A flush commit
+/// of 50,000 keys held the table's write lock (and RocksDB's write queue, which all tables
+/// share) for about 30 ms writing point tombstones.
+const RANGE_DELETE_MIN: usize = 64;
+
+/// The hot keys a flush commit removes ([`TableStore::commit_flush`]), planned before the
+/// write lock is taken: the flushed keys whose version is still the flushed one, and where
+/// other keys lie among them. A range tombstone may only cover flushed keys, so every other
+/// key, seen while planning or written meanwhile, splits the runs.
+struct FlushDeletes<'k> {
+    keys: Vec<&'k [u8]>,
+    /// In strictly increasing order; otherwise every key gets a point tombstone.
+    sorted: bool,
+    /// `split[i]`: no range may cover both `keys[i - 1]` and `keys[i]`.
+    split: Vec<bool>,
+    /// `keep[i]`: `keys[i]` was written again after the plan; it stays.
+    keep: Vec<bool>,
+    /// While planning: the first key of `keys` not yet met by [`Self::present`].
+    next: usize,
+}
+
+impl<'k> FlushDeletes<'k> {
+    fn new(keys: Vec<&'k [u8]>) -> Self {
+        let sorted = keys.windows(2).all(|w| w[0] < w[1]);
+        let n = keys.len();
+        Self {
+            keys,
+            sorted,
+            split: vec![!sorted; n],
+            keep: vec![false; n],
+            next: 0,
+        }
+    }
+
+    /// A key present in the column family, met in key order between the first and the last
+    /// of `keys`: either the next of `keys`, or another key that splits the run it lies in.
+    fn present(&mut self, key: &[u8]) {
+        let n = self.keys.len();
+        // A flushed key that is not met vanished; not expected, and splitting is always safe.
+        while self.next < n && self.keys[self.next] < key {
+            self.next += 1;
+            if self.next < n {
+                self.split[self.next] = true;
+            }
+        }
+        if self.next < n && self.keys[self.next] == key {
+            self.next += 1;
+        } else if self.next < n {
+            self.split[self.next] = true;
+        }
+    }
+
+    /// A key a commit wrote after the plan began: kept if it is one of `keys`, and in any
+    /// case never covered by a range.
+    fn written_meanwhile(&mut self, key: &[u8]) {
+        let n = self.keys.len();
+        if !self.sorted {
+            if let Some(i) = self.keys.iter().position(|k| *k == key) {
+                self.keep[i] = true;
+            }
+            return;
+        }
+        match self.keys.binary_search(&key) {
+            Ok(i) => {
+                self.keep[i] = true;
+                self.split[i] = true;
+                if i + 1 < n {
+                    self.split[i + 1] = true;
+                }
+            }
+            Err(i) if i > 0 && i < n => self.split[i] = true,
+            Err(_) => {}
+        }
+    }
+
+    /// How many keys the commit removes.
+    fn removed(&self) -> usize {
+        self.keep.iter().filter(|k| !**k).count()
+    }
+
+    /// The commit's tombstones: single keys, and ranges `[first, last + 0x00)` of runs of at
+    /// least [`RANGE_DELETE_MIN`] keys (the end is the smallest key after `last`).
+    #[allow(clippy::type_complexity)]
+    fn batch(&self) -> (Vec<&'k [u8]>, Vec<(Vec<u8>, Vec<u8>)>) {
+        let mut points = Vec::new();
+        let mut ranges = Vec::new();
+        let mut flush_run = |run: &[&'k [u8]]| {
+            if run.len() >= RANGE_DELETE_MIN {
+                let mut end = run[run.len() - 1].to_vec();
+                end.push(0);
+                ranges.push((run[0].to_vec(), end));
+            } else {
+                points.extend_from_slice(run);
+            }
+        };
+        let mut start = 0;
+        for i in 0..=self.keys.len() {
+            let boundary = i == self.keys.len() || self.keep[i] || self.split[i];
+            if boundary {
+                flush_run(&self.keys[start..i]);
+                start = if i < self.keys.len() && self.keep[i] {
+                    i + 1
+                } else {
+                    i
+                };
+            }
+        }
+        (points, ranges)
+    }
+}
+
 fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
@@ -225,6 +341,7 @@ impl TableStore {
             flushing: AtomicBool::new(false),
             dropped: AtomicBool::new(false),
             maintenance: Mutex::new(()),
+            late_keys: Mutex::new(None),
             sink,
             stream_rows: AtomicU64::new(stream_rows),
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
@@ -381,6 +498,12 @@ impl TableStore {
     /// at most `snapshot_seq` (a newer write stays) and writes `meta_ops` (the manifest) in
     /// the same batch, then calls `publish` and bumps the cold generation, all under the
     /// write lock. Returns how many hot keys were removed.
+    ///
+    /// The current versions are read before the write lock is taken: a file holds up to a
+    /// million keys, and reading their versions under the lock held every writer of the table
+    /// for tens of milliseconds. Commits that land while they are read log their keys
+    /// (`late_keys`), and those keys are kept. Callers hold the maintenance lock, so one
+    /// such check runs per table at a time.
     pub fn commit_flush(
         &self,
         keys: &[Vec<u8>],
@@ -388,32 +511,72 @@ impl TableStore {
         meta_ops: &[(Vec<u8>, Option<Vec<u8>>)],
         publish: impl FnOnce(),
     ) -> Result<usize> {
+        {
+            // From here every commit logs its keys; earlier ones are visible to the reads.
+            let _lock = self.write_lock.lock();
+            *self.late_keys.lock() = Some(Vec::new());
+        }
+        let planned = self.plan_flush_deletes(keys, snapshot_seq);
+        // Tests write here, between the plan and the lock.
+        fail::fail_point!("flush-commit-checked");
         let _lock = self.write_lock.lock();
+        let locked = Instant::now();
+        let late = self.late_keys.lock().take().unwrap_or_default();
+        let mut plan = planned?;
         self.refuse_if_dropped()?;
-        let mut deletes = Vec::with_capacity(keys.len());
+        for key in &late {
+            plan.written_meanwhile(key);
+        }
+        let (points, ranges) = plan.batch();
+        let removed = plan.removed();
+        self.commit_cold(&points, &ranges, meta_ops, publish)?;
+        tracing::debug!(
+            keys = keys.len(),
+            removed,
+            ranges = ranges.len(),
+            written_meanwhile = late.len(),
+            locked_ms = locked.elapsed().as_secs_f64() * 1000.0,
+            "flush commit"
+        );
+        Ok(removed)
+    }
+
+    /// Which of the flushed `keys` still hold a version at most `seq`, and which other keys
+    /// lie between them (see [`FlushDeletes`]).
+    fn plan_flush_deletes<'k>(&self, keys: &'k [Vec<u8>], seq: u64) -> Result<FlushDeletes<'k>> {
+        let mut flushed = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(4096) {
             let current = self.storage.multi_get(&self.cf, chunk)?;
             for (key, row) in chunk.iter().zip(current) {
-                if row.is_some_and(|r| r.seq <= snapshot_seq) {
-                    deletes.push(key.clone());
+                if row.is_some_and(|r| r.seq <= seq) {
+                    flushed.push(key.as_slice());
                 }
             }
         }
-        self.commit_cold(&deletes, meta_ops, publish)?;
-        Ok(deletes.len())
+        let mut plan = FlushDeletes::new(flushed);
+        let n = plan.keys.len();
+        if plan.sorted && n >= RANGE_DELETE_MIN {
+            let (first, last) = (plan.keys[0], plan.keys[n - 1]);
+            self.storage
+                .keys_between(&self.cf, first, last, |key| plan.present(key))?;
+        }
+        Ok(plan)
     }
 
     /// The common end of a flush or cleanup commit (under the write lock): deletes `deletes`
     /// and writes `meta_ops` in one batch, publishes on success, and moves both cold counters
     /// ([`TableStore::read_consistent`]).
-    fn commit_cold(
+    fn commit_cold<K: AsRef<[u8]>>(
         &self,
-        deletes: &[Vec<u8>],
+        deletes: &[K],
+        ranges: &[(Vec<u8>, Vec<u8>)],
         meta_ops: &[(Vec<u8>, Option<Vec<u8>>)],
         publish: impl FnOnce(),
     ) -> Result<()> {
         self.cold_begun.fetch_add(1, Ordering::SeqCst);
-        let written = self.storage.write_flush_commit(&self.cf, deletes, meta_ops);
+        let written = self
+            .storage
+            .write_flush_commit(&self.cf, deletes, ranges, meta_ops);
         if written.is_ok() {
             publish();
         }
@@ -459,7 +622,7 @@ impl TableStore {
                 });
             }
         }
-        self.commit_cold(&deletes, meta_ops, publish)?;
+        self.commit_cold(&deletes, &[], meta_ops, publish)?;
         // The removed tombstones no longer wait for a flush.
         let removed = deletes.len() as u64;
         let _ = self
@@ -766,6 +929,9 @@ impl TableStore {
                 (key, row)
             })
             .collect();
+        if let Some(late) = self.late_keys.lock().as_mut() {
+            late.extend(batch.iter().map(|(key, _)| key.clone()));
+        }
         let written = self
             .storage
             .write_rows(&self.cf, &batch, seq, updated_micros);
@@ -910,4 +1076,193 @@ fn in_version<R>(
     let mut owned = StoredRow::decode(bytes)?;
     shaper.shape(&mut owned)?;
     f(&owned.borrowed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{ColumnDef, FlushPolicy, KalamType, LocationSpec};
+    use crate::ids::{ColumnName, NamespaceId, TableName};
+    use crate::storage::StorageOptions;
+
+    fn def() -> TableDef {
+        let column = |id, name: &str, data_type, nullable| ColumnDef {
+            id,
+            name: ColumnName::new(name).unwrap(),
+            data_type,
+            nullable,
+            default: None,
+            initial_default: None,
+        };
+        TableDef {
+            namespace: NamespaceId::new("app").unwrap(),
+            name: TableName::new("t").unwrap(),
+            kind: TableKind::Shared,
+            uid: "flushcommit".into(),
+            created_at: chrono::Utc::now(),
+            schema_version: 1,
+            columns: vec![
+                column(1, "id", KalamType::BigInt, false),
+                column(2, "body", KalamType::Text, true),
+            ],
+            primary_key: ColumnName::new("id").unwrap(),
+            location: LocationSpec::Default,
+            flush_policy: FlushPolicy::default(),
+            deleted_retention_secs: None,
+            stream: None,
+            storage: None,
+            last_column_id: 2,
+            history: Vec::new(),
+        }
+    }
+
+    fn key(id: i64) -> Vec<u8> {
+        Partition::Shared.key(&RowKey::from_value(&Value::Int(id)).unwrap())
+    }
+
+    fn open_store(dir: &std::path::Path) -> (Arc<Storage>, Arc<TableStore>) {
+        let options = StorageOptions {
+            sync_writes: false,
+            write_buffer_bytes: 8 << 20,
+            max_open_files: 64,
+        };
+        let storage = Arc::new(Storage::open(dir, &options).unwrap());
+        let store = TableStore::open(storage.clone(), Arc::new(def()), None, None).unwrap();
+        (storage, Arc::new(store))
+    }
+
+    fn insert(store: &TableStore, ids: impl IntoIterator<Item = i64>) {
+        let def = store.def();
+        let rows = ids
+            .into_iter()
+            .map(|id| vec![Value::Int(id), Value::Text(format!("v1 of {id}"))])
+            .collect();
+        let inserted = store
+            .insert(&def, &Partition::Shared, rows, &ColdVersions::default())
+            .unwrap();
+        assert!(matches!(inserted, Inserted::Rows(_)));
+    }
+
+    /// Writes a new version of row `id` (an UPDATE of `body`).
+    fn update(store: &TableStore, storage: &Storage, id: i64) {
+        let read = storage.get(store.cf_name(), &key(id)).unwrap().unwrap();
+        let change = RowChange {
+            values: vec![Value::Int(id), Value::Text(format!("v2 of {id}"))],
+            old: read.values.clone(),
+            old_deleted: false,
+            read_updated: read.updated_micros,
+            deleted: false,
+        };
+        let def = store.def();
+        store
+            .apply_changes(
+                &def,
+                &Partition::Shared,
+                vec![change],
+                store.cold_generation(),
+            )
+            .unwrap();
+    }
+
+    /// Rows written after the flush snapshot, before the commit planned its deletes or
+    /// between that plan and the write lock, all survive the commit, whether they are new
+    /// keys among the flushed ones or new versions of flushed keys; every other flushed key
+    /// is gone (with range tombstones for the long runs).
+    #[test]
+    fn a_flush_commit_removes_exactly_the_flushed_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, store) = open_store(dir.path());
+        // Flushed: the odd ids 1..=399 (200 keys), in key order as a flush file has them.
+        insert(&store, (1..400).step_by(2));
+        let snapshot = store.last_seq();
+        let mut keys: Vec<Vec<u8>> = (1..400).step_by(2).map(key).collect();
+        keys.sort();
+        // After the snapshot, before the commit: a new key among the flushed ones and a new
+        // version of a flushed one.
+        insert(&store, [100]);
+        update(&store, &storage, 7);
+
+        // Between the plan and the lock: another of each. The failpoint registry is
+        // global, so the callback acts only on this test's thread, once.
+        let writer = store.clone();
+        let writer_storage = storage.clone();
+        let test_thread = std::thread::current().id();
+        let ran = Arc::new(AtomicBool::new(false));
+        let ran_in_callback = ran.clone();
+        fail::cfg_callback("flush-commit-checked", move || {
+            if std::thread::current().id() == test_thread
+                && !ran_in_callback.swap(true, Ordering::SeqCst)
+            {
+                insert(&writer, [250]);
+                update(&writer, &writer_storage, 151);
+            }
+        })
+        .unwrap();
+        let removed = store.commit_flush(&keys, snapshot, &[], || {});
+        fail::remove("flush-commit-checked");
+        assert!(ran.load(Ordering::SeqCst), "the failpoint never ran");
+        assert_eq!(removed.unwrap(), 198);
+
+        let cf = store.cf_name();
+        let mut left = Vec::new();
+        storage
+            .scan_partition(cf, &Partition::Shared, |_, row| {
+                left.push((row.values[0].clone(), row.values[1].clone()));
+                Ok(true)
+            })
+            .unwrap();
+        let text = |s: &str| Value::Text(s.into());
+        assert_eq!(
+            left,
+            vec![
+                (Value::Int(7), text("v2 of 7")),
+                (Value::Int(100), text("v1 of 100")),
+                (Value::Int(151), text("v2 of 151")),
+                (Value::Int(250), text("v1 of 250")),
+            ]
+        );
+    }
+
+    /// The plan's tombstones: long runs become ranges that end right after their last key,
+    /// short runs single keys, and no range spans a key that stays or a key in between.
+    #[test]
+    fn flush_deletes_cover_only_flushed_keys() {
+        let owned: Vec<Vec<u8>> = (0u16..300)
+            .map(|i| (i * 2).to_be_bytes().to_vec())
+            .collect();
+        let mut plan = FlushDeletes::new(owned.iter().map(Vec::as_slice).collect());
+        assert!(plan.sorted);
+        for k in &owned {
+            plan.present(k);
+            // A key between flushed keys 99 and 100, seen while planning.
+            if k.as_slice() == 198u16.to_be_bytes() {
+                plan.present(&199u16.to_be_bytes());
+            }
+        }
+        plan.written_meanwhile(&(150u16 * 2).to_be_bytes()); // flushed key 150, rewritten
+        plan.written_meanwhile(&401u16.to_be_bytes()); // new, between flushed keys 200 and 201
+        plan.written_meanwhile(&9999u16.to_be_bytes()); // new, after the last one
+        let (points, ranges) = plan.batch();
+        assert_eq!(plan.removed(), 299);
+        let end = |i: u16| {
+            let mut e = (i * 2).to_be_bytes().to_vec();
+            e.push(0);
+            e
+        };
+        let start = |i: u16| (i * 2).to_be_bytes().to_vec();
+        assert_eq!(ranges, vec![(start(0), end(99)), (start(201), end(299))]);
+        // 100..=149 and 151..=200: runs of 50, below the range minimum.
+        let expected: Vec<Vec<u8>> = (100..150).chain(151..=200).map(start).collect();
+        assert_eq!(
+            points,
+            expected.iter().map(Vec::as_slice).collect::<Vec<_>>()
+        );
+
+        // Out of order keys never make ranges.
+        let shuffled = [b"b".as_slice(), b"a"];
+        let mut plan = FlushDeletes::new(shuffled.to_vec());
+        plan.written_meanwhile(b"a");
+        assert_eq!(plan.batch(), (vec![b"b".as_slice()], vec![]));
+        assert_eq!(plan.removed(), 1);
+    }
 }
