@@ -202,9 +202,8 @@ const RANGE_DELETE_MIN: usize = 64;
 /// other keys lie among them. A range tombstone may only cover flushed keys, so every other
 /// key, seen while planning or written meanwhile, splits the runs.
 struct FlushDeletes<'k> {
+    /// In strictly increasing order.
     keys: Vec<&'k [u8]>,
-    /// In strictly increasing order; otherwise every key gets a point tombstone.
-    sorted: bool,
     /// `split[i]`: no range may cover both `keys[i - 1]` and `keys[i]`.
     split: Vec<bool>,
     /// `keep[i]`: `keys[i]` was written again after the plan; it stays.
@@ -214,13 +213,16 @@ struct FlushDeletes<'k> {
 }
 
 impl<'k> FlushDeletes<'k> {
-    fn new(keys: Vec<&'k [u8]>) -> Self {
-        let sorted = keys.windows(2).all(|w| w[0] < w[1]);
+    /// `keys` in any order (a flush file lists them in key order already).
+    fn new(mut keys: Vec<&'k [u8]>) -> Self {
+        if !keys.windows(2).all(|w| w[0] < w[1]) {
+            keys.sort_unstable();
+            keys.dedup();
+        }
         let n = keys.len();
         Self {
             keys,
-            sorted,
-            split: vec![!sorted; n],
+            split: vec![false; n],
             keep: vec![false; n],
             next: 0,
         }
@@ -248,12 +250,6 @@ impl<'k> FlushDeletes<'k> {
     /// case never covered by a range.
     fn written_meanwhile(&mut self, key: &[u8]) {
         let n = self.keys.len();
-        if !self.sorted {
-            if let Some(i) = self.keys.iter().position(|k| *k == key) {
-                self.keep[i] = true;
-            }
-            return;
-        }
         match self.keys.binary_search(&key) {
             Ok(i) => {
                 self.keep[i] = true;
@@ -300,6 +296,24 @@ impl<'k> FlushDeletes<'k> {
             }
         }
         (points, ranges)
+    }
+}
+
+/// The log of keys written during a flush commit's plan ([`TableStore::commit_flush`]);
+/// switched off when dropped, so a plan that fails or panics does not leave every later
+/// commit copying its keys into a log nobody reads.
+struct LateKeysLog<'a>(&'a Mutex<Option<Vec<Vec<u8>>>>);
+
+impl LateKeysLog<'_> {
+    /// Switches the log off and returns what it holds (call under the write lock).
+    fn take(&self) -> Vec<Vec<u8>> {
+        self.0.lock().take().unwrap_or_default()
+    }
+}
+
+impl Drop for LateKeysLog<'_> {
+    fn drop(&mut self) {
+        self.0.lock().take();
     }
 }
 
@@ -511,17 +525,29 @@ impl TableStore {
         meta_ops: &[(Vec<u8>, Option<Vec<u8>>)],
         publish: impl FnOnce(),
     ) -> Result<usize> {
-        {
+        debug_assert!(
+            self.maintenance.is_locked(),
+            "flush commit without the maintenance lock"
+        );
+        let log = {
             // From here every commit logs its keys; earlier ones are visible to the reads.
             let _lock = self.write_lock.lock();
-            *self.late_keys.lock() = Some(Vec::new());
-        }
+            let mut late = self.late_keys.lock();
+            if late.is_some() {
+                // One log per table: a second planner would take the first one's keys away.
+                return Err(KalamError::internal(
+                    "two flush commits of one table at once",
+                ));
+            }
+            *late = Some(Vec::new());
+            LateKeysLog(&self.late_keys)
+        };
         let planned = self.plan_flush_deletes(keys, snapshot_seq);
         // Tests write here, between the plan and the lock.
         fail::fail_point!("flush-commit-checked");
         let _lock = self.write_lock.lock();
         let locked = Instant::now();
-        let late = self.late_keys.lock().take().unwrap_or_default();
+        let late = log.take();
         let mut plan = planned?;
         self.refuse_if_dropped()?;
         for key in &late {
@@ -555,7 +581,7 @@ impl TableStore {
         }
         let mut plan = FlushDeletes::new(flushed);
         let n = plan.keys.len();
-        if plan.sorted && n >= RANGE_DELETE_MIN {
+        if n >= RANGE_DELETE_MIN {
             let (first, last) = (plan.keys[0], plan.keys[n - 1]);
             self.storage
                 .keys_between(&self.cf, first, last, |key| plan.present(key))?;
@@ -1198,7 +1224,10 @@ mod tests {
             }
         })
         .unwrap();
-        let removed = store.commit_flush(&keys, snapshot, &[], || {});
+        let removed = {
+            let _maintenance = store.maintenance_lock();
+            store.commit_flush(&keys, snapshot, &[], || {})
+        };
         fail::remove("flush-commit-checked");
         assert!(ran.load(Ordering::SeqCst), "the failpoint never ran");
         assert_eq!(removed.unwrap(), 198);
@@ -1221,6 +1250,22 @@ mod tests {
                 (Value::Int(250), text("v1 of 250")),
             ]
         );
+
+        // A commit that panics while planning leaves no log behind (commits stop copying
+        // their keys), and the next flush commit of the table can run. The failpoint is
+        // configured only while this thread passes it.
+        let keys = vec![key(100)];
+        let snapshot = store.last_seq();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _maintenance = store.maintenance_lock();
+            fail::cfg("flush-commit-checked", "panic").unwrap();
+            let _ = store.commit_flush(&keys, snapshot, &[], || {});
+        }));
+        fail::remove("flush-commit-checked");
+        assert!(panicked.is_err());
+        assert!(store.late_keys.lock().is_none());
+        let _maintenance = store.maintenance_lock();
+        assert_eq!(store.commit_flush(&keys, snapshot, &[], || {}).unwrap(), 1);
     }
 
     /// The plan's tombstones: long runs become ranges that end right after their last key,
@@ -1231,7 +1276,6 @@ mod tests {
             .map(|i| (i * 2).to_be_bytes().to_vec())
             .collect();
         let mut plan = FlushDeletes::new(owned.iter().map(Vec::as_slice).collect());
-        assert!(plan.sorted);
         for k in &owned {
             plan.present(k);
             // A key between flushed keys 99 and 100, seen while planning.
@@ -1258,11 +1302,11 @@ mod tests {
             expected.iter().map(Vec::as_slice).collect::<Vec<_>>()
         );
 
-        // Out of order keys never make ranges.
-        let shuffled = [b"b".as_slice(), b"a"];
+        // Keys out of order or repeated are put in order once; a rewritten one stays.
+        let shuffled = [b"c".as_slice(), b"a", b"b", b"a"];
         let mut plan = FlushDeletes::new(shuffled.to_vec());
         plan.written_meanwhile(b"a");
-        assert_eq!(plan.batch(), (vec![b"b".as_slice()], vec![]));
-        assert_eq!(plan.removed(), 1);
+        assert_eq!(plan.batch(), (vec![b"b".as_slice(), b"c"], vec![]));
+        assert_eq!(plan.removed(), 2);
     }
 }
