@@ -450,3 +450,39 @@ pub struct NamespaceDef {
     #[serde(default)]
     pub options: serde_json::Map<String, serde_json::Value>,
 }
+
+#[cfg(test)]
+impl TableDef {
+    /// `app.t (id BIGINT PRIMARY KEY, body TEXT)`, a SHARED table: the definition that unit
+    /// tests of rows and stores build on.
+    pub(crate) fn for_tests() -> Self {
+        let column = |id, name: &str, data_type, nullable| ColumnDef {
+            id,
+            name: ColumnName::new(name).unwrap(),
+            data_type,
+            nullable,
+            default: None,
+            initial_default: None,
+        };
+        TableDef {
+            namespace: NamespaceId::new("app").unwrap(),
+            name: TableName::new("t").unwrap(),
+            kind: TableKind::Shared,
+            uid: "u".into(),
+            created_at: chrono::Utc::now(),
+            schema_version: 1,
+            columns: vec![
+                column(1, "id", KalamType::BigInt, false),
+                column(2, "body", KalamType::Text, true),
+            ],
+            primary_key: ColumnName::new("id").unwrap(),
+            location: LocationSpec::Default,
+            flush_policy: FlushPolicy::default(),
+            deleted_retention_secs: None,
+            stream: None,
+            storage: None,
+            last_column_id: 2,
+            history: Vec::new(),
+        }
+    }
+}

@@ -341,42 +341,9 @@ pub fn batch_to_values(def: &TableDef, batch: &RecordBatch) -> Result<Vec<Vec<Va
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{ColumnDef, FlushPolicy, LocationSpec, TableKind};
     use crate::cold::parquet::file_schema;
-    use crate::ids::{ColumnName, NamespaceId, TableName};
     use datafusion::arrow::array::{BooleanArray, Int64Array, StringArray, UInt64Array};
     use datafusion::arrow::datatypes::Schema;
-
-    fn def() -> TableDef {
-        let column = |id, name: &str, data_type, nullable| ColumnDef {
-            id,
-            name: ColumnName::new(name).unwrap(),
-            data_type,
-            nullable,
-            default: None,
-            initial_default: None,
-        };
-        TableDef {
-            namespace: NamespaceId::new("app").unwrap(),
-            name: TableName::new("t").unwrap(),
-            kind: TableKind::Shared,
-            uid: "u".into(),
-            created_at: chrono::Utc::now(),
-            schema_version: 1,
-            columns: vec![
-                column(1, "id", KalamType::BigInt, false),
-                column(2, "body", KalamType::Text, true),
-            ],
-            primary_key: ColumnName::new("id").unwrap(),
-            location: LocationSpec::Default,
-            flush_policy: FlushPolicy::default(),
-            deleted_retention_secs: None,
-            stream: None,
-            storage: None,
-            last_column_id: 2,
-            history: Vec::new(),
-        }
-    }
 
     fn row(id: i64, body: Option<&str>, seq: u64, deleted: bool) -> StoredRow {
         StoredRow {
@@ -395,7 +362,7 @@ mod tests {
     /// `_seq`), and the builder starts over after `finish`.
     #[test]
     fn builds_batches_from_rows_read_in_place() {
-        let def = def();
+        let def = TableDef::for_tests();
         let schema = file_schema(&def);
         let rows = [row(1, Some("a"), 7, false), row(2, None, 8, true)];
         let encoded: Vec<Vec<u8>> = rows.iter().map(|r| r.encode().unwrap()).collect();
@@ -436,7 +403,7 @@ mod tests {
     /// A projection builds only its columns; an empty one (`count(*)`) still counts rows.
     #[test]
     fn builds_projections_and_row_counts() {
-        let def = def();
+        let def = TableDef::for_tests();
         let table = def.arrow_schema();
         let rows = [row(1, Some("a"), 1, false), row(2, Some("b"), 2, false)];
         let body = Arc::new(table.project(&[1]).unwrap());
@@ -452,7 +419,7 @@ mod tests {
     /// not a panic or a silent NULL.
     #[test]
     fn refuses_values_of_another_type() {
-        let def = def();
+        let def = TableDef::for_tests();
         let mut bad = row(1, None, 1, false);
         bad.values[1] = Value::Int(5);
         let err = rows_to_batch(&def, &def.arrow_schema(), &[bad]).unwrap_err();

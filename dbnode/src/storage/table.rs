@@ -1107,40 +1107,7 @@ fn in_version<R>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{ColumnDef, FlushPolicy, KalamType, LocationSpec};
-    use crate::ids::{ColumnName, NamespaceId, TableName};
     use crate::storage::StorageOptions;
-
-    fn def() -> TableDef {
-        let column = |id, name: &str, data_type, nullable| ColumnDef {
-            id,
-            name: ColumnName::new(name).unwrap(),
-            data_type,
-            nullable,
-            default: None,
-            initial_default: None,
-        };
-        TableDef {
-            namespace: NamespaceId::new("app").unwrap(),
-            name: TableName::new("t").unwrap(),
-            kind: TableKind::Shared,
-            uid: "flushcommit".into(),
-            created_at: chrono::Utc::now(),
-            schema_version: 1,
-            columns: vec![
-                column(1, "id", KalamType::BigInt, false),
-                column(2, "body", KalamType::Text, true),
-            ],
-            primary_key: ColumnName::new("id").unwrap(),
-            location: LocationSpec::Default,
-            flush_policy: FlushPolicy::default(),
-            deleted_retention_secs: None,
-            stream: None,
-            storage: None,
-            last_column_id: 2,
-            history: Vec::new(),
-        }
-    }
 
     fn key(id: i64) -> Vec<u8> {
         Partition::Shared.key(&RowKey::from_value(&Value::Int(id)).unwrap())
@@ -1153,7 +1120,8 @@ mod tests {
             max_open_files: 64,
         };
         let storage = Arc::new(Storage::open(dir, &options).unwrap());
-        let store = TableStore::open(storage.clone(), Arc::new(def()), None, None).unwrap();
+        let store =
+            TableStore::open(storage.clone(), Arc::new(TableDef::for_tests()), None, None).unwrap();
         (storage, Arc::new(store))
     }
 
