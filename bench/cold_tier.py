@@ -13,6 +13,9 @@
    directory and RESTORE NAMESPACE from it, MB/s from the jobs' results in system.jobs;
 6. add column: ALTER TABLE ... ADD COLUMN ... DEFAULT on the half-hot table of (3), timed
    by the client around the statement, then every row must show the default.
+7. S3 reads: one conversation (100 of 1,000 rows) of a user whose rows are all in Parquet on
+   S3 (a `moto_server` started here), latency p50/p99 with the node's Parquet footer cache off
+   (`cold_metadata_cache_bytes = 0`) and on (the default), on two fresh nodes.
 
 Usage: python3 bench/cold_tier.py --kalamdb target/release/kalamdb [--quick]
 Numbers only mean something with a release build; --quick checks correctness in seconds.
@@ -42,11 +45,19 @@ def log(msg):
 
 
 class Node:
-    def __init__(self, binary):
+    def __init__(self, binary, env=None, s3_endpoint=None):
         self.dir = tempfile.TemporaryDirectory(prefix="kalam-bench-cold-")
+        if s3_endpoint:
+            # The credential set `s3` (moto accepts any key) in the default credentials_dir.
+            creds = os.path.join(self.dir.name, "credentials", "s3")
+            os.makedirs(creds)
+            for name, value in (("access_key_id", "bench"), ("secret_access_key", "bench-secret"),
+                                ("region", "us-east-1"), ("endpoint", s3_endpoint)):
+                with open(os.path.join(creds, name), "w") as f:
+                    f.write(value)
         env = dict(os.environ, KALAMDB_JWT_SECRET=SECRET, KALAMDB_FLUSH_CHECK_INTERVAL_MS="200",
                    KALAMDB_CLEANUP_INTERVAL="500ms", KALAMDB_CLEANUP_FILE_GRACE="0s",
-                   KALAMDB_LOG="warn")
+                   KALAMDB_LOG="warn", **(env or {}))
         self.proc = subprocess.Popen([binary, "serve", "--data-dir", self.dir.name, "--listen",
                                       "127.0.0.1:0"], stdout=subprocess.PIPE, env=env, text=True)
         line = self.proc.stdout.readline()
@@ -256,7 +267,84 @@ def backup_restore(node, mb):
 
 
 SCENARIOS = ("flush_throughput", "pruning", "hot_vs_cold", "add_column", "cleanup",
-             "backup_restore")
+             "backup_restore", "s3_reads")
+
+
+class Moto:
+    """An in-memory S3 (`moto_server` from PyPI) on a free loopback port."""
+
+    def __init__(self):
+        import socket
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{port}"
+        try:
+            self.proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise SystemExit("s3_reads needs moto_server: python3 -m pip install 'moto[server]'")
+        deadline = time.time() + 20
+        while True:
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=1).read()
+                return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise SystemExit("moto_server did not start")
+                time.sleep(0.1)
+
+    def create_bucket(self, name):
+        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/{name}", method="PUT"),
+                               timeout=10).read()
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def s3_reads(binary, users, reads):
+    moto = Moto()
+    out = {"users": users, "reads": reads}
+    try:
+        for label, env in (("cache_off", {"KALAMDB_COLD_METADATA_CACHE_BYTES": "0"}),
+                           ("cache_on", {})):
+            node = Node(binary, env=env, s3_endpoint=moto.endpoint)
+            try:
+                bucket = f"bench-{label.replace('_', '-')}"
+                moto.create_bucket(bucket)
+                node.sql(ADMIN, "INSERT INTO system.storage_locations (location_name, location_type, "
+                                f"path, credentials_ref) VALUES ('s3', 's3', 's3://{bucket}/', 's3')")
+                node.sql(ADMIN, "CREATE NAMESPACE bench")
+                node.sql(ADMIN, "CREATE USER TABLE bench.m (id BIGINT PRIMARY KEY, conversation TEXT, "
+                                "body TEXT) LOCATION REFERENCE 's3' FLUSH POLICY ROWS 100000000")
+                log(f"s3 reads ({label}): {users} users x 1000 rows, flushed to S3")
+                tokens = [jwt(f"s3user{u}", False) for u in range(users)]
+                for token in tokens:
+                    values = ", ".join(f"({i}, 'c{i % 10}', 'message {i}')" for i in range(1000))
+                    node.sql(token, f"INSERT INTO bench.m (id, conversation, body) VALUES {values}")
+                node.flush("bench.m")
+                samples = []
+                for i in range(reads):
+                    started = time.perf_counter()
+                    rows = node.sql(tokens[i % users],
+                                    "SELECT id, body FROM bench.m WHERE conversation = 'c3'")
+                    samples.append((time.perf_counter() - started) * 1000)
+                    ids = sorted(r["id"] for r in rows)
+                    if ids != list(range(3, 1000, 10)):
+                        raise SystemExit(f"s3 reads ({label}): wrong rows {ids[:5]}... ({len(ids)})")
+                samples.sort()
+                out[label] = {"p50_ms": samples[len(samples) // 2],
+                              "p99_ms": samples[min(len(samples) - 1, len(samples) * 99 // 100)]}
+            finally:
+                node.stop()
+    finally:
+        moto.stop()
+    out["p50_ratio_on_off"] = out["cache_on"]["p50_ms"] / out["cache_off"]["p50_ms"]
+    return out
 
 
 def report(out):
@@ -275,6 +363,10 @@ def report(out):
     if "cleanup" in out:
         c = out["cleanup"]
         log(f"cleanup: {c['rows_removed']} deleted rows removed by {c['jobs']} job(s) in {c['duration_ms']:.0f} ms = {c['rows_per_s']:.0f} rows/s (target >= 50000)")
+    if "s3_reads" in out:
+        r = out["s3_reads"]
+        log(f"s3 reads: footer cache off p50 {r['cache_off']['p50_ms']:.2f} ms p99 {r['cache_off']['p99_ms']:.2f} ms, "
+            f"on p50 {r['cache_on']['p50_ms']:.2f} ms p99 {r['cache_on']['p99_ms']:.2f} ms")
     for what in ("backup", "restore"):
         if "backup_restore" in out:
             j = out["backup_restore"][what]
@@ -303,6 +395,7 @@ def main():
         "add_column": lambda: add_column(node, "bench.h", 20_000 if q else 1_000_000),
         "cleanup": lambda: cleanup(node, 20_000 if q else 200_000),
         "backup_restore": lambda: backup_restore(node, 10 if q else 200),
+        "s3_reads": lambda: s3_reads(args.kalamdb, 5 if q else 50, 50 if q else 500),
     }
     node = Node(args.kalamdb)
     out = {"mode": "quick" if q else "full"}

@@ -41,6 +41,9 @@ pub struct Config {
     pub rocksdb_max_open_files: i32,
     /// Memory for hot partitions kept decoded (as Arrow) between scans; 0 turns it off.
     pub hot_cache_bytes: usize,
+    /// Memory for the footers and page indexes of Parquet files queries opened; 0 turns it
+    /// off.
+    pub cold_metadata_cache_bytes: usize,
     /// Root of the built-in `local` storage location (Parquet files); default
     /// `<data_dir>/storage`.
     pub storage_dir: Option<PathBuf>,
@@ -105,6 +108,7 @@ impl Default for Config {
             rocksdb_write_buffer_bytes: 256 * 1024 * 1024,
             rocksdb_max_open_files: 1024,
             hot_cache_bytes: 256 * 1024 * 1024,
+            cold_metadata_cache_bytes: 64 * 1024 * 1024,
             storage_dir: None,
             credentials_dir: None,
             default_location: None,
@@ -153,6 +157,7 @@ impl Config {
         "rocksdb_write_buffer_bytes",
         "rocksdb_max_open_files",
         "hot_cache_bytes",
+        "cold_metadata_cache_bytes",
         "storage_dir",
         "credentials_dir",
         "default_location",

@@ -157,6 +157,7 @@ impl Engine {
             config.storage_dir(),
             config.credentials_dir(),
             runtime,
+            config.cold_metadata_cache_bytes,
         )?);
         let jobs = Arc::new(Jobs::open(storage.clone(), config.node_id.clone())?);
         let live = LiveHub::new(LiveSettings {

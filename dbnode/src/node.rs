@@ -67,6 +67,15 @@ impl Node {
         metrics
             .register(engine.hot_cache.collectors())
             .map_err(KalamError::internal)?;
+        metrics
+            .register(
+                engine
+                    .cold
+                    .metadata
+                    .collectors()
+                    .map_err(KalamError::internal)?,
+            )
+            .map_err(KalamError::internal)?;
         let flusher = Flusher::new(
             engine.clone(),
             metrics.clone(),

@@ -11,6 +11,7 @@
 //! replaced are listed under `coldobsolete/` in the same batch, and deleted later.
 
 pub mod location;
+pub mod metadata_cache;
 pub mod parquet;
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +31,7 @@ use crate::error::{KalamError, Result};
 use crate::storage::{Partition, Storage};
 
 pub use location::LOCAL_LOCATION;
+use metadata_cache::MetadataCache;
 
 /// Hidden column of every Parquet file: the commit sequence of the row version, which orders
 /// versions of one key across files and the hot tier.
@@ -182,15 +184,19 @@ pub struct ColdStorage {
     stores: Mutex<HashMap<(String, Option<String>), (ObjectStoreUrl, Arc<dyn ObjectStore>)>>,
     /// cf -> partition prefix -> files. Only a flush commit changes an entry.
     manifests: RwLock<HashMap<String, BTreeMap<Vec<u8>, Segments>>>,
+    /// Footers and page indexes of the files queries open.
+    pub metadata: MetadataCache,
 }
 
 impl ColdStorage {
-    /// Loads every partition manifest from the `meta` column family.
+    /// Loads every partition manifest from the `meta` column family; Parquet footers are
+    /// cached within `metadata_cache_bytes`.
     pub fn open(
         storage: &Storage,
         storage_dir: PathBuf,
         credentials_dir: PathBuf,
         runtime: Arc<RuntimeEnv>,
+        metadata_cache_bytes: usize,
     ) -> Result<Self> {
         std::fs::create_dir_all(&storage_dir).map_err(KalamError::storage)?;
         let storage_dir = storage_dir.canonicalize().map_err(KalamError::storage)?;
@@ -214,6 +220,7 @@ impl ColdStorage {
             runtime,
             stores: Mutex::new(HashMap::new()),
             manifests: RwLock::new(manifests),
+            metadata: MetadataCache::new(metadata_cache_bytes),
         })
     }
 

@@ -58,11 +58,18 @@ pub fn planner_state(
     catalogs: Option<Arc<KalamCatalogList>>,
     runtime: Arc<RuntimeEnv>,
 ) -> SessionState {
-    let config = SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_information_schema(true)
         .with_default_catalog_and_schema(CATALOG, "public")
         .with_create_default_catalog_and_schema(false)
         .with_target_partitions(2);
+    // Scans report row estimates (hot rows exactly, Parquet files from the manifest): a scan
+    // of fewer rows than a batch is not split across threads, which for the usual read of
+    // one user's few thousand rows costs more than it saves.
+    config
+        .options_mut()
+        .execution
+        .use_row_number_estimates_to_optimize_partitioning = true;
     let mut builder = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)

@@ -25,10 +25,13 @@ use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{Column, DFSchema, ScalarValue};
+use datafusion::common::stats::Precision;
+use datafusion::common::{Column, DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::physical_plan::{
+    FileGroup, FileScanConfigBuilder, ParquetFileReaderFactory, ParquetSource,
+};
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -376,7 +379,8 @@ impl KalamTableProvider {
         files: &[&Segment],
         filters: &[Expr],
     ) -> DfResult<Vec<Arc<dyn ExecutionPlan>>> {
-        let (url, _) = self.engine.cold.store(&self.rt.location)?;
+        let (url, store) = self.engine.cold.store(&self.rt.location)?;
+        let readers = self.engine.cold.metadata.reader_factory(&def.uid, store);
         let predicate = self
             .pruning_filters(filters)
             .into_iter()
@@ -389,7 +393,7 @@ impl KalamTableProvider {
         let mut inputs = Vec::new();
         for (version, files) in by_version {
             let scan = if version == def.schema_version {
-                self.file_scan(state, &url, def, &files, predicate.as_ref())?
+                self.file_scan(state, &url, &readers, def, &files, predicate.as_ref())?
             } else {
                 // The newest definition knows every version a file can have been written in.
                 let columns = newest
@@ -404,7 +408,8 @@ impl KalamTableProvider {
                 let mut written = def.clone();
                 written.schema_version = version;
                 written.columns = columns.to_vec();
-                let scan = self.file_scan(state, &url, &written, &files, predicate.as_ref())?;
+                let scan =
+                    self.file_scan(state, &url, &readers, &written, &files, predicate.as_ref())?;
                 adapt_to_version(scan, &written, def)?
             };
             inputs.push(scan);
@@ -449,18 +454,22 @@ fn key_ranges_disjoint<'a>(ranges: impl Iterator<Item = (&'a [u8], &'a [u8])>) -
 
 impl KalamTableProvider {
     /// A scan of files written under `written` (one file group each, every group sorted by
-    /// key then `_seq` descending), in that version's file schema.
+    /// key then `_seq` descending), in that version's file schema, opened by `readers` (which
+    /// keep each file's footer once read).
     fn file_scan(
         &self,
         state: &dyn Session,
         url: &datafusion::execution::object_store::ObjectStoreUrl,
+        readers: &Arc<dyn ParquetFileReaderFactory>,
         written: &TableDef,
         files: &[&Segment],
         predicate: Option<&Expr>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let schema = file_schema(written);
         let ordering = merge_ordering(written, &schema)?;
-        let mut source = ParquetSource::new(schema.clone()).with_bloom_filter_on_read(true);
+        let mut source = ParquetSource::new(schema.clone())
+            .with_bloom_filter_on_read(true)
+            .with_parquet_file_reader_factory(readers.clone());
         if let Some(predicate) = predicate {
             let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
             // Applied to rows too, not only to prune: the planner takes the predicate as true
@@ -473,8 +482,15 @@ impl KalamTableProvider {
             .iter()
             .map(|f| FileGroup::new(vec![PartitionedFile::new(f.path.clone(), f.bytes)]))
             .collect();
+        // An upper bound of the rows the scan returns, from the manifest: DataFusion then
+        // reads a few thousand rows on one thread instead of handing them to another.
+        let rows: u64 = files.iter().map(|f| f.rows).sum();
+        let statistics = Statistics::new_unknown(&schema).with_num_rows(Precision::Inexact(
+            usize::try_from(rows).unwrap_or(usize::MAX),
+        ));
         let config = FileScanConfigBuilder::new(url.clone(), Arc::new(source))
             .with_file_groups(groups)
+            .with_statistics(statistics)
             .with_output_ordering(vec![ordering])
             .build();
         Ok(DataSourceExec::from_data_source(config))

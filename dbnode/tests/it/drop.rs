@@ -390,6 +390,50 @@ async fn drop_table_removes_every_file_on_the_local_location() {
     );
 }
 
+/// A table created again under a dropped table's name writes the same file path (its commit
+/// sequences start again), here of the same size, after a query made the node cache the old
+/// file's footer. Reads of the new table must use the new footer: with the old one, its key
+/// statistics (ids 1-3) would prune the row group holding id 8.
+#[tokio::test]
+async fn a_table_created_again_never_reads_the_cached_footer_of_the_dropped_one() {
+    let node = TestNode::start().await;
+    let dir = node.data_dir().join("storage/app/notes/alice");
+    node.admin("CREATE NAMESPACE app").await;
+    let alice = token("alice", false);
+    let mut written = Vec::new();
+    for (round, ids) in [1..=3i64, 7..=9].into_iter().enumerate() {
+        node.admin(&notes_ddl("notes", MANUAL)).await;
+        node.exec(&alice, &insert_notes("notes", "alice", ids.clone()))
+            .await;
+        flush(&node, "app.notes").await;
+        let files = files_under(&dir);
+        assert_eq!(files.len(), 1, "one file of alice: {files:?}");
+        written.push((files[0].clone(), total_size(&files)));
+        let id = ids.start() + 1;
+        for _ in 0..2 {
+            let rows = node
+                .query(
+                    &alice,
+                    &format!("SELECT id, body FROM app.notes WHERE id = {id}"),
+                )
+                .await;
+            assert_eq!(
+                rows,
+                vec![json!({"id": id, "body": format!("note {id} of alice")})],
+                "round {round}: the point read of id {id}"
+            );
+        }
+        if round == 0 {
+            let body = node.admin("DROP TABLE app.notes").await;
+            wait_job(&node, &purge_job(&body, "DROP TABLE app.notes")).await;
+        }
+    }
+    assert_eq!(
+        written[0], written[1],
+        "the same path and size, which a cache keyed by path could not tell apart"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // S3
 // ---------------------------------------------------------------------------------------------
