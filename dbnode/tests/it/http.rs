@@ -205,6 +205,48 @@ async fn stdout_carries_only_the_listening_line() {
     );
 }
 
+/// At the default log level a request leaves no line in the log (PostgreSQL logs no statement
+/// by default; rates and latencies are in /metrics); the documented filter brings the line
+/// back, with the route and status but never the token or the SQL.
+#[tokio::test]
+async fn requests_are_logged_only_at_debug() {
+    for (filter, logged) in [(None, false), (Some("kalam_dbnode::api=debug,info"), true)] {
+        let opts = match filter {
+            Some(f) => NodeOptions::default().env("KALAMDB_LOG", f),
+            None => NodeOptions::default(),
+        };
+        let node = TestNode::start_with_options(opts).await;
+        node.create_chat_schema().await;
+        node.expect_error(
+            &admin_token(),
+            "SELECT * FROM app.nosuch",
+            "TABLE_NOT_FOUND",
+        )
+        .await;
+        let stderr = node.stderr();
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("route=\"/api/sql\""))
+            .collect();
+        assert_eq!(
+            !lines.is_empty(),
+            logged,
+            "request lines with KALAMDB_LOG={filter:?}: {lines:?}"
+        );
+        for line in &lines {
+            assert!(
+                line.contains("status=404") || line.contains("status=200"),
+                "{line}"
+            );
+            assert!(
+                !line.contains(&admin_token()) && !line.contains("nosuch"),
+                "{line}"
+            );
+        }
+        node.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn kalam_client_talks_to_the_node() {
     let node = TestNode::start().await;
