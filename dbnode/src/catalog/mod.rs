@@ -709,30 +709,16 @@ mod tests {
         }
     }
 
+    /// `app.<name> (id BIGINT PRIMARY KEY)`, a USER table: [`TableDef::for_tests`] without
+    /// its `body` column.
     fn table(name: &str) -> TableDef {
+        let base = TableDef::for_tests();
         TableDef {
-            namespace: NamespaceId::new("app").unwrap(),
             name: TableName::new(name).unwrap(),
             kind: TableKind::User,
-            uid: "u1".into(),
-            created_at: Utc::now(),
-            schema_version: 1,
-            columns: vec![ColumnDef {
-                id: 1,
-                name: ColumnName::new("id").unwrap(),
-                data_type: KalamType::BigInt,
-                nullable: false,
-                default: Some("SNOWFLAKE_ID()".into()),
-                initial_default: None,
-            }],
-            primary_key: ColumnName::new("id").unwrap(),
-            location: LocationSpec::Default,
-            flush_policy: FlushPolicy::default(),
-            deleted_retention_secs: None,
-            stream: None,
-            storage: None,
+            columns: base.columns[..1].to_vec(),
             last_column_id: 1,
-            history: Vec::new(),
+            ..base
         }
     }
 

@@ -2907,3 +2907,33 @@ async fn crash_after_partition() {
 async fn crash_before_complete() {
     crash_during_flush("flush-before-complete").await;
 }
+
+/// A read of a few rows of one Parquet file stays on one thread: the scan tells DataFusion its
+/// row count (from the manifest), so no `RepartitionExec` hands its batch to another task
+/// (ADR 0021).
+#[tokio::test]
+async fn a_small_cold_read_is_not_split_across_threads() {
+    let node = TestNode::start().await;
+    node.admin("CREATE NAMESPACE app").await;
+    node.admin(
+        "CREATE USER TABLE app.m (id BIGINT PRIMARY KEY, body TEXT) FLUSH POLICY ROWS 1000000",
+    )
+    .await;
+    let alice = token("alice", false);
+    node.exec(
+        &alice,
+        "INSERT INTO app.m (id, body) VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+    )
+    .await;
+    flush(&node, "app.m").await;
+    let query = "SELECT id FROM app.m WHERE body = 'b'";
+    let plan: String = node
+        .query(&alice, &format!("EXPLAIN {query}"))
+        .await
+        .iter()
+        .filter_map(|row| row["plan"].as_str())
+        .collect();
+    assert!(plan.contains("file_type=parquet"), "{plan}");
+    assert!(!plan.contains("RepartitionExec"), "{plan}");
+    assert_eq!(node.query(&alice, query).await, vec![json!({"id": 2})]);
+}

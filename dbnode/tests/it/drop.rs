@@ -432,6 +432,14 @@ async fn a_table_created_again_never_reads_the_cached_footer_of_the_dropped_one(
         written[0], written[1],
         "the same path and size, which a cache keyed by path could not tell apart"
     );
+    // Both footers were read through the cache, each under its own table.
+    let (_, _, metrics) = node.get("/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "kalamdb_cold_metadata_cache_files 2"),
+        "{metrics}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
