@@ -10,13 +10,16 @@
 //! connections must then stay quiet); only then do its numbers count. The WebSocket side is
 //! `kalam_client::live`, so a run exercises the client crate as well as the node.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::future::join_all;
 use kalam_client::wire::Row;
-use kalam_client::{ChangeType, KalamClient, LiveConnection, ServerMessage, Subscription};
+use kalam_client::{
+    ChangeType, KalamClient, LiveConnection, ServerMessage, Subscription, SubscriptionOptions,
+};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -333,7 +336,14 @@ async fn fanout(
             (client.clone(), subs)
         })
         .collect();
-    let mut readers = Readers::open(plan).await.context(name)?;
+    // Like the PostgreSQL side: one reader per connection, a task per subscriber when a
+    // connection serves several.
+    let delivery = if per_conn > 1 {
+        Delivery::SubscriberTasks
+    } else {
+        Delivery::Reader
+    };
+    let mut readers = Readers::open_with(plan, delivery).await.context(name)?;
 
     let mut h = hist();
     let started = Instant::now();
@@ -387,8 +397,27 @@ async fn fanout(
     Ok(
         Outcome::new(name, rounds, rounds * expected, seconds, &h, None)
             .with("subscribers", expected)
-            .with("connections", conns),
+            .with("connections", conns)
+            .method(fanout_method(conns, per_conn)),
     )
+}
+
+/// How the KalamDB side of a fan-out case delivers, for the notes of the report.
+fn fanout_method(conns: usize, per_conn: usize) -> String {
+    if per_conn == 1 {
+        format!(
+            "{conns} WebSocket connections, one subscription each; timed from the start of \
+             the INSERT until the last connection has parsed its change"
+        )
+    } else {
+        format!(
+            "{conns} WebSocket connections with {per_conn} subscriptions each, all with option \
+             group: per change each connection gets one change_group frame, which the client \
+             splits into one change per subscription, handed to that subscription's task over \
+             an in-process channel; timed from the start of the INSERT until the last \
+             subscriber task has it"
+        )
+    }
 }
 
 /// c. Events per second delivered to one subscriber of a STREAM table while
@@ -544,11 +573,16 @@ async fn memory(
     )
 }
 
+/// A subscription as the scenarios open them: with option `group`, so that a change
+/// reaching many subscriptions of one connection is one frame, split again by the client.
 fn subscription(query_id: impl Into<String>, sql: impl Into<String>) -> Subscription {
     Subscription {
         query_id: query_id.into(),
         sql: sql.into(),
-        options: Default::default(),
+        options: SubscriptionOptions {
+            group: Some(true),
+            ..Default::default()
+        },
     }
 }
 
@@ -621,7 +655,20 @@ async fn open_subscribed(client: &KalamClient, subs: Vec<Subscription>) -> Resul
 struct Received {
     conn: usize,
     at: Instant,
-    message: std::result::Result<ServerMessage, String>,
+    message: std::result::Result<Got, String>,
+}
+
+/// What a subscriber got: a message, or its share of a `change_group` (the rows shared
+/// with the other subscriptions of the group, as the PostgreSQL side shares its row).
+#[derive(Debug)]
+enum Got {
+    Message(ServerMessage),
+    Shared {
+        query_id: String,
+        change_type: ChangeType,
+        rows: Arc<Vec<Row>>,
+        seq: u64,
+    },
 }
 
 /// An INSERT change as a scenario checks it.
@@ -630,30 +677,35 @@ struct Insert {
     at: Instant,
     query_id: String,
     seq: u64,
-    rows: Vec<Row>,
+    rows: Arc<Vec<Row>>,
 }
 
 fn expect_insert(received: Received) -> Result<Insert> {
-    match received.message {
-        Ok(ServerMessage::Change {
+    let conn = received.conn;
+    let (query_id, rows, seq) = match received.message {
+        Ok(Got::Message(ServerMessage::Change {
             query_id,
             change_type: ChangeType::Insert,
             rows,
             seq,
             ..
-        }) => Ok(Insert {
-            conn: received.conn,
-            at: received.at,
+        })) => (query_id, Arc::new(rows), seq),
+        Ok(Got::Shared {
             query_id,
-            seq,
+            change_type: ChangeType::Insert,
             rows,
-        }),
-        Ok(other) => bail!(
-            "connection {}: expected an INSERT change, got {other:?}",
-            received.conn
-        ),
-        Err(e) => bail!("connection {} failed: {e}", received.conn),
-    }
+            seq,
+        }) => (query_id, rows, seq),
+        Ok(other) => bail!("connection {conn}: expected an INSERT change, got {other:?}"),
+        Err(e) => bail!("connection {conn} failed: {e}"),
+    };
+    Ok(Insert {
+        conn,
+        at: received.at,
+        query_id,
+        seq,
+        rows,
+    })
 }
 
 /// Connections with their subscriptions confirmed, each read by its own task from the
@@ -669,8 +721,15 @@ struct Readers {
 
 impl Readers {
     /// Opens one connection per `(client, subscriptions)`, concurrently, and returns once
-    /// every subscription is confirmed.
+    /// every subscription is confirmed. Messages are stamped by the connection's reader.
     async fn open(plan: Vec<(KalamClient, Vec<Subscription>)>) -> Result<Self> {
+        Self::open_with(plan, Delivery::Reader).await
+    }
+
+    async fn open_with(
+        plan: Vec<(KalamClient, Vec<Subscription>)>,
+        delivery: Delivery,
+    ) -> Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop, stopped) = watch::channel(false);
         let mut confirmations = Vec::with_capacity(plan.len());
@@ -678,11 +737,15 @@ impl Readers {
         for (conn, (client, subs)) in plan.into_iter().enumerate() {
             let (confirmed, confirmation) = oneshot::channel::<Result<()>>();
             let (tx, stopped) = (tx.clone(), stopped.clone());
+            let route = match delivery {
+                Delivery::Reader => Route::Reader(tx),
+                Delivery::SubscriberTasks => Route::tasks(conn, &subs, tx),
+            };
             tasks.push(tokio::spawn(async move {
                 match open_subscribed(&client, subs).await {
                     Ok(live) => {
                         let _ = confirmed.send(Ok(()));
-                        Some(read_until_stopped(conn, live, tx, stopped).await)
+                        Some(read_until_stopped(conn, live, route, stopped).await)
                     }
                     Err(e) => {
                         let _ = confirmed.send(Err(e));
@@ -741,21 +804,145 @@ impl Readers {
     }
 }
 
+/// Where a connection's reader puts what it reads.
+#[derive(Clone, Copy)]
+enum Delivery {
+    /// Straight to the scenario, stamped by the reader.
+    Reader,
+    /// Each change to a task of its subscription, which stamps it when it has it: the way
+    /// an application hands changes to the many users one connection serves, and the way
+    /// the PostgreSQL side of the fan-outs dispatches (`pg_scenarios`).
+    SubscriberTasks,
+}
+
+enum Route {
+    Reader(mpsc::UnboundedSender<Received>),
+    Tasks {
+        out: mpsc::UnboundedSender<Received>,
+        by_query_id: HashMap<String, mpsc::UnboundedSender<Got>>,
+    },
+}
+
+impl Route {
+    /// Starts one task per subscription of connection `conn`.
+    fn tasks(conn: usize, subs: &[Subscription], out: mpsc::UnboundedSender<Received>) -> Self {
+        let mut by_query_id = HashMap::with_capacity(subs.len());
+        for sub in subs {
+            let (to_task, mut inbox) = mpsc::unbounded_channel::<Got>();
+            let out = out.clone();
+            tokio::spawn(async move {
+                while let Some(got) = inbox.recv().await {
+                    let at = Instant::now();
+                    let _ = out.send(Received {
+                        conn,
+                        at,
+                        message: Ok(got),
+                    });
+                }
+            });
+            by_query_id.insert(sub.query_id.clone(), to_task);
+        }
+        Route::Tasks { out, by_query_id }
+    }
+
+    /// The next message of `live` as this route wants it: whole `change_group` frames
+    /// when it dispatches them itself.
+    async fn next(
+        &self,
+        live: &mut LiveConnection,
+    ) -> Option<std::result::Result<ServerMessage, kalam_client::ClientError>> {
+        match self {
+            Route::Reader(_) => live.next().await,
+            Route::Tasks { .. } => live.next_frame().await,
+        }
+    }
+
+    fn deliver(&self, conn: usize, message: std::result::Result<ServerMessage, String>) {
+        let (out, by_query_id) = match self {
+            Route::Reader(out) => {
+                let message = message.map(Got::Message);
+                let _ = out.send(Received {
+                    conn,
+                    at: Instant::now(),
+                    message,
+                });
+                return;
+            }
+            Route::Tasks { out, by_query_id } => (out, by_query_id),
+        };
+        match message {
+            Ok(ServerMessage::ChangeGroup {
+                query_ids,
+                change_type,
+                rows,
+                seq,
+                ..
+            }) => {
+                let rows = Arc::new(rows);
+                for query_id in query_ids {
+                    let got = Got::Shared {
+                        query_id,
+                        change_type,
+                        rows: rows.clone(),
+                        seq,
+                    };
+                    route_to_task(out, by_query_id, conn, got);
+                }
+            }
+            Ok(message) => route_to_task(out, by_query_id, conn, Got::Message(message)),
+            Err(e) => {
+                let _ = out.send(Received {
+                    conn,
+                    at: Instant::now(),
+                    message: Err(e),
+                });
+            }
+        }
+    }
+}
+
+/// Hands `got` to the task of its subscription; anything else (not a change, or one for an
+/// unknown query_id) goes to the scenario as it is.
+fn route_to_task(
+    out: &mpsc::UnboundedSender<Received>,
+    by_query_id: &HashMap<String, mpsc::UnboundedSender<Got>>,
+    conn: usize,
+    got: Got,
+) {
+    let query_id = match &got {
+        Got::Shared { query_id, .. } | Got::Message(ServerMessage::Change { query_id, .. }) => {
+            Some(query_id)
+        }
+        Got::Message(_) => None,
+    };
+    match query_id.and_then(|q| by_query_id.get(q)) {
+        Some(task) => {
+            let _ = task.send(got);
+        }
+        None => {
+            let _ = out.send(Received {
+                conn,
+                at: Instant::now(),
+                message: Ok(got),
+            });
+        }
+    }
+}
+
 async fn read_until_stopped(
     conn: usize,
     mut live: LiveConnection,
-    tx: mpsc::UnboundedSender<Received>,
+    route: Route,
     mut stop: watch::Receiver<bool>,
 ) -> LiveConnection {
     loop {
         tokio::select! {
             // A stop, or the scenario dropped its `Readers`.
             _ = stop.changed() => break,
-            next = live.next() => {
+            next = route.next(&mut live) => {
                 let Some(result) = next else { break };
                 let failed = result.is_err();
-                let message = result.map_err(|e| e.with_causes());
-                let _ = tx.send(Received { conn, at: Instant::now(), message });
+                route.deliver(conn, result.map_err(|e| e.with_causes()));
                 if failed {
                     break;
                 }

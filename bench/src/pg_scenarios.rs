@@ -679,8 +679,7 @@ async fn fanout(
              tasks ({expected} subscribers), the way Supabase Realtime fans out from few \
              database connections: each connection's reader parses the row once, applies \
              the filter room = 'r1' and hands it to its subscribers over in-process channels; \
-             timed from the start of the INSERT until the last subscriber task has it. Unlike \
-             KalamDB's number, this has no network hop from the dispatcher to each subscriber"
+             timed from the start of the INSERT until the last subscriber task has it"
         )
     };
     Ok(

@@ -27,6 +27,7 @@
 //! [`LiveConnection::next`]: reading is what answers the pings (tungstenite queues the pong
 //! and sends it on the next read).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
@@ -132,6 +133,8 @@ pub struct LiveConnection {
     /// The close error whose reporting was interrupted (the future of `next` was dropped
     /// while the close reply was being flushed); returned by the next call.
     pending: Option<ClientError>,
+    /// The rest of a `change_group` frame, one `change` per subscription, with the frame.
+    split: VecDeque<(ServerMessage, Utf8Bytes)>,
 }
 
 impl LiveConnection {
@@ -183,6 +186,7 @@ impl LiveConnection {
             socket,
             ended: false,
             pending: None,
+            split: VecDeque::new(),
         })
     }
 
@@ -210,23 +214,61 @@ impl LiveConnection {
     ///
     /// A close frame of the node ends the stream with [`ClientError::Closed`] (code and
     /// reason; see [`ClientError::is_normal_close`]); a message that does not parse is a
-    /// [`ClientError::WebSocket`] item after which reading may go on. Cancel-safe: a
-    /// message is never lost when the future is dropped (e.g. in `tokio::select!`).
+    /// [`ClientError::WebSocket`] item after which reading may go on. A `change_group` frame
+    /// (subscriptions with option `group`) comes out as one [`ServerMessage::Change`] per
+    /// subscription it names, in its order. Cancel-safe: a message is never lost when the
+    /// future is dropped (e.g. in `tokio::select!`).
     pub async fn next(&mut self) -> Option<Result<ServerMessage, ClientError>> {
-        let text = self.next_text().await?;
-        Some(text.and_then(|text| parse_server_message(text.as_str())))
+        let next = self.next_split().await?;
+        Some(next.map(|(message, _)| message))
     }
 
-    /// Like [`next`](Self::next), but also hands back the text of the frame.
+    /// Like [`next`](Self::next), but also hands back the text of the frame (for the
+    /// changes of one `change_group` frame, that frame).
     pub async fn next_raw(&mut self) -> Option<Result<RawServerMessage, ClientError>> {
-        let text = self.next_text().await?;
-        Some(text.and_then(|text| {
-            let message = parse_server_message(text.as_str())?;
-            Ok(RawServerMessage {
-                text: text.as_str().to_owned(),
-                message,
-            })
+        let next = self.next_split().await?;
+        Some(next.map(|(message, text)| RawServerMessage {
+            text: text.as_str().to_owned(),
+            message,
         }))
+    }
+
+    /// Like [`next`](Self::next), but a `change_group` comes as it is, as one
+    /// [`ServerMessage::ChangeGroup`]: for an application that hands one change to the many
+    /// users a connection serves and shares its rows among them instead of a copy each.
+    pub async fn next_frame(&mut self) -> Option<Result<ServerMessage, ClientError>> {
+        if let Some((message, _)) = self.split.pop_front() {
+            return Some(Ok(message));
+        }
+        let text = match self.next_text().await? {
+            Ok(text) => text,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(parse_server_message(text.as_str()))
+    }
+
+    /// The next message with its frame, a `change_group` split into its changes.
+    async fn next_split(&mut self) -> Option<Result<(ServerMessage, Utf8Bytes), ClientError>> {
+        if let Some(next) = self.split.pop_front() {
+            return Some(Ok(next));
+        }
+        let text = match self.next_text().await? {
+            Ok(text) => text,
+            Err(e) => return Some(Err(e)),
+        };
+        let message = match parse_server_message(text.as_str()) {
+            Ok(message) => message,
+            Err(e) => return Some(Err(e)),
+        };
+        let ServerMessage::ChangeGroup { .. } = message else {
+            return Some(Ok((message, text)));
+        };
+        self.split.extend(
+            ungroup(message)
+                .into_iter()
+                .map(|change| (change, text.clone())),
+        );
+        self.split.pop_front().map(Ok)
     }
 
     /// The next text frame of the node (see [`next`](Self::next) for the rest).
@@ -317,13 +359,58 @@ impl fmt::Debug for LiveConnection {
     }
 }
 
+/// The changes a `change_group` stands for, one per subscription it names (anything else
+/// as it is).
+fn ungroup(message: ServerMessage) -> Vec<ServerMessage> {
+    let ServerMessage::ChangeGroup {
+        query_ids,
+        live_ids,
+        change_type,
+        rows,
+        old_values,
+        seq,
+    } = message
+    else {
+        return vec![message];
+    };
+    query_ids
+        .into_iter()
+        .zip(live_ids)
+        .map(|(query_id, live_id)| ServerMessage::Change {
+            query_id,
+            live_id,
+            change_type,
+            rows: rows.clone(),
+            old_values: old_values.clone(),
+            seq,
+        })
+        .collect()
+}
+
+/// Parses one frame; a `change_group` must name each subscription by both ids.
 fn parse_server_message(text: &str) -> Result<ServerMessage, ClientError> {
-    ServerMessage::from_json(text).map_err(|e| {
+    let invalid = |e: &dyn fmt::Display| {
         ClientError::WebSocket(format!(
             "not a message of the live-query protocol ({e}): {}",
             snippet(text.as_bytes())
         ))
-    })
+    };
+    let message = ServerMessage::from_json(text).map_err(|e| invalid(&e))?;
+    if let ServerMessage::ChangeGroup {
+        query_ids,
+        live_ids,
+        ..
+    } = &message
+    {
+        if query_ids.len() != live_ids.len() || query_ids.is_empty() {
+            return Err(invalid(&format!(
+                "a change_group with {} query_ids and {} live_ids",
+                query_ids.len(),
+                live_ids.len()
+            )));
+        }
+    }
+    Ok(message)
 }
 
 /// A refused upgrade keeps the node's JSON error (same shape as `/api/sql`); everything else
@@ -343,6 +430,7 @@ fn from_ws_error(error: tungstenite::Error) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::live_wire::ChangeType;
 
     #[test]
     fn ws_url_swaps_the_scheme_and_keeps_the_prefix() {
@@ -407,5 +495,42 @@ mod tests {
             parse_server_message(r#"{"type":"bogus"}"#),
             Err(ClientError::WebSocket(_))
         ));
+        for uneven in [
+            r#"{"type":"change_group","query_ids":["a","b"],"live_ids":["la"],"change_type":"INSERT","rows":[],"seq":1}"#,
+            r#"{"type":"change_group","query_ids":[],"live_ids":[],"change_type":"INSERT","rows":[],"seq":1}"#,
+        ] {
+            let error = parse_server_message(uneven).unwrap_err();
+            assert!(error.to_string().contains("change_group"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_change_group_splits_into_one_change_per_subscription() {
+        let group = parse_server_message(
+            r#"{"type":"change_group","query_ids":["a","b"],"live_ids":["la","lb"],"change_type":"UPDATE","rows":[{"id":1}],"old_values":[{"id":0}],"seq":8}"#,
+        )
+        .unwrap();
+        let changes = ungroup(group);
+        let names: Vec<_> = changes
+            .iter()
+            .map(|c| match c {
+                ServerMessage::Change {
+                    query_id,
+                    live_id,
+                    change_type,
+                    rows,
+                    old_values,
+                    seq,
+                } => {
+                    assert_eq!((*change_type, *seq), (ChangeType::Update, 8));
+                    assert_eq!(rows[0]["id"], 1);
+                    assert_eq!(old_values.as_ref().unwrap()[0]["id"], 0);
+                    (query_id.as_str(), live_id.as_str())
+                }
+                other => panic!("not a change: {other:?}"),
+            })
+            .collect();
+        assert_eq!(names, [("a", "la"), ("b", "lb")]);
+        assert_eq!(ungroup(ServerMessage::Pong), [ServerMessage::Pong]);
     }
 }

@@ -25,6 +25,12 @@ pub struct SubscriptionOptions {
     /// Resume: deliver every matching change with `seq > from_seq`, then continue live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_seq: Option<u64>,
+    /// Take this subscription's changes in `change_group` frames: one frame per commit for
+    /// all the subscriptions of the connection that asked for it and see the commit alike
+    /// (same table, columns and filter). [`crate::LiveConnection`] splits such a frame into
+    /// one [`ServerMessage::Change`] per subscription, so this only saves work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<bool>,
 }
 
 /// One subscription of a `subscribe` message.
@@ -104,6 +110,18 @@ pub enum ServerMessage {
         old_values: Option<Vec<Row>>,
         seq: u64,
     },
+    /// One change for several subscriptions of the connection (all with option `group`):
+    /// `query_ids[i]` and `live_ids[i]` name the same subscription. Read through
+    /// [`crate::LiveConnection`] it arrives as one [`ServerMessage::Change`] per subscription.
+    ChangeGroup {
+        query_ids: Vec<String>,
+        live_ids: Vec<String>,
+        change_type: ChangeType,
+        rows: Vec<Row>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        old_values: Option<Vec<Row>>,
+        seq: u64,
+    },
     Pong,
     /// A subscription (named by `query_id`) or the connection failed; `code` is one of the
     /// stable codes of [`crate::wire::ErrorCode`].
@@ -118,7 +136,8 @@ pub enum ServerMessage {
 }
 
 impl ServerMessage {
-    /// Parses one message of the node. A `change` (nearly all of the traffic) is read in one
+    /// Parses one message of the node. A `change` or `change_group` (nearly all of the
+    /// traffic) is read in one
     /// pass straight into its fields; serde's path for an internally tagged enum first
     /// buffers the whole message, rows included, into an intermediate tree and then decodes
     /// that again. Anything else, or a change the direct path cannot read, goes the general
@@ -128,29 +147,58 @@ impl ServerMessage {
         #[serde(rename_all = "snake_case")]
         enum Tag {
             Change,
+            ChangeGroup,
         }
+        /// A `change` or a `change_group`: each names its subscriptions one way.
         #[derive(Deserialize)]
         struct Change {
             #[serde(rename = "type")]
-            _tag: Tag,
-            query_id: String,
-            live_id: String,
+            tag: Tag,
+            query_id: Option<String>,
+            live_id: Option<String>,
+            query_ids: Option<Vec<String>>,
+            live_ids: Option<Vec<String>>,
             change_type: ChangeType,
             rows: Vec<Row>,
             #[serde(default)]
             old_values: Option<Vec<Row>>,
             seq: u64,
         }
-        match serde_json::from_str::<Change>(text) {
-            Ok(c) => Ok(ServerMessage::Change {
-                query_id: c.query_id,
-                live_id: c.live_id,
-                change_type: c.change_type,
-                rows: c.rows,
-                old_values: c.old_values,
-                seq: c.seq,
-            }),
-            Err(_) => serde_json::from_str(text),
+        let fast = serde_json::from_str::<Change>(text).ok().and_then(|c| {
+            let Change {
+                change_type,
+                rows,
+                old_values,
+                seq,
+                ..
+            } = c;
+            match (c.tag, c.query_id, c.live_id, c.query_ids, c.live_ids) {
+                (Tag::Change, Some(query_id), Some(live_id), None, None) => {
+                    Some(ServerMessage::Change {
+                        query_id,
+                        live_id,
+                        change_type,
+                        rows,
+                        old_values,
+                        seq,
+                    })
+                }
+                (Tag::ChangeGroup, None, None, Some(query_ids), Some(live_ids)) => {
+                    Some(ServerMessage::ChangeGroup {
+                        query_ids,
+                        live_ids,
+                        change_type,
+                        rows,
+                        old_values,
+                        seq,
+                    })
+                }
+                _ => None,
+            }
+        });
+        match fast {
+            Some(message) => Ok(message),
+            None => serde_json::from_str(text),
         }
     }
 }
@@ -224,6 +272,8 @@ mod tests {
             r#"{"type":"change","query_id":"q","live_id":"l","change_type":"UPDATE","rows":[{"id":1}],"old_values":[{"id":0}],"seq":5}"#,
             r#"{"seq":6,"rows":[],"change_type":"DELETE","live_id":"l","query_id":"q","type":"change","extra":true}"#,
             r#"{"type":"change","query_id":"q","live_id":"l","change_type":"INSERT","rows":[],"old_values":null,"seq":7}"#,
+            r#"{"type":"change_group","query_ids":["a","b"],"live_ids":["la","lb"],"change_type":"INSERT","rows":[{"id":1}],"seq":8}"#,
+            r#"{"type":"change_group","query_ids":["a"],"live_ids":["la"],"change_type":"UPDATE","rows":[{"id":1}],"old_values":[{"id":0}],"seq":9}"#,
             r#"{"type":"subscribed","query_id":"q","live_id":"l"}"#,
             r#"{"type":"initial_data","query_id":"q","live_id":"l","rows":[{"id":1}],"seq":3}"#,
             r#"{"type":"pong"}"#,
@@ -235,6 +285,8 @@ mod tests {
         }
         for bad in [
             r#"{"type":"change","query_id":"q"}"#,
+            r#"{"type":"change","query_ids":["q"],"live_ids":["l"],"change_type":"INSERT","rows":[],"seq":1}"#,
+            r#"{"type":"change_group","query_id":"q","live_id":"l","change_type":"INSERT","rows":[],"seq":1}"#,
             r#"{"type":"change","query_id":"q","live_id":"l","change_type":"UPSERT","rows":[],"seq":1}"#,
             r#"{"type":"bogus"}"#,
             "not json",

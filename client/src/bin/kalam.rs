@@ -109,6 +109,7 @@ async fn main() -> ExitCode {
                 options: SubscriptionOptions {
                     last_rows,
                     from_seq,
+                    group: None,
                 },
             };
             run_subscribe(&client, subscription, cli.json).await
@@ -214,7 +215,15 @@ fn human_lines(message: &ServerMessage) -> String {
             }
             out
         }
+        // A group never reaches here (the connection splits it), but reads the same.
         ServerMessage::Change {
+            change_type,
+            rows,
+            old_values,
+            seq,
+            ..
+        }
+        | ServerMessage::ChangeGroup {
             change_type,
             rows,
             old_values,

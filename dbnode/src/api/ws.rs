@@ -383,6 +383,7 @@ async fn subscribe(
         Start {
             from_seq: options.from_seq,
             hold: last_rows > 0,
+            group: options.group.unwrap_or(false),
         },
     )?;
     tracing::debug!(live_id = %subscription.live_id, table = %subscription.table, "subscribed");

@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, watch};
 use crate::auth::Principal;
 use crate::catalog::TableDef;
 use crate::error::{KalamError, Result};
-use crate::ids::TableId;
+use crate::ids::{TableId, UserId};
 use crate::live::query::{ColumnUse, CompiledQuery, GuardValue};
 use crate::sql::output::query_result;
 use crate::sql::rows::rows_to_batch;
@@ -59,6 +59,8 @@ pub struct CloseReason {
 #[derive(Debug)]
 pub struct Connection {
     pub id: String,
+    /// Unique within the process; what the dispatcher groups by.
+    number: u64,
     pub principal: Principal,
     queue: mpsc::Sender<String>,
     close: watch::Sender<Option<CloseReason>>,
@@ -134,8 +136,14 @@ pub struct Subscription {
     /// The start of every `change` message of this subscription, up to the change type:
     /// encoded once here instead of for every message.
     envelope: String,
-    /// [`Shape::hash`] of this subscription, computed once.
-    shape_hash: u64,
+    /// `query_id` and `live_id` as JSON strings, for `change_group` frames.
+    quoted: QuotedIds,
+    /// Its shape's number in the table's [`Shapes`]: subscriptions with equal numbers see
+    /// a commit alike, so the dispatcher compares numbers, never the shapes.
+    shape: u64,
+    /// Option `group`: a commit that reaches several such subscriptions of one connection in
+    /// one shape goes out as one `change_group` frame naming them all.
+    group: bool,
     /// The last commit before registration: commits up to it never reach this subscription
     /// (they were appended before it existed; `from_seq` replays are sent at registration).
     after: AtomicU64,
@@ -191,6 +199,13 @@ impl Subscription {
                 }
             }
         }
+    }
+
+    /// Whether this subscription's changes may go out in a `change_group` frame now: it
+    /// asked for that and nothing is held back for it any more (once released, a
+    /// subscription is never held again, so the answer stays true).
+    fn groupable(&self) -> bool {
+        self.group && self.held.lock().is_none()
     }
 
     fn counted(&self, messages: u64, at_micros: i64) {
@@ -345,6 +360,8 @@ struct TableLive {
     last_seq: u64,
     /// Partition prefix -> its subscriptions.
     subscriptions: HashMap<Vec<u8>, Listeners>,
+    /// The distinct shapes of the subscriptions, numbered.
+    shapes: Shapes,
 }
 
 /// A partition's subscriptions, indexed by their equality guard (`column = literal`), so a
@@ -510,6 +527,8 @@ pub struct Start {
     pub from_seq: Option<u64>,
     /// Hold changes back until [`Subscription::release`] (an `initial_data` is coming).
     pub hold: bool,
+    /// The client takes `change_group` frames for this subscription (option `group`).
+    pub group: bool,
 }
 
 #[derive(Debug)]
@@ -590,6 +609,7 @@ impl LiveHub {
         self.metrics.connections.inc();
         let connection = Arc::new(Connection {
             id,
+            number: n,
             principal,
             queue: tx,
             close,
@@ -639,8 +659,28 @@ impl LiveHub {
         if subs.contains_key(&query_id) {
             return Err(KalamError::DuplicateQueryId(query_id));
         }
+        let table = self.table_state(&def, query.runtime.store.last_seq());
+        let mut state = table.lock();
+        // An ALTER commits under this lock too: either it saw this subscription, or it has
+        // committed and the query must still fit the table.
+        let current = query.runtime.store.def();
+        if current.schema_version != def.schema_version {
+            query.check_against(&current)?;
+        }
+        state.evict(self.settings.retention, self.settings.max_log_bytes);
+        if let Some(from) = start.from_seq {
+            if from < state.evicted_through || from > state.last_seq {
+                return Err(KalamError::ResumeGap {
+                    from_seq: from,
+                    oldest: state.evicted_through,
+                });
+            }
+        }
+        let start_seq = state.last_seq;
+        let shape = state
+            .shapes
+            .acquire(ShapeKey::new(&connection.principal.user_id, &query));
         let now = Utc::now();
-        let shape_hash = Shape::new(connection.principal.user_id.as_str(), &query).hash();
         let subscription = Arc::new(Subscription {
             live_id: live_id.clone(),
             query_id: query_id.clone(),
@@ -654,32 +694,15 @@ impl LiveHub {
             created_at: now,
             registered: self.next_subscription.fetch_add(1, Ordering::Relaxed),
             envelope: envelope(&query_id, &live_id),
-            shape_hash,
-            after: AtomicU64::new(u64::MAX),
+            quoted: QuotedIds::new(&query_id, &live_id),
+            shape,
+            group: start.group,
+            after: AtomicU64::new(start_seq),
             updated_at_micros: AtomicI64::new(now.timestamp_micros()),
             changes: AtomicU64::new(0),
             active: AtomicBool::new(true),
             held: Mutex::new(start.hold.then(Vec::new)),
         });
-        let table = self.table_state(&def, subscription.query.runtime.store.last_seq());
-        let mut state = table.lock();
-        // An ALTER commits under this lock too: either it saw this subscription, or it has
-        // committed and the query must still fit the table.
-        let current = subscription.query.runtime.store.def();
-        if current.schema_version != def.schema_version {
-            subscription.query.check_against(&current)?;
-        }
-        state.evict(self.settings.retention, self.settings.max_log_bytes);
-        if let Some(from) = start.from_seq {
-            if from < state.evicted_through || from > state.last_seq {
-                return Err(KalamError::ResumeGap {
-                    from_seq: from,
-                    oldest: state.evicted_through,
-                });
-            }
-        }
-        let start_seq = state.last_seq;
-        subscription.after.store(start_seq, Ordering::Release);
         // `subscribed` goes straight to the queue, ahead of anything held back.
         connection.send_message(&ServerMessage::Subscribed {
             query_id: query_id.clone(),
@@ -730,6 +753,7 @@ impl LiveHub {
                     state.subscriptions.remove(&key);
                 }
             }
+            state.shapes.release(&ShapeKey::of(subscription));
         }
         self.metrics.subscriptions.dec();
     }
@@ -878,46 +902,66 @@ impl ChangeSink for LiveHub {
 /// Subscriptions that see a commit alike: one user (`CURRENT_USER()`), one compiled
 /// version, one column list, one predicate. Ten thousand clients in one chat room are one
 /// shape, so the commit is evaluated and encoded once for all of them.
-#[derive(PartialEq, Eq, Hash)]
-struct Shape<'a> {
-    user: &'a str,
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ShapeKey {
+    user: String,
     version: u32,
-    columns: &'a [String],
-    predicate: &'a str,
+    columns: Vec<String>,
+    predicate: String,
 }
 
-impl<'a> Shape<'a> {
-    fn new(user: &'a str, query: &'a CompiledQuery) -> Self {
-        Shape {
-            user,
+impl ShapeKey {
+    fn new(user: &UserId, query: &CompiledQuery) -> Self {
+        ShapeKey {
+            user: user.as_str().to_owned(),
             version: query.runtime.def().schema_version,
-            columns: &query.column_names,
-            predicate: &query.predicate_text,
+            columns: query.column_names.clone(),
+            predicate: query.predicate_text.clone(),
         }
     }
 
-    fn of(subscription: &'a Subscription) -> Self {
+    fn of(subscription: &Subscription) -> Self {
         Self::new(
-            subscription.connection.principal.user_id.as_str(),
+            &subscription.connection.principal.user_id,
             &subscription.query,
         )
     }
+}
 
-    /// A hash of the shape, the same for equal shapes within the process: computed once per
-    /// subscription, so a dispatch to 10,000 subscriptions hashes 10,000 numbers, not
-    /// 10,000 predicate texts.
-    fn hash(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        Hash::hash(self, &mut hasher);
-        hasher.finish()
+/// The shapes of one table's subscriptions, each with a number that is never reused and
+/// the count of subscriptions that have it. Numbers, not shapes, are what a dispatch to
+/// 10,000 subscriptions compares: reading each one's user, columns and predicate text
+/// costs a few cache misses apiece, and that was most of the dispatch.
+#[derive(Debug, Default)]
+struct Shapes {
+    numbers: HashMap<ShapeKey, (u64, usize)>,
+    next: u64,
+}
+
+impl Shapes {
+    fn acquire(&mut self, key: ShapeKey) -> u64 {
+        let next = &mut self.next;
+        let entry = self.numbers.entry(key).or_insert_with(|| {
+            *next += 1;
+            (*next, 0)
+        });
+        entry.1 += 1;
+        entry.0
+    }
+
+    fn release(&mut self, key: &ShapeKey) {
+        if let Some(entry) = self.numbers.get_mut(key) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                self.numbers.remove(key);
+            }
+        }
     }
 }
 
 /// Evaluates one commit for the subscriptions of its partition and queues their messages;
-/// `messages` counts them.
+/// `messages` counts them (one per subscription reached, grouped or not).
 fn dispatch(job: &Dispatch, messages: &IntCounter) {
-    let seq = job.event.batch.seq;
     let candidates = match job
         .table
         .lock()
@@ -927,25 +971,106 @@ fn dispatch(job: &Dispatch, messages: &IntCounter) {
         Some(listeners) => listeners.candidates(&job.event),
         None => return,
     };
-    // Shapes by their hash; equal hashes of unequal shapes share a bucket, never a rendering.
-    let mut rendered: HashMap<u64, Vec<(Shape<'_>, Vec<Rendered>)>> = HashMap::new();
+    let seq = job.event.batch.seq;
+    // Each shape's rendering, built for the first subscription that has it.
+    let mut rendered: HashMap<u64, Vec<Rendered>> = HashMap::new();
+    // Subscriptions by (connection, shape) when they take groups, else alone; each group
+    // goes out where its first member stands in registration order.
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    let mut group_of: HashMap<(u64, u64), usize> = HashMap::new();
+    // The group of the last grouped subscription: a connection's subscriptions of one
+    // shape mostly stand next to each other, so most of them skip both lookups.
+    let mut last: Option<(u64, u64, usize)> = None;
     let now = Utc::now().timestamp_micros();
-    let mut sent = 0;
     for subscription in &candidates {
-        if subscription.is_active() && seq > subscription.after.load(Ordering::Acquire) {
-            let shape = Shape::of(subscription);
-            let bucket = rendered.entry(subscription.shape_hash).or_default();
-            let index = match bucket.iter().position(|(s, _)| *s == shape) {
-                Some(index) => index,
-                None => {
-                    bucket.push((shape, render(&job.event, &subscription.query)));
-                    bucket.len() - 1
-                }
-            };
-            sent += send(&job.event, subscription, &bucket[index].1, now);
+        if !subscription.is_active() || seq <= subscription.after.load(Ordering::Acquire) {
+            continue;
+        }
+        let shape = subscription.shape;
+        let connection = subscription.connection.number;
+        let grouped = subscription.groupable();
+        if let Some((s, c, at)) = last {
+            if grouped && s == shape && c == connection {
+                groups[at].members.push(subscription);
+                continue;
+            }
+        }
+        let parts = rendered
+            .entry(shape)
+            .or_insert_with(|| render(&job.event, &subscription.query));
+        if parts.is_empty() {
+            continue;
+        }
+        if grouped {
+            let at = *group_of.entry((connection, shape)).or_insert_with(|| {
+                groups.push(Group {
+                    shape,
+                    members: Vec::new(),
+                });
+                groups.len() - 1
+            });
+            groups[at].members.push(subscription);
+            last = Some((shape, connection, at));
+        } else {
+            groups.push(Group {
+                shape,
+                members: vec![subscription],
+            });
         }
     }
+    let mut sent = 0;
+    for group in &groups {
+        let Some(parts) = rendered.get(&group.shape) else {
+            continue;
+        };
+        sent += match group.members.as_slice() {
+            [one] => send(&job.event, one, parts, now),
+            members => send_group(&job.event, members, parts, now),
+        };
+    }
     messages.inc_by(sent);
+}
+
+/// Subscriptions of one connection that see a commit in one shape (or one subscription on
+/// its own).
+struct Group<'a> {
+    shape: u64,
+    members: Vec<&'a Arc<Subscription>>,
+}
+
+/// Queues one `change_group` frame per rendered part for `members` (all of one connection,
+/// all `group`); returns how many subscription messages that stands for.
+fn send_group(
+    event: &ChangeEvent,
+    members: &[&Arc<Subscription>],
+    rendered: &[Rendered],
+    now: i64,
+) -> u64 {
+    let Some(first) = members.first() else {
+        return 0;
+    };
+    let connection = &first.connection;
+    let per_member = first.quoted.text.len() + 2;
+    let mut query_ids = String::with_capacity(members.len() * per_member);
+    let mut live_ids = String::with_capacity(members.len() * per_member * 2);
+    for (i, member) in members.iter().enumerate() {
+        let separator = if i == 0 { "[" } else { "," };
+        query_ids.push_str(separator);
+        query_ids.push_str(member.quoted.query_id());
+        live_ids.push_str(separator);
+        live_ids.push_str(member.quoted.live_id());
+    }
+    let ids = format!(
+        r#"{{"type":"change_group","query_ids":{query_ids}],"live_ids":{live_ids}],"change_type":""#
+    );
+    for part in rendered {
+        connection.send(change_message(&ids, part, event.batch.seq));
+    }
+    let parts = rendered.len() as u64;
+    for member in members {
+        member.counted(parts, now);
+    }
+    parts * members.len() as u64
 }
 
 /// The values of `column` in the rows of a commit (new and old images); `None` when the
@@ -1097,6 +1222,32 @@ fn send(event: &ChangeEvent, subscription: &Subscription, rendered: &[Rendered],
     sent
 }
 
+/// A subscription's `query_id` and `live_id` encoded as JSON strings, in one allocation.
+#[derive(Debug)]
+struct QuotedIds {
+    text: String,
+    split: usize,
+}
+
+impl QuotedIds {
+    fn new(query_id: &str, live_id: &str) -> Self {
+        // Encoding a string cannot fail.
+        let quoted = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let mut text = quoted(query_id);
+        let split = text.len();
+        text.push_str(&quoted(live_id));
+        QuotedIds { text, split }
+    }
+
+    fn query_id(&self) -> &str {
+        &self.text[..self.split]
+    }
+
+    fn live_id(&self) -> &str {
+        &self.text[self.split..]
+    }
+}
+
 /// `{"type":"change","query_id":...,"live_id":...,"change_type":"`: the fixed start of a
 /// subscription's `change` messages (see [`change_message`]).
 fn envelope(query_id: &str, live_id: &str) -> String {
@@ -1109,8 +1260,8 @@ fn envelope(query_id: &str, live_id: &str) -> String {
     )
 }
 
-/// `ServerMessage::Change` as JSON: the subscription's [`envelope`] around rows encoded once
-/// per shape, the same fields in the same order as serde writes them (a test compares the
+/// `ServerMessage::Change` (or `ChangeGroup`) as JSON: the subscription's [`envelope`] (or a
+/// group's) around rows encoded once per shape, the same fields in the same order as serde writes them (a test compares the
 /// two).
 fn change_message(envelope: &str, part: &Rendered, seq: u64) -> String {
     use std::fmt::Write;

@@ -1863,9 +1863,27 @@ pub fn check_ws_shape(v: &Value) -> Result<(), String> {
             rows(v, "rows")?;
             seq(v)
         }
-        "change" => {
-            string(v, "query_id")?;
-            string(v, "live_id")?;
+        "change" | "change_group" => {
+            if ty == "change" {
+                string(v, "query_id")?;
+                string(v, "live_id")?;
+            } else {
+                // docs/live-queries.md: the subscriptions of option `group`, named in pairs.
+                let names = |key: &str| -> Result<usize, String> {
+                    let list = v
+                        .get(key)
+                        .and_then(Value::as_array)
+                        .ok_or(format!("`{key}` is not an array"))?;
+                    if list.is_empty() || list.iter().any(|s| s.as_str().is_none_or(str::is_empty))
+                    {
+                        return Err(format!("`{key}` is not a list of non-empty strings"));
+                    }
+                    Ok(list.len())
+                };
+                if names("query_ids")? != names("live_ids")? {
+                    return Err("query_ids and live_ids differ in length".into());
+                }
+            }
             seq(v)?;
             let n = rows(v, "rows")?;
             if n == 0 {

@@ -803,6 +803,114 @@ async fn user_tables_deliver_only_the_subscribers_partition_shared_tables_everyo
     }
 }
 
+/// Option `group` (docs/live-queries.md): a commit that reaches several such subscriptions
+/// of one connection in one shape is one `change_group` frame naming them all, with the rows
+/// and seq every other subscriber gets; a lone member, another shape, a subscription without
+/// the option and another connection get plain `change` messages, and the counters of
+/// `system.live_queries` count each subscription.
+#[tokio::test]
+async fn group_subscriptions_of_one_connection_share_one_frame_per_change() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let c1 = "SELECT id, content FROM app.messages WHERE conversation_id = 'c1'";
+    let group = json!({"group": true});
+    let mut a = node.ws(&alice).await;
+    a.subscribe_many(vec![
+        subscription("g1", c1, group.clone()),
+        subscription("plain", c1, Value::Null),
+        subscription("g2", c1, group.clone()),
+        subscription(
+            "ids",
+            "SELECT id FROM app.messages WHERE conversation_id = 'c1'",
+            group.clone(),
+        ),
+    ])
+    .await;
+    let mut live_ids = BTreeMap::new();
+    for query_id in ["g1", "plain", "g2", "ids"] {
+        live_ids.insert(query_id, a.expect_subscribed(query_id).await);
+    }
+    let mut other = node.ws(&alice).await;
+    other.subscribe("g1", c1, group.clone()).await;
+    other.expect_subscribed("g1").await;
+
+    node.exec(&alice, &insert_msg(1, "c2", "elsewhere")).await;
+    node.exec(&alice, &insert_msg(2, "c1", "hello")).await;
+    node.exec(
+        &alice,
+        "UPDATE app.messages SET content = 'hello!' WHERE id = 2",
+    )
+    .await;
+
+    for (change_type, rows, old_values) in [
+        (
+            "INSERT",
+            json!([{"id": 2, "content": "hello"}]),
+            Value::Null,
+        ),
+        (
+            "UPDATE",
+            json!([{"id": 2, "content": "hello!"}]),
+            json!([{"id": 2, "content": "hello"}]),
+        ),
+    ] {
+        let mut got: BTreeMap<String, Value> = BTreeMap::new();
+        for _ in 0..3 {
+            let msg = a.recv().await;
+            let key = match msg["type"].as_str() {
+                Some("change_group") => "group".to_string(),
+                _ => text(&msg["query_id"]),
+            };
+            assert!(
+                got.insert(key, msg).is_none(),
+                "one frame per subscription or group"
+            );
+        }
+        let names: Vec<&str> = got.keys().map(String::as_str).collect();
+        assert_eq!(names, ["group", "ids", "plain"], "{got:#?}");
+        let frame = &got["group"];
+        assert_eq!(
+            frame["query_ids"],
+            json!(["g1", "g2"]),
+            "in registration order"
+        );
+        assert_eq!(frame["live_ids"], json!([live_ids["g1"], live_ids["g2"]]));
+        assert!(frame.get("query_id").is_none() && frame.get("live_id").is_none());
+        for msg in [frame, &got["plain"]] {
+            assert_eq!(msg["change_type"], change_type);
+            assert_eq!(msg["rows"], rows);
+            assert_eq!(
+                msg.get("old_values").cloned().unwrap_or(Value::Null),
+                old_values
+            );
+        }
+        assert_eq!(got["ids"]["type"], "change", "a lone member of a shape");
+        assert_eq!(got["ids"]["rows"], json!([{"id": 2}]));
+        let lone = other.expect_change("g1", change_type).await;
+        assert_eq!(lone["rows"], rows);
+        let seqs: Vec<u64> = got.values().chain([&lone]).map(seq).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] == w[1]),
+            "one seq for all: {seqs:?}"
+        );
+    }
+    assert!(a.sync().await.is_empty(), "nothing for the row of c2");
+
+    let listed = node
+        .query(
+            &alice,
+            "SELECT query_id, changes FROM system.live_queries ORDER BY query_id",
+        )
+        .await;
+    for query_id in ["g1", "g2", "ids", "plain"] {
+        assert_eq!(
+            changes_of(&listed, query_id),
+            Some(2),
+            "{query_id}: {listed:#?}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Resume
 // ---------------------------------------------------------------------------------------------
