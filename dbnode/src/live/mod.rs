@@ -131,7 +131,7 @@ pub struct Subscription {
     pub options: serde_json::Value,
     pub created_at: DateTime<Utc>,
     /// Registration order: the changes of one commit reach a connection's subscriptions in
-    /// the order they were registered.
+    /// the order they were registered (see [`Subscription::order`]).
     registered: u64,
     /// The start of every `change` message of this subscription, up to the change type:
     /// encoded once here instead of for every message.
@@ -199,6 +199,13 @@ impl Subscription {
                 }
             }
         }
+    }
+
+    /// Where the dispatcher takes it: by connection, then by registration. A connection's
+    /// subscriptions stand together, so its frames go out as soon as the dispatcher moves
+    /// on to the next connection, and they come in the order they were registered.
+    fn order(&self) -> (u64, u64) {
+        (self.connection.number, self.registered)
     }
 
     /// Whether this subscription's changes may go out in a `change_group` frame now: it
@@ -372,10 +379,11 @@ struct TableLive {
 /// dispatch time and skips subscriptions registered after the commit (`Subscription::after`).
 #[derive(Debug, Default)]
 struct Listeners {
-    /// By registration order.
-    unguarded: BTreeMap<u64, Arc<Subscription>>,
-    /// Guard column -> guard value -> the subscriptions requiring it, by registration order.
-    guarded: HashMap<String, HashMap<GuardValue, BTreeMap<u64, Arc<Subscription>>>>,
+    /// By [`Subscription::order`].
+    unguarded: BTreeMap<(u64, u64), Arc<Subscription>>,
+    /// Guard column -> guard value -> the subscriptions requiring it, by
+    /// [`Subscription::order`].
+    guarded: HashMap<String, HashMap<GuardValue, BTreeMap<(u64, u64), Arc<Subscription>>>>,
 }
 
 impl Listeners {
@@ -389,11 +397,11 @@ impl Listeners {
                 .or_default(),
             None => &mut self.unguarded,
         };
-        list.insert(subscription.registered, subscription);
+        list.insert(subscription.order(), subscription);
     }
 
     fn remove(&mut self, subscription: &Subscription) {
-        let id = subscription.registered;
+        let id = subscription.order();
         let Some(guard) = &subscription.query.guard else {
             self.unguarded.remove(&id);
             return;
@@ -424,7 +432,7 @@ impl Listeners {
         )
     }
 
-    /// The subscriptions a commit may match, in registration order: the unguarded ones, and
+    /// The subscriptions a commit may match, in [`Subscription::order`]: the unguarded ones, and
     /// the guarded ones whose value is in the guard column of one of its rows (new or old
     /// image). When the commit's schema has no such column nothing can be ruled out.
     fn candidates(&self, event: &ChangeEvent) -> Vec<Arc<Subscription>> {
@@ -446,9 +454,9 @@ impl Listeners {
                 }
             }
         }
-        // Each list is in registration order already; only a mix of lists needs sorting.
+        // Each list is in order already; only a mix of lists needs sorting.
         if lists > 1 {
-            out.sort_unstable_by_key(|s| s.registered);
+            out.sort_unstable_by_key(|s| s.order());
         }
         out
     }
@@ -974,24 +982,33 @@ fn dispatch(job: &Dispatch, messages: &IntCounter) {
     let seq = job.event.batch.seq;
     // Each shape's rendering, built for the first subscription that has it.
     let mut rendered: HashMap<u64, Vec<Rendered>> = HashMap::new();
-    // Subscriptions by (connection, shape) when they take groups, else alone; each group
-    // goes out where its first member stands in registration order.
-    let mut groups: Vec<Group<'_>> = Vec::new();
-    let mut group_of: HashMap<(u64, u64), usize> = HashMap::new();
+    // The messages of the connection at hand: its groups by shape (subscriptions with
+    // `group`) and its other subscriptions alone, in the order of their first member. They
+    // go out when the next connection starts, so sockets are written while the dispatch
+    // walks on.
+    let mut pending: Vec<Group<'_>> = Vec::new();
+    let mut group_of: HashMap<u64, usize> = HashMap::new();
     // The group of the last grouped subscription: a connection's subscriptions of one
     // shape mostly stand next to each other, so most of them skip both lookups.
-    let mut last: Option<(u64, u64, usize)> = None;
+    let mut last: Option<(u64, usize)> = None;
+    let mut connection = None;
     let now = Utc::now().timestamp_micros();
+    let mut sent = 0;
     for subscription in &candidates {
         if !subscription.is_active() || seq <= subscription.after.load(Ordering::Acquire) {
             continue;
         }
+        if connection != Some(subscription.connection.number) {
+            sent += send_pending(&job.event, &rendered, &mut pending, now);
+            group_of.clear();
+            last = None;
+            connection = Some(subscription.connection.number);
+        }
         let shape = subscription.shape;
-        let connection = subscription.connection.number;
         let grouped = subscription.groupable();
-        if let Some((s, c, at)) = last {
-            if grouped && s == shape && c == connection {
-                groups[at].members.push(subscription);
+        if let Some((s, at)) = last {
+            if grouped && s == shape {
+                pending[at].members.push(subscription);
                 continue;
             }
         }
@@ -1002,33 +1019,45 @@ fn dispatch(job: &Dispatch, messages: &IntCounter) {
             continue;
         }
         if grouped {
-            let at = *group_of.entry((connection, shape)).or_insert_with(|| {
-                groups.push(Group {
+            let at = *group_of.entry(shape).or_insert_with(|| {
+                pending.push(Group {
                     shape,
                     members: Vec::new(),
                 });
-                groups.len() - 1
+                pending.len() - 1
             });
-            groups[at].members.push(subscription);
-            last = Some((shape, connection, at));
+            pending[at].members.push(subscription);
+            last = Some((shape, at));
         } else {
-            groups.push(Group {
+            pending.push(Group {
                 shape,
                 members: vec![subscription],
             });
         }
     }
+    sent += send_pending(&job.event, &rendered, &mut pending, now);
+    messages.inc_by(sent);
+}
+
+/// Queues the messages of one connection's `pending` groups and empties it; returns how
+/// many subscription messages they stand for.
+fn send_pending(
+    event: &ChangeEvent,
+    rendered: &HashMap<u64, Vec<Rendered>>,
+    pending: &mut Vec<Group<'_>>,
+    now: i64,
+) -> u64 {
     let mut sent = 0;
-    for group in &groups {
+    for group in pending.drain(..) {
         let Some(parts) = rendered.get(&group.shape) else {
             continue;
         };
         sent += match group.members.as_slice() {
-            [one] => send(&job.event, one, parts, now),
-            members => send_group(&job.event, members, parts, now),
+            [one] => send(event, one, parts, now),
+            members => send_group(event, members, parts, now),
         };
     }
-    messages.inc_by(sent);
+    sent
 }
 
 /// Subscriptions of one connection that see a commit in one shape (or one subscription on

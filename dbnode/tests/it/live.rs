@@ -909,6 +909,28 @@ async fn group_subscriptions_of_one_connection_share_one_frame_per_change() {
             "{query_id}: {listed:#?}"
         );
     }
+
+    // Registered alternately on two connections, still one frame per connection.
+    let bob = token("bob", false);
+    let shared = "SELECT id, title FROM app.conversations";
+    let (mut x, mut y) = (node.ws(&bob).await, node.ws(&bob).await);
+    for query_id in ["p", "q"] {
+        for ws in [&mut x, &mut y] {
+            ws.subscribe(query_id, shared, group.clone()).await;
+            ws.expect_subscribed(query_id).await;
+        }
+    }
+    node.exec(
+        &alice,
+        "INSERT INTO app.conversations (id, title) VALUES ('c9', 'Nine')",
+    )
+    .await;
+    for ws in [&mut x, &mut y] {
+        let frame = ws.expect_type("change_group").await;
+        assert_eq!(frame["query_ids"], json!(["p", "q"]));
+        assert_eq!(frame["rows"], json!([{"id": "c9", "title": "Nine"}]));
+        assert!(ws.sync().await.is_empty(), "one frame per connection");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
