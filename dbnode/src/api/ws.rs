@@ -372,12 +372,11 @@ async fn subscribe(
     let def = compiled.runtime.def().clone();
     let partition = partition_for(&def, &ctx);
     let initial_sql = (last_rows > 0).then(|| initial_query(&compiled, &def, last_rows));
-    let options_json = serde_json::to_value(&options).unwrap_or_default();
     let (subscription, seq) = engine.live.subscribe(
         connection,
         query_id.clone(),
         sql,
-        options_json,
+        options.clone(),
         compiled,
         partition,
         Start {

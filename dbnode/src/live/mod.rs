@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
 use datafusion::physical_expr::PhysicalExpr;
-use kalam_client::live_wire::{ChangeType, ServerMessage, CLOSE_TOO_SLOW};
+use kalam_client::live_wire::{ChangeType, ServerMessage, SubscriptionOptions, CLOSE_TOO_SLOW};
 use kalam_client::wire::Row;
 use parking_lot::{Mutex, RwLock};
 use prometheus::{IntCounter, IntGauge};
@@ -127,20 +127,18 @@ pub struct Subscription {
     pub partition: Partition,
     pub query: CompiledQuery,
     pub sql: String,
-    /// The options as the client sent them, for `system.live_queries`.
-    pub options: serde_json::Value,
+    /// The options as the client sent them, for `system.live_queries` (kept typed: a JSON
+    /// map would cost every subscription a tree node of several hundred bytes).
+    pub options: SubscriptionOptions,
     pub created_at: DateTime<Utc>,
     /// Registration order: the changes of one commit reach a connection's subscriptions in
     /// the order they were registered (see [`Subscription::order`]).
     registered: u64,
-    /// The start of every `change` message of this subscription, up to the change type:
-    /// encoded once here instead of for every message.
-    envelope: String,
-    /// `query_id` and `live_id` as JSON strings, for `change_group` frames.
+    /// `query_id` and `live_id` as JSON strings, encoded once for all its messages.
     quoted: QuotedIds,
-    /// Its shape's number in the table's [`Shapes`]: subscriptions with equal numbers see
-    /// a commit alike, so the dispatcher compares numbers, never the shapes.
-    shape: u64,
+    /// [`ShapeId`] of its shape: subscriptions with equal ids see a commit alike, so the
+    /// dispatcher compares ids, never the shapes.
+    shape: ShapeId,
     /// Option `group`: a commit that reaches several such subscriptions of one connection in
     /// one shape goes out as one `change_group` frame naming them all.
     group: bool,
@@ -367,8 +365,6 @@ struct TableLive {
     last_seq: u64,
     /// Partition prefix -> its subscriptions.
     subscriptions: HashMap<Vec<u8>, Listeners>,
-    /// The distinct shapes of the subscriptions, numbered.
-    shapes: Shapes,
 }
 
 /// A partition's subscriptions, indexed by their equality guard (`column = literal`), so a
@@ -653,7 +649,7 @@ impl LiveHub {
         connection: &Arc<Connection>,
         query_id: String,
         sql: String,
-        options: serde_json::Value,
+        options: SubscriptionOptions,
         query: CompiledQuery,
         partition: Partition,
         start: Start,
@@ -685,9 +681,7 @@ impl LiveHub {
             }
         }
         let start_seq = state.last_seq;
-        let shape = state
-            .shapes
-            .acquire(ShapeKey::new(&connection.principal.user_id, &query));
+        let shape = ShapeId::of(&connection.principal.user_id, &query);
         let now = Utc::now();
         let subscription = Arc::new(Subscription {
             live_id: live_id.clone(),
@@ -701,7 +695,6 @@ impl LiveHub {
             options,
             created_at: now,
             registered: self.next_subscription.fetch_add(1, Ordering::Relaxed),
-            envelope: envelope(&query_id, &live_id),
             quoted: QuotedIds::new(&query_id, &live_id),
             shape,
             group: start.group,
@@ -761,7 +754,6 @@ impl LiveHub {
                     state.subscriptions.remove(&key);
                 }
             }
-            state.shapes.release(&ShapeKey::of(subscription));
         }
         self.metrics.subscriptions.dec();
     }
@@ -910,60 +902,37 @@ impl ChangeSink for LiveHub {
 /// Subscriptions that see a commit alike: one user (`CURRENT_USER()`), one compiled
 /// version, one column list, one predicate. Ten thousand clients in one chat room are one
 /// shape, so the commit is evaluated and encoded once for all of them.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct ShapeKey {
-    user: String,
+#[derive(Hash)]
+struct Shape<'a> {
+    user: &'a str,
     version: u32,
-    columns: Vec<String>,
-    predicate: String,
+    columns: &'a [String],
+    predicate: &'a str,
 }
 
-impl ShapeKey {
-    fn new(user: &UserId, query: &CompiledQuery) -> Self {
-        ShapeKey {
-            user: user.as_str().to_owned(),
+/// A [`Shape`] as 128 bits: two SipHash values of it under keys drawn at random when the
+/// process starts. The dispatcher groups subscriptions by this id alone, without comparing
+/// their shapes (doing so read each one's user, columns and predicate text: most of a
+/// dispatch to 10,000 subscriptions), so equal ids must mean equal shapes, across users
+/// too. With secret keys nobody can search for a collision (the ids never leave the
+/// process), and a chance one among n shapes is about n² / 2^129. A table of ids would
+/// be exact but costs memory per distinct shape, which 10,000 subscriptions with 10,000
+/// filters pay in full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ShapeId(u128);
+
+impl ShapeId {
+    fn of(user: &UserId, query: &CompiledQuery) -> Self {
+        use std::hash::BuildHasher;
+        static KEYS: OnceLock<[std::collections::hash_map::RandomState; 2]> = OnceLock::new();
+        let [a, b] = KEYS.get_or_init(|| Default::default());
+        let shape = Shape {
+            user: user.as_str(),
             version: query.runtime.def().schema_version,
-            columns: query.column_names.clone(),
-            predicate: query.predicate_text.clone(),
-        }
-    }
-
-    fn of(subscription: &Subscription) -> Self {
-        Self::new(
-            &subscription.connection.principal.user_id,
-            &subscription.query,
-        )
-    }
-}
-
-/// The shapes of one table's subscriptions, each with a number that is never reused and
-/// the count of subscriptions that have it. Numbers, not shapes, are what a dispatch to
-/// 10,000 subscriptions compares: reading each one's user, columns and predicate text
-/// costs a few cache misses apiece, and that was most of the dispatch.
-#[derive(Debug, Default)]
-struct Shapes {
-    numbers: HashMap<ShapeKey, (u64, usize)>,
-    next: u64,
-}
-
-impl Shapes {
-    fn acquire(&mut self, key: ShapeKey) -> u64 {
-        let next = &mut self.next;
-        let entry = self.numbers.entry(key).or_insert_with(|| {
-            *next += 1;
-            (*next, 0)
-        });
-        entry.1 += 1;
-        entry.0
-    }
-
-    fn release(&mut self, key: &ShapeKey) {
-        if let Some(entry) = self.numbers.get_mut(key) {
-            entry.1 -= 1;
-            if entry.1 == 0 {
-                self.numbers.remove(key);
-            }
-        }
+            columns: &query.column_names,
+            predicate: &query.predicate_text,
+        };
+        ShapeId(u128::from(a.hash_one(&shape)) << 64 | u128::from(b.hash_one(&shape)))
     }
 }
 
@@ -981,16 +950,16 @@ fn dispatch(job: &Dispatch, messages: &IntCounter) {
     };
     let seq = job.event.batch.seq;
     // Each shape's rendering, built for the first subscription that has it.
-    let mut rendered: HashMap<u64, Vec<Rendered>> = HashMap::new();
+    let mut rendered: HashMap<ShapeId, Vec<Rendered>> = HashMap::new();
     // The messages of the connection at hand: its groups by shape (subscriptions with
     // `group`) and its other subscriptions alone, in the order of their first member. They
     // go out when the next connection starts, so sockets are written while the dispatch
     // walks on.
     let mut pending: Vec<Group<'_>> = Vec::new();
-    let mut group_of: HashMap<u64, usize> = HashMap::new();
+    let mut group_of: HashMap<ShapeId, usize> = HashMap::new();
     // The group of the last grouped subscription: a connection's subscriptions of one
     // shape mostly stand next to each other, so most of them skip both lookups.
-    let mut last: Option<(u64, usize)> = None;
+    let mut last: Option<(ShapeId, usize)> = None;
     let mut connection = None;
     let now = Utc::now().timestamp_micros();
     let mut sent = 0;
@@ -1043,7 +1012,7 @@ fn dispatch(job: &Dispatch, messages: &IntCounter) {
 /// many subscription messages they stand for.
 fn send_pending(
     event: &ChangeEvent,
-    rendered: &HashMap<u64, Vec<Rendered>>,
+    rendered: &HashMap<ShapeId, Vec<Rendered>>,
     pending: &mut Vec<Group<'_>>,
     now: i64,
 ) -> u64 {
@@ -1063,7 +1032,7 @@ fn send_pending(
 /// Subscriptions of one connection that see a commit in one shape (or one subscription on
 /// its own).
 struct Group<'a> {
-    shape: u64,
+    shape: ShapeId,
     members: Vec<&'a Arc<Subscription>>,
 }
 
@@ -1093,7 +1062,7 @@ fn send_group(
         r#"{{"type":"change_group","query_ids":{query_ids}],"live_ids":{live_ids}],"change_type":""#
     );
     for part in rendered {
-        connection.send(change_message(&ids, part, event.batch.seq));
+        connection.send(change_message(&[&ids], part, event.batch.seq));
     }
     let parts = rendered.len() as u64;
     for member in members {
@@ -1177,7 +1146,7 @@ fn render(event: &ChangeEvent, query: &CompiledQuery) -> Vec<Rendered> {
     };
     let project = |row: &Row| -> Row {
         let mut out = Row::new();
-        for name in &query.column_names {
+        for name in query.column_names.iter() {
             if let Some(v) = row.get(name) {
                 out.insert(name.clone(), v.clone());
             }
@@ -1239,7 +1208,7 @@ fn render(event: &ChangeEvent, query: &CompiledQuery) -> Vec<Rendered> {
 fn send(event: &ChangeEvent, subscription: &Subscription, rendered: &[Rendered], now: i64) -> u64 {
     for part in rendered {
         subscription.deliver(change_message(
-            &subscription.envelope,
+            &subscription.quoted.envelope(),
             part,
             event.batch.seq,
         ));
@@ -1275,28 +1244,31 @@ impl QuotedIds {
     fn live_id(&self) -> &str {
         &self.text[self.split..]
     }
+
+    /// `{"type":"change","query_id":...,"live_id":...,"change_type":"`, the start of the
+    /// subscription's `change` messages (see [`change_message`]), in pieces.
+    fn envelope(&self) -> [&str; 5] {
+        [
+            r#"{"type":"change","query_id":"#,
+            self.query_id(),
+            r#","live_id":"#,
+            self.live_id(),
+            r#","change_type":""#,
+        ]
+    }
 }
 
-/// `{"type":"change","query_id":...,"live_id":...,"change_type":"`: the fixed start of a
-/// subscription's `change` messages (see [`change_message`]).
-fn envelope(query_id: &str, live_id: &str) -> String {
-    // Encoding a string cannot fail.
-    let quoted = |s: &str| serde_json::to_string(s).unwrap_or_default();
-    format!(
-        r#"{{"type":"change","query_id":{},"live_id":{},"change_type":""#,
-        quoted(query_id),
-        quoted(live_id)
-    )
-}
-
-/// `ServerMessage::Change` (or `ChangeGroup`) as JSON: the subscription's [`envelope`] (or a
-/// group's) around rows encoded once per shape, the same fields in the same order as serde writes them (a test compares the
-/// two).
-fn change_message(envelope: &str, part: &Rendered, seq: u64) -> String {
+/// `ServerMessage::Change` (or `ChangeGroup`) as JSON: the subscription's
+/// [`QuotedIds::envelope`] (or a group's) around rows encoded once per shape, the same fields
+/// in the same order as serde writes them (a test compares the two).
+fn change_message(envelope: &[&str], part: &Rendered, seq: u64) -> String {
     use std::fmt::Write;
     let old_len = part.old_values.as_ref().map_or(0, |o| o.len() + 14);
-    let mut out = String::with_capacity(envelope.len() + part.rows.len() + old_len + 48);
-    out.push_str(envelope);
+    let head: usize = envelope.iter().map(|s| s.len()).sum();
+    let mut out = String::with_capacity(head + part.rows.len() + old_len + 48);
+    for piece in envelope {
+        out.push_str(piece);
+    }
     out.push_str(part.change_type.as_str());
     out.push_str(r#"","rows":"#);
     out.push_str(&part.rows);
@@ -1344,7 +1316,11 @@ mod tests {
                 old_values: old_values.map(|o| serde_json::to_string(&o).unwrap()),
             };
             assert_eq!(
-                change_message(&envelope("q\"1", "alice-c1-messages-q\"1"), &part, 42),
+                change_message(
+                    &QuotedIds::new("q\"1", "alice-c1-messages-q\"1").envelope(),
+                    &part,
+                    42
+                ),
                 expected
             );
         }

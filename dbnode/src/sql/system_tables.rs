@@ -205,7 +205,7 @@ pub fn live_queries(hub: &LiveHub, viewer: Option<&UserId>) -> Result<Arc<dyn Ta
                     .map(|s| Some(s.connection.principal.user_id.to_string())),
             ),
             strings(rows.iter().map(|s| Some(s.sql.clone()))),
-            strings(rows.iter().map(|s| Some(s.options.to_string()))),
+            strings(rows.iter().map(|s| serde_json::to_string(&s.options).ok())),
             times(rows.iter().map(|s| s.created_at.timestamp_micros())),
             times(rows.iter().map(|s| s.updated_at().timestamp_micros())),
             Arc::new(Int64Array::from(
