@@ -240,11 +240,8 @@ impl LiveConnection {
         if let Some((message, _)) = self.split.pop_front() {
             return Some(Ok(message));
         }
-        let text = match self.next_text().await? {
-            Ok(text) => text,
-            Err(e) => return Some(Err(e)),
-        };
-        Some(parse_server_message(text.as_str()))
+        let next = self.next_parsed().await?;
+        Some(next.map(|(message, _)| message))
     }
 
     /// The next message with its frame, a `change_group` split into its changes.
@@ -252,12 +249,8 @@ impl LiveConnection {
         if let Some(next) = self.split.pop_front() {
             return Some(Ok(next));
         }
-        let text = match self.next_text().await? {
-            Ok(text) => text,
-            Err(e) => return Some(Err(e)),
-        };
-        let message = match parse_server_message(text.as_str()) {
-            Ok(message) => message,
+        let (message, text) = match self.next_parsed().await? {
+            Ok(next) => next,
             Err(e) => return Some(Err(e)),
         };
         let ServerMessage::ChangeGroup { .. } = message else {
@@ -269,6 +262,12 @@ impl LiveConnection {
                 .map(|change| (change, text.clone())),
         );
         self.split.pop_front().map(Ok)
+    }
+
+    /// The next frame of the node, parsed, with its text.
+    async fn next_parsed(&mut self) -> Option<Result<(ServerMessage, Utf8Bytes), ClientError>> {
+        let text = self.next_text().await?;
+        Some(text.and_then(|text| Ok((parse_server_message(text.as_str())?, text))))
     }
 
     /// The next text frame of the node (see [`next`](Self::next) for the rest).

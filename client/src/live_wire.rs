@@ -137,11 +137,11 @@ pub enum ServerMessage {
 
 impl ServerMessage {
     /// Parses one message of the node. A `change` or `change_group` (nearly all of the
-    /// traffic) is read in one
-    /// pass straight into its fields; serde's path for an internally tagged enum first
-    /// buffers the whole message, rows included, into an intermediate tree and then decodes
-    /// that again. Anything else, or a change the direct path cannot read, goes the general
-    /// way, so the result (and any error) is what `serde_json::from_str` gives.
+    /// traffic) is read in one pass straight into its fields; serde's path for an internally
+    /// tagged enum first buffers the whole message, rows included, into an intermediate tree
+    /// and then decodes that again. Anything else, or a change the direct path cannot read,
+    /// goes the general way, so the result (and any error) is what `serde_json::from_str`
+    /// gives.
     pub fn from_json(text: &str) -> serde_json::Result<Self> {
         #[derive(Deserialize)]
         #[serde(rename_all = "snake_case")]

@@ -28,7 +28,7 @@ use tracing::Instrument;
 use super::RequestUser;
 use crate::auth::Principal;
 use crate::error::KalamError;
-use crate::live::{query, CloseReason, Connection, Start};
+use crate::live::{query, CloseReason, Connection};
 use crate::node::Node;
 use crate::sql::provider::{partition_for, RequestContext};
 
@@ -376,14 +376,9 @@ async fn subscribe(
         connection,
         query_id.clone(),
         sql,
-        options.clone(),
+        options,
         compiled,
         partition,
-        Start {
-            from_seq: options.from_seq,
-            hold: last_rows > 0,
-            group: options.group.unwrap_or(false),
-        },
     )?;
     tracing::debug!(live_id = %subscription.live_id, table = %subscription.table, "subscribed");
     if let Some(initial_sql) = initial_sql {

@@ -524,17 +524,6 @@ pub struct LiveSettings {
     pub queue_messages: usize,
 }
 
-/// How a subscription starts.
-#[derive(Debug, Clone, Default)]
-pub struct Start {
-    /// Replay every matching change after this sequence first.
-    pub from_seq: Option<u64>,
-    /// Hold changes back until [`Subscription::release`] (an `initial_data` is coming).
-    pub hold: bool,
-    /// The client takes `change_group` frames for this subscription (option `group`).
-    pub group: bool,
-}
-
 #[derive(Debug)]
 pub struct LiveHub {
     settings: LiveSettings,
@@ -642,8 +631,9 @@ impl LiveHub {
     }
 
     /// Registers a subscription and sends `subscribed` (and, with `from_seq`, the replay)
-    /// before any later commit can reach it. Returns the subscription and the sequence it
-    /// starts after (what `initial_data` reports).
+    /// before any later commit can reach it. With `last_rows` its changes wait until
+    /// [`Subscription::release`] (the caller sends `initial_data` first). Returns the
+    /// subscription and the sequence it starts after (what `initial_data` reports).
     pub fn subscribe(
         &self,
         connection: &Arc<Connection>,
@@ -652,8 +642,10 @@ impl LiveHub {
         options: SubscriptionOptions,
         query: CompiledQuery,
         partition: Partition,
-        start: Start,
     ) -> Result<(Arc<Subscription>, u64)> {
+        let from_seq = options.from_seq;
+        let hold = options.last_rows.is_some_and(|n| n > 0);
+        let group = options.group == Some(true);
         let def = query.runtime.def().clone();
         let live_id = format!(
             "{}-{}-{}-{}",
@@ -672,7 +664,7 @@ impl LiveHub {
             query.check_against(&current)?;
         }
         state.evict(self.settings.retention, self.settings.max_log_bytes);
-        if let Some(from) = start.from_seq {
+        if let Some(from) = from_seq {
             if from < state.evicted_through || from > state.last_seq {
                 return Err(KalamError::ResumeGap {
                     from_seq: from,
@@ -697,19 +689,19 @@ impl LiveHub {
             registered: self.next_subscription.fetch_add(1, Ordering::Relaxed),
             quoted: QuotedIds::new(&query_id, &live_id),
             shape,
-            group: start.group,
+            group,
             after: AtomicU64::new(start_seq),
             updated_at_micros: AtomicI64::new(now.timestamp_micros()),
             changes: AtomicU64::new(0),
             active: AtomicBool::new(true),
-            held: Mutex::new(start.hold.then(Vec::new)),
+            held: Mutex::new(hold.then(Vec::new)),
         });
         // `subscribed` goes straight to the queue, ahead of anything held back.
         connection.send_message(&ServerMessage::Subscribed {
             query_id: query_id.clone(),
             live_id: live_id.clone(),
         });
-        if let Some(from) = start.from_seq {
+        if let Some(from) = from_seq {
             let now = now.timestamp_micros();
             let mut replayed = 0;
             for event in state.log.iter().filter(|e| e.batch.seq > from) {
