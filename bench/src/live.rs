@@ -140,7 +140,7 @@ impl LiveSizes {
                         connections: 100,
                     },
                 ],
-                fanout_rounds: 20,
+                fanout_rounds: 200,
                 stream_writers: 4,
                 stream_batch_rows: 100,
                 stream_duration: Duration::from_secs(5),
@@ -274,17 +274,15 @@ async fn latency(args: &Args, url: &str, sizes: &LiveSizes) -> Result<Outcome> {
             ("conversation_id", json!("hot")),
             ("content", json!(format!("message {i}"))),
         ];
-        match change.rows.as_slice() {
+        match change.change.rows.as_slice() {
             [row] => check_fields("live-latency", row, &expected)?,
             rows => bail!("live-latency: insert {i} delivered as {} rows", rows.len()),
         }
-        if change.seq <= last_seq {
-            bail!(
-                "live-latency: seq {} after {last_seq}: it must grow",
-                change.seq
-            );
+        let seq = change.change.seq;
+        if seq <= last_seq {
+            bail!("live-latency: seq {seq} after {last_seq}: it must grow");
         }
-        last_seq = change.seq;
+        last_seq = seq;
         h.saturating_record(micros(change.at.duration_since(sent)));
         ticker.tick(i + 1);
     }
@@ -372,13 +370,13 @@ async fn fanout(
             })?;
             let change = expect_insert(received)?;
             // API.md: every subscriber of one change sees the same seq.
-            if *seq.get_or_insert(change.seq) != change.seq {
+            if *seq.get_or_insert(change.change.seq) != change.change.seq {
                 bail!("{name}: round {round} arrived with different seq values");
             }
             check.deliver(
                 (change.conn, change.query_id),
                 change.at,
-                &change.rows,
+                &change.change.rows,
                 &expect,
             )?;
         }
@@ -478,7 +476,7 @@ async fn stream_throughput(args: &Args, url: &str, sizes: &LiveSizes) -> Result<
             )
         })?;
         let change = expect_insert(received)?;
-        for id in row_ids(&change.rows)? {
+        for id in row_ids(&change.change.rows)? {
             if !delivered.insert(id) {
                 bail!("live-stream: event {id} delivered twice");
             }
@@ -658,53 +656,65 @@ struct Received {
     message: std::result::Result<Got, String>,
 }
 
-/// What a subscriber got: a message, or its share of a `change_group` (the rows shared
-/// with the other subscriptions of the group, as the PostgreSQL side shares its row).
+/// What a subscriber got: a message, or its share of a `change_group`. Small (the message
+/// boxed, a group's change shared behind an `Arc`, as the PostgreSQL side shares its row):
+/// a fan-out moves one through two channels per subscriber and change.
 #[derive(Debug)]
 enum Got {
-    Message(ServerMessage),
+    Message(Box<ServerMessage>),
     Shared {
-        query_id: String,
-        change_type: ChangeType,
-        rows: Arc<Vec<Row>>,
-        seq: u64,
+        query_id: Arc<str>,
+        change: Arc<SharedChange>,
     },
+}
+
+/// One change of a `change_group`, or of a `change` message, as its subscribers share it.
+#[derive(Debug)]
+struct SharedChange {
+    change_type: ChangeType,
+    rows: Vec<Row>,
+    seq: u64,
 }
 
 /// An INSERT change as a scenario checks it.
 struct Insert {
     conn: usize,
     at: Instant,
-    query_id: String,
-    seq: u64,
-    rows: Arc<Vec<Row>>,
+    query_id: Arc<str>,
+    change: Arc<SharedChange>,
 }
 
 fn expect_insert(received: Received) -> Result<Insert> {
     let conn = received.conn;
-    let (query_id, rows, seq) = match received.message {
-        Ok(Got::Message(ServerMessage::Change {
-            query_id,
-            change_type: ChangeType::Insert,
-            rows,
-            seq,
-            ..
-        })) => (query_id, Arc::new(rows), seq),
-        Ok(Got::Shared {
-            query_id,
-            change_type: ChangeType::Insert,
-            rows,
-            seq,
-        }) => (query_id, rows, seq),
-        Ok(other) => bail!("connection {conn}: expected an INSERT change, got {other:?}"),
+    let (query_id, change) = match received.message {
+        Ok(Got::Message(message)) => match *message {
+            ServerMessage::Change {
+                query_id,
+                change_type,
+                rows,
+                seq,
+                ..
+            } => (
+                Arc::from(query_id),
+                Arc::new(SharedChange {
+                    change_type,
+                    rows,
+                    seq,
+                }),
+            ),
+            other => bail!("connection {conn}: expected an INSERT change, got {other:?}"),
+        },
+        Ok(Got::Shared { query_id, change }) => (query_id, change),
         Err(e) => bail!("connection {conn} failed: {e}"),
     };
+    if change.change_type != ChangeType::Insert {
+        bail!("connection {conn}: expected an INSERT change, got {change:?}");
+    }
     Ok(Insert {
         conn,
         at: received.at,
         query_id,
-        seq,
-        rows,
+        change,
     })
 }
 
@@ -819,7 +829,8 @@ enum Route {
     Reader(mpsc::UnboundedSender<Received>),
     Tasks {
         out: mpsc::UnboundedSender<Received>,
-        by_query_id: HashMap<String, mpsc::UnboundedSender<Got>>,
+        /// query_id -> the subscription's task, and its id as the task reports it.
+        by_query_id: HashMap<String, (Arc<str>, mpsc::UnboundedSender<Got>)>,
     },
 }
 
@@ -840,7 +851,8 @@ impl Route {
                     });
                 }
             });
-            by_query_id.insert(sub.query_id.clone(), to_task);
+            let query_id = Arc::<str>::from(sub.query_id.as_str());
+            by_query_id.insert(sub.query_id.clone(), (query_id, to_task));
         }
         Route::Tasks { out, by_query_id }
     }
@@ -860,7 +872,7 @@ impl Route {
     fn deliver(&self, conn: usize, message: std::result::Result<ServerMessage, String>) {
         let (out, by_query_id) = match self {
             Route::Reader(out) => {
-                let message = message.map(Got::Message);
+                let message = message.map(|m| Got::Message(Box::new(m)));
                 let _ = out.send(Received {
                     conn,
                     at: Instant::now(),
@@ -870,6 +882,13 @@ impl Route {
             }
             Route::Tasks { out, by_query_id } => (out, by_query_id),
         };
+        let to_scenario = |message| {
+            let _ = out.send(Received {
+                conn,
+                at: Instant::now(),
+                message,
+            });
+        };
         match message {
             Ok(ServerMessage::ChangeGroup {
                 query_ids,
@@ -878,53 +897,39 @@ impl Route {
                 seq,
                 ..
             }) => {
-                let rows = Arc::new(rows);
+                let change = Arc::new(SharedChange {
+                    change_type,
+                    rows,
+                    seq,
+                });
                 for query_id in query_ids {
-                    let got = Got::Shared {
-                        query_id,
-                        change_type,
-                        rows: rows.clone(),
-                        seq,
-                    };
-                    route_to_task(out, by_query_id, conn, got);
+                    match by_query_id.get(&query_id) {
+                        Some((query_id, task)) => {
+                            let _ = task.send(Got::Shared {
+                                query_id: query_id.clone(),
+                                change: change.clone(),
+                            });
+                        }
+                        None => to_scenario(Err(format!(
+                            "a change for query_id {query_id:?}, not subscribed on this connection"
+                        ))),
+                    }
                 }
             }
-            Ok(message) => route_to_task(out, by_query_id, conn, Got::Message(message)),
-            Err(e) => {
-                let _ = out.send(Received {
-                    conn,
-                    at: Instant::now(),
-                    message: Err(e),
-                });
+            Ok(message) => {
+                let task = match &message {
+                    ServerMessage::Change { query_id, .. } => by_query_id.get(query_id),
+                    _ => None,
+                };
+                let got = Got::Message(Box::new(message));
+                match task {
+                    Some((_, task)) => {
+                        let _ = task.send(got);
+                    }
+                    None => to_scenario(Ok(got)),
+                }
             }
-        }
-    }
-}
-
-/// Hands `got` to the task of its subscription; anything else (not a change, or one for an
-/// unknown query_id) goes to the scenario as it is.
-fn route_to_task(
-    out: &mpsc::UnboundedSender<Received>,
-    by_query_id: &HashMap<String, mpsc::UnboundedSender<Got>>,
-    conn: usize,
-    got: Got,
-) {
-    let query_id = match &got {
-        Got::Shared { query_id, .. } | Got::Message(ServerMessage::Change { query_id, .. }) => {
-            Some(query_id)
-        }
-        Got::Message(_) => None,
-    };
-    match query_id.and_then(|q| by_query_id.get(q)) {
-        Some(task) => {
-            let _ = task.send(got);
-        }
-        None => {
-            let _ = out.send(Received {
-                conn,
-                at: Instant::now(),
-                message: Ok(got),
-            });
+            Err(e) => to_scenario(Err(e)),
         }
     }
 }
