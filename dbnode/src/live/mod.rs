@@ -144,13 +144,17 @@ pub struct Subscription {
     group: bool,
     /// The last commit before registration: commits up to it never reach this subscription
     /// (they were appended before it existed; `from_seq` replays are sent at registration).
-    after: AtomicU64,
+    after: u64,
     updated_at_micros: AtomicI64,
     changes: AtomicU64,
     active: AtomicBool,
     /// While `initial_data` is being read, messages wait here so that the client sees
     /// `subscribed`, `initial_data`, then changes.
     held: Mutex<Option<Vec<String>>>,
+    /// Whether `held` may still hold messages back: false once released (under its lock,
+    /// after the held messages are queued), never true again. Read without the lock by the
+    /// dispatcher, which only needs to know that nothing is held any more.
+    holding: AtomicBool,
 }
 
 impl Subscription {
@@ -197,6 +201,7 @@ impl Subscription {
                 }
             }
         }
+        self.holding.store(false, Ordering::Release);
     }
 
     /// Where the dispatcher takes it: by connection, then by registration. A connection's
@@ -210,7 +215,13 @@ impl Subscription {
     /// asked for that and nothing is held back for it any more (once released, a
     /// subscription is never held again, so the answer stays true).
     fn groupable(&self) -> bool {
-        self.group && self.held.lock().is_none()
+        self.group && !self.holding.load(Ordering::Acquire)
+    }
+
+    /// Whether the commit numbered `seq` reaches it: it is active and was registered before
+    /// the commit.
+    fn reached_by(&self, seq: u64) -> bool {
+        seq > self.after && self.is_active()
     }
 
     fn counted(&self, messages: u64, at_micros: i64) {
@@ -371,15 +382,30 @@ struct TableLive {
 /// commit is evaluated only for the subscriptions one of its rows can match: a thousand
 /// subscriptions watching other conversations cost a commit a hash lookup, not a thousand
 /// checks. Kept under the table's lock and changed in place (a subscribe or a disconnect
-/// costs O(log n), also with 10,000 subscriptions on one value); the dispatcher reads it at
-/// dispatch time and skips subscriptions registered after the commit (`Subscription::after`).
+/// costs O(log n), also with 10,000 subscriptions on one value); the dispatcher takes the
+/// [`Plan`] of each list a commit can reach and skips subscriptions registered after the
+/// commit (`Subscription::after`).
 #[derive(Debug, Default)]
 struct Listeners {
-    /// By [`Subscription::order`].
-    unguarded: BTreeMap<(u64, u64), Arc<Subscription>>,
-    /// Guard column -> guard value -> the subscriptions requiring it, by
-    /// [`Subscription::order`].
-    guarded: HashMap<String, HashMap<GuardValue, BTreeMap<(u64, u64), Arc<Subscription>>>>,
+    unguarded: List,
+    /// Guard column -> guard value -> the subscriptions requiring it.
+    guarded: HashMap<String, HashMap<GuardValue, List>>,
+}
+
+/// Subscriptions by [`Subscription::order`], and the dispatch plan built from them on the
+/// first commit after they last changed.
+#[derive(Debug, Default)]
+struct List {
+    members: BTreeMap<(u64, u64), Arc<Subscription>>,
+    plan: Option<Arc<Plan>>,
+}
+
+impl List {
+    fn plan(&mut self) -> Arc<Plan> {
+        self.plan
+            .get_or_insert_with(|| Arc::new(Plan::of(self.members.values())))
+            .clone()
+    }
 }
 
 impl Listeners {
@@ -393,21 +419,24 @@ impl Listeners {
                 .or_default(),
             None => &mut self.unguarded,
         };
-        list.insert(subscription.order(), subscription);
+        list.members.insert(subscription.order(), subscription);
+        list.plan = None;
     }
 
     fn remove(&mut self, subscription: &Subscription) {
         let id = subscription.order();
         let Some(guard) = &subscription.query.guard else {
-            self.unguarded.remove(&id);
+            self.unguarded.members.remove(&id);
+            self.unguarded.plan = None;
             return;
         };
         let Some(by_value) = self.guarded.get_mut(&guard.column) else {
             return;
         };
         if let Some(list) = by_value.get_mut(&guard.value) {
-            list.remove(&id);
-            if list.is_empty() {
+            list.members.remove(&id);
+            list.plan = None;
+            if list.members.is_empty() {
                 by_value.remove(&guard.value);
             }
         }
@@ -417,44 +446,103 @@ impl Listeners {
     }
 
     fn is_empty(&self) -> bool {
-        self.unguarded.is_empty() && self.guarded.is_empty()
+        self.unguarded.members.is_empty() && self.guarded.is_empty()
     }
 
     fn iter(&self) -> impl Iterator<Item = &Arc<Subscription>> {
-        self.unguarded.values().chain(
+        self.unguarded.members.values().chain(
             self.guarded
                 .values()
-                .flat_map(|by_value| by_value.values().flat_map(BTreeMap::values)),
+                .flat_map(|by_value| by_value.values().flat_map(|list| list.members.values())),
         )
     }
 
-    /// The subscriptions a commit may match, in [`Subscription::order`]: the unguarded ones, and
-    /// the guarded ones whose value is in the guard column of one of its rows (new or old
+    /// The plans of the lists a commit may reach: the unguarded subscriptions, and the
+    /// guarded ones whose value is in the guard column of one of its rows (new or old
     /// image). When the commit's schema has no such column nothing can be ruled out.
-    fn candidates(&self, event: &ChangeEvent) -> Vec<Arc<Subscription>> {
-        let mut out: Vec<Arc<Subscription>> = self.unguarded.values().cloned().collect();
-        let mut lists = usize::from(!out.is_empty());
-        for (column, by_value) in &self.guarded {
+    fn plans(&mut self, event: &ChangeEvent) -> Vec<Arc<Plan>> {
+        let mut out = Vec::new();
+        if !self.unguarded.members.is_empty() {
+            out.push(self.unguarded.plan());
+        }
+        for (column, by_value) in &mut self.guarded {
             match guard_values(event, column) {
                 Some(values) => {
                     for value in &values {
-                        if let Some(list) = by_value.get(value) {
-                            out.extend(list.values().cloned());
-                            lists += 1;
+                        if let Some(list) = by_value.get_mut(value) {
+                            out.push(list.plan());
                         }
                     }
                 }
-                None => {
-                    out.extend(by_value.values().flat_map(BTreeMap::values).cloned());
-                    lists += by_value.len();
-                }
+                None => out.extend(by_value.values_mut().map(List::plan)),
             }
         }
-        // Each list is in order already; only a mix of lists needs sorting.
-        if lists > 1 {
-            out.sort_unstable_by_key(|s| s.order());
-        }
         out
+    }
+}
+
+/// How a commit goes out to the subscriptions of one [`List`]: per connection, the
+/// subscriptions with option `group` of one shape as one group (one `change_group` frame,
+/// its ids encoded here once, not on every commit), every other subscription alone; in
+/// the order of each item's first subscription, which is the order of registration.
+#[derive(Debug)]
+struct Plan {
+    items: Vec<Item>,
+}
+
+#[derive(Debug)]
+enum Item {
+    One(Arc<Subscription>),
+    Group {
+        members: Vec<Arc<Subscription>>,
+        /// The frame up to the change type (see [`group_head`]).
+        head: String,
+    },
+}
+
+impl Item {
+    fn first(&self) -> &Arc<Subscription> {
+        match self {
+            Item::One(s) => s,
+            // A group has at least two members.
+            Item::Group { members, .. } => &members[0],
+        }
+    }
+}
+
+impl Plan {
+    /// `members` in [`Subscription::order`].
+    fn of<'a>(members: impl Iterator<Item = &'a Arc<Subscription>>) -> Self {
+        let mut lists: Vec<Vec<Arc<Subscription>>> = Vec::new();
+        // The groups of the connection at hand, by shape.
+        let mut group_of: HashMap<ShapeId, usize> = HashMap::new();
+        let mut connection = None;
+        for subscription in members {
+            if connection != Some(subscription.connection.number) {
+                group_of.clear();
+                connection = Some(subscription.connection.number);
+            }
+            if !subscription.group {
+                lists.push(vec![subscription.clone()]);
+                continue;
+            }
+            let at = *group_of.entry(subscription.shape).or_insert_with(|| {
+                lists.push(Vec::new());
+                lists.len() - 1
+            });
+            lists[at].push(subscription.clone());
+        }
+        let items = lists
+            .into_iter()
+            .map(|mut members| match members.len() {
+                1 => Item::One(members.remove(0)),
+                _ => Item::Group {
+                    head: group_head(members.iter()),
+                    members,
+                },
+            })
+            .collect();
+        Plan { items }
     }
 }
 
@@ -690,11 +778,12 @@ impl LiveHub {
             quoted: QuotedIds::new(&query_id, &live_id),
             shape,
             group,
-            after: AtomicU64::new(start_seq),
+            after: start_seq,
             updated_at_micros: AtomicI64::new(now.timestamp_micros()),
             changes: AtomicU64::new(0),
             active: AtomicBool::new(true),
             held: Mutex::new(hold.then(Vec::new)),
+            holding: AtomicBool::new(hold),
         });
         // `subscribed` goes straight to the queue, ahead of anything held back.
         connection.send_message(&ServerMessage::Subscribed {
@@ -931,130 +1020,111 @@ impl ShapeId {
 /// Evaluates one commit for the subscriptions of its partition and queues their messages;
 /// `messages` counts them (one per subscription reached, grouped or not).
 fn dispatch(job: &Dispatch, messages: &IntCounter) {
-    let candidates = match job
+    let plans = match job
         .table
         .lock()
         .subscriptions
-        .get(&job.event.batch.partition.prefix())
+        .get_mut(&job.event.batch.partition.prefix())
     {
-        Some(listeners) => listeners.candidates(&job.event),
+        Some(listeners) => listeners.plans(&job.event),
         None => return,
     };
-    let seq = job.event.batch.seq;
+    let mut items: Vec<&Item> = plans.iter().flat_map(|plan| &plan.items).collect();
+    // Each plan is in order already; a connection's items from several lists are merged
+    // (a group never spans lists: its members share one predicate, so one guard).
+    if plans.len() > 1 {
+        items.sort_unstable_by_key(|item| item.first().order());
+    }
+    let event = &job.event;
+    let seq = event.batch.seq;
     // Each shape's rendering, built for the first subscription that has it.
     let mut rendered: HashMap<ShapeId, Vec<Rendered>> = HashMap::new();
-    // The messages of the connection at hand: its groups by shape (subscriptions with
-    // `group`) and its other subscriptions alone, in the order of their first member. They
-    // go out when the next connection starts, so sockets are written while the dispatch
-    // walks on.
-    let mut pending: Vec<Group<'_>> = Vec::new();
-    let mut group_of: HashMap<ShapeId, usize> = HashMap::new();
-    // The group of the last grouped subscription: a connection's subscriptions of one
-    // shape mostly stand next to each other, so most of them skip both lookups.
-    let mut last: Option<(ShapeId, usize)> = None;
-    let mut connection = None;
     let now = Utc::now().timestamp_micros();
     let mut sent = 0;
-    for subscription in &candidates {
-        if !subscription.is_active() || seq <= subscription.after.load(Ordering::Acquire) {
-            continue;
-        }
-        if connection != Some(subscription.connection.number) {
-            sent += send_pending(&job.event, &rendered, &mut pending, now);
-            group_of.clear();
-            last = None;
-            connection = Some(subscription.connection.number);
-        }
-        let shape = subscription.shape;
-        let grouped = subscription.groupable();
-        if let Some((s, at)) = last {
-            if grouped && s == shape {
-                pending[at].members.push(subscription);
-                continue;
-            }
-        }
+    for item in items {
+        let first = item.first();
         let parts = rendered
-            .entry(shape)
-            .or_insert_with(|| render(&job.event, &subscription.query));
+            .entry(first.shape)
+            .or_insert_with(|| render(event, &first.query));
         if parts.is_empty() {
             continue;
         }
-        if grouped {
-            let at = *group_of.entry(shape).or_insert_with(|| {
-                pending.push(Group {
-                    shape,
-                    members: Vec::new(),
-                });
-                pending.len() - 1
-            });
-            pending[at].members.push(subscription);
-            last = Some((shape, at));
-        } else {
-            pending.push(Group {
-                shape,
-                members: vec![subscription],
-            });
-        }
+        sent += match item {
+            Item::One(subscription) if subscription.reached_by(seq) => {
+                send(event, subscription, parts, now)
+            }
+            Item::One(_) => 0,
+            Item::Group { members, head } => send_planned(event, members, head, parts, now),
+        };
     }
-    sent += send_pending(&job.event, &rendered, &mut pending, now);
     messages.inc_by(sent);
 }
 
-/// Queues the messages of one connection's `pending` groups and empties it; returns how
-/// many subscription messages they stand for.
-fn send_pending(
+/// Queues a planned group's messages; returns how many subscription messages they stand
+/// for. When a member is not reached (registered after the commit, gone) or still holds
+/// its changes back (`initial_data` being read), the group is sent as it stands now.
+fn send_planned(
     event: &ChangeEvent,
-    rendered: &HashMap<ShapeId, Vec<Rendered>>,
-    pending: &mut Vec<Group<'_>>,
-    now: i64,
-) -> u64 {
-    let mut sent = 0;
-    for group in pending.drain(..) {
-        let Some(parts) = rendered.get(&group.shape) else {
-            continue;
-        };
-        sent += match group.members.as_slice() {
-            [one] => send(event, one, parts, now),
-            members => send_group(event, members, parts, now),
-        };
-    }
-    sent
-}
-
-/// Subscriptions of one connection that see a commit in one shape (or one subscription on
-/// its own).
-struct Group<'a> {
-    shape: ShapeId,
-    members: Vec<&'a Arc<Subscription>>,
-}
-
-/// Queues one `change_group` frame per rendered part for `members` (all of one connection,
-/// all `group`); returns how many subscription messages that stands for.
-fn send_group(
-    event: &ChangeEvent,
-    members: &[&Arc<Subscription>],
+    members: &[Arc<Subscription>],
+    head: &str,
     rendered: &[Rendered],
     now: i64,
 ) -> u64 {
-    let Some(first) = members.first() else {
-        return 0;
-    };
-    let connection = &first.connection;
-    let per_member = first.quoted.text.len() + 2;
-    let mut query_ids = String::with_capacity(members.len() * per_member);
-    let mut live_ids = String::with_capacity(members.len() * per_member * 2);
-    for (i, member) in members.iter().enumerate() {
+    let seq = event.batch.seq;
+    if members.iter().all(|m| m.reached_by(seq) && m.groupable()) {
+        return send_group(event, members, head, rendered, now);
+    }
+    let mut sent = 0;
+    let mut grouped = Vec::with_capacity(members.len());
+    for member in members.iter().filter(|m| m.reached_by(seq)) {
+        if member.groupable() {
+            grouped.push(member.clone());
+        } else {
+            sent += send(event, member, rendered, now);
+        }
+    }
+    sent + match grouped.as_slice() {
+        [] => 0,
+        [one] => send(event, one, rendered, now),
+        members => send_group(event, members, &group_head(members.iter()), rendered, now),
+    }
+}
+
+/// `{"type":"change_group","query_ids":[...],"live_ids":[...],"change_type":"`, the start
+/// of the `change_group` frames of `members` (see [`change_message`]).
+fn group_head<'a>(members: impl Iterator<Item = &'a Arc<Subscription>> + Clone) -> String {
+    let per_member: usize = members.clone().map(|m| m.quoted.text.len() + 2).sum();
+    let mut query_ids = String::with_capacity(per_member);
+    let mut live_ids = String::with_capacity(per_member);
+    for (i, member) in members.enumerate() {
         let separator = if i == 0 { "[" } else { "," };
         query_ids.push_str(separator);
         query_ids.push_str(member.quoted.query_id());
         live_ids.push_str(separator);
         live_ids.push_str(member.quoted.live_id());
     }
-    let ids = format!(
+    format!(
         r#"{{"type":"change_group","query_ids":{query_ids}],"live_ids":{live_ids}],"change_type":""#
-    );
+    )
+}
+
+/// Queues one `change_group` frame per rendered part for `members` (all of one connection,
+/// all `group`, `head` naming them); returns how many subscription messages that stands
+/// for.
+fn send_group(
+    event: &ChangeEvent,
+    members: &[Arc<Subscription>],
+    head: &str,
+    rendered: &[Rendered],
+    now: i64,
+) -> u64 {
+    let Some(first) = members.first() else {
+        return 0;
+    };
     for part in rendered {
-        connection.send(change_message(&[&ids], part, event.batch.seq));
+        first
+            .connection
+            .send(change_message(&[head], part, event.batch.seq));
     }
     let parts = rendered.len() as u64;
     for member in members {

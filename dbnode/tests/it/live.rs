@@ -933,6 +933,53 @@ async fn group_subscriptions_of_one_connection_share_one_frame_per_change() {
     }
 }
 
+/// The node keeps each connection's groups between commits; a subscribe or an unsubscribe
+/// in between must show in the next frame.
+#[tokio::test]
+async fn group_frames_follow_subscribes_and_unsubscribes() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let c1 = "SELECT id FROM app.messages WHERE conversation_id = 'c1'";
+    let group = json!({"group": true});
+    let mut ws = node.ws(&alice).await;
+    for query_id in ["g1", "g2"] {
+        ws.subscribe(query_id, c1, group.clone()).await;
+        ws.expect_subscribed(query_id).await;
+    }
+    let mut next_id = 0;
+    let mut insert = || {
+        next_id += 1;
+        insert_msg(next_id, "c1", "hello")
+    };
+    node.exec(&alice, &insert()).await;
+    let frame = ws.expect_type("change_group").await;
+    assert_eq!(frame["query_ids"], json!(["g1", "g2"]));
+
+    ws.subscribe("g3", c1, group.clone()).await;
+    ws.expect_subscribed("g3").await;
+    node.exec(&alice, &insert()).await;
+    let frame = ws.expect_type("change_group").await;
+    assert_eq!(
+        frame["query_ids"],
+        json!(["g1", "g2", "g3"]),
+        "a new member"
+    );
+    assert_eq!(frame["rows"], json!([{"id": 2}]));
+
+    ws.unsubscribe("g1").await;
+    assert!(ws.sync().await.is_empty());
+    node.exec(&alice, &insert()).await;
+    let frame = ws.expect_type("change_group").await;
+    assert_eq!(frame["query_ids"], json!(["g2", "g3"]), "a member gone");
+
+    ws.unsubscribe("g2").await;
+    assert!(ws.sync().await.is_empty());
+    node.exec(&alice, &insert()).await;
+    let change = ws.expect_change("g3", "INSERT").await;
+    assert_eq!(change["rows"], json!([{"id": 4}]), "the last member alone");
+    assert!(ws.sync().await.is_empty(), "nothing else");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Resume
 // ---------------------------------------------------------------------------------------------
