@@ -27,7 +27,7 @@
 //! [`LiveConnection::next`]: reading is what answers the pings (tungstenite queues the pong
 //! and sends it on the next read).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
@@ -135,6 +135,11 @@ pub struct LiveConnection {
     pending: Option<ClientError>,
     /// The rest of a `change_group` frame, one `change` per subscription, with the frame.
     split: VecDeque<(ServerMessage, Utf8Bytes)>,
+    /// `query_id` -> `live_id` of this connection's subscriptions, from their `subscribed`:
+    /// a `change_group` names its subscriptions by `query_id` only. Kept after an
+    /// unsubscribe, since changes queued before the node took it may still name the
+    /// subscription; a new `subscribed` for the same `query_id` replaces the entry.
+    live_ids: HashMap<String, String>,
 }
 
 impl LiveConnection {
@@ -191,6 +196,7 @@ impl LiveConnection {
             ended: false,
             pending: None,
             split: VecDeque::new(),
+            live_ids: HashMap::new(),
         })
     }
 
@@ -206,6 +212,12 @@ impl LiveConnection {
             query_id: query_id.into(),
         })
         .await
+    }
+
+    /// The `live_id` of a subscription of this connection, once its `subscribed` has been
+    /// read (a `change_group` from [`next_frame`](Self::next_frame) names only `query_id`s).
+    pub fn live_id(&self, query_id: &str) -> Option<&str> {
+        self.live_ids.get(query_id).map(String::as_str)
     }
 
     /// Sends a protocol-level `ping`; the node answers [`ServerMessage::Pong`]. (WebSocket
@@ -260,18 +272,23 @@ impl LiveConnection {
         let ServerMessage::ChangeGroup { .. } = message else {
             return Some(Ok((message, text)));
         };
-        self.split.extend(
-            ungroup(message)
-                .into_iter()
-                .map(|change| (change, text.clone())),
-        );
+        match ungroup(message, &self.live_ids) {
+            Ok(changes) => self
+                .split
+                .extend(changes.into_iter().map(|change| (change, text.clone()))),
+            Err(e) => return Some(Err(e)),
+        }
         self.split.pop_front().map(Ok)
     }
 
-    /// The next frame of the node, parsed, with its text.
+    /// The next frame of the node, parsed, with its text; notes the ids of `subscribed`.
     async fn next_parsed(&mut self) -> Option<Result<(ServerMessage, Utf8Bytes), ClientError>> {
         let text = self.next_text().await?;
-        Some(text.and_then(|text| Ok((parse_server_message(text.as_str())?, text))))
+        let parsed = text.and_then(|text| Ok((parse_server_message(text.as_str())?, text)));
+        if let Ok((ServerMessage::Subscribed { query_id, live_id }, _)) = &parsed {
+            self.live_ids.insert(query_id.clone(), live_id.clone());
+        }
+        Some(parsed)
     }
 
     /// The next text frame of the node (see [`next`](Self::next) for the rest).
@@ -362,35 +379,45 @@ impl fmt::Debug for LiveConnection {
     }
 }
 
-/// The changes a `change_group` stands for, one per subscription it names (anything else
-/// as it is).
-fn ungroup(message: ServerMessage) -> Vec<ServerMessage> {
+/// The changes a `change_group` stands for, one per subscription it names, each with the
+/// `live_id` its `subscribed` gave (anything else as it is). A `query_id` this connection
+/// has no `subscribed` for is a protocol error.
+fn ungroup(
+    message: ServerMessage,
+    live_ids: &HashMap<String, String>,
+) -> Result<Vec<ServerMessage>, ClientError> {
     let ServerMessage::ChangeGroup {
         query_ids,
-        live_ids,
         change_type,
         rows,
         old_values,
         seq,
     } = message
     else {
-        return vec![message];
+        return Ok(vec![message]);
     };
     query_ids
         .into_iter()
-        .zip(live_ids)
-        .map(|(query_id, live_id)| ServerMessage::Change {
-            query_id,
-            live_id,
-            change_type,
-            rows: rows.clone(),
-            old_values: old_values.clone(),
-            seq,
+        .map(|query_id| {
+            let live_id = live_ids.get(&query_id).cloned().ok_or_else(|| {
+                ClientError::WebSocket(format!(
+                    "a change_group names query_id {query_id:?}, which has no subscribed on \
+                     this connection"
+                ))
+            })?;
+            Ok(ServerMessage::Change {
+                query_id,
+                live_id,
+                change_type,
+                rows: rows.clone(),
+                old_values: old_values.clone(),
+                seq,
+            })
         })
         .collect()
 }
 
-/// Parses one frame; a `change_group` must name each subscription by both ids.
+/// Parses one frame; a `change_group` must name at least one subscription.
 fn parse_server_message(text: &str) -> Result<ServerMessage, ClientError> {
     let invalid = |e: &dyn fmt::Display| {
         ClientError::WebSocket(format!(
@@ -399,18 +426,9 @@ fn parse_server_message(text: &str) -> Result<ServerMessage, ClientError> {
         ))
     };
     let message = ServerMessage::from_json(text).map_err(|e| invalid(&e))?;
-    if let ServerMessage::ChangeGroup {
-        query_ids,
-        live_ids,
-        ..
-    } = &message
-    {
-        if query_ids.len() != live_ids.len() || query_ids.is_empty() {
-            return Err(invalid(&format!(
-                "a change_group with {} query_ids and {} live_ids",
-                query_ids.len(),
-                live_ids.len()
-            )));
+    if let ServerMessage::ChangeGroup { query_ids, .. } = &message {
+        if query_ids.is_empty() {
+            return Err(invalid(&"a change_group with no query_ids"));
         }
     }
     Ok(message)
@@ -498,22 +516,23 @@ mod tests {
             parse_server_message(r#"{"type":"bogus"}"#),
             Err(ClientError::WebSocket(_))
         ));
-        for uneven in [
-            r#"{"type":"change_group","query_ids":["a","b"],"live_ids":["la"],"change_type":"INSERT","rows":[],"seq":1}"#,
-            r#"{"type":"change_group","query_ids":[],"live_ids":[],"change_type":"INSERT","rows":[],"seq":1}"#,
-        ] {
-            let error = parse_server_message(uneven).unwrap_err();
-            assert!(error.to_string().contains("change_group"), "{error}");
-        }
+        let empty =
+            r#"{"type":"change_group","query_ids":[],"change_type":"INSERT","rows":[],"seq":1}"#;
+        let error = parse_server_message(empty).unwrap_err();
+        assert!(error.to_string().contains("change_group"), "{error}");
     }
 
     #[test]
     fn a_change_group_splits_into_one_change_per_subscription() {
         let group = parse_server_message(
-            r#"{"type":"change_group","query_ids":["a","b"],"live_ids":["la","lb"],"change_type":"UPDATE","rows":[{"id":1}],"old_values":[{"id":0}],"seq":8}"#,
+            r#"{"type":"change_group","query_ids":["a","b"],"change_type":"UPDATE","rows":[{"id":1}],"old_values":[{"id":0}],"seq":8}"#,
         )
         .unwrap();
-        let changes = ungroup(group);
+        let mut live_ids = HashMap::from([("a".to_string(), "la".to_string())]);
+        let error = ungroup(group.clone(), &live_ids).unwrap_err();
+        assert!(error.to_string().contains(r#"query_id "b""#), "{error}");
+        live_ids.insert("b".into(), "lb".into());
+        let changes = ungroup(group, &live_ids).unwrap();
         let names: Vec<_> = changes
             .iter()
             .map(|c| match c {
@@ -534,6 +553,9 @@ mod tests {
             })
             .collect();
         assert_eq!(names, [("a", "la"), ("b", "lb")]);
-        assert_eq!(ungroup(ServerMessage::Pong), [ServerMessage::Pong]);
+        assert_eq!(
+            ungroup(ServerMessage::Pong, &live_ids).unwrap(),
+            [ServerMessage::Pong]
+        );
     }
 }

@@ -110,12 +110,12 @@ pub enum ServerMessage {
         old_values: Option<Vec<Row>>,
         seq: u64,
     },
-    /// One change for several subscriptions of the connection (all with option `group`):
-    /// `query_ids[i]` and `live_ids[i]` name the same subscription. Read through
-    /// [`crate::LiveConnection`] it arrives as one [`ServerMessage::Change`] per subscription.
+    /// One change for several subscriptions of the connection (all with option `group`),
+    /// named by `query_id` (each one's `live_id` came with its `subscribed`). Read through
+    /// [`crate::LiveConnection::next`] it arrives as one [`ServerMessage::Change`] per
+    /// subscription.
     ChangeGroup {
         query_ids: Vec<String>,
-        live_ids: Vec<String>,
         change_type: ChangeType,
         rows: Vec<Row>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,7 +157,6 @@ impl ServerMessage {
             query_id: Option<String>,
             live_id: Option<String>,
             query_ids: Option<Vec<String>>,
-            live_ids: Option<Vec<String>>,
             change_type: ChangeType,
             rows: Vec<Row>,
             #[serde(default)]
@@ -172,21 +171,18 @@ impl ServerMessage {
                 seq,
                 ..
             } = c;
-            match (c.tag, c.query_id, c.live_id, c.query_ids, c.live_ids) {
-                (Tag::Change, Some(query_id), Some(live_id), None, None) => {
-                    Some(ServerMessage::Change {
-                        query_id,
-                        live_id,
-                        change_type,
-                        rows,
-                        old_values,
-                        seq,
-                    })
-                }
-                (Tag::ChangeGroup, None, None, Some(query_ids), Some(live_ids)) => {
+            match (c.tag, c.query_id, c.live_id, c.query_ids) {
+                (Tag::Change, Some(query_id), Some(live_id), None) => Some(ServerMessage::Change {
+                    query_id,
+                    live_id,
+                    change_type,
+                    rows,
+                    old_values,
+                    seq,
+                }),
+                (Tag::ChangeGroup, None, None, Some(query_ids)) => {
                     Some(ServerMessage::ChangeGroup {
                         query_ids,
-                        live_ids,
                         change_type,
                         rows,
                         old_values,
@@ -272,8 +268,8 @@ mod tests {
             r#"{"type":"change","query_id":"q","live_id":"l","change_type":"UPDATE","rows":[{"id":1}],"old_values":[{"id":0}],"seq":5}"#,
             r#"{"seq":6,"rows":[],"change_type":"DELETE","live_id":"l","query_id":"q","type":"change","extra":true}"#,
             r#"{"type":"change","query_id":"q","live_id":"l","change_type":"INSERT","rows":[],"old_values":null,"seq":7}"#,
-            r#"{"type":"change_group","query_ids":["a","b"],"live_ids":["la","lb"],"change_type":"INSERT","rows":[{"id":1}],"seq":8}"#,
-            r#"{"type":"change_group","query_ids":["a"],"live_ids":["la"],"change_type":"UPDATE","rows":[{"id":1}],"old_values":[{"id":0}],"seq":9}"#,
+            r#"{"type":"change_group","query_ids":["a","b"],"change_type":"INSERT","rows":[{"id":1}],"seq":8}"#,
+            r#"{"type":"change_group","query_ids":["a"],"change_type":"UPDATE","rows":[{"id":1}],"old_values":[{"id":0}],"seq":9}"#,
             r#"{"type":"subscribed","query_id":"q","live_id":"l"}"#,
             r#"{"type":"initial_data","query_id":"q","live_id":"l","rows":[{"id":1}],"seq":3}"#,
             r#"{"type":"pong"}"#,
@@ -285,7 +281,7 @@ mod tests {
         }
         for bad in [
             r#"{"type":"change","query_id":"q"}"#,
-            r#"{"type":"change","query_ids":["q"],"live_ids":["l"],"change_type":"INSERT","rows":[],"seq":1}"#,
+            r#"{"type":"change","query_ids":["q"],"change_type":"INSERT","rows":[],"seq":1}"#,
             r#"{"type":"change_group","query_id":"q","live_id":"l","change_type":"INSERT","rows":[],"seq":1}"#,
             r#"{"type":"change","query_id":"q","live_id":"l","change_type":"UPSERT","rows":[],"seq":1}"#,
             r#"{"type":"bogus"}"#,

@@ -1090,22 +1090,19 @@ fn send_planned(
     }
 }
 
-/// `{"type":"change_group","query_ids":[...],"live_ids":[...],"change_type":"`, the start
-/// of the `change_group` frames of `members` (see [`change_message`]).
+/// `{"type":"change_group","query_ids":[...],"change_type":"`, the start of the
+/// `change_group` frames of `members` (see [`change_message`]). Members are named by
+/// `query_id` alone: the client has each one's `live_id` from its `subscribed` (ADR 0022).
 fn group_head<'a>(members: impl Iterator<Item = &'a Arc<Subscription>> + Clone) -> String {
-    let per_member: usize = members.clone().map(|m| m.quoted.text.len() + 2).sum();
-    let mut query_ids = String::with_capacity(per_member);
-    let mut live_ids = String::with_capacity(per_member);
+    let length: usize = members.clone().map(|m| m.quoted.query_id().len() + 1).sum();
+    let mut head = String::with_capacity(length + 64);
+    head.push_str(r#"{"type":"change_group","query_ids":"#);
     for (i, member) in members.enumerate() {
-        let separator = if i == 0 { "[" } else { "," };
-        query_ids.push_str(separator);
-        query_ids.push_str(member.quoted.query_id());
-        live_ids.push_str(separator);
-        live_ids.push_str(member.quoted.live_id());
+        head.push_str(if i == 0 { "[" } else { "," });
+        head.push_str(member.quoted.query_id());
     }
-    format!(
-        r#"{{"type":"change_group","query_ids":{query_ids}],"live_ids":{live_ids}],"change_type":""#
-    )
+    head.push_str(r#"],"change_type":""#);
+    head
 }
 
 /// Queues one `change_group` frame per rendered part for `members` (all of one connection,

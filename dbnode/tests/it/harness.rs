@@ -1868,20 +1868,13 @@ pub fn check_ws_shape(v: &Value) -> Result<(), String> {
                 string(v, "query_id")?;
                 string(v, "live_id")?;
             } else {
-                // docs/live-queries.md: the subscriptions of option `group`, named in pairs.
-                let names = |key: &str| -> Result<usize, String> {
-                    let list = v
-                        .get(key)
-                        .and_then(Value::as_array)
-                        .ok_or(format!("`{key}` is not an array"))?;
-                    if list.is_empty() || list.iter().any(|s| s.as_str().is_none_or(str::is_empty))
-                    {
-                        return Err(format!("`{key}` is not a list of non-empty strings"));
-                    }
-                    Ok(list.len())
-                };
-                if names("query_ids")? != names("live_ids")? {
-                    return Err("query_ids and live_ids differ in length".into());
+                // docs/live-queries.md: the subscriptions of option `group`, by query_id.
+                let list = v
+                    .get("query_ids")
+                    .and_then(Value::as_array)
+                    .ok_or("`query_ids` is not an array")?;
+                if list.is_empty() || list.iter().any(|s| s.as_str().is_none_or(str::is_empty)) {
+                    return Err("`query_ids` is not a list of non-empty strings".into());
                 }
             }
             seq(v)?;

@@ -826,9 +826,8 @@ async fn group_subscriptions_of_one_connection_share_one_frame_per_change() {
         ),
     ])
     .await;
-    let mut live_ids = BTreeMap::new();
     for query_id in ["g1", "plain", "g2", "ids"] {
-        live_ids.insert(query_id, a.expect_subscribed(query_id).await);
+        a.expect_subscribed(query_id).await;
     }
     let mut other = node.ws(&alice).await;
     other.subscribe("g1", c1, group.clone()).await;
@@ -874,8 +873,9 @@ async fn group_subscriptions_of_one_connection_share_one_frame_per_change() {
             json!(["g1", "g2"]),
             "in registration order"
         );
-        assert_eq!(frame["live_ids"], json!([live_ids["g1"], live_ids["g2"]]));
-        assert!(frame.get("query_id").is_none() && frame.get("live_id").is_none());
+        for absent in ["query_id", "live_id", "live_ids"] {
+            assert!(frame.get(absent).is_none(), "{absent}: {frame}");
+        }
         for msg in [frame, &got["plain"]] {
             assert_eq!(msg["change_type"], change_type);
             assert_eq!(msg["rows"], rows);
@@ -978,6 +978,87 @@ async fn group_frames_follow_subscribes_and_unsubscribes() {
     let change = ws.expect_change("g3", "INSERT").await;
     assert_eq!(change["rows"], json!([{"id": 4}]), "the last member alone");
     assert!(ws.sync().await.is_empty(), "nothing else");
+}
+
+async fn next(live: &mut kalam_client::LiveConnection) -> kalam_client::ServerMessage {
+    tokio::time::timeout(Duration::from_secs(10), live.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("the connection is open")
+        .expect("a valid message")
+}
+
+/// `kalam-client` against a real node: a `change_group` names its subscriptions by
+/// `query_id` only, and the client gives each change the `live_id` of its `subscribed`
+/// (`next`), or hands the frame over whole (`next_frame`).
+#[tokio::test]
+async fn kalam_client_gives_grouped_changes_their_live_ids() {
+    use kalam_client::{ChangeType, LiveConnection, ServerMessage, Subscription};
+    let node = chat_node().await;
+    let client = kalam_client::KalamClient::new(node.url())
+        .expect("building a KalamClient")
+        .with_token(token("alice", false));
+    let subscriptions = || -> Vec<Subscription> {
+        ["g1", "g2"]
+            .map(|query_id| Subscription {
+                query_id: query_id.into(),
+                sql: "SELECT id FROM app.messages WHERE conversation_id = 'c1'".into(),
+                options: kalam_client::SubscriptionOptions {
+                    group: Some(true),
+                    ..Default::default()
+                },
+            })
+            .into()
+    };
+    let mut split = LiveConnection::connect(&client).await.expect("connecting");
+    let mut whole = LiveConnection::connect(&client).await.expect("connecting");
+    let mut live_ids = BTreeMap::new();
+    for live in [&mut split, &mut whole] {
+        live.subscribe(subscriptions()).await.expect("subscribing");
+        for _ in 0..2 {
+            match next(live).await {
+                ServerMessage::Subscribed { query_id, live_id } => {
+                    assert_eq!(live.live_id(&query_id), Some(live_id.as_str()));
+                    live_ids.insert(live_id, query_id);
+                }
+                other => panic!("expected subscribed, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(
+        live_ids.len(),
+        4,
+        "a live_id per subscription: {live_ids:?}"
+    );
+
+    node.exec(&token("alice", false), &insert_msg(1, "c1", "hello"))
+        .await;
+    for query_id in ["g1", "g2"] {
+        match next(&mut split).await {
+            ServerMessage::Change {
+                query_id: got,
+                live_id,
+                change_type: ChangeType::Insert,
+                rows,
+                ..
+            } => {
+                assert_eq!(got, query_id);
+                assert_eq!(live_ids.get(&live_id), Some(&got), "its own live_id");
+                assert_eq!(split.live_id(&got), Some(live_id.as_str()));
+                assert_eq!(rows, vec![json!({"id": 1}).as_object().unwrap().clone()]);
+            }
+            other => panic!("expected the change of {query_id}, got {other:?}"),
+        }
+    }
+    let frame = tokio::time::timeout(Duration::from_secs(10), whole.next_frame())
+        .await
+        .expect("a frame within 10 s")
+        .expect("the connection is open")
+        .expect("a valid frame");
+    match frame {
+        ServerMessage::ChangeGroup { query_ids, .. } => assert_eq!(query_ids, ["g1", "g2"]),
+        other => panic!("expected one change_group, got {other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
