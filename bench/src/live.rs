@@ -829,14 +829,43 @@ enum Route {
     Reader(mpsc::UnboundedSender<Received>),
     Tasks {
         out: mpsc::UnboundedSender<Received>,
-        /// query_id -> the subscription's task, and its id as the task reports it.
-        by_query_id: HashMap<String, (Arc<str>, mpsc::UnboundedSender<Got>)>,
+        /// The connection's subscriptions in registration order, each with its task.
+        tasks: Vec<Task>,
+        /// query_id -> index into `tasks`.
+        by_query_id: HashMap<String, usize>,
     },
+}
+
+/// A subscription's task, as its connection's reader hands changes to it.
+struct Task {
+    query_id: Arc<str>,
+    inbox: mpsc::UnboundedSender<Got>,
+}
+
+/// Where the subscriptions a `change_group` names are among `tasks`. The node names them
+/// in registration order (docs/live-queries.md), so each is looked for first right after
+/// the one before, then by hash: a relay's routing, reading its table in order instead of
+/// hashing every name.
+fn in_order<'a>(
+    tasks: &'a [Task],
+    by_query_id: &'a HashMap<String, usize>,
+    query_ids: &'a [String],
+) -> impl Iterator<Item = (&'a str, Option<&'a Task>)> + 'a {
+    let mut next = 0;
+    query_ids.iter().map(move |query_id| {
+        let at = match tasks.get(next) {
+            Some(task) if *task.query_id == **query_id => Some(next),
+            _ => by_query_id.get(query_id).copied(),
+        };
+        next = at.map_or(next, |at| at + 1);
+        (query_id.as_str(), at.map(|at| &tasks[at]))
+    })
 }
 
 impl Route {
     /// Starts one task per subscription of connection `conn`.
     fn tasks(conn: usize, subs: &[Subscription], out: mpsc::UnboundedSender<Received>) -> Self {
+        let mut tasks = Vec::with_capacity(subs.len());
         let mut by_query_id = HashMap::with_capacity(subs.len());
         for sub in subs {
             let (to_task, mut inbox) = mpsc::unbounded_channel::<Got>();
@@ -851,10 +880,17 @@ impl Route {
                     });
                 }
             });
-            let query_id = Arc::<str>::from(sub.query_id.as_str());
-            by_query_id.insert(sub.query_id.clone(), (query_id, to_task));
+            by_query_id.insert(sub.query_id.clone(), tasks.len());
+            tasks.push(Task {
+                query_id: Arc::from(sub.query_id.as_str()),
+                inbox: to_task,
+            });
         }
-        Route::Tasks { out, by_query_id }
+        Route::Tasks {
+            out,
+            tasks,
+            by_query_id,
+        }
     }
 
     /// The next message of `live` as this route wants it: whole `change_group` frames
@@ -870,7 +906,7 @@ impl Route {
     }
 
     fn deliver(&self, conn: usize, message: std::result::Result<ServerMessage, String>) {
-        let (out, by_query_id) = match self {
+        let (out, tasks, by_query_id) = match self {
             Route::Reader(out) => {
                 let message = message.map(|m| Got::Message(Box::new(m)));
                 let _ = out.send(Received {
@@ -880,7 +916,11 @@ impl Route {
                 });
                 return;
             }
-            Route::Tasks { out, by_query_id } => (out, by_query_id),
+            Route::Tasks {
+                out,
+                tasks,
+                by_query_id,
+            } => (out, tasks, by_query_id),
         };
         let to_scenario = |message| {
             let _ = out.send(Received {
@@ -902,11 +942,11 @@ impl Route {
                     rows,
                     seq,
                 });
-                for query_id in query_ids {
-                    match by_query_id.get(&query_id) {
-                        Some((query_id, task)) => {
-                            let _ = task.send(Got::Shared {
-                                query_id: query_id.clone(),
+                for (query_id, task) in in_order(tasks, by_query_id, &query_ids) {
+                    match task {
+                        Some(task) => {
+                            let _ = task.inbox.send(Got::Shared {
+                                query_id: task.query_id.clone(),
                                 change: change.clone(),
                             });
                         }
@@ -923,8 +963,8 @@ impl Route {
                 };
                 let got = Got::Message(Box::new(message));
                 match task {
-                    Some((_, task)) => {
-                        let _ = task.send(got);
+                    Some(&at) => {
+                        let _ = tasks[at].inbox.send(got);
                     }
                     None => to_scenario(Ok(got)),
                 }
@@ -960,6 +1000,36 @@ async fn read_until_stopped(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_members_are_found_in_order_and_out_of_it() {
+        let (inbox, _rx) = mpsc::unbounded_channel();
+        let tasks: Vec<Task> = ["a", "b", "c"]
+            .map(|q| Task {
+                query_id: Arc::from(q),
+                inbox: inbox.clone(),
+            })
+            .into();
+        let by_query_id: HashMap<String, usize> = [("a", 0), ("b", 1), ("c", 2)]
+            .map(|(q, i)| (q.to_string(), i))
+            .into();
+        let found = |names: &[&str]| -> Vec<Option<String>> {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            in_order(&tasks, &by_query_id, &names)
+                .map(|(name, task)| {
+                    task.map(|t| {
+                        assert_eq!(&*t.query_id, name);
+                        name.to_string()
+                    })
+                })
+                .collect()
+        };
+        let some = |n: &str| Some(n.to_string());
+        assert_eq!(found(&["a", "b", "c"]), [some("a"), some("b"), some("c")]);
+        assert_eq!(found(&["b", "c"]), [some("b"), some("c")]);
+        assert_eq!(found(&["c", "a"]), [some("c"), some("a")]);
+        assert_eq!(found(&["a", "x", "b"]), [some("a"), None, some("b")]);
+    }
 
     #[test]
     fn vm_rss_is_read_from_proc_status() {
