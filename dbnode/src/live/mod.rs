@@ -1042,6 +1042,11 @@ fn dispatch(job: &Dispatch, messages: &IntCounter) {
     let now = Utc::now().timestamp_micros();
     let mut sent = 0;
     for item in items {
+        if let Item::One(subscription) = item {
+            if !subscription.reached_by(seq) {
+                continue;
+            }
+        }
         let first = item.first();
         let parts = rendered
             .entry(first.shape)
@@ -1050,10 +1055,7 @@ fn dispatch(job: &Dispatch, messages: &IntCounter) {
             continue;
         }
         sent += match item {
-            Item::One(subscription) if subscription.reached_by(seq) => {
-                send(event, subscription, parts, now)
-            }
-            Item::One(_) => 0,
+            Item::One(subscription) => send(event, subscription, parts, now),
             Item::Group { members, head } => send_planned(event, members, head, parts, now),
         };
     }
@@ -1062,7 +1064,9 @@ fn dispatch(job: &Dispatch, messages: &IntCounter) {
 
 /// Queues a planned group's messages; returns how many subscription messages they stand
 /// for. When a member is not reached (registered after the commit, gone) or still holds
-/// its changes back (`initial_data` being read), the group is sent as it stands now.
+/// its changes back (`initial_data` being read), the group is formed again from the members
+/// that can take it, its frame at the place of the first of them, the others alone at
+/// theirs.
 fn send_planned(
     event: &ChangeEvent,
     members: &[Arc<Subscription>],
@@ -1074,20 +1078,31 @@ fn send_planned(
     if members.iter().all(|m| m.reached_by(seq) && m.groupable()) {
         return send_group(event, members, head, rendered, now);
     }
+    // Read once: `groupable` may turn true meanwhile.
+    let reached: Vec<(&Arc<Subscription>, bool)> = members
+        .iter()
+        .filter(|m| m.reached_by(seq))
+        .map(|m| (m, m.groupable()))
+        .collect();
+    let grouped: Vec<Arc<Subscription>> = reached
+        .iter()
+        .filter(|(_, groupable)| *groupable)
+        .map(|(m, _)| Arc::clone(m))
+        .collect();
     let mut sent = 0;
-    let mut grouped = Vec::with_capacity(members.len());
-    for member in members.iter().filter(|m| m.reached_by(seq)) {
-        if member.groupable() {
-            grouped.push(member.clone());
-        } else {
+    let mut group_sent = false;
+    for (member, groupable) in &reached {
+        if !groupable {
             sent += send(event, member, rendered, now);
+        } else if !group_sent {
+            group_sent = true;
+            sent += match grouped.as_slice() {
+                [one] => send(event, one, rendered, now),
+                members => send_group(event, members, &group_head(members.iter()), rendered, now),
+            };
         }
     }
-    sent + match grouped.as_slice() {
-        [] => 0,
-        [one] => send(event, one, rendered, now),
-        members => send_group(event, members, &group_head(members.iter()), rendered, now),
-    }
+    sent
 }
 
 /// `{"type":"change_group","query_ids":[...],"change_type":"`, the start of the
