@@ -980,6 +980,85 @@ async fn group_frames_follow_subscribes_and_unsubscribes() {
     assert!(ws.sync().await.is_empty(), "nothing else");
 }
 
+/// A member joining a group while changes flow (a user entering a busy room, with
+/// `last_rows`): its changes wait for its `initial_data`, the group goes on without it
+/// meanwhile. Each round subscribes one more member and writes a row at once; whichever
+/// way the two meet, every earlier member gets the row exactly once, and the new one has it
+/// in its `initial_data` or as one change after it.
+#[tokio::test]
+async fn a_member_joining_a_group_while_rows_arrive_misses_and_repeats_nothing() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let c1 = "SELECT id FROM app.messages WHERE conversation_id = 'c1'";
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe("m0", c1, json!({"group": true})).await;
+    ws.expect_subscribed("m0").await;
+    for round in 1..=12i64 {
+        let joining = format!("m{round}");
+        ws.subscribe(&joining, c1, json!({"group": true, "last_rows": 1}))
+            .await;
+        node.exec(&alice, &insert_msg(round, "c1", "hello")).await;
+        // Until the earlier members have the row and the new one its initial_data; then a
+        // sync: the node answers the ping after everything of the subscribe is queued.
+        let mut got: Vec<Value> = Vec::new();
+        let has = |got: &[Value], query_id: &str, kind: &str| {
+            got.iter().any(|m| {
+                m["type"] == kind
+                    && (m["query_id"] == query_id
+                        || m["query_ids"]
+                            .as_array()
+                            .is_some_and(|ids| ids.iter().any(|q| q == query_id)))
+            })
+        };
+        while !((0..round).all(|m| {
+            has(&got, &format!("m{m}"), "change") || has(&got, &format!("m{m}"), "change_group")
+        }) && has(&got, &joining, "initial_data"))
+        {
+            got.push(ws.recv().await);
+        }
+        got.extend(ws.sync().await);
+
+        let mut changes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut initial_at = None;
+        for (at, msg) in got.iter().enumerate() {
+            match msg["type"].as_str() {
+                Some("change") => changes.entry(text(&msg["query_id"])).or_default().push(at),
+                Some("change_group") => {
+                    for q in msg["query_ids"].as_array().expect("query_ids") {
+                        changes.entry(text(q)).or_default().push(at);
+                    }
+                }
+                Some("initial_data") => initial_at = Some(at),
+                _ => {}
+            }
+            if msg["type"] == "change" || msg["type"] == "change_group" {
+                assert_eq!(msg["rows"], json!([{"id": round}]), "round {round}: {msg}");
+            }
+        }
+        for m in 0..round {
+            assert_eq!(
+                changes.get(&format!("m{m}")).map(Vec::len),
+                Some(1),
+                "round {round}: m{m} gets the row once: {got:#?}"
+            );
+        }
+        let initial_at = initial_at.expect("initial_data");
+        let initial_ids = ids(got[initial_at]["rows"].as_array().expect("rows"));
+        match changes.get(&joining).map(Vec::as_slice) {
+            None => assert_eq!(
+                initial_ids,
+                [round],
+                "round {round}: in initial_data: {got:#?}"
+            ),
+            Some([at]) => assert!(
+                *at > initial_at,
+                "round {round}: after initial_data: {got:#?}"
+            ),
+            Some(more) => panic!("round {round}: {joining} got the row {} times", more.len()),
+        }
+    }
+}
+
 async fn next(live: &mut kalam_client::LiveConnection) -> kalam_client::ServerMessage {
     tokio::time::timeout(Duration::from_secs(10), live.next())
         .await
