@@ -70,6 +70,15 @@ fn engine(c: &mut Criterion) {
         }
     });
 
+    // The parse alone: every request pays it before anything else.
+    c.bench_function("parse_single_row_insert", |b| {
+        b.iter(|| {
+            let (stmts, err) =
+                parse_statements(std::hint::black_box("INSERT INTO b.m (content) VALUES ('hello 1')"));
+            assert!(err.is_none() && stmts.len() == 1);
+            stmts
+        })
+    });
     let mut i = 0u64;
     c.bench_function("insert_single_row", |b| {
         b.iter(|| {

@@ -61,6 +61,15 @@ fn to_value(scalar: &ScalarValue, t: KalamType, column: &str) -> Result<Value> {
     if scalar.is_null() {
         return Ok(Value::Null);
     }
+    // A literal already of the column's type needs no cast (the commonest INSERT); the
+    // Arrow round trip below would give the same value.
+    match (scalar, t) {
+        (ScalarValue::Utf8(Some(s)), KalamType::Text) => return Ok(Value::Text(s.clone())),
+        (ScalarValue::Int64(Some(i)), KalamType::BigInt) => return Ok(Value::Int(*i)),
+        (ScalarValue::Float64(Some(f)), KalamType::Double) => return Ok(Value::Float(*f)),
+        (ScalarValue::Boolean(Some(b)), KalamType::Boolean) => return Ok(Value::Bool(*b)),
+        _ => {}
+    }
     let array = scalar.to_array_of_size(1).map_err(KalamError::from)?;
     let cast = cast_to_column(&array, t, column)?;
     value_at(&cast, 0, t, column)
@@ -192,6 +201,24 @@ mod tests {
             None,
             "a DEFAULT that cannot convert is the planner's to report"
         );
+    }
+
+    #[test]
+    fn literals_of_the_column_type_keep_their_value() {
+        let cases = [
+            (ScalarValue::Utf8(Some("héllo".into())), KalamType::Text, Value::Text("héllo".into())),
+            (ScalarValue::Int64(Some(i64::MIN)), KalamType::BigInt, Value::Int(i64::MIN)),
+            (ScalarValue::Float64(Some(-0.5)), KalamType::Double, Value::Float(-0.5)),
+            (ScalarValue::Boolean(Some(true)), KalamType::Boolean, Value::Bool(true)),
+            (ScalarValue::Utf8(None), KalamType::Text, Value::Null),
+        ];
+        for (scalar, t, expected) in cases {
+            assert_eq!(to_value(&scalar, t, "c").unwrap(), expected, "{scalar:?} as {t:?}");
+        }
+        assert!(matches!(
+            to_value(&ScalarValue::Utf8(Some("{}".into())), KalamType::Json, "j"),
+            Ok(Value::Text(_))
+        ));
     }
 
     #[test]

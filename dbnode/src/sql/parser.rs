@@ -262,31 +262,29 @@ fn check_operator_count(tokens: &[TokenWithSpan]) -> Result<()> {
 fn accept_empty_parens_after_session_functions(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     let is_session_fn = |t: &Token| matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("current_user"));
     let significant = |t: &Token| !matches!(t, Token::Whitespace(_));
-    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
-    let mut i = 0;
-    while i < tokens.len() {
-        let token = tokens[i].clone();
-        i += 1;
-        if is_session_fn(&token.token) {
-            let mut j = i;
-            while j < tokens.len() && !significant(&tokens[j].token) {
-                j += 1;
-            }
-            if j < tokens.len() && tokens[j].token == Token::LParen {
-                let mut k = j + 1;
-                while k < tokens.len() && !significant(&tokens[k].token) {
-                    k += 1;
-                }
-                if k < tokens.len() && tokens[k].token == Token::RParen {
-                    out.push(token);
-                    i = k + 1;
-                    continue;
-                }
+    // The tokens of `CURRENT_USER` `(` `)` to drop (whitespace included), found first so
+    // that a text without the function keeps its tokens as they are.
+    let mut drop = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if !is_session_fn(&t.token) {
+            continue;
+        }
+        let next = |from: usize| (from..tokens.len()).find(|&j| significant(&tokens[j].token));
+        if let Some(open) = next(i + 1).filter(|&j| tokens[j].token == Token::LParen) {
+            if let Some(close) = next(open + 1).filter(|&k| tokens[k].token == Token::RParen) {
+                drop.push((i + 1)..=close);
             }
         }
-        out.push(token);
     }
-    out
+    if drop.is_empty() {
+        return tokens;
+    }
+    tokens
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !drop.iter().any(|r| r.contains(i)))
+        .map(|(_, t)| t)
+        .collect()
 }
 
 fn parse_error(e: ParserError) -> KalamError {
@@ -299,19 +297,22 @@ fn parse_error(e: ParserError) -> KalamError {
 }
 
 /// The upper-cased unquoted word `n` tokens ahead, if that token is a word.
-fn word_at(p: &Parser, n: usize) -> Option<String> {
-    match p.peek_nth_token(n).token {
-        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
-        _ => None,
-    }
+/// Whether the `n`th token ahead is the unquoted keyword `upper` (given in upper case), in
+/// any case. Borrows the token: every request's first words go through here.
+fn word_at(p: &Parser, n: usize, upper: &str) -> bool {
+    matches!(&p.peek_nth_token_ref(n).token,
+        Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(upper))
 }
 
 fn words_are(p: &Parser, words: &[&str]) -> bool {
-    words
-        .iter()
-        .enumerate()
-        .all(|(i, w)| word_at(p, i).as_deref() == Some(*w))
+    words.iter().enumerate().all(|(i, w)| word_at(p, i, w))
 }
+
+/// The first words of KalamDB's own statements. A statement starting with any other word
+/// (`INSERT`, `SELECT`, `UPDATE`, `DELETE`, ...) goes to `sqlparser` without the checks.
+const EXTENSION_LEADS: [&str; 10] = [
+    "CREATE", "ALTER", "DROP", "SHOW", "DESCRIBE", "DESC", "FLUSH", "KILL", "BACKUP", "RESTORE",
+];
 
 /// Consumes `words` if they come next.
 fn eat(p: &mut Parser, words: &[&str]) -> bool {
@@ -338,11 +339,19 @@ fn expect(p: &mut Parser, words: &[&str]) -> Result<()> {
 }
 
 fn parse_one(p: &mut Parser) -> Result<KalamStatement> {
-    let kind_word = |p: &Parser, n: usize| match word_at(p, n).as_deref() {
-        Some("USER") => Some(TableKind::User),
-        Some("SHARED") => Some(TableKind::Shared),
-        Some("STREAM") => Some(TableKind::Stream),
-        _ => None,
+    if !EXTENSION_LEADS.iter().any(|w| word_at(p, 0, w)) {
+        let stmt = p.parse_statement().map_err(parse_error)?;
+        return Ok(KalamStatement::Sql(Box::new(stmt)));
+    }
+    let kind_word = |p: &Parser, n: usize| {
+        [
+            ("USER", TableKind::User),
+            ("SHARED", TableKind::Shared),
+            ("STREAM", TableKind::Stream),
+        ]
+        .into_iter()
+        .find(|(w, _)| word_at(p, n, w))
+        .map(|(_, kind)| kind)
     };
     if words_are(p, &["CREATE", "NAMESPACE"]) {
         p.next_token();
@@ -384,7 +393,7 @@ fn parse_one(p: &mut Parser) -> Result<KalamStatement> {
         p.next_token();
         return Ok(KalamStatement::ShowNamespaces);
     }
-    if word_at(p, 0).as_deref() == Some("CREATE") && word_at(p, 2).as_deref() == Some("TABLE") {
+    if word_at(p, 0, "CREATE") && word_at(p, 2, "TABLE") {
         if let Some(kind) = kind_word(p, 1) {
             p.next_token();
             p.next_token();
@@ -397,10 +406,10 @@ fn parse_one(p: &mut Parser) -> Result<KalamStatement> {
             "say which kind of table: CREATE USER TABLE, CREATE SHARED TABLE or CREATE STREAM TABLE".into(),
         ));
     }
-    if word_at(p, 0).as_deref() == Some("DROP") {
+    if word_at(p, 0, "DROP") {
         let kind = kind_word(p, 1);
         let table_at = if kind.is_some() { 2 } else { 1 };
-        if word_at(p, table_at).as_deref() == Some("TABLE") {
+        if word_at(p, table_at, "TABLE") {
             for _ in 0..=table_at {
                 p.next_token();
             }
@@ -422,7 +431,7 @@ fn parse_one(p: &mut Parser) -> Result<KalamStatement> {
         };
         return Ok(KalamStatement::ShowTables { namespace });
     }
-    if matches!(word_at(p, 0).as_deref(), Some("DESCRIBE" | "DESC")) {
+    if word_at(p, 0, "DESCRIBE") || word_at(p, 0, "DESC") {
         p.next_token();
         eat(p, &["TABLE"]);
         let table = table_id(p)?;
@@ -485,7 +494,7 @@ fn parse_one(p: &mut Parser) -> Result<KalamStatement> {
             options: backup_options(p)?,
         });
     }
-    if matches!(word_at(p, 0).as_deref(), Some("BACKUP" | "RESTORE")) {
+    if word_at(p, 0, "BACKUP") || word_at(p, 0, "RESTORE") {
         return Err(KalamError::SqlParse(
             "expected BACKUP NAMESPACE ns TO '<url>' or RESTORE NAMESPACE ns FROM '<url>'".into(),
         ));
