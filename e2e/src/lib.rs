@@ -18,9 +18,14 @@ pub mod operator;
 pub mod pod;
 pub mod process;
 
-/// The workspace root (where `crds/`, `charts/` and `examples/` live).
+/// The workspace root (where `crds/`, `charts/` and `examples/` live): from the
+/// `CARGO_MANIFEST_DIR` cargo sets when it runs the tests, so that a test binary a shared
+/// `CARGO_TARGET_DIR` kept from a checkout elsewhere reads this checkout's files; the path
+/// compiled in when run by hand.
 pub fn repo_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
         .parent()
         .expect("e2e/ is inside the workspace")
         .to_path_buf()

@@ -1615,7 +1615,12 @@ pub fn write_credentials(dir: &Path, name: &str, endpoint: &str) {
 /// Runs `python3 tests/it/tools/parquet_check.py <args>` (pyarrow reads the files) and returns
 /// its JSON: `{"files": [{"path", "size", "rows", "columns", "types", "compression", "data"}]}`.
 pub fn parquet_check(args: &[&str]) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/tools/parquet_check.py");
+    // Where cargo runs the tests (a binary in a shared CARGO_TARGET_DIR may have been
+    // compiled in another checkout).
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let script = manifest_dir.join("tests/it/tools/parquet_check.py");
     let out = std::process::Command::new("python3")
         .arg(&script)
         .args(args)

@@ -5,7 +5,12 @@ use std::path::PathBuf;
 
 #[test]
 fn crds_up_to_date() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    // The directory cargo runs the test for, not the one it was compiled in: a test binary
+    // kept in a shared CARGO_TARGET_DIR may come from a checkout elsewhere.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let dir = manifest_dir.join("../crds");
     let files = kalam_operator::crd::files().expect("rendering the CRDs");
     let update = std::env::var("KALAM_UPDATE_CRDS").is_ok_and(|v| v == "1");
     let mut stale = Vec::new();
