@@ -73,8 +73,9 @@ fn engine(c: &mut Criterion) {
     // The parse alone: every request pays it before anything else.
     c.bench_function("parse_single_row_insert", |b| {
         b.iter(|| {
-            let (stmts, err) =
-                parse_statements(std::hint::black_box("INSERT INTO b.m (content) VALUES ('hello 1')"));
+            let (stmts, err) = parse_statements(std::hint::black_box(
+                "INSERT INTO b.m (content) VALUES ('hello 1')",
+            ));
             assert!(err.is_none() && stmts.len() == 1);
             stmts
         })

@@ -206,14 +206,34 @@ mod tests {
     #[test]
     fn literals_of_the_column_type_keep_their_value() {
         let cases = [
-            (ScalarValue::Utf8(Some("héllo".into())), KalamType::Text, Value::Text("héllo".into())),
-            (ScalarValue::Int64(Some(i64::MIN)), KalamType::BigInt, Value::Int(i64::MIN)),
-            (ScalarValue::Float64(Some(-0.5)), KalamType::Double, Value::Float(-0.5)),
-            (ScalarValue::Boolean(Some(true)), KalamType::Boolean, Value::Bool(true)),
+            (
+                ScalarValue::Utf8(Some("héllo".into())),
+                KalamType::Text,
+                Value::Text("héllo".into()),
+            ),
+            (
+                ScalarValue::Int64(Some(i64::MIN)),
+                KalamType::BigInt,
+                Value::Int(i64::MIN),
+            ),
+            (
+                ScalarValue::Float64(Some(-0.5)),
+                KalamType::Double,
+                Value::Float(-0.5),
+            ),
+            (
+                ScalarValue::Boolean(Some(true)),
+                KalamType::Boolean,
+                Value::Bool(true),
+            ),
             (ScalarValue::Utf8(None), KalamType::Text, Value::Null),
         ];
         for (scalar, t, expected) in cases {
-            assert_eq!(to_value(&scalar, t, "c").unwrap(), expected, "{scalar:?} as {t:?}");
+            assert_eq!(
+                to_value(&scalar, t, "c").unwrap(),
+                expected,
+                "{scalar:?} as {t:?}"
+            );
         }
         assert!(matches!(
             to_value(&ScalarValue::Utf8(Some("{}".into())), KalamType::Json, "j"),
