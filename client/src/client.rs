@@ -86,10 +86,10 @@ impl ClientError {
 
     /// True when no connection to the node could be made (it is down, or the URL is wrong).
     pub fn is_connect(&self) -> bool {
-        match self {
-            ClientError::Connect { .. } | ClientError::WebSocketConnect { .. } => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            ClientError::Connect { .. } | ClientError::WebSocketConnect { .. }
+        )
     }
 
     /// True when the node refused the credentials: HTTP 401 (on `/api/sql` or on the `/ws`

@@ -136,10 +136,51 @@ pub struct LiveConnection {
     /// The rest of a `change_group` frame, one `change` per subscription, with the frame.
     split: VecDeque<(ServerMessage, Utf8Bytes)>,
     /// `query_id` -> `live_id` of this connection's subscriptions, from their `subscribed`:
-    /// a `change_group` names its subscriptions by `query_id` only. Kept after an
-    /// unsubscribe, since changes queued before the node took it may still name the
-    /// subscription; a new `subscribed` for the same `query_id` replaces the entry.
-    live_ids: HashMap<String, String>,
+    /// a `change_group` names its subscriptions by `query_id` only.
+    live_ids: LiveIds,
+}
+
+/// How many unsubscribed `query_id`s a connection still resolves: the node has no answer to
+/// `unsubscribe`, so changes it queued before it took one may come after it.
+const RETIRED_QUERY_IDS: usize = 1024;
+
+/// The `live_id` of each `query_id` of a connection: its subscriptions, and the last
+/// [`RETIRED_QUERY_IDS`] it unsubscribed. Bounded, so that a relay that subscribes with a
+/// fresh `query_id` each time does not grow the map for as long as the connection lives.
+#[derive(Debug, Default)]
+struct LiveIds {
+    ids: HashMap<String, String>,
+    /// Unsubscribed `(query_id, live_id)`s, oldest first.
+    retired: VecDeque<(String, String)>,
+}
+
+impl LiveIds {
+    /// A `subscribed`: a new subscription, or a new one under a retired `query_id`.
+    fn subscribed(&mut self, query_id: &str, live_id: &str) {
+        self.ids.insert(query_id.to_owned(), live_id.to_owned());
+    }
+
+    /// An `unsubscribe` sent: the id stays until [`RETIRED_QUERY_IDS`] later ones push it out
+    /// (unless a new `subscribed` took the `query_id` meanwhile, which keeps it).
+    fn unsubscribed(&mut self, query_id: &str) {
+        let Some(live_id) = self.ids.get(query_id) else {
+            return;
+        };
+        self.retired
+            .push_back((query_id.to_owned(), live_id.clone()));
+        while self.retired.len() > RETIRED_QUERY_IDS {
+            let Some((old_query, old_live)) = self.retired.pop_front() else {
+                break;
+            };
+            if self.ids.get(&old_query) == Some(&old_live) {
+                self.ids.remove(&old_query);
+            }
+        }
+    }
+
+    fn get(&self, query_id: &str) -> Option<&str> {
+        self.ids.get(query_id).map(String::as_str)
+    }
 }
 
 impl LiveConnection {
@@ -196,7 +237,7 @@ impl LiveConnection {
             ended: false,
             pending: None,
             split: VecDeque::new(),
-            live_ids: HashMap::new(),
+            live_ids: LiveIds::default(),
         })
     }
 
@@ -208,16 +249,15 @@ impl LiveConnection {
 
     /// Ends one subscription of this connection.
     pub async fn unsubscribe(&mut self, query_id: impl Into<String>) -> Result<(), ClientError> {
-        self.send(&ClientMessage::Unsubscribe {
-            query_id: query_id.into(),
-        })
-        .await
+        let query_id = query_id.into();
+        self.live_ids.unsubscribed(&query_id);
+        self.send(&ClientMessage::Unsubscribe { query_id }).await
     }
 
     /// The `live_id` of a subscription of this connection, once its `subscribed` has been
     /// read (a `change_group` from [`next_frame`](Self::next_frame) names only `query_id`s).
     pub fn live_id(&self, query_id: &str) -> Option<&str> {
-        self.live_ids.get(query_id).map(String::as_str)
+        self.live_ids.get(query_id)
     }
 
     /// Sends a protocol-level `ping`; the node answers [`ServerMessage::Pong`]. (WebSocket
@@ -286,7 +326,7 @@ impl LiveConnection {
         let text = self.next_text().await?;
         let parsed = text.and_then(|text| Ok((parse_server_message(text.as_str())?, text)));
         if let Ok((ServerMessage::Subscribed { query_id, live_id }, _)) = &parsed {
-            self.live_ids.insert(query_id.clone(), live_id.clone());
+            self.live_ids.subscribed(query_id, live_id);
         }
         Some(parsed)
     }
@@ -382,10 +422,7 @@ impl fmt::Debug for LiveConnection {
 /// The changes a `change_group` stands for, one per subscription it names, each with the
 /// `live_id` its `subscribed` gave (anything else as it is). A `query_id` this connection
 /// has no `subscribed` for is a protocol error.
-fn ungroup(
-    message: ServerMessage,
-    live_ids: &HashMap<String, String>,
-) -> Result<Vec<ServerMessage>, ClientError> {
+fn ungroup(message: ServerMessage, live_ids: &LiveIds) -> Result<Vec<ServerMessage>, ClientError> {
     let ServerMessage::ChangeGroup {
         query_ids,
         change_type,
@@ -399,7 +436,7 @@ fn ungroup(
     query_ids
         .into_iter()
         .map(|query_id| {
-            let live_id = live_ids.get(&query_id).cloned().ok_or_else(|| {
+            let live_id = live_ids.get(&query_id).map(str::to_owned).ok_or_else(|| {
                 ClientError::WebSocket(format!(
                     "a change_group names query_id {query_id:?}, which has no subscribed on \
                      this connection"
@@ -528,10 +565,11 @@ mod tests {
             r#"{"type":"change_group","query_ids":["a","b"],"change_type":"UPDATE","rows":[{"id":1}],"old_values":[{"id":0}],"seq":8}"#,
         )
         .unwrap();
-        let mut live_ids = HashMap::from([("a".to_string(), "la".to_string())]);
+        let mut live_ids = LiveIds::default();
+        live_ids.subscribed("a", "la");
         let error = ungroup(group.clone(), &live_ids).unwrap_err();
         assert!(error.to_string().contains(r#"query_id "b""#), "{error}");
-        live_ids.insert("b".into(), "lb".into());
+        live_ids.subscribed("b", "lb");
         let changes = ungroup(group, &live_ids).unwrap();
         let names: Vec<_> = changes
             .iter()
@@ -557,5 +595,42 @@ mod tests {
             ungroup(ServerMessage::Pong, &live_ids).unwrap(),
             [ServerMessage::Pong]
         );
+    }
+
+    #[test]
+    fn unsubscribed_query_ids_resolve_for_a_while_and_then_are_forgotten() {
+        let mut ids = LiveIds::default();
+        ids.subscribed("kept", "l-kept");
+        ids.subscribed("gone", "l-gone");
+        ids.unsubscribed("gone");
+        assert_eq!(
+            ids.get("gone"),
+            Some("l-gone"),
+            "late changes still resolve"
+        );
+        // Subscribed again under the same query_id before it is pushed out: the new
+        // subscription keeps its id when the old one's turn comes.
+        ids.subscribed("again", "l-again-1");
+        ids.unsubscribed("again");
+        ids.subscribed("again", "l-again-2");
+        for i in 0..RETIRED_QUERY_IDS {
+            let q = format!("q{i}");
+            ids.subscribed(&q, &format!("l{i}"));
+            ids.unsubscribed(&q);
+        }
+        assert_eq!(ids.get("gone"), None);
+        assert_eq!(ids.get("again"), Some("l-again-2"));
+        assert_eq!(ids.get("kept"), Some("l-kept"));
+        assert_eq!(
+            ids.get(&format!("q{}", RETIRED_QUERY_IDS - 1)),
+            Some("l1023")
+        );
+        assert_eq!(
+            ids.ids.len(),
+            RETIRED_QUERY_IDS + 2,
+            "live ones plus the retired ones"
+        );
+        ids.unsubscribed("never subscribed");
+        assert_eq!(ids.retired.len(), RETIRED_QUERY_IDS);
     }
 }
