@@ -149,37 +149,45 @@ const RETIRED_QUERY_IDS: usize = 1024;
 /// fresh `query_id` each time does not grow the map for as long as the connection lives.
 #[derive(Debug, Default)]
 struct LiveIds {
-    ids: HashMap<String, String>,
-    /// Unsubscribed `(query_id, live_id)`s, oldest first.
-    retired: VecDeque<(String, String)>,
+    /// `query_id` -> its `live_id` and the number of the `subscribed` that gave it.
+    ids: HashMap<String, (String, u64)>,
+    /// Unsubscribed `query_id`s with the number of their `subscribed`, oldest first.
+    retired: VecDeque<(String, u64)>,
+    subscribes: u64,
 }
 
 impl LiveIds {
-    /// A `subscribed`: a new subscription, or a new one under a retired `query_id`.
+    /// A `subscribed`: a new subscription, or a new one under a retired `query_id` (whose
+    /// `live_id` is the same again on the same table: the node derives it from the ids).
     fn subscribed(&mut self, query_id: &str, live_id: &str) {
-        self.ids.insert(query_id.to_owned(), live_id.to_owned());
+        self.subscribes += 1;
+        self.ids
+            .insert(query_id.to_owned(), (live_id.to_owned(), self.subscribes));
     }
 
     /// An `unsubscribe` sent: the id stays until [`RETIRED_QUERY_IDS`] later ones push it out
     /// (unless a new `subscribed` took the `query_id` meanwhile, which keeps it).
     fn unsubscribed(&mut self, query_id: &str) {
-        let Some(live_id) = self.ids.get(query_id) else {
+        let Some((_, number)) = self.ids.get(query_id) else {
             return;
         };
-        self.retired
-            .push_back((query_id.to_owned(), live_id.clone()));
+        self.retired.push_back((query_id.to_owned(), *number));
         while self.retired.len() > RETIRED_QUERY_IDS {
-            let Some((old_query, old_live)) = self.retired.pop_front() else {
+            let Some((old_query, old_number)) = self.retired.pop_front() else {
                 break;
             };
-            if self.ids.get(&old_query) == Some(&old_live) {
+            if self
+                .ids
+                .get(&old_query)
+                .is_some_and(|(_, n)| *n == old_number)
+            {
                 self.ids.remove(&old_query);
             }
         }
     }
 
     fn get(&self, query_id: &str) -> Option<&str> {
-        self.ids.get(query_id).map(String::as_str)
+        self.ids.get(query_id).map(|(live_id, _)| live_id.as_str())
     }
 }
 
@@ -608,18 +616,19 @@ mod tests {
             Some("l-gone"),
             "late changes still resolve"
         );
-        // Subscribed again under the same query_id before it is pushed out: the new
-        // subscription keeps its id when the old one's turn comes.
-        ids.subscribed("again", "l-again-1");
+        // Subscribed again under the same query_id before it is pushed out, with the same
+        // live_id (the node derives it from user, connection, table and query_id): the new
+        // subscription keeps its entry when the old one's turn comes.
+        ids.subscribed("again", "l-again");
         ids.unsubscribed("again");
-        ids.subscribed("again", "l-again-2");
+        ids.subscribed("again", "l-again");
         for i in 0..RETIRED_QUERY_IDS {
             let q = format!("q{i}");
             ids.subscribed(&q, &format!("l{i}"));
             ids.unsubscribed(&q);
         }
         assert_eq!(ids.get("gone"), None);
-        assert_eq!(ids.get("again"), Some("l-again-2"));
+        assert_eq!(ids.get("again"), Some("l-again"));
         assert_eq!(ids.get("kept"), Some("l-kept"));
         assert_eq!(
             ids.get(&format!("q{}", RETIRED_QUERY_IDS - 1)),

@@ -309,7 +309,8 @@ fn words_are(p: &Parser, words: &[&str]) -> bool {
 }
 
 /// The first words of KalamDB's own statements. A statement starting with any other word
-/// (`INSERT`, `SELECT`, `UPDATE`, `DELETE`, ...) goes to `sqlparser` without the checks.
+/// (`INSERT`, `SELECT`, `UPDATE`, `DELETE`, ...) goes to `sqlparser` without the checks of
+/// [`parse_one`], so a new statement there needs its first word here.
 const EXTENSION_LEADS: [&str; 10] = [
     "CREATE", "ALTER", "DROP", "SHOW", "DESCRIBE", "DESC", "FLUSH", "KILL", "BACKUP", "RESTORE",
 ];
