@@ -189,17 +189,22 @@ impl Conn {
             let body = response.into_body().collect().await?.to_bytes();
             Ok((status, body))
         };
-        tokio::pin!(exchange);
-        tokio::select! {
-            biased;
-            answer = &mut exchange => answer,
-            // The connection ended before the answer was complete. Its pending request is
-            // failed as it ends, so the exchange now resolves with hyper's reason.
-            _ = io.as_mut() => {
-                *ended = true;
-                exchange.await
+        // The request handle and the connection wake each other (the request handed over,
+        // the answer handed back); inline, those wakes do not send the task to another thread.
+        crate::task::inline_self_wakes(async {
+            tokio::pin!(exchange);
+            tokio::select! {
+                biased;
+                answer = &mut exchange => answer,
+                // The connection ended before the answer was complete. Its pending request is
+                // failed as it ends, so the exchange now resolves with hyper's reason.
+                _ = io.as_mut() => {
+                    *ended = true;
+                    exchange.await
+                }
             }
-        }
+        })
+        .await
     }
 }
 

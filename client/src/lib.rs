@@ -6,6 +6,9 @@
 //! - [`live`]: [`LiveConnection`], the async live-query client over one WebSocket.
 //! - [`client`]: [`KalamClient`], a small async HTTP client, cheap to clone and fit for
 //!   latency benchmarks; its keep-alive connection pool is [`http`] (crate-private).
+//! - [`task`]: [`task::inline_self_wakes`], which keeps a future whose parts wake each
+//!   other (an HTTP exchange driven in one task) on the thread that runs it; the node
+//!   serves its connections with it too.
 //! - [`table`]: psql-style text rendering of results and errors, for people.
 //! - [`token`]: the JWT claims of `API.md` §2 and HS256 minting, shared with the node.
 //! - the `kalam` binary (`src/bin/kalam.rs`): a command-line client built on the above.
@@ -19,6 +22,7 @@ mod http;
 pub mod live;
 pub mod live_wire;
 pub mod table;
+pub mod task;
 pub mod token;
 pub mod wire;
 

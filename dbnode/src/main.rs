@@ -166,13 +166,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     println!("kalamdb listening on http://{addr}");
     std::io::stdout().flush()?;
     let app = kalam_dbnode::api::router(node.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            node.set_draining();
-            tracing::info!("shutting down");
-        })
-        .await?;
+    kalam_dbnode::api::serve(listener, app, async move {
+        shutdown_signal().await;
+        node.set_draining();
+        tracing::info!("shutting down");
+    })
+    .await;
     Ok(())
 }
 

@@ -2,8 +2,11 @@
 //! the body-size limit, request logs (method, path, status, latency: never headers, query
 //! strings or bodies, which may carry tokens) and per-route metrics.
 
+mod serve;
 mod sql;
 mod ws;
+
+pub use serve::serve;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

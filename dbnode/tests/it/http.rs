@@ -1,7 +1,8 @@
 //! The HTTP surface besides SQL semantics (API.md §1): `/healthz` and `/readyz` without
 //! authentication, Prometheus `/metrics` with per-kind statement counters and durations, CORS
 //! preflight and simple requests, unknown routes, the one stdout line of the process, the
-//! `--config` file, and the `kalam-client` crate talking to a real node.
+//! `--config` file, the `kalam-client` crate talking to a real node, and a graceful stop
+//! with requests in flight.
 
 use serde_json::json;
 
@@ -191,6 +192,55 @@ async fn some_requests(node: &TestNode) {
     .await;
     let resp = node.sql("garbage", "SELECT 1").await;
     node.assert_error(&resp, "UNAUTHORIZED", "garbage token");
+}
+
+/// SIGTERM with one request half-sent and one keep-alive connection idle: the node answers
+/// the request (closing that connection after it), does not wait for the idle connection,
+/// and exits once the answer is out.
+#[tokio::test]
+async fn a_stop_answers_the_request_in_flight_and_then_exits() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let node = TestNode::start().await;
+    let addr = node.url().trim_start_matches("http://").to_owned();
+    let idle = TcpStream::connect(&addr).await.expect("connecting");
+    let mut busy = TcpStream::connect(&addr).await.expect("connecting");
+    let body = r#"{"sql": "SELECT 41 + 1 AS answer"}"#;
+    let head = format!(
+        "POST /api/sql HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        admin_token(),
+        body.len()
+    );
+    let (first, rest) = body.split_at(10);
+    busy.write_all(head.as_bytes()).await.unwrap();
+    busy.write_all(first.as_bytes()).await.unwrap();
+    // The node has the request's head before it is told to stop.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let stopping = tokio::spawn(node.stop());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the node exited with a request half-received"
+    );
+    busy.write_all(rest.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        busy.read_to_string(&mut answer),
+    )
+    .await
+    .expect("the connection is closed after the answer")
+    .expect("reading the answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""answer":42"#), "{answer}");
+    tokio::time::timeout(std::time::Duration::from_secs(30), stopping)
+        .await
+        .expect("the node exits after the answer")
+        .expect("stop");
+    drop(idle);
 }
 
 #[tokio::test]

@@ -1,0 +1,79 @@
+//! The HTTP server loop: accept connections, serve each in a task of its own with hyper's
+//! HTTP/1 server (upgrades on, for `GET /ws`), and on shutdown stop accepting, let every
+//! connection finish the request it is in, and wait for them.
+//!
+//! This is what `axum::serve` with a graceful shutdown does, with one difference: each
+//! connection's future runs under [`inline_self_wakes`]. hyper hands a request's body to
+//! the handler, and the handler's answer back, through channels polled by the same task,
+//! and Tokio treats a task woken by itself like one that yielded: to the back of the queue,
+//! with the other worker thread woken to steal it. Every request paid those wakeups (and
+//! often moved to the other CPU) for nothing; see docs/performance.md.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::pin;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::serve::Listener;
+use axum::Router;
+use futures::FutureExt;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use kalam_client::task::inline_self_wakes;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+/// Serves `app` on `listener` until `shutdown` resolves and every connection has ended.
+pub async fn serve<L>(
+    mut listener: L,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) where
+    L: Listener,
+    L::Addr: Debug,
+{
+    // Dropping `stop_rx` (on the signal) closes `stop`: connections start their graceful
+    // shutdown. Each connection holds a `done_rx`; `done` closes once all have ended.
+    let (stop, stop_rx) = watch::channel(());
+    tokio::spawn(async move {
+        shutdown.await;
+        drop(stop_rx);
+    });
+    let (done, done_rx) = watch::channel(());
+    loop {
+        let (io, remote) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.closed() => break,
+        };
+        tracing::trace!(?remote, "connection accepted");
+        let service = TowerToHyperService::new(
+            app.clone()
+                .map_request(|request: Request<Incoming>| request.map(Body::new)),
+        );
+        let (stop, done_rx) = (stop.clone(), done_rx.clone());
+        tokio::spawn(inline_self_wakes(async move {
+            let mut connection = pin!(http1::Builder::new()
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades());
+            let mut stopping = pin!(stop.closed().fuse());
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::trace!(error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = &mut stopping => connection.as_mut().graceful_shutdown(),
+                }
+            }
+            drop(done_rx);
+        }));
+    }
+    drop(done_rx);
+    drop(listener);
+    done.closed().await;
+}
