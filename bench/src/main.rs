@@ -27,7 +27,7 @@ mod report;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Parser;
 
 use crate::measure::progress;
@@ -237,10 +237,19 @@ async fn interrupted() -> &'static str {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    // On a signal the run is dropped, which stops the node and PostgreSQL and removes
-    // their directories (their Drop impls), before the tool exits.
+    // The scenarios run in a task of the runtime, as an application's requests do, not in
+    // `main`'s `block_on`: there every socket event reached the waiting code through another
+    // thread (a worker polls the sockets, then wakes the main thread), one more wakeup per
+    // round trip for both systems' clients.
+    let mut run = tokio::spawn(async move { run(&args).await });
     tokio::select! {
-        result = run(&args) => result,
-        signal = interrupted() => bail!("interrupted ({signal}): the servers were stopped"),
+        result = &mut run => result.map_err(|e| anyhow!("the run panicked: {e}"))?,
+        signal = interrupted() => {
+            // Aborting drops the run, which stops the node and PostgreSQL and removes their
+            // directories (their Drop impls); awaiting it waits until that is done.
+            run.abort();
+            let _ = run.await;
+            bail!("interrupted ({signal}): the servers were stopped")
+        }
     }
 }
