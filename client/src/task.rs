@@ -12,7 +12,7 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU8, Ordering::AcqRel};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -22,9 +22,19 @@ use futures::task::AtomicWaker;
 /// to the scheduler, so one task cannot keep its thread from others.
 const MAX_INLINE_POLLS: usize = 16;
 
+/// [`WakeFlag::state`]: the future is being polled.
+const POLLING: u8 = 1;
+/// [`WakeFlag::state`]: the future was woken since its poll began.
+const WOKEN: u8 = 2;
+
 /// Runs `future`, polling it again at once (instead of rescheduling the task) when it woke
 /// its own task while being polled, as long as Tokio's cooperative budget lasts. Wakes from
 /// anywhere else (a socket becoming readable, another task) reach the task as usual.
+///
+/// A future that yields by waking itself and returning `Pending` is polled again up to
+/// [`MAX_INLINE_POLLS`] times before the task yields. `tokio::task::yield_now` and Tokio's
+/// own budget still yield at once on a worker thread: Tokio defers those wakes until the
+/// task's poll has returned.
 pub async fn inline_self_wakes<F: Future>(future: F) -> F::Output {
     let mut future = pin!(future);
     let flag = Arc::new(WakeFlag::default());
@@ -33,18 +43,16 @@ pub async fn inline_self_wakes<F: Future>(future: F) -> F::Output {
         flag.task.register(cx.waker());
         let mut inner = Context::from_waker(&waker);
         for _ in 0..MAX_INLINE_POLLS {
-            // In this order: a wake between the two stores reaches the task itself (a
-            // spurious poll at worst), never nobody.
-            flag.woken.store(false, SeqCst);
-            flag.polling.store(true, SeqCst);
+            // Read-modify-writes of one variable, here and in the waker: each wake is
+            // ordered before or after each of these, so it is seen by this loop (WOKEN set
+            // while POLLING) or it wakes the task (POLLING clear), never neither.
+            flag.state.swap(POLLING, AcqRel);
             let poll = future.as_mut().poll(&mut inner);
-            flag.polling.store(false, SeqCst);
+            let state = flag.state.swap(0, AcqRel);
             if poll.is_ready() {
                 return poll;
             }
-            // Not woken during the poll: whoever wakes it later finds `polling` false and
-            // wakes the task.
-            if !flag.woken.swap(false, SeqCst) {
+            if state & WOKEN == 0 {
                 return Poll::Pending;
             }
             // Out of budget, the future's Tokio resources would only answer Pending again.
@@ -63,8 +71,8 @@ pub async fn inline_self_wakes<F: Future>(future: F) -> F::Output {
 /// (the poll loop sees it), and passes any other on to the task.
 #[derive(Default)]
 struct WakeFlag {
-    woken: AtomicBool,
-    polling: AtomicBool,
+    /// [`POLLING`] and [`WOKEN`].
+    state: AtomicU8,
     task: AtomicWaker,
 }
 
@@ -74,10 +82,7 @@ impl Wake for WakeFlag {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        // `woken` before `polling` is read, against the poll loop's store of `polling`
-        // and then read of `woken`: one of the two sides sees the other's write.
-        self.woken.store(true, SeqCst);
-        if !self.polling.load(SeqCst) {
+        if self.state.fetch_or(WOKEN, AcqRel) & POLLING == 0 {
             self.task.wake();
         }
     }
@@ -85,23 +90,50 @@ impl Wake for WakeFlag {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    //! Each test runs its future in a spawned task on a two-worker runtime, where Tokio's
+    //! scheduler (and its deferred wakes) behave as in the node and the client, and counts
+    //! how often that task is polled.
+
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use std::time::Duration;
 
     use tokio::sync::{mpsc, oneshot};
 
     use super::*;
 
-    /// A future that wakes itself `n` times before it is ready, counting its polls.
+    /// Polls of the task running `future` (wrapped in [`inline_self_wakes`] when `inline`),
+    /// until it is done.
+    async fn task_polls<F>(future: F, inline: bool) -> usize
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let task = Arc::new(AtomicUsize::new(0));
+        let counted = task.clone();
+        let mut inner: Pin<Box<dyn Future<Output = ()> + Send>> = if inline {
+            Box::pin(inline_self_wakes(future))
+        } else {
+            Box::pin(future)
+        };
+        let counting = std::future::poll_fn(move |cx| {
+            counted.fetch_add(1, SeqCst);
+            inner.as_mut().poll(cx)
+        });
+        tokio::time::timeout(Duration::from_secs(30), tokio::spawn(counting))
+            .await
+            .expect("the task never finished: a wake was lost")
+            .unwrap();
+        task.load(SeqCst)
+    }
+
+    /// Wakes itself `left` times (returning Pending each time), then is ready.
     struct WakesItself {
         left: usize,
-        polls: Arc<AtomicUsize>,
     }
 
     impl Future for WakesItself {
         type Output = ();
-        fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-            self.polls.fetch_add(1, SeqCst);
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
             if self.left == 0 {
                 return Poll::Ready(());
             }
@@ -111,82 +143,111 @@ mod tests {
         }
     }
 
-    /// How often the task around the future was polled: the future itself is polled
-    /// `n + 1` times either way.
-    async fn task_polls(n: usize, inline: bool) -> (usize, usize) {
-        let (polls, task) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let future = WakesItself {
-            left: n,
-            polls: polls.clone(),
-        };
-        let counted = task.clone();
-        let counting = async move {
-            let mut inner = if inline {
-                Box::pin(inline_self_wakes(future))
-                    as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
-            } else {
-                Box::pin(future)
-            };
-            std::future::poll_fn(move |cx| {
-                counted.fetch_add(1, SeqCst);
-                inner.as_mut().poll(cx)
-            })
-            .await
-        };
-        tokio::spawn(counting).await.unwrap();
-        (polls.load(SeqCst), task.load(SeqCst))
+    /// Once: wakes itself from another thread, waiting until that thread has done it, and
+    /// returns Pending; then is ready.
+    struct WokenFromAnotherThread {
+        done: bool,
+    }
+
+    impl Future for WokenFromAnotherThread {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if std::mem::replace(&mut self.done, true) {
+                return Poll::Ready(());
+            }
+            let waker = cx.waker().clone();
+            std::thread::spawn(move || waker.wake()).join().unwrap();
+            Poll::Pending
+        }
+    }
+
+    async fn then_a_timer(first: impl Future<Output = ()>) {
+        first.await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn self_wakes_are_polled_again_within_one_poll_of_the_task() {
-        assert_eq!(task_polls(3, false).await, (4, 4));
-        assert_eq!(task_polls(3, true).await, (4, 1));
+    async fn wakes_during_the_poll_are_handled_inline_and_never_reach_the_task() {
+        // Three self-wakes, then a timer: inline the task is polled twice (the first poll,
+        // then the timer's wake). A self-wake that also reached the task would poll it again
+        // in between; without the wrapper each one does.
+        let self_wakes = || then_a_timer(WakesItself { left: 3 });
+        assert_eq!(task_polls(self_wakes(), true).await, 2);
+        assert_eq!(task_polls(self_wakes(), false).await, 5);
+        // The same for a wake from another thread that lands while the future is polled.
+        let foreign = || then_a_timer(WokenFromAnotherThread { done: false });
+        assert_eq!(task_polls(foreign(), true).await, 2);
+        assert_eq!(task_polls(foreign(), false).await, 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_future_that_keeps_waking_itself_still_yields_its_thread() {
         // More self-wakes than one poll of the task takes inline: the task is polled again
-        // by the scheduler, and the future still completes.
+        // by the scheduler, once per MAX_INLINE_POLLS wakes, and the future completes.
         let n = MAX_INLINE_POLLS * 3;
-        let (polls, task) = task_polls(n, true).await;
-        assert_eq!(polls, n + 1);
-        assert!(task >= 3, "{task} polls of the task for {n} self-wakes");
+        assert_eq!(task_polls(WakesItself { left: n }, true).await, 4);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn wakes_from_other_tasks_and_threads_are_not_lost() {
-        // Values sent from another thread at random moments, some while the receiving
-        // future is being polled: every one must arrive, and the run must not hang.
-        let (tx, mut rx) = mpsc::unbounded_channel::<usize>();
-        let sender = std::thread::spawn(move || {
-            for i in 0..10_000 {
-                tx.send(i).unwrap();
-                if i % 97 == 0 {
-                    std::thread::sleep(Duration::from_micros(50));
+    async fn tokio_budget_still_makes_the_task_yield() {
+        // Each receive spends a unit of the task's budget (128 per poll of the task); out of
+        // budget the channel answers Pending, and the task must yield, not spin inline.
+        let (tx, mut rx) = mpsc::unbounded_channel::<u32>();
+        for i in 0..1_000 {
+            tx.send(i).unwrap();
+        }
+        drop(tx);
+        let polls = task_polls(
+            async move {
+                let mut sum = 0u64;
+                while let Some(i) = rx.recv().await {
+                    sum += u64::from(i);
                 }
+                assert_eq!(sum, (0..1_000u64).sum::<u64>());
+            },
+            true,
+        )
+        .await;
+        assert!(
+            polls >= 1_000 / 128,
+            "{polls} polls of the task for 1,000 receives"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_wake_from_another_thread_arrives() {
+        // Each round completes only through one wake from a long-lived thread, which lands
+        // before, during or after the future's poll: a lost wake times the round out.
+        let (to_thread, from_test) = std::sync::mpsc::channel::<oneshot::Sender<u32>>();
+        let thread = std::thread::spawn(move || {
+            for (i, reply) in from_test.into_iter().enumerate() {
+                // Vary the moment the wake lands.
+                for _ in 0..(i % 7) * 50 {
+                    std::hint::spin_loop();
+                }
+                let _ = reply.send(i as u32);
             }
         });
-        let received = tokio::time::timeout(
-            Duration::from_secs(30),
-            inline_self_wakes(async move {
-                let mut sum = 0;
-                while let Some(i) = rx.recv().await {
-                    sum += i;
-                }
-                sum
-            }),
-        )
-        .await
-        .expect("a wake was lost");
-        sender.join().unwrap();
-        assert_eq!(received, (0..10_000).sum::<usize>());
+        let rounds = tokio::spawn(async move {
+            for i in 0..20_000u32 {
+                let (reply, answer) = oneshot::channel();
+                to_thread.send(reply).unwrap();
+                let got = tokio::time::timeout(Duration::from_secs(5), inline_self_wakes(answer))
+                    .await
+                    .unwrap_or_else(|_| panic!("round {i}: the wake was lost"))
+                    .unwrap();
+                assert_eq!(got, i);
+            }
+        });
+        rounds.await.unwrap();
+        thread.join().unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_and_its_answer_within_one_task_complete() {
         // The shape of an HTTP exchange driven in one task: one part sends, the other
-        // answers, both polled by the same task.
-        let result = inline_self_wakes(async {
+        // answers, both polled by the same task, which runs as a spawned task.
+        let exchange = tokio::spawn(inline_self_wakes(async {
             let (ask, mut asked) = mpsc::channel::<oneshot::Sender<u32>>(1);
             let server = async move {
                 while let Some(reply) = asked.recv().await {
@@ -206,8 +267,11 @@ mod tests {
                 total = client => total,
                 _ = server => unreachable!("the server ends only when the client has"),
             }
-        })
-        .await;
+        }));
+        let result = tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .expect("the exchange never finished: a wake was lost")
+            .unwrap();
         assert_eq!(result, 4200);
     }
 }

@@ -1,6 +1,7 @@
-//! The HTTP server loop: accept connections, serve each in a task of its own with hyper's
-//! HTTP/1 server (upgrades on, for `GET /ws`), and on shutdown stop accepting, let every
-//! connection finish the request it is in, and wait for them.
+//! The HTTP server loop: accept connections, serve each in a task of its own with
+//! hyper-util's server (HTTP/1.1 with upgrades, for `GET /ws`, and HTTP/2 for clients that
+//! start with its preface), and on shutdown stop accepting, let every connection finish the
+//! request it is in, and wait for them.
 //!
 //! This is what `axum::serve` with a graceful shutdown does, with one difference: each
 //! connection's future runs under [`inline_self_wakes`]. hyper hands a request's body to
@@ -19,8 +20,8 @@ use axum::serve::Listener;
 use axum::Router;
 use futures::FutureExt;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use kalam_client::task::inline_self_wakes;
 use tokio::sync::watch;
@@ -43,6 +44,7 @@ pub async fn serve<L>(
         drop(stop_rx);
     });
     let (done, done_rx) = watch::channel(());
+    let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let (io, remote) = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -53,11 +55,10 @@ pub async fn serve<L>(
             app.clone()
                 .map_request(|request: Request<Incoming>| request.map(Body::new)),
         );
-        let (stop, done_rx) = (stop.clone(), done_rx.clone());
+        let (stop, done_rx, builder) = (stop.clone(), done_rx.clone(), builder.clone());
         tokio::spawn(inline_self_wakes(async move {
-            let mut connection = pin!(http1::Builder::new()
-                .serve_connection(TokioIo::new(io), service)
-                .with_upgrades());
+            let mut connection =
+                pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
             let mut stopping = pin!(stop.closed().fuse());
             loop {
                 tokio::select! {

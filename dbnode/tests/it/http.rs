@@ -194,53 +194,107 @@ async fn some_requests(node: &TestNode) {
     node.assert_error(&resp, "UNAUTHORIZED", "garbage token");
 }
 
-/// SIGTERM with one request half-sent and one keep-alive connection idle: the node answers
-/// the request (closing that connection after it), does not wait for the idle connection,
-/// and exits once the answer is out.
+/// SIGTERM with one request waiting for its body and one keep-alive connection idle after
+/// an answer: the node answers the request (and closes that connection after it), does not
+/// wait for the idle connection, and exits once the answer is out.
 #[tokio::test]
 async fn a_stop_answers_the_request_in_flight_and_then_exits() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use std::time::Duration;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
+
+    /// Reads until `text` has arrived; returns everything read.
+    async fn read_until(stream: &mut (impl AsyncRead + Unpin), text: &str) -> String {
+        let mut read = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !String::from_utf8_lossy(&read).contains(text) {
+            let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| panic!("no {text:?} within 30 s"))
+                .expect("reading");
+            assert!(
+                n > 0,
+                "closed before {text:?}: {}",
+                String::from_utf8_lossy(&read)
+            );
+            read.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&read).into_owned()
+    }
 
     let node = TestNode::start().await;
     let addr = node.url().trim_start_matches("http://").to_owned();
-    let idle = TcpStream::connect(&addr).await.expect("connecting");
+    let mut idle = TcpStream::connect(&addr).await.expect("connecting");
+    idle.write_all(format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_until(&mut idle, "\r\n\r\nok").await;
+
+    // `Expect: 100-continue`: the node says "100 Continue" once the handler asks for the
+    // body, so the request is known to be in flight before the node is told to stop.
     let mut busy = TcpStream::connect(&addr).await.expect("connecting");
     let body = r#"{"sql": "SELECT 41 + 1 AS answer"}"#;
     let head = format!(
         "POST /api/sql HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+         content-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
         admin_token(),
         body.len()
     );
-    let (first, rest) = body.split_at(10);
     busy.write_all(head.as_bytes()).await.unwrap();
-    busy.write_all(first.as_bytes()).await.unwrap();
-    // The node has the request's head before it is told to stop.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    read_until(&mut busy, "HTTP/1.1 100 Continue\r\n\r\n").await;
 
     let stopping = tokio::spawn(node.stop());
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         !stopping.is_finished(),
-        "the node exited with a request half-received"
+        "the node exited with a request in flight"
     );
-    busy.write_all(rest.as_bytes()).await.unwrap();
+    busy.write_all(body.as_bytes()).await.unwrap();
     let mut answer = String::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        busy.read_to_string(&mut answer),
-    )
-    .await
-    .expect("the connection is closed after the answer")
-    .expect("reading the answer");
+    tokio::time::timeout(Duration::from_secs(30), busy.read_to_string(&mut answer))
+        .await
+        .expect("the connection is closed after the answer")
+        .expect("reading the answer");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains(r#""answer":42"#), "{answer}");
-    tokio::time::timeout(std::time::Duration::from_secs(30), stopping)
+    tokio::time::timeout(Duration::from_secs(30), stopping)
         .await
-        .expect("the node exits after the answer")
+        .expect("the node exits after the answer, with a keep-alive connection still open")
         .expect("stop");
     drop(idle);
+}
+
+/// Clients that speak HTTP/2 from the first byte (h2c with prior knowledge) are served too,
+/// SQL included, as they were by `axum::serve`.
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_served() {
+    let node = TestNode::start().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("an HTTP/2 client");
+    let health = h2
+        .get(format!("{}/healthz", node.url()))
+        .send()
+        .await
+        .expect("GET /healthz over HTTP/2");
+    assert_eq!(health.version(), reqwest::Version::HTTP_2);
+    assert_eq!(health.text().await.unwrap(), "ok");
+    let answer: serde_json::Value = h2
+        .post(format!("{}/api/sql", node.url()))
+        .bearer_auth(admin_token())
+        .json(&json!({"sql": "SELECT 41 + 1 AS answer"}))
+        .send()
+        .await
+        .expect("POST /api/sql over HTTP/2")
+        .json()
+        .await
+        .expect("a JSON answer");
+    assert_eq!(
+        answer["results"][0]["rows"][0]["answer"],
+        json!(42),
+        "{answer}"
+    );
 }
 
 #[tokio::test]
