@@ -296,9 +296,8 @@ fn parse_error(e: ParserError) -> KalamError {
     }
 }
 
-/// The upper-cased unquoted word `n` tokens ahead, if that token is a word.
-/// Whether the `n`th token ahead is the unquoted keyword `upper` (given in upper case), in
-/// any case. Borrows the token: every request's first words go through here.
+/// Whether the `n`th token ahead is the unquoted keyword `upper`, in any case. Borrows the
+/// token: every request's first words go through here.
 fn word_at(p: &Parser, n: usize, upper: &str) -> bool {
     matches!(&p.peek_nth_token_ref(n).token,
         Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(upper))
