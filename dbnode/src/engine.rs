@@ -579,7 +579,20 @@ impl Engine {
                     crate::cold::parquet::lookup_versions(&store, rt.def(), &segments, &keys)
                         .await?;
             }
-            match rt.store.insert(rt.def(), partition, rows, &cold)? {
+            let inserted = if rt.store.storage().syncs_writes() && rt.store.is_committing() {
+                // Another commit is writing (with its fsync): wait for it off the runtime's
+                // workers, queued with the other INSERTs that arrive meanwhile, to share the
+                // next write (group commit, ADR 0024). Uncontended, the INSERT commits on
+                // this worker without the hand-off to a blocking thread.
+                let (store, def, partition) =
+                    (rt.store.clone(), rt.def().clone(), partition.clone());
+                tokio::task::spawn_blocking(move || store.insert(&def, &partition, rows, cold))
+                    .await
+                    .map_err(KalamError::internal)??
+            } else {
+                rt.store.insert(rt.def(), partition, rows, cold)?
+            };
+            match inserted {
                 Inserted::Rows(n) => return Ok(n),
                 Inserted::ColdChanged(back) => rows = back,
             }

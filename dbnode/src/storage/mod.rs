@@ -32,6 +32,7 @@ pub type RawRow = (Box<[u8]>, Box<[u8]>);
 pub struct Storage {
     db: Db,
     write_opts: WriteOptions,
+    sync_writes: bool,
     cf_opts: Options,
     // Kept alive for as long as the DB uses it.
     _write_buffers: WriteBufferManager,
@@ -105,6 +106,7 @@ impl Storage {
         Ok(Self {
             db,
             write_opts,
+            sync_writes: options.sync_writes,
             cf_opts,
             _write_buffers: write_buffers,
         })
@@ -263,11 +265,17 @@ impl Storage {
         Ok(())
     }
 
-    /// Writes row versions and the table's new last sequence in one atomic batch.
-    pub fn write_rows(
+    /// Whether every write waits for an fsync of the WAL (`sync_writes`).
+    pub fn syncs_writes(&self) -> bool {
+        self.sync_writes
+    }
+
+    /// Writes row versions and the table's new last sequence in one atomic batch (with
+    /// `sync_writes`, one fsync): the rows of one commit, or of a group of them.
+    pub fn write_rows<'a>(
         &self,
         cf_name: &str,
-        rows: &[(Vec<u8>, StoredRow)],
+        rows: impl IntoIterator<Item = &'a (Vec<u8>, StoredRow)>,
         seq: u64,
         updated: i64,
     ) -> Result<()> {

@@ -99,6 +99,13 @@ pub struct TableStore {
     /// primary-key or version check and the write are one step. Holds the last `_updated`
     /// given out, which strictly increases so that it identifies a row version.
     write_lock: Mutex<i64>,
+    /// INSERTs waiting for `write_lock`. Whoever takes the lock next commits all of them
+    /// with one RocksDB write (group commit, ADR 0024): with `sync_writes` they share one
+    /// fsync, as PostgreSQL's waiting transactions share one WAL flush.
+    inserts: Mutex<Vec<Arc<QueuedInsert>>>,
+    /// Writes made for INSERTs (one per group): with the INSERTs counted by the caller, how
+    /// many shared a write.
+    insert_writes: AtomicU64,
     validator: Option<RowValidator>,
     /// One lock per partition held by an UPDATE or DELETE from its read to its write, so
     /// those statements queue instead of retrying against each other.
@@ -190,6 +197,61 @@ pub struct ColdVersions {
 /// A row version about to be committed: key, values, the replaced version (for the change
 /// sink), `_deleted`.
 type PendingRow = (Vec<u8>, Vec<Value>, Option<OldImage>, bool);
+
+/// One INSERT queued for a group commit ([`TableStore::insert`]): what it writes, then what
+/// came of it. Its thread blocks on the table's write lock and finds `state` done by the
+/// thread that committed its group, or commits the group itself.
+#[derive(Debug)]
+struct QueuedInsert {
+    /// The definition the rows are shaped by.
+    def: Arc<TableDef>,
+    partition: Partition,
+    state: Mutex<InsertState>,
+}
+
+#[derive(Debug)]
+enum InsertState {
+    Waiting(Vec<PendingRow>, ColdVersions),
+    /// Taken by the thread committing its group.
+    Taken,
+    Done(Result<Inserted>),
+}
+
+impl QueuedInsert {
+    fn take(&self) -> Option<(Vec<PendingRow>, ColdVersions)> {
+        let mut state = self.state.lock();
+        match std::mem::replace(&mut *state, InsertState::Taken) {
+            InsertState::Waiting(rows, cold) => Some((rows, cold)),
+            other => {
+                *state = other;
+                None
+            }
+        }
+    }
+
+    fn finish(&self, outcome: Result<Inserted>) {
+        *self.state.lock() = InsertState::Done(outcome);
+    }
+
+    fn outcome(&self) -> Option<Result<Inserted>> {
+        let mut state = self.state.lock();
+        match std::mem::replace(&mut *state, InsertState::Taken) {
+            InsertState::Done(outcome) => Some(outcome),
+            other => {
+                *state = other;
+                None
+            }
+        }
+    }
+}
+
+/// The same failure for every member of a group whose write failed.
+fn group_error(e: &KalamError) -> KalamError {
+    match e {
+        KalamError::Storage(m) => KalamError::Storage(m.clone()),
+        other => KalamError::internal(other.to_string()),
+    }
+}
 
 /// Runs of at least this many flushed keys with no other key among them are removed with one
 /// range tombstone: one entry in the commit's batch instead of one per key. A flush commit
@@ -346,6 +408,8 @@ impl TableStore {
             def: RwLock::new(def),
             seq: AtomicU64::new(seq),
             write_lock: Mutex::new(last_updated),
+            inserts: Mutex::new(Vec::new()),
+            insert_writes: AtomicU64::new(0),
             dml_locks: Mutex::new(HashMap::new()),
             validator,
             cold_generation: AtomicU64::new(0),
@@ -748,12 +812,18 @@ impl TableStore {
     /// `cold` holds what the cold tier has for these keys; when a flush committed since it
     /// was looked up, nothing is written and `Inserted::ColdChanged` gives the rows back (in
     /// the order of `def`) to look again.
+    ///
+    /// INSERTs that wait for the write lock at the same time are committed together: each
+    /// keeps its own checks, sequence number and outcome, and their rows go to RocksDB in
+    /// one write (ADR 0024). This blocks the calling thread for the write and, with
+    /// `sync_writes`, its fsync: callers on an async runtime run it where blocking is
+    /// allowed.
     pub fn insert(
         &self,
-        def: &TableDef,
+        def: &Arc<TableDef>,
         partition: &Partition,
         rows: Vec<Vec<Value>>,
-        cold: &ColdVersions,
+        cold: ColdVersions,
     ) -> Result<Inserted> {
         if def.kind == TableKind::Stream {
             return self.insert_events(def, rows).map(Inserted::Rows);
@@ -768,17 +838,89 @@ impl TableStore {
                 false,
             ));
         }
+        let queued = Arc::new(QueuedInsert {
+            def: def.clone(),
+            partition: partition.clone(),
+            state: Mutex::new(InsertState::Waiting(keyed, cold)),
+        });
+        self.inserts.lock().push(queued.clone());
         let mut last_updated = self.write_lock.lock();
-        if self.cold_generation() != cold.generation {
-            return Ok(Inserted::ColdChanged(
-                keyed.into_iter().map(|(_, v, _, _)| v).collect(),
-            ));
+        // Committed by the thread that held the lock before.
+        if let Some(outcome) = queued.outcome() {
+            return outcome;
         }
+        // Not done, so still queued (the queue is emptied only under the lock, and every
+        // member of a group is done before the lock is released): this group includes it.
+        let group = std::mem::take(&mut *self.inserts.lock());
+        self.commit_inserts(&mut last_updated, &group);
+        queued.outcome().unwrap_or_else(|| {
+            Err(KalamError::internal(
+                "an INSERT was left out of its group commit",
+            ))
+        })
+    }
+
+    /// Checks each queued INSERT as if committed alone, one after the other (a key an
+    /// earlier one of the group writes is taken), then commits those that passed with one
+    /// write. Every member is done when this returns.
+    fn commit_inserts(&self, last_updated: &mut i64, group: &[Arc<QueuedInsert>]) {
         let current = self.def();
-        Self::reshape_pending(def, &current, &mut keyed);
-        self.check_new_keys(&current, partition, &keyed, cold)?;
-        self.commit(&current, &mut last_updated, partition, None, keyed)
-            .map(Inserted::Rows)
+        let cold_generation = self.cold_generation();
+        let mut passed: Vec<(&QueuedInsert, Vec<PendingRow>)> = Vec::with_capacity(group.len());
+        // Keys written by earlier members; only a group of several needs it.
+        let mut taken: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+        for queued in group {
+            let Some((mut keyed, cold)) = queued.take() else {
+                continue;
+            };
+            if cold_generation != cold.generation {
+                queued.finish(Ok(Inserted::ColdChanged(
+                    keyed.into_iter().map(|(_, v, _, _)| v).collect(),
+                )));
+                continue;
+            }
+            Self::reshape_pending(&queued.def, &current, &mut keyed);
+            if let Err(e) = self.check_new_keys(&current, &queued.partition, &keyed, &cold, &taken)
+            {
+                queued.finish(Err(e));
+                continue;
+            }
+            if group.len() > 1 {
+                taken.extend(keyed.iter().map(|(k, _, _, _)| k.clone()));
+            }
+            passed.push((queued, keyed));
+        }
+        if passed.is_empty() {
+            return;
+        }
+        self.insert_writes.fetch_add(1, Ordering::Relaxed);
+        let (members, commits): (Vec<&QueuedInsert>, Vec<_>) = passed
+            .into_iter()
+            .map(|(queued, keyed)| (queued, (queued.partition.clone(), keyed)))
+            .unzip();
+        match self.commit_many(&current, last_updated, None, commits) {
+            Ok(counts) => {
+                for (queued, n) in members.into_iter().zip(counts) {
+                    queued.finish(Ok(Inserted::Rows(n)));
+                }
+            }
+            Err(e) => {
+                for queued in members {
+                    queued.finish(Err(group_error(&e)));
+                }
+            }
+        }
+    }
+
+    /// Whether a commit holds the write lock now: a hint that an INSERT would wait.
+    pub fn is_committing(&self) -> bool {
+        self.write_lock.is_locked()
+    }
+
+    /// Writes made for INSERTs since the store opened: fewer than the INSERTs when group
+    /// commits shared them.
+    pub fn insert_writes(&self) -> u64 {
+        self.insert_writes.load(Ordering::Relaxed)
     }
 
     /// STREAM tables: events keyed `{timestamp}:{row_key}`, one timestamp per batch; with
@@ -932,74 +1074,122 @@ impl TableStore {
         updated: Option<i64>,
         rows: Vec<PendingRow>,
     ) -> Result<u64> {
-        if rows.is_empty() {
-            return Ok(0);
+        let counts =
+            self.commit_many(def, last_updated, updated, vec![(partition.clone(), rows)])?;
+        Ok(counts.into_iter().sum())
+    }
+
+    /// Commits that follow one another, each as [`TableStore::commit`] makes one (its own
+    /// sequence number and `_updated`, published in order), written to RocksDB in one
+    /// batch: all or none. Returns each one's row count.
+    fn commit_many(
+        &self,
+        def: &Arc<TableDef>,
+        last_updated: &mut i64,
+        updated: Option<i64>,
+        commits: Vec<(Partition, Vec<PendingRow>)>,
+    ) -> Result<Vec<u64>> {
+        let mut seq = self.seq.load(Ordering::Acquire);
+        let mut updated_micros = *last_updated;
+        let mut staged = Vec::with_capacity(commits.len());
+        for (partition, rows) in commits {
+            if rows.is_empty() {
+                staged.push((partition, 0, 0, Vec::new(), Vec::new()));
+                continue;
+            }
+            seq += 1;
+            updated_micros = match updated {
+                Some(chosen) => chosen,
+                None => now_micros().max(updated_micros + 1),
+            };
+            let mut olds = Vec::with_capacity(if self.sink.is_some() { rows.len() } else { 0 });
+            let batch: Vec<(Vec<u8>, StoredRow)> = rows
+                .into_iter()
+                .map(|(key, values, old, deleted)| {
+                    if self.sink.is_some() {
+                        olds.push(old);
+                    }
+                    let row = StoredRow {
+                        schema_version: def.schema_version,
+                        seq,
+                        updated_micros,
+                        deleted,
+                        values,
+                    };
+                    (key, row)
+                })
+                .collect();
+            staged.push((partition, seq, updated_micros, batch, olds));
         }
-        let seq = self.seq.load(Ordering::Acquire) + 1;
-        let updated_micros = updated.unwrap_or_else(|| now_micros().max(*last_updated + 1));
-        let count = rows.len() as u64;
-        let mut olds = Vec::with_capacity(if self.sink.is_some() { rows.len() } else { 0 });
-        let batch: Vec<(Vec<u8>, StoredRow)> = rows
-            .into_iter()
-            .map(|(key, values, old, deleted)| {
-                if self.sink.is_some() {
-                    olds.push(old);
-                }
-                let row = StoredRow {
-                    schema_version: def.schema_version,
-                    seq,
-                    updated_micros,
-                    deleted,
-                    values,
-                };
-                (key, row)
-            })
-            .collect();
+        let counts = staged
+            .iter()
+            .map(|(_, _, _, batch, _)| batch.len() as u64)
+            .collect::<Vec<_>>();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return Ok(counts);
+        }
         if let Some(late) = self.late_keys.lock().as_mut() {
-            late.extend(batch.iter().map(|(key, _)| key.clone()));
+            for (_, _, _, batch, _) in &staged {
+                late.extend(batch.iter().map(|(key, _)| key.clone()));
+            }
         }
-        let written = self
-            .storage
-            .write_rows(&self.cf, &batch, seq, updated_micros);
+        let written = self.storage.write_rows(
+            &self.cf,
+            staged.iter().flat_map(|(_, _, _, batch, _)| batch),
+            seq,
+            updated_micros,
+        );
         // Even after an error: RocksDB may have applied the batch it reports as failed.
-        self.hot_stripes[hot_stripe(partition)].fetch_add(1, Ordering::SeqCst);
+        for (partition, _, _, batch, _) in &staged {
+            if !batch.is_empty() {
+                self.hot_stripes[hot_stripe(partition)].fetch_add(1, Ordering::SeqCst);
+            }
+        }
         written?;
         self.seq.store(seq, Ordering::Release);
         *last_updated = updated_micros;
         if def.kind != TableKind::Stream {
-            self.pending_rows.fetch_add(count, Ordering::AcqRel);
+            self.pending_rows.fetch_add(total, Ordering::AcqRel);
             self.oldest_pending.lock().get_or_insert_with(Instant::now);
         }
         if let Some(sink) = &self.sink {
-            let rows = batch
-                .into_iter()
-                .zip(olds)
-                .map(|((_, row), old)| ChangedRow {
-                    old,
-                    new: row.values,
-                    deleted: row.deleted,
-                })
-                .collect();
-            sink.committed(
-                def,
-                CommittedBatch {
-                    partition: partition.clone(),
-                    seq,
-                    updated_micros,
-                    rows,
-                },
-            );
+            for (partition, seq, updated_micros, batch, olds) in staged {
+                if batch.is_empty() {
+                    continue;
+                }
+                let rows = batch
+                    .into_iter()
+                    .zip(olds)
+                    .map(|((_, row), old)| ChangedRow {
+                        old,
+                        new: row.values,
+                        deleted: row.deleted,
+                    })
+                    .collect();
+                sink.committed(
+                    def,
+                    CommittedBatch {
+                        partition,
+                        seq,
+                        updated_micros,
+                        rows,
+                    },
+                );
+            }
         }
-        Ok(count)
+        Ok(counts)
     }
 
-    /// Refuses keys that repeat within the batch or hold a live row already.
+    /// Refuses keys that repeat within the batch, hold a live row already, or are `taken`
+    /// (written by an INSERT committed before this one in the same group).
     fn check_new_keys(
         &self,
         def: &TableDef,
         partition: &Partition,
         keyed: &[PendingRow],
         cold: &ColdVersions,
+        taken: &std::collections::HashSet<Vec<u8>>,
     ) -> Result<()> {
         let pk = def.primary_key_index();
         let violation = |values: &Vec<Value>| KalamError::PrimaryKeyViolation {
@@ -1012,7 +1202,7 @@ impl TableStore {
         };
         let mut seen = std::collections::HashSet::with_capacity(keyed.len());
         for (key, values, _, _) in keyed {
-            if !seen.insert(key.as_slice()) {
+            if !seen.insert(key.as_slice()) || taken.contains(key) {
                 return Err(violation(values));
             }
         }
@@ -1132,7 +1322,7 @@ mod tests {
             .map(|id| vec![Value::Int(id), Value::Text(format!("v1 of {id}"))])
             .collect();
         let inserted = store
-            .insert(&def, &Partition::Shared, rows, &ColdVersions::default())
+            .insert(&def, &Partition::Shared, rows, ColdVersions::default())
             .unwrap();
         assert!(matches!(inserted, Inserted::Rows(_)));
     }
@@ -1276,5 +1466,159 @@ mod tests {
         plan.written_meanwhile(b"a");
         assert_eq!(plan.batch(), (vec![b"b".as_slice(), b"c"], vec![]));
         assert_eq!(plan.removed(), 2);
+    }
+
+    /// Records the commits published to it, in the order they arrive.
+    #[derive(Debug, Default)]
+    struct RecordingSink(Mutex<Vec<(u64, i64, usize)>>);
+
+    impl ChangeSink for RecordingSink {
+        fn committed(&self, _: &Arc<TableDef>, batch: CommittedBatch) {
+            self.0
+                .lock()
+                .push((batch.seq, batch.updated_micros, batch.rows.len()));
+        }
+        fn has_listeners(&self, _: &Arc<TableDef>) -> bool {
+            true
+        }
+    }
+
+    /// Starts one thread per INSERT (each a list of ids) while the test holds the table's
+    /// write lock, waits until all of them are queued behind it, then lets them go: the
+    /// INSERTs commit as one group. Returns each one's outcome, in the order given.
+    fn insert_as_one_group(
+        store: &Arc<TableStore>,
+        inserts: Vec<Vec<i64>>,
+    ) -> Vec<Result<Inserted>> {
+        let lock = store.write_lock.lock();
+        let threads: Vec<_> = inserts
+            .into_iter()
+            .map(|ids| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let def = store.def();
+                    let rows = ids
+                        .into_iter()
+                        .map(|id| vec![Value::Int(id), Value::Text(format!("v1 of {id}"))])
+                        .collect();
+                    store.insert(&def, &Partition::Shared, rows, ColdVersions::default())
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while store.inserts.lock().len() < threads.len() {
+            assert!(Instant::now() < deadline, "the INSERTs never queued up");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(lock);
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    }
+
+    fn open_syncing_store(
+        dir: &std::path::Path,
+        sink: Arc<RecordingSink>,
+    ) -> (Arc<Storage>, Arc<TableStore>) {
+        let options = StorageOptions {
+            sync_writes: true,
+            write_buffer_bytes: 8 << 20,
+            max_open_files: 64,
+        };
+        let storage = Arc::new(Storage::open(dir, &options).unwrap());
+        let store = TableStore::open(
+            storage.clone(),
+            Arc::new(TableDef::for_tests()),
+            None,
+            Some(sink),
+        )
+        .unwrap();
+        (storage, Arc::new(store))
+    }
+
+    /// INSERTs that wait for the write lock together are one RocksDB write (one fsync with
+    /// `sync_writes`), and still each its own commit: its own sequence number and
+    /// `_updated`, published in that order, every row readable, and the sequence survives
+    /// a reopen.
+    #[test]
+    fn inserts_waiting_together_share_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(RecordingSink::default());
+        let (storage, store) = open_syncing_store(dir.path(), sink.clone());
+        insert(&store, [1000]);
+        assert_eq!(store.insert_writes(), 1);
+
+        let outcomes = insert_as_one_group(&store, (1..=8).map(|id| vec![id, id + 100]).collect());
+        for outcome in outcomes {
+            assert!(matches!(outcome, Ok(Inserted::Rows(2))), "{outcome:?}");
+        }
+        assert_eq!(store.insert_writes(), 2, "eight INSERTs, one write");
+        assert_eq!(store.last_seq(), 9);
+
+        let published = sink.0.lock().clone();
+        assert_eq!(
+            published.iter().map(|(seq, _, _)| *seq).collect::<Vec<_>>(),
+            (1..=9).collect::<Vec<_>>()
+        );
+        assert!(
+            published.windows(2).all(|w| w[0].1 < w[1].1),
+            "_updated strictly increases"
+        );
+        assert!(published[1..].iter().all(|(_, _, rows)| *rows == 2));
+        for id in 1..=8 {
+            let a = storage.get(store.cf_name(), &key(id)).unwrap().unwrap();
+            let b = storage
+                .get(store.cf_name(), &key(id + 100))
+                .unwrap()
+                .unwrap();
+            assert_eq!(a.values[1], Value::Text(format!("v1 of {id}")));
+            assert_eq!(
+                (a.seq, a.updated_micros),
+                (b.seq, b.updated_micros),
+                "one commit"
+            );
+            assert!(published.contains(&(a.seq, a.updated_micros, 2)));
+        }
+        drop(store);
+        drop(storage);
+        let (_, reopened) = open_syncing_store(dir.path(), Arc::new(RecordingSink::default()));
+        assert_eq!(reopened.last_seq(), 9);
+    }
+
+    /// Within a group each INSERT is checked as if committed alone after the ones before
+    /// it: of two INSERTs of one key exactly one succeeds, an INSERT repeating a key in
+    /// itself fails alone, and nothing of a failed one is written or published.
+    #[test]
+    fn a_group_checks_each_insert_against_the_ones_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(RecordingSink::default());
+        let (storage, store) = open_syncing_store(dir.path(), sink.clone());
+        insert(&store, [1]);
+        let outcomes = insert_as_one_group(
+            &store,
+            vec![vec![5], vec![5, 6], vec![7, 7], vec![1], vec![8]],
+        );
+        let violation =
+            |o: &Result<Inserted>| matches!(o, Err(KalamError::PrimaryKeyViolation { .. }));
+        // [5] and [5, 6] queued in some order: exactly one of them wrote 5.
+        let five = outcomes[..2]
+            .iter()
+            .filter(|o| matches!(o, Ok(Inserted::Rows(_))))
+            .count();
+        assert_eq!(five, 1, "{outcomes:?}");
+        assert_eq!(outcomes[..2].iter().filter(|o| violation(o)).count(), 1);
+        assert!(violation(&outcomes[2]), "{:?}", outcomes[2]);
+        assert!(violation(&outcomes[3]), "{:?}", outcomes[3]);
+        assert!(matches!(outcomes[4], Ok(Inserted::Rows(1))));
+
+        let six = storage.get(store.cf_name(), &key(6)).unwrap();
+        assert_eq!(six.is_some(), matches!(outcomes[1], Ok(_)));
+        assert!(storage.get(store.cf_name(), &key(7)).unwrap().is_none());
+        assert!(storage.get(store.cf_name(), &key(8)).unwrap().is_some());
+        assert_eq!(
+            store.last_seq(),
+            3,
+            "the first INSERT, then two commits in the group"
+        );
+        assert_eq!(sink.0.lock().len(), 3);
+        assert_eq!(store.insert_writes(), 2);
     }
 }
