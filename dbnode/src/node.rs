@@ -65,6 +65,9 @@ impl Node {
             .register(engine.live.metrics.collectors())
             .map_err(KalamError::internal)?;
         metrics
+            .register(engine.storage.collectors())
+            .map_err(KalamError::internal)?;
+        metrics
             .register(engine.hot_cache.collectors())
             .map_err(KalamError::internal)?;
         metrics

@@ -10,6 +10,8 @@ pub mod table;
 use std::path::Path;
 use std::sync::Arc;
 
+use prometheus::IntCounter;
+
 use rocksdb::{
     BlockBasedOptions, BoundColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
     DBWithThreadMode, IteratorMode, MultiThreaded, Options, ReadOptions, WriteBatch,
@@ -33,6 +35,10 @@ pub struct Storage {
     db: Db,
     write_opts: WriteOptions,
     sync_writes: bool,
+    /// INSERT commits of all tables, and the RocksDB writes made for them: fewer writes
+    /// than commits when group commits shared them (ADR 0024).
+    pub insert_commits: IntCounter,
+    pub insert_writes: IntCounter,
     cf_opts: Options,
     // Kept alive for as long as the DB uses it.
     _write_buffers: WriteBufferManager,
@@ -107,6 +113,17 @@ impl Storage {
             db,
             write_opts,
             sync_writes: options.sync_writes,
+            insert_commits: IntCounter::new(
+                "kalamdb_insert_commits_total",
+                "INSERT statements committed to the hot tier",
+            )
+            .map_err(KalamError::internal)?,
+            insert_writes: IntCounter::new(
+                "kalamdb_insert_writes_total",
+                "RocksDB writes (with sync_writes, fsyncs) made for INSERT commits; fewer than \
+                 the commits when waiting INSERTs were committed together",
+            )
+            .map_err(KalamError::internal)?,
             cf_opts,
             _write_buffers: write_buffers,
         })
@@ -263,6 +280,14 @@ impl Storage {
         }
         it.status()?;
         Ok(())
+    }
+
+    /// `kalamdb_insert_commits_total` and `kalamdb_insert_writes_total`.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.insert_commits.clone()),
+            Box::new(self.insert_writes.clone()),
+        ]
     }
 
     /// Whether every write waits for an fsync of the WAL (`sync_writes`).

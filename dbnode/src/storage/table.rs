@@ -103,9 +103,6 @@ pub struct TableStore {
     /// with one RocksDB write (group commit, ADR 0024): with `sync_writes` they share one
     /// fsync, as PostgreSQL's waiting transactions share one WAL flush.
     inserts: Mutex<Vec<Arc<QueuedInsert>>>,
-    /// Writes made for INSERTs (one per group): with the INSERTs counted by the caller, how
-    /// many shared a write.
-    insert_writes: AtomicU64,
     validator: Option<RowValidator>,
     /// One lock per partition held by an UPDATE or DELETE from its read to its write, so
     /// those statements queue instead of retrying against each other.
@@ -409,7 +406,6 @@ impl TableStore {
             seq: AtomicU64::new(seq),
             write_lock: Mutex::new(last_updated),
             inserts: Mutex::new(Vec::new()),
-            insert_writes: AtomicU64::new(0),
             dml_locks: Mutex::new(HashMap::new()),
             validator,
             cold_generation: AtomicU64::new(0),
@@ -893,7 +889,8 @@ impl TableStore {
         if passed.is_empty() {
             return;
         }
-        self.insert_writes.fetch_add(1, Ordering::Relaxed);
+        self.storage.insert_writes.inc();
+        self.storage.insert_commits.inc_by(passed.len() as u64);
         let (members, commits): (Vec<&QueuedInsert>, Vec<_>) = passed
             .into_iter()
             .map(|(queued, keyed)| (queued, (queued.partition.clone(), keyed)))
@@ -915,12 +912,6 @@ impl TableStore {
     /// Whether a commit holds the write lock now: a hint that an INSERT would wait.
     pub fn is_committing(&self) -> bool {
         self.write_lock.is_locked()
-    }
-
-    /// Writes made for INSERTs since the store opened: fewer than the INSERTs when group
-    /// commits shared them.
-    pub fn insert_writes(&self) -> u64 {
-        self.insert_writes.load(Ordering::Relaxed)
     }
 
     /// STREAM tables: events keyed `{timestamp}:{row_key}`, one timestamp per batch; with
@@ -1544,13 +1535,14 @@ mod tests {
         let sink = Arc::new(RecordingSink::default());
         let (storage, store) = open_syncing_store(dir.path(), sink.clone());
         insert(&store, [1000]);
-        assert_eq!(store.insert_writes(), 1);
+        assert_eq!(storage.insert_writes.get(), 1);
 
         let outcomes = insert_as_one_group(&store, (1..=8).map(|id| vec![id, id + 100]).collect());
         for outcome in outcomes {
             assert!(matches!(outcome, Ok(Inserted::Rows(2))), "{outcome:?}");
         }
-        assert_eq!(store.insert_writes(), 2, "eight INSERTs, one write");
+        assert_eq!(storage.insert_writes.get(), 2, "eight INSERTs, one write");
+        assert_eq!(storage.insert_commits.get(), 9);
         assert_eq!(store.last_seq(), 9);
 
         let published = sink.0.lock().clone();
@@ -1619,6 +1611,6 @@ mod tests {
             "the first INSERT, then two commits in the group"
         );
         assert_eq!(sink.0.lock().len(), 3);
-        assert_eq!(store.insert_writes(), 2);
+        assert_eq!(storage.insert_writes.get(), 2);
     }
 }

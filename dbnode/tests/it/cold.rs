@@ -1242,14 +1242,8 @@ async fn primary_keys_are_checked_against_flushed_rows() {
 
 /// `kalamdb_hot_cache_lookups_total{result="hit"}` from `/metrics`.
 async fn cache_hits(node: &TestNode) -> i64 {
-    let (status, _, metrics) = node.get("/metrics").await;
-    assert_eq!(status, 200);
-    let prefix = "kalamdb_hot_cache_lookups_total{result=\"hit\"} ";
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("/metrics lacks {prefix:?}:\n{metrics}"))
+    node.metric("kalamdb_hot_cache_lookups_total{result=\"hit\"}")
+        .await
 }
 
 /// A user's rows of a notes table, `id` to `body`, as the table holds them now.

@@ -463,6 +463,19 @@ impl TestNode {
     }
 
     /// `GET path` without authentication: status, headers, body text.
+    /// The value of one series of `/metrics`, named with its labels as the exposition
+    /// prints it (`kalamdb_hot_cache_lookups_total{result="hit"}`).
+    pub async fn metric(&self, series: &str) -> i64 {
+        let (status, _, metrics) = self.get("/metrics").await;
+        assert_eq!(status, 200);
+        let prefix = format!("{series} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("/metrics lacks {series:?}:\n{metrics}"))
+    }
+
     pub async fn get(&self, path: &str) -> (u16, reqwest::header::HeaderMap, String) {
         let resp = self
             .http
