@@ -188,8 +188,8 @@ fn batch_range(path: &str) -> (u64, u64) {
     (from, to)
 }
 
-/// A file written by a flush: the user columns, `_updated`, `_deleted` and a UInt64 `_seq`
-/// within the range of its name, ZSTD, and `rows` rows.
+/// A file written by a flush: the user columns (zstd), `_updated`, `_deleted` and a UInt64
+/// `_seq` within the range of its name (without a codec), and `rows` rows.
 fn check_file_format(file: &Value, user_columns: &[&str]) {
     let path = path_of(file);
     let columns: Vec<String> = file["columns"]
@@ -224,10 +224,20 @@ fn check_file_format(file: &Value, user_columns: &[&str]) {
         "{path}: _updated is a microsecond timestamp: {}",
         file["types"]
     );
-    assert_eq!(
-        file["compression"], "ZSTD",
-        "{path}: every column chunk is zstd-compressed"
-    );
+    for column in user_columns {
+        assert_eq!(
+            file["codecs"][column], "ZSTD",
+            "{path}: the table's columns are zstd-compressed: {}",
+            file["codecs"]
+        );
+    }
+    for column in ["_updated", "_deleted", "_seq"] {
+        assert_eq!(
+            file["codecs"][column], "UNCOMPRESSED",
+            "{path}: the version columns have no codec (read by every query): {}",
+            file["codecs"]
+        );
+    }
     let data = data_of(file);
     assert_eq!(
         file["rows"].as_u64(),

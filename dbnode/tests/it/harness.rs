@@ -1626,7 +1626,7 @@ pub fn write_credentials(dir: &Path, name: &str, endpoint: &str) {
 }
 
 /// Runs `python3 tests/it/tools/parquet_check.py <args>` (pyarrow reads the files) and returns
-/// its JSON: `{"files": [{"path", "size", "rows", "columns", "types", "compression", "data"}]}`.
+/// its JSON: `{"files": [{"path", "size", "rows", "columns", "types", "codecs", "data"}]}`.
 pub fn parquet_check(args: &[&str]) -> Value {
     // Where cargo runs the tests (a binary in a shared CARGO_TARGET_DIR may have been
     // compiled in another checkout).

@@ -16,7 +16,7 @@ Output, files sorted by path:
                 "rows": N,
                 "columns": ["id", ...],
                 "types": {"id": "int64", "_seq": "uint64", ...},
-                "compression": "ZSTD",          # one codec for every column chunk, else "A,B"
+                "codecs": {"id": "ZSTD", "_seq": "UNCOMPRESSED", ...},  # per column: its chunks' codec, else "A,B"
                 "data": [{"id": 1, ...}, ...]}]}
 
 Values: ints, floats (NaN/inf as strings), strings, bools, null; timestamps as RFC 3339 UTC
@@ -75,11 +75,12 @@ def jsonable(v):
 def describe(path, source, size):
     f = pq.ParquetFile(source)
     meta = f.metadata
-    codecs = set()
+    codecs = {}
     for rg in range(meta.num_row_groups):
         group = meta.row_group(rg)
         for c in range(group.num_columns):
-            codecs.add(str(group.column(c).compression).upper())
+            chunk = group.column(c)
+            codecs.setdefault(chunk.path_in_schema, set()).add(str(chunk.compression).upper())
     table = f.read()
     schema = table.schema
     return {
@@ -88,7 +89,7 @@ def describe(path, source, size):
         "rows": meta.num_rows,
         "columns": list(schema.names),
         "types": {field.name: str(field.type) for field in schema},
-        "compression": ",".join(sorted(codecs)) if codecs else None,
+        "codecs": {column: ",".join(sorted(c)) for column, c in codecs.items()},
         "data": [jsonable(row) for row in table.to_pylist()],
     }
 
