@@ -1295,14 +1295,22 @@ mod tests {
     }
 
     fn open_store(dir: &std::path::Path) -> (Arc<Storage>, Arc<TableStore>) {
+        open_store_with(dir, false, None)
+    }
+
+    fn open_store_with(
+        dir: &std::path::Path,
+        sync_writes: bool,
+        sink: Option<Arc<dyn ChangeSink>>,
+    ) -> (Arc<Storage>, Arc<TableStore>) {
         let options = StorageOptions {
-            sync_writes: false,
+            sync_writes,
             write_buffer_bytes: 8 << 20,
             max_open_files: 64,
         };
         let storage = Arc::new(Storage::open(dir, &options).unwrap());
         let store =
-            TableStore::open(storage.clone(), Arc::new(TableDef::for_tests()), None, None).unwrap();
+            TableStore::open(storage.clone(), Arc::new(TableDef::for_tests()), None, sink).unwrap();
         (storage, Arc::new(store))
     }
 
@@ -1509,20 +1517,7 @@ mod tests {
         dir: &std::path::Path,
         sink: Arc<RecordingSink>,
     ) -> (Arc<Storage>, Arc<TableStore>) {
-        let options = StorageOptions {
-            sync_writes: true,
-            write_buffer_bytes: 8 << 20,
-            max_open_files: 64,
-        };
-        let storage = Arc::new(Storage::open(dir, &options).unwrap());
-        let store = TableStore::open(
-            storage.clone(),
-            Arc::new(TableDef::for_tests()),
-            None,
-            Some(sink),
-        )
-        .unwrap();
-        (storage, Arc::new(store))
+        open_store_with(dir, true, Some(sink))
     }
 
     /// INSERTs that wait for the write lock together are one RocksDB write (one fsync with
