@@ -889,14 +889,14 @@ impl TableStore {
         if passed.is_empty() {
             return;
         }
-        self.storage.insert_writes.inc();
-        self.storage.insert_commits.inc_by(passed.len() as u64);
         let (members, commits): (Vec<&QueuedInsert>, Vec<_>) = passed
             .into_iter()
             .map(|(queued, keyed)| (queued, (queued.partition.clone(), keyed)))
             .unzip();
         match self.commit_many(&current, last_updated, None, commits) {
             Ok(counts) => {
+                self.storage.insert_writes.inc();
+                self.storage.insert_commits.inc_by(members.len() as u64);
                 for (queued, n) in members.into_iter().zip(counts) {
                     queued.finish(Ok(Inserted::Rows(n)));
                 }
