@@ -82,6 +82,9 @@ pub struct Config {
     /// How long a Parquet file replaced by a cleanup stays in the store, so that queries
     /// already reading it can finish, e.g. `30s` (`0s`: delete at once).
     pub cleanup_file_grace: String,
+    /// After SIGTERM, how long requests in flight may take before the node stops anyway,
+    /// in milliseconds.
+    pub shutdown_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -123,6 +126,7 @@ impl Default for Config {
             stream_eviction_interval_ms: 1_000,
             cleanup_interval: "1h".to_string(),
             cleanup_file_grace: "30s".to_string(),
+            shutdown_timeout_ms: 20_000,
         }
     }
 }
@@ -172,6 +176,7 @@ impl Config {
         "stream_eviction_interval_ms",
         "cleanup_interval",
         "cleanup_file_grace",
+        "shutdown_timeout_ms",
     ];
 
     /// Loads settings in the documented order of precedence.

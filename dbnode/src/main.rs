@@ -149,6 +149,7 @@ fn serve(config: Config) -> ExitCode {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
+    let config_grace = config.shutdown_timeout_ms;
     tracing::info!(data_dir = %config.data_dir.display(), node_id = %config.node_id, sync_writes = config.sync_writes, "opening node");
     let node = Node::open(config)?;
     node.start_background();
@@ -166,11 +167,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     println!("kalamdb listening on http://{addr}");
     std::io::stdout().flush()?;
     let app = kalam_dbnode::api::router(node.clone());
-    kalam_dbnode::api::serve(listener, app, async move {
-        shutdown_signal().await;
-        node.set_draining();
-        tracing::info!("shutting down");
-    })
+    let grace = std::time::Duration::from_millis(config_grace);
+    kalam_dbnode::api::serve(
+        listener,
+        app,
+        async move {
+            shutdown_signal().await;
+            node.set_draining();
+            tracing::info!("shutting down");
+        },
+        grace,
+    )
     .await;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The HTTP server loop: accept connections, serve each in a task of its own with
 //! hyper-util's server (HTTP/1.1 with upgrades, for `GET /ws`, and HTTP/2 for clients that
 //! start with its preface), and on shutdown stop accepting, let every connection finish the
-//! request it is in, and wait for them.
+//! request it is in, and wait for them, for at most a deadline: a client that stops sending
+//! in the middle of a request must not keep the node from stopping.
 //!
 //! This is what `axum::serve` with a graceful shutdown does, with one difference: each
 //! connection's future runs under [`inline_self_wakes`]. hyper hands a request's body to
@@ -13,6 +14,7 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::pin;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -27,11 +29,14 @@ use kalam_client::task::inline_self_wakes;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-/// Serves `app` on `listener` until `shutdown` resolves and every connection has ended.
+/// Serves `app` on `listener` until `shutdown` resolves and then every connection has
+/// ended, or `grace` has passed since `shutdown` (the connections still open are dropped
+/// when the runtime shuts down).
 pub async fn serve<L>(
     mut listener: L,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
 ) where
     L: Listener,
     L::Addr: Debug,
@@ -76,5 +81,11 @@ pub async fn serve<L>(
     }
     drop(done_rx);
     drop(listener);
-    done.closed().await;
+    if tokio::time::timeout(grace, done.closed()).await.is_err() {
+        tracing::warn!(
+            connections = done.receiver_count(),
+            grace_ms = grace.as_millis() as u64,
+            "stopping with requests still in flight (shutdown_timeout_ms)"
+        );
+    }
 }

@@ -194,33 +194,50 @@ async fn some_requests(node: &TestNode) {
     node.assert_error(&resp, "UNAUTHORIZED", "garbage token");
 }
 
+/// Reads until `text` has arrived; returns everything read.
+async fn read_until(stream: &mut (impl tokio::io::AsyncRead + Unpin), text: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut read = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !String::from_utf8_lossy(&read).contains(text) {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), stream.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("no {text:?} within 30 s"))
+            .expect("reading");
+        assert!(
+            n > 0,
+            "closed before {text:?}: {}",
+            String::from_utf8_lossy(&read)
+        );
+        read.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&read).into_owned()
+}
+
+/// A request whose body never comes (`Expect: 100-continue` answered, then silence).
+async fn stalled_request(addr: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connecting");
+    let head = format!(
+        "POST /api/sql HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\nexpect: 100-continue\r\n\r\n",
+        admin_token(),
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    read_until(&mut stream, "HTTP/1.1 100 Continue\r\n\r\n").await;
+    stream
+}
+
 /// SIGTERM with one request waiting for its body and one keep-alive connection idle after
 /// an answer: the node answers the request (and closes that connection after it), does not
 /// wait for the idle connection, and exits once the answer is out.
 #[tokio::test]
 async fn a_stop_answers_the_request_in_flight_and_then_exits() {
     use std::time::Duration;
-    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
-
-    /// Reads until `text` has arrived; returns everything read.
-    async fn read_until(stream: &mut (impl AsyncRead + Unpin), text: &str) -> String {
-        let mut read = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !String::from_utf8_lossy(&read).contains(text) {
-            let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut chunk))
-                .await
-                .unwrap_or_else(|_| panic!("no {text:?} within 30 s"))
-                .expect("reading");
-            assert!(
-                n > 0,
-                "closed before {text:?}: {}",
-                String::from_utf8_lossy(&read)
-            );
-            read.extend_from_slice(&chunk[..n]);
-        }
-        String::from_utf8_lossy(&read).into_owned()
-    }
 
     let node = TestNode::start().await;
     let addr = node.url().trim_start_matches("http://").to_owned();
@@ -262,6 +279,48 @@ async fn a_stop_answers_the_request_in_flight_and_then_exits() {
         .expect("the node exits after the answer, with a keep-alive connection still open")
         .expect("stop");
     drop(idle);
+}
+
+/// A request in flight may hold SIGTERM back for `shutdown_timeout_ms` only: a client that
+/// stopped sending in the middle of its request does not keep the node from stopping.
+#[tokio::test]
+async fn a_stalled_request_holds_a_stop_for_the_shutdown_timeout_only() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncReadExt;
+
+    let node = TestNode::start_with_options(
+        NodeOptions::default().env("KALAMDB_SHUTDOWN_TIMEOUT_MS", "1500"),
+    )
+    .await;
+    let addr = node.url().trim_start_matches("http://").to_owned();
+    let mut stalled = stalled_request(&addr).await;
+
+    let asked = Instant::now();
+    let stopping = tokio::spawn(node.stop());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the node waits for a request in flight"
+    );
+    tokio::time::timeout(Duration::from_secs(20), stopping)
+        .await
+        .expect("the node exits once shutdown_timeout_ms has passed")
+        .expect("stop");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(1500),
+        "it waited {:?}, less than the timeout",
+        asked.elapsed()
+    );
+    // The stalled request gets no answer: its connection is closed.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut rest))
+        .await
+        .expect("the connection is closed when the node exits");
+    assert!(
+        closed.is_err() || !String::from_utf8_lossy(&rest).contains("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
 }
 
 /// Clients that speak HTTP/2 from the first byte (h2c with prior knowledge) are served too,
