@@ -149,7 +149,8 @@ fn serve(config: Config) -> ExitCode {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
-    let config_grace = config.shutdown_timeout_ms;
+    // How long requests in flight may hold a stop back.
+    let grace = std::time::Duration::from_millis(config.shutdown_timeout_ms);
     tracing::info!(data_dir = %config.data_dir.display(), node_id = %config.node_id, sync_writes = config.sync_writes, "opening node");
     let node = Node::open(config)?;
     node.start_background();
@@ -167,7 +168,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
     println!("kalamdb listening on http://{addr}");
     std::io::stdout().flush()?;
     let app = kalam_dbnode::api::router(node.clone());
-    let grace = std::time::Duration::from_millis(config_grace);
     kalam_dbnode::api::serve(
         listener,
         app,
