@@ -11,7 +11,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use prometheus::IntCounter;
-
 use rocksdb::{
     BlockBasedOptions, BoundColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
     DBWithThreadMode, IteratorMode, MultiThreaded, Options, ReadOptions, WriteBatch,

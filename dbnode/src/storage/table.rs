@@ -196,50 +196,16 @@ pub struct ColdVersions {
 type PendingRow = (Vec<u8>, Vec<Value>, Option<OldImage>, bool);
 
 /// One INSERT queued for a group commit ([`TableStore::insert`]): what it writes, then what
-/// came of it. Its thread blocks on the table's write lock and finds `state` done by the
+/// came of it. Its thread blocks on the table's write lock and finds `outcome` set by the
 /// thread that committed its group, or commits the group itself.
 #[derive(Debug)]
 struct QueuedInsert {
     /// The definition the rows are shaped by.
     def: Arc<TableDef>,
     partition: Partition,
-    state: Mutex<InsertState>,
-}
-
-#[derive(Debug)]
-enum InsertState {
-    Waiting(Vec<PendingRow>, ColdVersions),
-    /// Taken by the thread committing its group.
-    Taken,
-    Done(Result<Inserted>),
-}
-
-impl QueuedInsert {
-    fn take(&self) -> Option<(Vec<PendingRow>, ColdVersions)> {
-        let mut state = self.state.lock();
-        match std::mem::replace(&mut *state, InsertState::Taken) {
-            InsertState::Waiting(rows, cold) => Some((rows, cold)),
-            other => {
-                *state = other;
-                None
-            }
-        }
-    }
-
-    fn finish(&self, outcome: Result<Inserted>) {
-        *self.state.lock() = InsertState::Done(outcome);
-    }
-
-    fn outcome(&self) -> Option<Result<Inserted>> {
-        let mut state = self.state.lock();
-        match std::mem::replace(&mut *state, InsertState::Taken) {
-            InsertState::Done(outcome) => Some(outcome),
-            other => {
-                *state = other;
-                None
-            }
-        }
-    }
+    /// Taken by the thread committing the group.
+    work: Mutex<Option<(Vec<PendingRow>, ColdVersions)>>,
+    outcome: Mutex<Option<Result<Inserted>>>,
 }
 
 /// The same failure for every member of a group whose write failed.
@@ -837,19 +803,21 @@ impl TableStore {
         let queued = Arc::new(QueuedInsert {
             def: def.clone(),
             partition: partition.clone(),
-            state: Mutex::new(InsertState::Waiting(keyed, cold)),
+            work: Mutex::new(Some((keyed, cold))),
+            outcome: Mutex::new(None),
         });
         self.inserts.lock().push(queued.clone());
         let mut last_updated = self.write_lock.lock();
         // Committed by the thread that held the lock before.
-        if let Some(outcome) = queued.outcome() {
+        if let Some(outcome) = queued.outcome.lock().take() {
             return outcome;
         }
         // Not done, so still queued (the queue is emptied only under the lock, and every
         // member of a group is done before the lock is released): this group includes it.
         let group = std::mem::take(&mut *self.inserts.lock());
         self.commit_inserts(&mut last_updated, &group);
-        queued.outcome().unwrap_or_else(|| {
+        let outcome = queued.outcome.lock().take();
+        outcome.unwrap_or_else(|| {
             Err(KalamError::internal(
                 "an INSERT was left out of its group commit",
             ))
@@ -866,11 +834,11 @@ impl TableStore {
         // Keys written by earlier members; only a group of several needs it.
         let mut taken: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
         for queued in group {
-            let Some((mut keyed, cold)) = queued.take() else {
+            let Some((mut keyed, cold)) = queued.work.lock().take() else {
                 continue;
             };
             if cold_generation != cold.generation {
-                queued.finish(Ok(Inserted::ColdChanged(
+                *queued.outcome.lock() = Some(Ok(Inserted::ColdChanged(
                     keyed.into_iter().map(|(_, v, _, _)| v).collect(),
                 )));
                 continue;
@@ -878,7 +846,7 @@ impl TableStore {
             Self::reshape_pending(&queued.def, &current, &mut keyed);
             if let Err(e) = self.check_new_keys(&current, &queued.partition, &keyed, &cold, &taken)
             {
-                queued.finish(Err(e));
+                *queued.outcome.lock() = Some(Err(e));
                 continue;
             }
             if group.len() > 1 {
@@ -898,12 +866,12 @@ impl TableStore {
                 self.storage.insert_writes.inc();
                 self.storage.insert_commits.inc_by(members.len() as u64);
                 for (queued, n) in members.into_iter().zip(counts) {
-                    queued.finish(Ok(Inserted::Rows(n)));
+                    *queued.outcome.lock() = Some(Ok(Inserted::Rows(n)));
                 }
             }
             Err(e) => {
                 for queued in members {
-                    queued.finish(Err(group_error(&e)));
+                    *queued.outcome.lock() = Some(Err(group_error(&e)));
                 }
             }
         }
