@@ -175,6 +175,8 @@ error_codes! {
     PrimaryKeyViolation => "PRIMARY_KEY_VIOLATION", 409;
     /// An UPDATE or DELETE whose rows other writers kept changing; safe to retry.
     WriteConflict => "WRITE_CONFLICT", 409;
+    /// The request body stopped arriving: no part of it for the node's `http_read_timeout_ms`.
+    RequestTimeout => "REQUEST_TIMEOUT", 408;
     /// The request body is over the configured limit.
     PayloadTooLarge => "PAYLOAD_TOO_LARGE", 413;
     /// A result set over the configured `max_result_rows`: refused, never truncated.

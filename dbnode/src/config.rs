@@ -85,6 +85,10 @@ pub struct Config {
     /// After SIGTERM, how long requests in flight may take before the node stops anyway,
     /// in milliseconds.
     pub shutdown_timeout_ms: u64,
+    /// How long the node waits for the next part of an HTTP request, in milliseconds: a
+    /// connection's first request, the head of each request after it (so also how long an
+    /// idle keep-alive connection is kept), and each chunk of a body.
+    pub http_read_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -127,6 +131,7 @@ impl Default for Config {
             cleanup_interval: "1h".to_string(),
             cleanup_file_grace: "30s".to_string(),
             shutdown_timeout_ms: 20_000,
+            http_read_timeout_ms: 30_000,
         }
     }
 }
@@ -177,6 +182,7 @@ impl Config {
         "cleanup_interval",
         "cleanup_file_grace",
         "shutdown_timeout_ms",
+        "http_read_timeout_ms",
     ];
 
     /// Loads settings in the documented order of precedence.
@@ -246,6 +252,10 @@ impl Config {
             .unwrap_or(std::time::Duration::from_secs(3600))
     }
 
+    pub fn http_read_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.http_read_timeout_ms)
+    }
+
     pub fn cleanup_file_grace(&self) -> std::time::Duration {
         crate::auth::parse_duration(&self.cleanup_file_grace)
             .unwrap_or(std::time::Duration::from_secs(30))
@@ -303,6 +313,11 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "ws_max_queued_messages, ws_ping_interval_ms and stream_eviction_interval_ms must be at least 1".into(),
+            ));
+        }
+        if self.http_read_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "http_read_timeout_ms must be at least 1".into(),
             ));
         }
         if self.ws_idle_timeout_ms <= self.ws_ping_interval_ms {

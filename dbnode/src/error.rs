@@ -80,6 +80,8 @@ pub enum KalamError {
     PrimaryKeyViolation { table: String, key: String },
     #[error("rows of {0} kept changing under this statement; try again")]
     WriteConflict(String),
+    #[error("the request body stopped arriving: nothing for {0} ms (http_read_timeout_ms)")]
+    RequestTimeout(u64),
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
     #[error(
@@ -146,6 +148,7 @@ impl KalamError {
             NamespaceNotEmpty { .. } => ErrorCode::NamespaceNotEmpty,
             PrimaryKeyViolation { .. } => ErrorCode::PrimaryKeyViolation,
             WriteConflict(_) => ErrorCode::WriteConflict,
+            RequestTimeout(_) => ErrorCode::RequestTimeout,
             PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             ResultTooLarge(_) => ErrorCode::ResultTooLarge,
             ResourcesExhausted(_) => ErrorCode::ResourcesExhausted,

@@ -149,8 +149,11 @@ fn serve(config: Config) -> ExitCode {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
-    // How long requests in flight may hold a stop back.
-    let grace = std::time::Duration::from_millis(config.shutdown_timeout_ms);
+    let timeouts = kalam_dbnode::api::Timeouts {
+        read: config.http_read_timeout(),
+        // How long requests in flight may hold a stop back.
+        shutdown: std::time::Duration::from_millis(config.shutdown_timeout_ms),
+    };
     tracing::info!(data_dir = %config.data_dir.display(), node_id = %config.node_id, sync_writes = config.sync_writes, "opening node");
     let node = Node::open(config)?;
     node.start_background();
@@ -176,7 +179,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             node.set_draining();
             tracing::info!("shutting down");
         },
-        grace,
+        timeouts,
     )
     .await;
     Ok(())

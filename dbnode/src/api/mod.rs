@@ -6,7 +6,7 @@ mod serve;
 mod sql;
 mod ws;
 
-pub use serve::serve;
+pub use serve::{serve, Timeouts};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,6 +4,12 @@
 //! request it is in, and wait for them, for at most a deadline: a client that stops sending
 //! in the middle of a request must not keep the node from stopping.
 //!
+//! A client that stays silent does not hold a connection either (ADR 0025): one that sends
+//! no complete request within the read timeout of connecting is closed here, and hyper
+//! closes an HTTP/1.1 connection whose next request head does not arrive within it (which
+//! also ends idle keep-alive connections). Bodies have the same timeout per chunk, where
+//! they are read (`sql.rs`).
+//!
 //! This is what `axum::serve` with a graceful shutdown does, with one difference: each
 //! connection's future runs under [`inline_self_wakes`]. hyper hands a request's body to
 //! the handler, and the handler's answer back, through channels polled by the same task,
@@ -14,6 +20,8 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -22,21 +30,31 @@ use axum::serve::Listener;
 use axum::Router;
 use futures::FutureExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use kalam_client::task::inline_self_wakes;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+/// How long the server waits on its clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// For a connection's first request, and for each request head after it
+    /// (`http_read_timeout_ms`).
+    pub read: Duration,
+    /// For the requests in flight once the shutdown began (`shutdown_timeout_ms`).
+    pub shutdown: Duration,
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves and then every connection has
-/// ended, or `grace` has passed since `shutdown` (the connections still open are dropped
-/// when the runtime shuts down).
+/// ended, or `timeouts.shutdown` has passed since `shutdown` (the connections still open
+/// are dropped when the runtime shuts down).
 pub async fn serve<L>(
     mut listener: L,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
+    timeouts: Timeouts,
 ) where
     L: Listener,
     L::Addr: Debug,
@@ -49,22 +67,34 @@ pub async fn serve<L>(
         drop(stop_rx);
     });
     let (done, done_rx) = watch::channel(());
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.read);
     loop {
         let (io, remote) = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.closed() => break,
         };
         tracing::trace!(?remote, "connection accepted");
-        let service = TowerToHyperService::new(
-            app.clone()
-                .map_request(|request: Request<Incoming>| request.map(Body::new)),
-        );
+        // Set by the connection's first request: until then nothing else bounds the wait
+        // (hyper-util reads the first bytes to tell HTTP/1.1 from HTTP/2 without a timer).
+        let requested = Arc::new(AtomicBool::new(false));
+        let service = TowerToHyperService::new(app.clone().map_request({
+            let requested = requested.clone();
+            move |request: Request<Incoming>| {
+                requested.store(true, Ordering::Relaxed);
+                request.map(Body::new)
+            }
+        }));
         let (stop, done_rx, builder) = (stop.clone(), done_rx.clone(), builder.clone());
         tokio::spawn(inline_self_wakes(async move {
             let mut connection =
                 pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
             let mut stopping = pin!(stop.closed().fuse());
+            let mut first_request = pin!(tokio::time::sleep(timeouts.read));
+            let mut awaiting_first = true;
             loop {
                 tokio::select! {
                     result = connection.as_mut() => {
@@ -74,6 +104,13 @@ pub async fn serve<L>(
                         break;
                     }
                     _ = &mut stopping => connection.as_mut().graceful_shutdown(),
+                    _ = &mut first_request, if awaiting_first => {
+                        if !requested.load(Ordering::Relaxed) {
+                            tracing::debug!("closing a connection without a request (http_read_timeout_ms)");
+                            break;
+                        }
+                        awaiting_first = false;
+                    }
                 }
             }
             drop(done_rx);
@@ -81,10 +118,13 @@ pub async fn serve<L>(
     }
     drop(done_rx);
     drop(listener);
-    if tokio::time::timeout(grace, done.closed()).await.is_err() {
+    if tokio::time::timeout(timeouts.shutdown, done.closed())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             connections = done.receiver_count(),
-            grace_ms = grace.as_millis() as u64,
+            grace_ms = timeouts.shutdown.as_millis() as u64,
             "stopping with requests still in flight (shutdown_timeout_ms)"
         );
     }

@@ -1,8 +1,8 @@
 //! The HTTP surface besides SQL semantics (API.md §1): `/healthz` and `/readyz` without
 //! authentication, Prometheus `/metrics` with per-kind statement counters and durations, CORS
 //! preflight and simple requests, unknown routes, the one stdout line of the process, the
-//! `--config` file, the `kalam-client` crate talking to a real node, and a graceful stop
-//! with requests in flight.
+//! `--config` file, the `kalam-client` crate talking to a real node, a graceful stop
+//! with requests in flight, and clients that stop sending (`http_read_timeout_ms`).
 
 use serde_json::json;
 
@@ -321,6 +321,140 @@ async fn a_stalled_request_holds_a_stop_for_the_shutdown_timeout_only() {
         "{}",
         String::from_utf8_lossy(&rest)
     );
+}
+
+/// Reads until the node closes the connection (EOF or a reset) and returns what came
+/// before, failing when it stays open for `within`.
+async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    within: std::time::Duration,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut read = Vec::new();
+    let closed = tokio::time::timeout(within, stream.read_to_end(&mut read)).await;
+    assert!(
+        closed.is_ok(),
+        "the connection is still open after {within:?}: {}",
+        String::from_utf8_lossy(&read)
+    );
+    String::from_utf8_lossy(&read).into_owned()
+}
+
+/// A node that waits 1 s for the next part of a request (`http_read_timeout_ms`).
+async fn impatient_node() -> TestNode {
+    TestNode::start_with_options(NodeOptions::default().env("KALAMDB_HTTP_READ_TIMEOUT_MS", "1000"))
+        .await
+}
+
+/// Clients that connect and stay silent, stop in the middle of a request head, or keep a
+/// connection idle after an answer do not hold it: the node closes each after
+/// `http_read_timeout_ms`, and not before; it keeps serving.
+#[tokio::test]
+async fn silent_connections_are_closed_after_the_read_timeout() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    let node = impatient_node().await;
+    let addr = node.url().trim_start_matches("http://").to_owned();
+    let opened = Instant::now();
+    let mut silent = TcpStream::connect(&addr).await.expect("connecting");
+    let mut half_head = TcpStream::connect(&addr).await.expect("connecting");
+    half_head
+        .write_all(format!("POST /api/sql HTTP/1.1\r\nhost: {addr}\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Half of HTTP/2's preface: not enough to tell the protocols apart.
+    let mut half_preface = TcpStream::connect(&addr).await.expect("connecting");
+    half_preface.write_all(b"PRI * HTTP/2").await.unwrap();
+    let mut idle = TcpStream::connect(&addr).await.expect("connecting");
+    idle.write_all(format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_until(&mut idle, "\r\n\r\nok").await;
+
+    for (what, stream) in [
+        ("a silent connection", &mut silent),
+        ("half a request head", &mut half_head),
+        ("half the HTTP/2 preface", &mut half_preface),
+        ("an idle keep-alive connection", &mut idle),
+    ] {
+        let rest = read_until_closed(stream, Duration::from_secs(15)).await;
+        assert!(
+            !rest.contains("HTTP/1.1 2"),
+            "{what}: no answer is sent on a timed-out connection: {rest}"
+        );
+        assert!(
+            opened.elapsed() >= Duration::from_millis(900),
+            "{what} was closed after {:?}, before the read timeout",
+            opened.elapsed()
+        );
+    }
+    node.assert_still_serving().await;
+}
+
+/// A body that stops arriving gets `REQUEST_TIMEOUT` (408) after `http_read_timeout_ms`;
+/// one that arrives slowly but steadily, each part within the timeout, is served however
+/// long it takes in all. `kalam-client` reuses its connections across the node's closing of
+/// idle ones without an error.
+#[tokio::test]
+async fn bodies_that_stop_arriving_time_out_and_slow_ones_do_not() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    let node = impatient_node().await;
+    let addr = node.url().trim_start_matches("http://").to_owned();
+
+    let mut stalled = stalled_request(&addr).await;
+    stalled.write_all(br#"{"sql": "SEL"#).await.unwrap();
+    let answer = read_until(&mut stalled, "}}").await;
+    let status: u16 = answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP answer: {answer}"));
+    let json = &answer[answer.find("\r\n\r\n{").expect("a JSON body") + 4..];
+    let body: serde_json::Value = serde_json::from_str(json).expect("the error is JSON");
+    node.assert_error(
+        &(status, body),
+        "REQUEST_TIMEOUT",
+        "a body that stopped arriving",
+    );
+
+    // Six parts, 300 ms apart: 1.5 s in all, over the timeout, each part within it.
+    let body = r#"{"sql": "SELECT 41 + 1 AS answer"}"#;
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connecting");
+    let head = format!(
+        "POST /api/sql HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        admin_token(),
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    for part in body.as_bytes().chunks(body.len().div_ceil(6)) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        slow.write_all(part).await.unwrap();
+    }
+    let answer = read_until(&mut slow, r#""answer":42"#).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let client = kalam_client::KalamClient::new(node.url())
+        .expect("building a KalamClient")
+        .with_token(admin_token());
+    for round in 0..2 {
+        client
+            .sql("SELECT 1 AS one")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        // Longer than the read timeout: the node closes the client's idle connection.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    client
+        .sql("SELECT 1 AS one")
+        .await
+        .expect("a request after the node closed the idle connection");
 }
 
 /// Clients that speak HTTP/2 from the first byte (h2c with prior knowledge) are served too,
