@@ -14,6 +14,9 @@ pub const CLOSE_TOO_SLOW: u16 = 4008;
 /// WebSocket close code: the client sent frames that are not valid JSON messages of the
 /// protocol too many times, or a binary frame.
 pub const CLOSE_PROTOCOL: u16 = 1008;
+/// The node could not deliver a change to the connection (a bug on its side, logged there);
+/// reconnect and resume with `from_seq`, nothing was skipped.
+pub const CLOSE_INTERNAL: u16 = 1011;
 
 /// Options of one subscription.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

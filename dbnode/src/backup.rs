@@ -1461,7 +1461,7 @@ fn restore_steps(
                 .sum::<usize>(),
             table_started.elapsed().as_millis()
         ));
-        progress.rows += table.rows;
+        progress.rows = progress.rows.saturating_add(table.rows);
         progress.tables_done += 1;
         progress.report(job);
         defs.push(Arc::new(def));
@@ -1511,6 +1511,14 @@ fn restore_table(
     }
     if let Some(last) = history.last() {
         def.columns = last.columns.clone();
+    }
+    // What the catalog checks when it loads a table at start-up: a definition it would
+    // refuse must not get in, or the node would not start again.
+    if def.column(def.primary_key.as_str()).is_none() {
+        return Err(corrupt(
+            &table.definition,
+            "the primary key names no column of the schema",
+        ));
     }
     def.history = history;
     def.namespace = namespace.clone();
@@ -1803,8 +1811,7 @@ pub async fn show(engine: &Engine, url: &str, options: &OptionList) -> Result<Qu
                 .files
                 .iter()
                 .filter(|f| f.path.starts_with(&catalog) || f.path.starts_with(&data))
-                .map(|f| f.bytes)
-                .sum();
+                .fold(0u64, |sum, f| sum.saturating_add(f.bytes));
             let files: usize = t.partitions.iter().map(|p| p.segments.len()).sum();
             let v = json!({
                 "namespace": m.namespace, "table_name": t.name, "table_type": t.kind.as_str(),
@@ -1816,7 +1823,11 @@ pub async fn show(engine: &Engine, url: &str, options: &OptionList) -> Result<Qu
             v.as_object().cloned().unwrap_or_default()
         })
         .collect();
-    let total: u64 = m.files.iter().map(|f| f.bytes).sum();
+    // Sizes come from the manifest, which may be damaged: saturate instead of overflowing.
+    let total = m
+        .files
+        .iter()
+        .fold(0u64, |sum, f| sum.saturating_add(f.bytes));
     Ok(QueryResult {
         columns: columns
             .iter()

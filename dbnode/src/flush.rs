@@ -216,8 +216,19 @@ impl Flusher {
             .enable_all()
             .build()
         {
-            // Dropping the runtime at the end of this arm joins its threads.
-            Ok(tokio) => flush_table(&self.engine.cold, &rt, &job, &tokio),
+            // Dropping the runtime at the end of this arm joins its threads. A panic (a bug,
+            // or a damaged file the code did not expect) fails this attempt like any error:
+            // the job is recorded as failed and retried, instead of the table staying
+            // "running" and never flushed again until a restart.
+            Ok(tokio) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                flush_table(&self.engine.cold, &rt, &job, &tokio)
+            }))
+            .unwrap_or_else(|_| {
+                Err((
+                    KalamError::internal("the flush stopped unexpectedly"),
+                    json!({}),
+                ))
+            }),
             Err(e) => Err((KalamError::internal(e), json!({}))),
         };
         job.note_cpu(Duration::from_nanos(
@@ -364,6 +375,8 @@ fn flush_table(
     job: &JobHandle,
     tokio: &tokio::runtime::Runtime,
 ) -> std::result::Result<serde_json::Value, (KalamError, serde_json::Value)> {
+    // Tests make a flush panic here (FAILPOINTS=flush-table=panic).
+    fail::fail_point!("flush-table");
     let mut progress = Progress::default();
     let result = flush_steps(cold, rt, job, tokio, &mut progress);
     match result {

@@ -17,10 +17,12 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
+use datafusion::sql::sqlparser::ast::Ident;
 use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use kalam_client::live_wire::{
-    ClientMessage, ServerMessage, Subscription as SubscriptionRequest, CLOSE_UNAUTHORIZED,
+    ClientMessage, ServerMessage, Subscription as SubscriptionRequest, CLOSE_INTERNAL,
+    CLOSE_UNAUTHORIZED,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
@@ -161,7 +163,20 @@ async fn read_loop(
         };
         last_seen.touch();
         match message {
-            Message::Text(text) => handle_text(node, connection, text.as_str()).await,
+            Message::Text(text) => {
+                // A panic (a bug) while planning a subscription or its initial data must
+                // not skip `disconnect` below and leave the connection's subscriptions
+                // registered: the connection is closed and cleaned up like any other.
+                let handled =
+                    std::panic::AssertUnwindSafe(handle_text(node, connection, text.as_str()))
+                        .catch_unwind()
+                        .await;
+                if handled.is_err() {
+                    tracing::error!("a live-query message panicked; closing the connection");
+                    connection.close(CLOSE_INTERNAL, "internal error; see the node's log");
+                    return;
+                }
+            }
             Message::Binary(_) => send_error(
                 connection,
                 None,
@@ -381,6 +396,8 @@ async fn subscribe(
         partition,
     )?;
     tracing::debug!(live_id = %subscription.live_id, table = %subscription.table, "subscribed");
+    // Tests make a subscribe panic here, once registered (FAILPOINTS=live-subscribe=panic).
+    fail::fail_point!("live-subscribe");
     if let Some(initial_sql) = initial_sql {
         let result = executor.query_text(&ctx, &initial_sql).await;
         match result {
@@ -425,7 +442,10 @@ fn initial_query(
         .as_ref()
         .map(|w| format!(" WHERE {w}"))
         .unwrap_or_default();
-    let table = format!("{}.{} AS \"{}\"", def.namespace, def.name, compiled.alias);
+    // The alias is the client's text: printed as a quoted identifier, with its quotes
+    // doubled, so that it cannot end the identifier and add SQL of its own.
+    let alias = Ident::with_quote('"', compiled.alias.as_str());
+    let table = format!("{}.{} AS {alias}", def.namespace, def.name);
     if def.kind.has_system_columns() {
         format!(
             "SELECT {} FROM {table}{filter} ORDER BY \"_updated\" DESC, \"{}\" DESC LIMIT {last_rows}",

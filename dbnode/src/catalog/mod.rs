@@ -286,7 +286,9 @@ impl Catalog {
             .and_then(|v| u32::try_from(v).ok())
             .filter(|v| *v >= 1)
             .ok_or_else(|| io_err(&manifest_path, "no valid schema_version"))?;
-        let mut files = Vec::with_capacity(version as usize);
+        // Not sized by `version`: a damaged manifest would ask for gigabytes before the
+        // first missing file stops the loop.
+        let mut files = Vec::new();
         for v in 1..=version {
             let path = dir.join(schema_file_name(v));
             let file: SchemaFile = read_json(&path)?;

@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
 use datafusion::physical_expr::PhysicalExpr;
-use kalam_client::live_wire::{ChangeType, ServerMessage, SubscriptionOptions, CLOSE_TOO_SLOW};
+use kalam_client::live_wire::{
+    ChangeType, ServerMessage, SubscriptionOptions, CLOSE_INTERNAL, CLOSE_TOO_SLOW,
+};
 use kalam_client::wire::Row;
 use parking_lot::{Mutex, RwLock};
 use prometheus::{IntCounter, IntGauge};
@@ -642,7 +644,7 @@ impl LiveHub {
         let messages = metrics.messages.clone();
         let dispatcher = async move {
             while let Some(job) = rx.recv().await {
-                dispatch(&job, &messages);
+                dispatch_or_close(&job, &messages);
             }
         };
         match tokio::runtime::Handle::try_current() {
@@ -1019,7 +1021,36 @@ impl ShapeId {
 
 /// Evaluates one commit for the subscriptions of its partition and queues their messages;
 /// `messages` counts them (one per subscription reached, grouped or not).
+/// Delivers one change; a delivery that panics (a bug: rendering evaluates the client's
+/// filter with DataFusion) must not end the dispatcher, which serves every table. Then every
+/// connection listening on the change's partition is closed with 1011, to reconnect and
+/// resume with `from_seq`: the change is in the log, and nobody silently misses it.
+fn dispatch_or_close(job: &Dispatch, messages: &IntCounter) {
+    let delivered =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(job, messages)));
+    if delivered.is_ok() {
+        return;
+    }
+    let seq = job.event.batch.seq;
+    tracing::error!(
+        seq,
+        "delivering a change panicked; closing the connections of its partition"
+    );
+    let table = job.table.lock();
+    let Some(listeners) = table.subscriptions.get(&job.event.batch.partition.prefix()) else {
+        return;
+    };
+    for subscription in listeners.iter() {
+        subscription.connection.close(
+            CLOSE_INTERNAL,
+            format!("internal error delivering change {seq}; reconnect and resume with from_seq"),
+        );
+    }
+}
+
 fn dispatch(job: &Dispatch, messages: &IntCounter) {
+    // Tests make a delivery panic here (FAILPOINTS=live-dispatch=panic).
+    fail::fail_point!("live-dispatch");
     let plans = match job
         .table
         .lock()

@@ -478,6 +478,10 @@ pub fn apply_alter(
 /// The `WITH` options only STREAM tables take.
 const STREAM_OPTIONS: &[&str] = &["retention", "ephemeral", "max_buffer"];
 
+/// The longest STREAM retention: an event's age is compared in microseconds since 1970,
+/// which an `i64` holds for about 292,000 years.
+const MAX_STREAM_RETENTION_SECS: u64 = (i64::MAX / 1_000_000) as u64;
+
 /// One `WITH` option of a STREAM table: `retention = '10s'` (whole seconds, at least one),
 /// `ephemeral = true | false`, `max_buffer = n` (at least 1). A bad value or an unknown key is
 /// `INVALID_OPTION`; `deleted_retention`, which only USER and SHARED tables have, is
@@ -490,11 +494,14 @@ fn stream_option(options: &mut StreamOptions, key: &str, value: &serde_json::Val
             options.retention_secs = value
                 .as_str()
                 .and_then(parse_duration)
-                .filter(|d| d.subsec_nanos() == 0 && d.as_secs() >= 1)
+                .filter(|d| {
+                    d.subsec_nanos() == 0
+                        && (1..=MAX_STREAM_RETENTION_SECS).contains(&d.as_secs())
+                })
                 .map(|d| d.as_secs())
                 .ok_or_else(|| {
                     invalid(format!(
-                        "retention = {}: expected a duration of whole seconds, at least '1s', such as '10s', '5 minutes' or '1h'",
+                        "retention = {}: expected a duration of whole seconds, from '1s' to '{MAX_STREAM_RETENTION_SECS}s', such as '10s', '5 minutes' or '1h'",
                         shown()
                     ))
                 })?;

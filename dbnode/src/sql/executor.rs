@@ -573,7 +573,7 @@ impl Executor {
             };
             let pk = def.primary_key_index();
             let skip_key =
-                width == Some(def.columns.len() - 1) && def.columns[pk].default.is_some();
+                width == def.columns.len().checked_sub(1) && def.columns[pk].default.is_some();
             insert.columns = def
                 .columns
                 .iter()

@@ -905,7 +905,7 @@ impl TableStore {
         {
             return Ok(count);
         }
-        let timestamp = now_micros().max(*last_updated + 1);
+        let timestamp = now_micros().max(last_updated.saturating_add(1));
         let mut seen = std::collections::HashSet::with_capacity(keyed.len());
         let mut rows = Vec::with_capacity(keyed.len());
         for (key, values) in keyed {
@@ -943,8 +943,10 @@ impl TableStore {
         let Some(options) = &def.stream else {
             return Ok(0);
         };
-        let cutoff =
-            now_micros.saturating_sub((options.retention_secs as i64).saturating_mul(1_000_000));
+        // A retention longer than `i64` microseconds (a definition from before DDL refused
+        // it) keeps everything instead of wrapping to a negative age.
+        let retention = i64::try_from(options.retention_secs).unwrap_or(i64::MAX);
+        let cutoff = now_micros.saturating_sub(retention.saturating_mul(1_000_000));
         let bound = (cutoff.max(0) as u64).to_be_bytes();
         // Under the write lock so the count stays exact; the delete touches old keys only.
         let _lock = self.write_lock.lock();
@@ -1059,7 +1061,7 @@ impl TableStore {
             seq += 1;
             updated_micros = match updated {
                 Some(chosen) => chosen,
-                None => now_micros().max(updated_micros + 1),
+                None => now_micros().max(updated_micros.saturating_add(1)),
             };
             let mut olds = Vec::with_capacity(if self.sink.is_some() { rows.len() } else { 0 });
             let batch: Vec<(Vec<u8>, StoredRow)> = rows

@@ -343,6 +343,32 @@ fn flip_middle_byte(path: &Path) {
     std::fs::write(path, bytes).expect("writing a backup file");
 }
 
+/// Replaces the backup file `rel` with `bytes` and updates its size and sha256 in
+/// `manifest.json` and the manifest's own checksum, so that only its content is wrong.
+fn rewrite_checked(dir: &Path, rel: &str, bytes: &[u8]) {
+    std::fs::write(dir.join(rel), bytes).expect("writing a backup file");
+    let manifest_path = dir.join("manifest.json");
+    let mut manifest: Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).expect("manifest.json"))
+            .expect("manifest.json is JSON");
+    let entry = manifest["files"]
+        .as_array_mut()
+        .and_then(|files| files.iter_mut().find(|f| f["path"] == rel))
+        .unwrap_or_else(|| panic!("{rel} is listed in manifest.json"));
+    entry["bytes"] = json!(bytes.len());
+    entry["sha256"] = json!(format!("{:x}", Sha256::digest(bytes)));
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .expect("writing manifest.json");
+    std::fs::write(
+        dir.join("manifest.json.sha256"),
+        sha256_file(&manifest_path),
+    )
+    .expect("writing manifest.json.sha256");
+}
+
 fn rel_path(root: &Path, file: &Path) -> String {
     file.strip_prefix(root)
         .expect("a file of the backup")
@@ -796,6 +822,18 @@ async fn a_corrupted_backup_restores_nothing_and_names_the_file() {
         .expect("a Parquet file");
     std::fs::remove_file(&removed).expect("removing a backup file");
 
+    // Checksums that match a definition the catalog would not load: its primary key names
+    // no column.
+    let bad_key = base.join("bad-key");
+    copy_dir(&pristine, &bad_key);
+    let definition = "catalog/rooms/table.json";
+    let mut table: Value = serde_json::from_slice(
+        &std::fs::read(bad_key.join(definition)).expect("the rooms definition"),
+    )
+    .expect("table.json is JSON");
+    table["primary_key"] = json!("nosuch");
+    rewrite_checked(&bad_key, definition, &serde_json::to_vec(&table).unwrap());
+
     let truncated = base.join("truncated");
     copy_dir(&pristine, &truncated);
     let hot = truncated.join("data/notes/hot.rows");
@@ -807,6 +845,7 @@ async fn a_corrupted_backup_restores_nothing_and_names_the_file() {
         (&flipped_hot, "data/typing/hot.rows".to_string()),
         (&missing_file, rel_path(&missing_file, &removed)),
         (&truncated, "data/notes/hot.rows".to_string()),
+        (&bad_key, definition.to_string()),
     ] {
         let sql = format!("RESTORE NAMESPACE app FROM {}", lit(&file_url(dir)));
         let err = node.expect_error(&admin, &sql, "BACKUP_CORRUPT").await;
@@ -836,7 +875,7 @@ async fn a_corrupted_backup_restores_nothing_and_names_the_file() {
             "SELECT status, error_message FROM system.jobs WHERE job_type = 'restore' ORDER BY start_time",
         )
         .await;
-    assert_eq!(failed.len(), 4, "{}", pretty(&json!(failed)));
+    assert_eq!(failed.len(), 5, "{}", pretty(&json!(failed)));
     for job in &failed {
         assert_eq!(job["status"], "failed", "{}", pretty(job));
         assert!(

@@ -2941,3 +2941,46 @@ async fn a_small_cold_read_is_not_split_across_threads() {
     assert!(!plan.contains("RepartitionExec"), "{plan}");
     assert_eq!(node.query(&alice, query).await, vec![json!({"id": 2})]);
 }
+
+/// A flush that panics (a bug; made one here with a failpoint) is a failed job like any
+/// other: the table is not left "flushing" with its job forever, the next `FLUSH TABLE`
+/// starts a new job that writes every row, and no row was lost in between.
+#[tokio::test]
+async fn a_flush_that_panics_fails_its_job_and_the_next_one_flushes() {
+    let node = TestNode::start_with_options(
+        NodeOptions::default().env("FAILPOINTS", "flush-table=1*panic"),
+    )
+    .await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (id, conversation_id, content) VALUES (1, 'c1', 'a'), (2, 'c1', 'b')",
+    )
+    .await;
+    let first = start_flush(&node, "app.messages").await;
+    let failed = wait_job_within(&node, &first, FAILED_FLUSH_TIMEOUT).await;
+    assert_eq!(failed["status"], "failed", "{}", pretty(&failed));
+    assert!(
+        failed["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("internal error")),
+        "{}",
+        pretty(&failed)
+    );
+    assert_eq!(
+        node.count(&alice, "SELECT count(*) FROM app.messages")
+            .await,
+        2,
+        "the rows stay in the hot tier"
+    );
+
+    let second = flush(&node, "app.messages").await;
+    assert_ne!(second["job_id"], failed["job_id"], "a new job ran");
+    assert_eq!(result_rows(&second), 2, "{}", pretty(&second));
+    assert_eq!(
+        node.count(&alice, "SELECT count(*) FROM app.messages")
+            .await,
+        2
+    );
+}

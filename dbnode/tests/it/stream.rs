@@ -610,6 +610,12 @@ async fn bad_stream_definitions_are_refused_with_their_codes() {
             "CREATE STREAM TABLE app.s (a INT) WITH (retention = 'soon')",
             "INVALID_OPTION",
         ),
+        // Past what microseconds since 1970 can hold (about 292,000 years): it used to wrap
+        // to a negative age, and every eviction pass dropped all events.
+        (
+            "CREATE STREAM TABLE app.s (a INT) WITH (retention = '10000000000000000000s')",
+            "INVALID_OPTION",
+        ),
         (
             "CREATE STREAM TABLE app.s (a INT) WITH (retention = 10)",
             "INVALID_OPTION",
