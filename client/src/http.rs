@@ -13,7 +13,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use http_body_util::{BodyExt, Full};
@@ -29,6 +29,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle connections kept per client (and its clones); more concurrent requests than this
 /// open connections that are closed after use.
 const MAX_IDLE: usize = 64;
+/// How long a connection may sit idle in the pool and still be used: less than the idle
+/// timeout of the node (`http_read_timeout_ms`, 75 s by default) and of the proxies in front
+/// of nodes (60 s is common). A close the server sends while the request is on its way is
+/// not noticed before the request is written, and a request it crossed cannot be sent again
+/// safely; a connection that old is closed and a new one opened instead.
+const MAX_IDLE_AGE: Duration = Duration::from_secs(20);
 
 const USER_AGENT_VALUE: &str = concat!("kalam-client/", env!("CARGO_PKG_VERSION"));
 
@@ -50,6 +56,8 @@ struct Conn {
     io: Pin<Box<Connection>>,
     /// The I/O future has resolved (the connection is over): it must not be polled again.
     ended: bool,
+    /// When it last went back into the pool (or was opened).
+    idle_since: Instant,
 }
 
 /// Where the node is and the connections open to it.
@@ -59,6 +67,8 @@ pub(crate) struct Pool {
     /// The `Host` header: `host[:port]` as the base URL spells it.
     authority: HeaderValue,
     idle: Mutex<Vec<Conn>>,
+    /// [`MAX_IDLE_AGE`], shorter in tests.
+    max_idle_age: Duration,
 }
 
 /// A request without its body; see [`Pool::exchange`].
@@ -77,6 +87,7 @@ impl Pool {
             port,
             authority,
             idle: Mutex::new(Vec::new()),
+            max_idle_age: MAX_IDLE_AGE,
         }
     }
 
@@ -126,23 +137,29 @@ impl Pool {
         request
     }
 
-    /// The most recently used idle connection that is still open.
+    /// The most recently used idle connection that is still open and not too old; the
+    /// others are dropped (closed).
     fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(mut conn) = idle.pop() {
             // An idle connection's state machine resolves once the peer has closed it (or
             // sent something it should not have); either way it cannot be used.
-            if !conn.ended && !conn.send.is_closed() && conn.io.as_mut().now_or_never().is_none() {
+            if !conn.ended
+                && conn.idle_since.elapsed() < self.max_idle_age
+                && !conn.send.is_closed()
+                && conn.io.as_mut().now_or_never().is_none()
+            {
                 return Some(conn);
             }
         }
         None
     }
 
-    fn checkin(&self, conn: Conn) {
+    fn checkin(&self, mut conn: Conn) {
         if conn.ended {
             return;
         }
+        conn.idle_since = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE {
             idle.push(conn);
@@ -170,6 +187,7 @@ impl Pool {
             send,
             io: Box::pin(io),
             ended: false,
+            idle_since: Instant::now(),
         })
     }
 }
@@ -181,7 +199,9 @@ impl Conn {
         &mut self,
         request: Request<Full<Bytes>>,
     ) -> Result<(u16, Bytes), hyper::Error> {
-        let Conn { send, io, ended } = self;
+        let Conn {
+            send, io, ended, ..
+        } = self;
         let exchange = async {
             send.ready().await?;
             let response = send.send_request(request).await?;
@@ -330,6 +350,30 @@ mod tests {
             assert_eq!(body, format!("POST /api/sql request {i}"));
         }
         assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// A connection idle for longer than the pool's limit is not used again: the server may
+    /// be closing it just then.
+    #[tokio::test]
+    async fn connections_idle_for_too_long_are_replaced() {
+        let server = server(false).await;
+        let mut pool = pool(server.port);
+        pool.max_idle_age = Duration::from_millis(200);
+        post(&pool, "first").await.unwrap();
+        post(&pool, "at once").await.unwrap();
+        assert_eq!(
+            server.accepted.load(Ordering::SeqCst),
+            1,
+            "reused while fresh"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (_, body) = post(&pool, "later").await.unwrap();
+        assert_eq!(body, "POST /api/sql later");
+        assert_eq!(
+            server.accepted.load(Ordering::SeqCst),
+            2,
+            "a new connection"
+        );
     }
 
     #[tokio::test]

@@ -131,7 +131,9 @@ impl Default for Config {
             cleanup_interval: "1h".to_string(),
             cleanup_file_grace: "30s".to_string(),
             shutdown_timeout_ms: 20_000,
-            http_read_timeout_ms: 30_000,
+            // Longer than the 60 s idle timeout common in proxies and load balancers, so that
+            // they, not the node, close an idle connection first (ADR 0025).
+            http_read_timeout_ms: 75_000,
         }
     }
 }

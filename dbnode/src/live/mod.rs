@@ -1041,11 +1041,16 @@ fn dispatch_or_close(job: &Dispatch, messages: &IntCounter) {
         return;
     };
     for subscription in listeners.iter() {
-        subscription.connection.close(
-            CLOSE_INTERNAL,
-            format!("internal error delivering change {seq}; reconnect and resume with from_seq"),
-        );
+        close_undelivered(subscription, seq);
     }
+}
+
+/// Closes the connection of a subscription that change `seq` could not be delivered to.
+fn close_undelivered(subscription: &Subscription, seq: u64) {
+    subscription.connection.close(
+        CLOSE_INTERNAL,
+        format!("internal error delivering change {seq}; reconnect and resume with from_seq"),
+    );
 }
 
 fn dispatch(job: &Dispatch, messages: &IntCounter) {
@@ -1068,8 +1073,9 @@ fn dispatch(job: &Dispatch, messages: &IntCounter) {
     }
     let event = &job.event;
     let seq = event.batch.seq;
-    // Each shape's rendering, built for the first subscription that has it.
-    let mut rendered: HashMap<ShapeId, Vec<Rendered>> = HashMap::new();
+    // Each shape's rendering, built for the first subscription that has it; `None` when
+    // building it panicked.
+    let mut rendered: HashMap<ShapeId, Option<Vec<Rendered>>> = HashMap::new();
     let now = Utc::now().timestamp_micros();
     let mut sent = 0;
     for item in items {
@@ -1079,9 +1085,25 @@ fn dispatch(job: &Dispatch, messages: &IntCounter) {
             }
         }
         let first = item.first();
-        let parts = rendered
-            .entry(first.shape)
-            .or_insert_with(|| render(event, &first.query));
+        let parts = rendered.entry(first.shape).or_insert_with(|| {
+            // Rendering evaluates the subscription's filter with DataFusion: a panic there (a
+            // bug) closes this shape's subscribers only; the others get the change.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                fail::fail_point!("live-render");
+                render(event, &first.query)
+            }))
+            .map_err(|_| tracing::error!(seq, "rendering a change for a live query panicked"))
+            .ok()
+        });
+        let Some(parts) = parts else {
+            match item {
+                Item::One(subscription) => close_undelivered(subscription, seq),
+                Item::Group { members, .. } => {
+                    members.iter().for_each(|m| close_undelivered(m, seq));
+                }
+            }
+            continue;
+        };
         if parts.is_empty() {
             continue;
         }

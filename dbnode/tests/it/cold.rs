@@ -2948,7 +2948,10 @@ async fn a_small_cold_read_is_not_split_across_threads() {
 #[tokio::test]
 async fn a_flush_that_panics_fails_its_job_and_the_next_one_flushes() {
     let node = TestNode::start_with_options(
-        NodeOptions::default().env("FAILPOINTS", "flush-table=1*panic"),
+        NodeOptions::default()
+            .env("FAILPOINTS", "flush-table=1*panic")
+            // No scheduled retry between the failure and the FLUSH TABLE below.
+            .env("KALAMDB_FLUSH_RETRY_BASE_MS", "3600000"),
     )
     .await;
     node.create_chat_schema().await;

@@ -340,9 +340,9 @@ async fn read_until_closed(
     String::from_utf8_lossy(&read).into_owned()
 }
 
-/// A node that waits 1 s for the next part of a request (`http_read_timeout_ms`).
+/// A node that waits 2 s for the next part of a request (`http_read_timeout_ms`).
 async fn impatient_node() -> TestNode {
-    TestNode::start_with_options(NodeOptions::default().env("KALAMDB_HTTP_READ_TIMEOUT_MS", "1000"))
+    TestNode::start_with_options(NodeOptions::default().env("KALAMDB_HTTP_READ_TIMEOUT_MS", "2000"))
         .await
 }
 
@@ -385,7 +385,7 @@ async fn silent_connections_are_closed_after_the_read_timeout() {
             "{what}: no answer is sent on a timed-out connection: {rest}"
         );
         assert!(
-            opened.elapsed() >= Duration::from_millis(900),
+            opened.elapsed() >= Duration::from_millis(1900),
             "{what} was closed after {:?}, before the read timeout",
             opened.elapsed()
         );
@@ -421,7 +421,7 @@ async fn bodies_that_stop_arriving_time_out_and_slow_ones_do_not() {
         "a body that stopped arriving",
     );
 
-    // Six parts, 300 ms apart: 1.5 s in all, over the timeout, each part within it.
+    // Seven parts, 350 ms apart: 2.45 s in all, over the timeout, each part well within it.
     let body = r#"{"sql": "SELECT 41 + 1 AS answer"}"#;
     let mut slow = tokio::net::TcpStream::connect(&addr)
         .await
@@ -433,8 +433,8 @@ async fn bodies_that_stop_arriving_time_out_and_slow_ones_do_not() {
         body.len()
     );
     slow.write_all(head.as_bytes()).await.unwrap();
-    for part in body.as_bytes().chunks(body.len().div_ceil(6)) {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    for part in body.as_bytes().chunks(body.len().div_ceil(7)) {
+        tokio::time::sleep(Duration::from_millis(350)).await;
         slow.write_all(part).await.unwrap();
     }
     let answer = read_until(&mut slow, r#""answer":42"#).await;
@@ -449,7 +449,7 @@ async fn bodies_that_stop_arriving_time_out_and_slow_ones_do_not() {
             .await
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         // Longer than the read timeout: the node closes the client's idle connection.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
     }
     client
         .sql("SELECT 1 AS one")

@@ -1717,6 +1717,45 @@ async fn a_delivery_that_panics_closes_its_subscribers_who_resume_without_a_gap(
     assert_eq!(row_ids(&live), [3], "{}", pretty(&live));
 }
 
+/// A change whose rendering for one query shape panics (a bug, e.g. in evaluating its
+/// filter; made one here with a failpoint) closes only that shape's subscribers, who resume
+/// with `from_seq`; a subscriber of the same rows with another shape gets the change.
+#[tokio::test]
+async fn a_render_that_panics_closes_only_the_subscribers_of_its_shape() {
+    let node = TestNode::start_with_options(
+        NodeOptions::default().env("FAILPOINTS", "live-render=2*off->1*panic"),
+    )
+    .await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    let mut ids = node.ws(&alice).await;
+    ids.subscribe("ids", ALL_IDS, Value::Null).await;
+    ids.expect_subscribed("ids").await;
+    let mut full = node.ws(&alice).await;
+    let other_shape = "SELECT id, content FROM app.messages";
+    full.subscribe("full", other_shape, Value::Null).await;
+    full.expect_subscribed("full").await;
+
+    node.exec(&alice, &insert_msg(1, "c1", "both")).await;
+    let first = ids.expect_change("ids", "INSERT").await;
+    full.expect_change("full", "INSERT").await;
+
+    // The third rendering (the first shape, for the second change) panics.
+    node.exec(&alice, &insert_msg(2, "c1", "one shape fails"))
+        .await;
+    let (_, close) = ids.expect_close(Duration::from_secs(10)).await;
+    assert_eq!(close.code, Some(1011), "{close:?}");
+    let delivered = full.expect_change("full", "INSERT").await;
+    assert_eq!(row_ids(&delivered), [2], "{}", pretty(&delivered));
+
+    let mut ids = node.ws(&alice).await;
+    ids.subscribe("ids", ALL_IDS, json!({"from_seq": seq(&first)}))
+        .await;
+    ids.expect_subscribed("ids").await;
+    let missed = ids.expect_change("ids", "INSERT").await;
+    assert_eq!(row_ids(&missed), [2], "{}", pretty(&missed));
+}
+
 /// A subscribe that panics once registered (a bug; made one here with a failpoint) closes
 /// its connection with 1011 and leaves no subscription behind; the node keeps serving
 /// subscriptions.
