@@ -195,10 +195,10 @@ impl Engine {
         // Only data of a namespace the catalog still has is dropped: that is what a crash
         // inside DROP TABLE leaves. Data of namespaces the catalog does not know (a catalog
         // directory lost or restored from elsewhere) is kept, never deleted on a guess.
-        let namespaces: Vec<String> = catalog
+        let namespaces: std::collections::HashSet<String> = catalog
             .namespaces()
             .into_iter()
-            .map(|(d, _)| format!("{}{}_", crate::storage::TABLE_CF_PREFIX, d.name))
+            .map(|(d, _)| d.name.to_string())
             .collect();
         // Tables dropped before their files were all removed: the purge resumes once the node
         // runs (`purge::Purger::resume`), from the manifests kept in `meta`.
@@ -231,12 +231,12 @@ impl Engine {
             if purging.contains(&cf) {
                 tracing::warn!(column_family = %cf, "dropping the data of a dropped table (DROP TABLE interrupted after its commit point)");
                 storage.drop_cf(&cf)?;
-            } else if namespaces.iter().any(|prefix| cf.starts_with(prefix)) {
+            } else if of_known_namespace(&cf, &namespaces) {
                 tracing::warn!(column_family = %cf, "dropping the data of a table that is not in the catalog (interrupted CREATE or DROP)");
                 storage.drop_cf(&cf)?;
                 storage.drop_cold_meta(&cf)?;
             } else {
-                tracing::warn!(column_family = %cf, "keeping data of a table whose namespace is not in the catalog; restore the catalog, or drop it by hand");
+                tracing::warn!(column_family = %cf, "keeping data of a table whose namespace is not in the catalog, or may not be; restore the catalog, or drop it by hand");
             }
         }
         Ok(Self {
@@ -615,4 +615,49 @@ pub fn compile_default(planner: &SessionState, text: &str, t: KalamType) -> Resu
     expr.cast_to(&t.arrow(), &DFSchema::empty()).map_err(|e| {
         KalamError::InvalidTableDefinition(format!("DEFAULT {text}: {}", KalamError::from(e)))
     })
+}
+
+/// Whether column family `cf` (`t_{namespace}_{table}_{uid}`) certainly belongs to one of
+/// `namespaces`. Names may hold `_`, so `t_app_x_notes_…` is table `x_notes` of `app` or
+/// table `notes` of `app_x`: it belongs to a known namespace only when every namespace it
+/// could name is known. Data is dropped only on that certainty, never on a guess.
+fn of_known_namespace(cf: &str, namespaces: &std::collections::HashSet<String>) -> bool {
+    let Some(rest) = cf.strip_prefix(crate::storage::TABLE_CF_PREFIX) else {
+        return false;
+    };
+    // The uid is hex, without `_`.
+    let Some((qualified, _uid)) = rest.rsplit_once('_') else {
+        return false;
+    };
+    // Every `_` with a name on both sides could end the namespace.
+    let mut candidates = qualified
+        .match_indices('_')
+        .map(|(at, _)| &qualified[..at])
+        .filter(|ns| !ns.is_empty())
+        .peekable();
+    candidates.peek().is_some() && candidates.all(|ns| namespaces.contains(ns))
+}
+
+#[cfg(test)]
+mod cf_ownership_tests {
+    use super::of_known_namespace;
+
+    fn known(names: &[&str]) -> std::collections::HashSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn a_column_family_is_of_a_known_namespace_only_when_no_other_reading_exists() {
+        let app = known(&["app"]);
+        assert!(of_known_namespace("t_app_notes_18f3a2b4c5d6e7f8", &app));
+        // Table `x_notes` of `app`, or table `notes` of an unknown `app_x`: kept.
+        assert!(!of_known_namespace("t_app_x_notes_18f3a2b4c5d6e7f8", &app));
+        assert!(of_known_namespace(
+            "t_app_x_notes_18f3a2b4c5d6e7f8",
+            &known(&["app", "app_x"])
+        ));
+        assert!(!of_known_namespace("t_other_notes_18f3a2b4c5d6e7f8", &app));
+        assert!(!of_known_namespace("t_app_18f3a2b4c5d6e7f8", &app));
+        assert!(!of_known_namespace("meta", &app));
+    }
 }

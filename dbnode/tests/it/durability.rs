@@ -455,6 +455,39 @@ async fn a_lost_catalog_never_deletes_table_data() {
     );
 }
 
+/// A namespace lost from the catalog keeps its data even when its name extends a namespace
+/// the catalog still has (`app_x` after `app`): its column family `t_app_x_notes_…` could
+/// also be a table `x_notes` of `app`, and start-up repair does not drop data on a guess.
+#[tokio::test]
+async fn a_lost_namespace_keeps_its_data_next_to_a_namespace_with_a_shorter_name() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    node.admin("CREATE NAMESPACE app_x").await;
+    node.admin("CREATE SHARED TABLE app_x.notes (id BIGINT PRIMARY KEY, body TEXT)")
+        .await;
+    node.admin("INSERT INTO app_x.notes (id, body) VALUES (1, 'kept')")
+        .await;
+    let dir = node.stop().await;
+    std::fs::remove_dir_all(dir.data_dir().join("catalog/app_x")).expect("remove app_x");
+    let node = TestNode::start_in(&dir).await;
+    node.expect_error(
+        &admin_token(),
+        "SELECT * FROM app_x.notes",
+        "NAMESPACE_NOT_FOUND",
+    )
+    .await;
+    let dir = node.stop().await;
+    let cfs = column_families(&dir.data_dir());
+    assert!(
+        cfs.iter().any(|cf| cf.starts_with("t_app_x_notes_")),
+        "data kept: {cfs:?}"
+    );
+    assert!(
+        cfs.iter().any(|cf| cf.starts_with("t_app_messages_")),
+        "the known namespace's table is untouched: {cfs:?}"
+    );
+}
+
 /// With `sync_writes`, INSERTs that arrive while another commit is writing wait for it off
 /// the node's workers and share the next fsync (group commit, ADR 0024). Sixteen users
 /// writing at once, and sixteen clients racing for one key: every acknowledged row
