@@ -22,8 +22,6 @@
 //! ```
 
 use std::env;
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -38,6 +36,10 @@ use tokio::sync::mpsc;
 #[allow(dead_code)]
 #[path = "../src/measure.rs"]
 mod measure;
+
+#[path = "floor/relay.rs"]
+mod relay;
+use relay::Relay;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -127,23 +129,6 @@ async fn serve(per_conn: usize) -> Result<()> {
     }
 }
 
-/// The relay process, killed when the load ends, however it ends.
-struct Relay(Child);
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn connect(port: u16, role: u8) -> Result<TcpStream> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
-    s.set_nodelay(true)?;
-    s.write_all(&[role]).await?;
-    Ok(s)
-}
-
 /// One change as the subscription tasks share it.
 struct Shared {
     rows: Vec<Row>,
@@ -219,21 +204,11 @@ async fn read_connection(
 }
 
 async fn load(conns: usize, per_conn: usize, rounds: usize) -> Result<()> {
-    let mut relay = Relay(
-        Command::new(env::current_exe()?)
-            .args(["serve", "--per-conn", &per_conn.to_string()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting the relay")?,
-    );
-    let mut line = String::new();
-    let stdout = relay.0.stdout.take().context("relay stdout")?;
-    std::io::BufReader::new(stdout).read_line(&mut line)?;
-    let port: u16 = line.trim().parse().context("the relay's port")?;
+    let relay = Relay::start(&["serve", "--per-conn", &per_conn.to_string()])?;
 
     let (out, mut delivered) = mpsc::unbounded_channel::<Delivered>();
     for conn in 0..conns {
-        let mut socket = connect(port, b'S').await?;
+        let mut socket = relay.connect(b'S').await?;
         // The relay's "registered", as the node's `subscribed`.
         let mut ready = [0u8; 1];
         socket.read_exact(&mut ready).await?;
@@ -247,7 +222,7 @@ async fn load(conns: usize, per_conn: usize, rounds: usize) -> Result<()> {
     drop(out);
 
     let expected = conns * per_conn;
-    let mut writer = connect(port, b'W').await?;
+    let mut writer = relay.connect(b'W').await?;
     let mut h = measure::hist();
     let (mut msg, mut ack) = ([0u8; MSG], [0u8; ACK]);
     let started = Instant::now();

@@ -22,16 +22,18 @@
 //! ```
 
 use std::env;
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+
+#[path = "floor/relay.rs"]
+mod relay;
+use relay::Relay;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -128,37 +130,10 @@ async fn serve(mode: &str) -> Result<()> {
     }
 }
 
-/// The relay process, killed when the load ends, however it ends.
-struct Relay(Child);
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn connect(port: u16, role: u8) -> Result<TcpStream> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
-    s.set_nodelay(true)?;
-    s.write_all(&[role]).await?;
-    Ok(s)
-}
-
 async fn load(mode: String, n: usize, noise_per_sec: u64) -> Result<()> {
-    let mut relay = Relay(
-        Command::new(env::current_exe()?)
-            .args(["serve", mode.as_str()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting the relay")?,
-    );
-    let mut line = String::new();
-    let stdout = relay.0.stdout.take().context("relay stdout")?;
-    std::io::BufReader::new(stdout).read_line(&mut line)?;
-    let port: u16 = line.trim().parse().context("the relay's port")?;
+    let relay = Relay::start(&["serve", mode.as_str()])?;
 
-    let mut sub = connect(port, b'S').await?;
+    let mut sub = relay.connect(b'S').await?;
     let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<(u64, Instant)>();
     tokio::spawn(async move {
         let mut msg = [0u8; MSG];
@@ -173,7 +148,7 @@ async fn load(mode: String, n: usize, noise_per_sec: u64) -> Result<()> {
     // Let the relay register the subscriber before the first hot request.
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let mut noise = connect(port, b'W').await?;
+    let mut noise = relay.connect(b'W').await?;
     let noise_task = tokio::spawn(async move {
         let mut tick =
             tokio::time::interval(Duration::from_micros(1_000_000 / noise_per_sec.max(1)));
@@ -189,7 +164,7 @@ async fn load(mode: String, n: usize, noise_per_sec: u64) -> Result<()> {
         }
     });
 
-    let mut writer = connect(port, b'W').await?;
+    let mut writer = relay.connect(b'W').await?;
     let (mut h, mut acked) = (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
     let (mut msg, mut ack) = ([b'H'; MSG], [0u8; ACK]);
     for i in 0..n as u64 {
