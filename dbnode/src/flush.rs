@@ -376,7 +376,7 @@ fn flush_table(
     tokio: &tokio::runtime::Runtime,
 ) -> std::result::Result<serde_json::Value, (KalamError, serde_json::Value)> {
     // Tests make a flush panic here (FAILPOINTS=flush-table=panic).
-    fail::fail_point!("flush-table");
+    panic_point!("flush-table");
     let mut progress = Progress::default();
     let result = flush_steps(cold, rt, job, tokio, &mut progress);
     match result {

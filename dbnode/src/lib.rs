@@ -21,6 +21,16 @@ macro_rules! crash_point {
     };
 }
 
+/// Panics at a named step when `FAILPOINTS` asks for it: the tests' stand-in for a bug
+/// there. Compiled into debug builds only, so that the release build pays nothing on the
+/// hot paths it marks (a live change's rendering, once per shape).
+macro_rules! panic_point {
+    ($name:literal) => {
+        #[cfg(debug_assertions)]
+        fail::fail_point!($name);
+    };
+}
+
 pub mod api;
 pub mod auth;
 pub mod backup;

@@ -397,7 +397,7 @@ async fn subscribe(
     )?;
     tracing::debug!(live_id = %subscription.live_id, table = %subscription.table, "subscribed");
     // Tests make a subscribe panic here, once registered (FAILPOINTS=live-subscribe=panic).
-    fail::fail_point!("live-subscribe");
+    panic_point!("live-subscribe");
     if let Some(initial_sql) = initial_sql {
         let result = executor.query_text(&ctx, &initial_sql).await;
         match result {

@@ -1021,10 +1021,11 @@ impl ShapeId {
 
 /// Evaluates one commit for the subscriptions of its partition and queues their messages;
 /// `messages` counts them (one per subscription reached, grouped or not).
-/// Delivers one change; a delivery that panics (a bug: rendering evaluates the client's
-/// filter with DataFusion) must not end the dispatcher, which serves every table. Then every
-/// connection listening on the change's partition is closed with 1011, to reconnect and
-/// resume with `from_seq`: the change is in the log, and nobody silently misses it.
+/// Delivers one change. A panic (a bug) must not end the dispatcher, which serves every
+/// table: one in rendering for a query shape closes that shape's subscribers (in
+/// `dispatch`); one anywhere else closes every connection listening on the change's
+/// partition. Either way with 1011, to reconnect and resume with `from_seq`: the change is
+/// in the log, and nobody silently misses it.
 fn dispatch_or_close(job: &Dispatch, messages: &IntCounter) {
     let delivered =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(job, messages)));
@@ -1055,7 +1056,7 @@ fn close_undelivered(subscription: &Subscription, seq: u64) {
 
 fn dispatch(job: &Dispatch, messages: &IntCounter) {
     // Tests make a delivery panic here (FAILPOINTS=live-dispatch=panic).
-    fail::fail_point!("live-dispatch");
+    panic_point!("live-dispatch");
     let plans = match job
         .table
         .lock()
@@ -1089,7 +1090,7 @@ fn dispatch(job: &Dispatch, messages: &IntCounter) {
             // Rendering evaluates the subscription's filter with DataFusion: a panic there (a
             // bug) closes this shape's subscribers only; the others get the change.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                fail::fail_point!("live-render");
+                panic_point!("live-render");
                 render(event, &first.query)
             }))
             .map_err(|_| tracing::error!(seq, "rendering a change for a live query panicked"))
