@@ -7,8 +7,10 @@
 //! A client that stays silent does not hold a connection either (ADR 0025): one that sends
 //! no complete request within the read timeout of connecting is closed here, and hyper
 //! closes an HTTP/1.1 connection whose next request head does not arrive within it (which
-//! also ends idle keep-alive connections). Bodies have the same timeout per chunk, where
-//! they are read (`sql.rs`).
+//! also ends idle keep-alive connections). A connection that starts no request for a whole
+//! timeout after its first (an idle HTTP/2 connection, which hyper's timer does not cover)
+//! is shut down gracefully here. Bodies have the same timeout per chunk, where they are
+//! read (`sql.rs`).
 //!
 //! This is what `axum::serve` with a graceful shutdown does, with one difference: each
 //! connection's future runs under [`inline_self_wakes`]. hyper hands a request's body to
@@ -20,7 +22,7 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,13 +80,15 @@ pub async fn serve<L>(
             _ = stop.closed() => break,
         };
         tracing::trace!(?remote, "connection accepted");
-        // Set by the connection's first request: until then nothing else bounds the wait
-        // (hyper-util reads the first bytes to tell HTTP/1.1 from HTTP/2 without a timer).
-        let requested = Arc::new(AtomicBool::new(false));
+        // Counts the connection's requests as they reach the router: until the first,
+        // nothing else bounds the wait (hyper-util reads the first bytes to tell HTTP/1.1
+        // from HTTP/2 without a timer), and after it, nothing bounds an idle HTTP/2
+        // connection.
+        let requests = Arc::new(AtomicU64::new(0));
         let service = TowerToHyperService::new(app.clone().map_request({
-            let requested = requested.clone();
+            let requests = requests.clone();
             move |request: Request<Incoming>| {
-                requested.store(true, Ordering::Relaxed);
+                requests.fetch_add(1, Ordering::Relaxed);
                 request.map(Body::new)
             }
         }));
@@ -93,8 +97,8 @@ pub async fn serve<L>(
             let mut connection =
                 pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
             let mut stopping = pin!(stop.closed().fuse());
-            let mut first_request = pin!(tokio::time::sleep(timeouts.read));
-            let mut awaiting_first = true;
+            let mut idle_check = pin!(tokio::time::sleep(timeouts.read));
+            let (mut seen, mut closing) = (0, false);
             loop {
                 tokio::select! {
                     result = connection.as_mut() => {
@@ -103,13 +107,26 @@ pub async fn serve<L>(
                         }
                         break;
                     }
-                    _ = &mut stopping => connection.as_mut().graceful_shutdown(),
-                    _ = &mut first_request, if awaiting_first => {
-                        if !requested.load(Ordering::Relaxed) {
+                    _ = &mut stopping, if !closing => {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    _ = &mut idle_check, if !closing => {
+                        let now = requests.load(Ordering::Relaxed);
+                        if now == 0 {
                             tracing::debug!("closing a connection without a request (http_read_timeout_ms)");
                             break;
                         }
-                        awaiting_first = false;
+                        if now == seen {
+                            // No request started for a whole timeout. Requests in flight
+                            // still finish: HTTP/2 gets a GOAWAY, HTTP/1.1 closes after
+                            // its answer.
+                            tracing::debug!("closing an idle connection (http_read_timeout_ms)");
+                            closing = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                        seen = now;
+                        idle_check.as_mut().reset(tokio::time::Instant::now() + timeouts.read);
                     }
                 }
             }

@@ -393,6 +393,72 @@ async fn silent_connections_are_closed_after_the_read_timeout() {
     node.assert_still_serving().await;
 }
 
+/// An HTTP/2 connection that has been answered and then starts no request does not hold its
+/// connection either: after `http_read_timeout_ms` without a new request (and before twice
+/// that, plus slack) the node sends a GOAWAY and closes it. One that keeps sending requests,
+/// each within the timeout of the one before, is not closed.
+#[tokio::test]
+async fn idle_http2_connections_are_closed_after_the_read_timeout() {
+    use std::time::{Duration, Instant};
+
+    let node = impatient_node().await;
+    let addr = node.url().trim_start_matches("http://").to_owned();
+    async fn healthz(sender: &mut hyper::client::conn::http2::SendRequest<axum::body::Body>) {
+        sender.ready().await.expect("an open HTTP/2 connection");
+        let request = hyper::Request::get("/healthz")
+            .body(axum::body::Body::empty())
+            .expect("a request");
+        let answer = sender
+            .send_request(request)
+            .await
+            .expect("GET /healthz over HTTP/2");
+        assert_eq!(answer.status(), 200);
+    }
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connecting");
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("an HTTP/2 handshake");
+        let closed = tokio::spawn(async move {
+            let result = connection.await;
+            (Instant::now(), result)
+        });
+        (sender, closed)
+    };
+
+    let (mut idle, idle_closed) = connect().await;
+    let (mut busy, busy_closed) = connect().await;
+    healthz(&mut idle).await;
+    let answered = Instant::now();
+    // The busy connection asks every half timeout, for three timeouts.
+    while answered.elapsed() < Duration::from_secs(6) {
+        healthz(&mut busy).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let (closed_at, result) = tokio::time::timeout(Duration::from_secs(10), idle_closed)
+        .await
+        .expect("the idle HTTP/2 connection is closed within twice the read timeout")
+        .expect("the connection task");
+    result.expect("a graceful close (GOAWAY), not a reset");
+    let idle_for = closed_at - answered;
+    assert!(
+        idle_for >= Duration::from_millis(1900) && idle_for < Duration::from_secs(6),
+        "closed {idle_for:?} after its answer; the read timeout is 2 s, checked every 2 s"
+    );
+    assert!(
+        !busy_closed.is_finished(),
+        "a connection with a request every second stays open"
+    );
+    healthz(&mut busy).await;
+    drop(busy);
+    node.assert_still_serving().await;
+}
+
 /// A body that stops arriving gets `REQUEST_TIMEOUT` (408) after `http_read_timeout_ms`;
 /// one that arrives slowly but steadily, each part within the timeout, is served however
 /// long it takes in all. `kalam-client` reuses its connections across the node's closing of
