@@ -44,6 +44,31 @@ impl Drop for NodeProcess {
 
 const SECRET: &str = "kalam-bench-secret-0123456789";
 
+/// Checks, before any scenario runs, that `binary` is a `kalamdb` the tool can start: a
+/// wrong `--kalamdb` should not show only after PostgreSQL's whole side has run.
+pub fn check_binary(binary: &std::path::Path) -> Result<()> {
+    let out = Command::new(binary)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| {
+            format!(
+                "--kalamdb {}: cannot run it (build it with `cargo build --release -p \
+                 kalam-dbnode`, or point --kalamdb at the binary)",
+                binary.display()
+            )
+        })?;
+    let version = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !version.starts_with("kalamdb ") {
+        bail!(
+            "--kalamdb {}: not a kalamdb binary (`--version` printed {:?})",
+            binary.display(),
+            version.lines().next().unwrap_or_default().trim()
+        );
+    }
+    Ok(())
+}
+
 fn start_node(args: &Args) -> Result<NodeProcess> {
     let dir = std::env::temp_dir().join(format!("kalam-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -430,4 +455,22 @@ async fn flush(admin: &KalamClient, rows: usize) -> Result<Outcome> {
         .with("parquet_files", files)
         .with("mb_per_s", if seconds > 0.0 { mb / seconds } else { 0.0 })
         .with("job_ms", duration_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrong_kalamdb_binary_is_refused_before_the_run() {
+        let err = check_binary(std::path::Path::new("/nonexistent/kalamdb"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot run it"), "{err}");
+        // Runs, but is not the node.
+        let err = check_binary(std::path::Path::new("/bin/true"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a kalamdb binary"), "{err}");
+    }
 }

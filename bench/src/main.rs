@@ -158,7 +158,11 @@ fn cpu_model() -> String {
 async fn run(args: &Args) -> Result<()> {
     raise_open_files_limit();
     let sizes = Sizes::new(args.quick);
-    // Fail before any long run when PostgreSQL cannot be run.
+    // Fail before any long run when a server cannot be run or the results not be written.
+    kalam::check_binary(&args.kalamdb)?;
+    if let Some(path) = &args.json {
+        report::Report::check_json_path(path)?;
+    }
     let pg_bins = if args.no_postgres {
         None
     } else {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
@@ -313,6 +313,26 @@ impl Report {
         })
     }
 
+    /// Checks, before any scenario runs, that `path`'s directory exists, so that a typo
+    /// does not lose the numbers of a whole run at its end.
+    pub fn check_json_path(path: &Path) -> Result<()> {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            bail!(
+                "--json {}: the directory {} does not exist",
+                path.display(),
+                dir.display()
+            );
+        }
+        if path.is_dir() {
+            bail!("--json {}: a directory, not a file", path.display());
+        }
+        Ok(())
+    }
+
     pub fn write_json(&self, path: &Path) -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&self.to_json())?)
             .with_context(|| format!("writing {}", path.display()))
@@ -323,6 +343,18 @@ impl Report {
 mod tests {
     use super::*;
     use crate::measure::hist;
+
+    #[test]
+    fn a_json_path_in_a_missing_directory_is_refused_before_the_run() {
+        let dir = std::env::temp_dir();
+        assert!(Report::check_json_path(&dir.join("run.json")).is_ok());
+        assert!(Report::check_json_path(Path::new("run.json")).is_ok());
+        let missing = dir.join("kalam-bench-no-such-dir").join("run.json");
+        let err = Report::check_json_path(&missing).unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        let err = Report::check_json_path(&dir).unwrap_err().to_string();
+        assert!(err.contains("a directory"), "{err}");
+    }
 
     fn outcome(scenario: &'static str, p99_us: u64, rows: usize) -> Outcome {
         let mut h = hist();
