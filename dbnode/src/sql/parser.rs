@@ -161,6 +161,7 @@ fn node_parser(sql: &str) -> Result<Parser<'static>> {
         .map(accept_empty_parens_after_session_functions)
         .map_err(|e| KalamError::SqlParse(e.to_string()))?;
     check_operator_count(&tokens)?;
+    check_operator_chains(&tokens)?;
     Ok(Parser::new(&DIALECT)
         .with_recursion_limit(RECURSION_LIMIT)
         .with_tokens_with_locations(tokens))
@@ -255,6 +256,132 @@ fn check_operator_count(tokens: &[TokenWithSpan]) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Most operators one expression may chain, summed over the brackets it sits in. The
+/// parser builds `a + b + c ...`, `x::T::T ...` or `x IS NULL IS NULL ...` in a loop, one
+/// tree level per operator, so its recursion limit does not bound their depth; planning,
+/// printing and dropping the tree recurse once per level (a chain of 100,000 casts
+/// overflowed the node's 64 MiB stacks and aborted it).
+const MAX_CHAIN_DEPTH: usize = 2_000;
+
+/// Most work the chains of one request may cost, as the sum of their lengths squared:
+/// DataFusion's analyzer and simplifier visit a chain's subtree again at every level of it,
+/// so a chain costs the square of its length (1,000 `+` took 0.96 s, 2,000 took 4 s). One
+/// chain of 1,000 operators, or four of 500, fit; `id IN (...)` is a list, not a chain.
+const MAX_CHAIN_WORK: usize = MAX_CHAIN_LENGTH * MAX_CHAIN_LENGTH;
+const MAX_CHAIN_LENGTH: usize = 1_000;
+
+/// Bounds operator chains from the tokens, before anything is parsed: a chain is what
+/// follows one `,` (or bracket) up to the next at the same bracket level, and every
+/// operator in it (symbols, `.`, `::`, subscripts and the operator keywords) is a link.
+/// Identifiers and literals are not, so the count does not depend on names.
+fn check_operator_chains(tokens: &[TokenWithSpan]) -> Result<()> {
+    const OPERATOR_WORDS: [&str; 17] = [
+        "AND", "OR", "NOT", "XOR", "IS", "IN", "LIKE", "ILIKE", "RLIKE", "REGEXP", "SIMILAR",
+        "BETWEEN", "COLLATE", "AT", "OVERLAPS", "DIV", "ESCAPE",
+    ];
+    // The chain open at each bracket level; `depth` is their sum.
+    let mut open: Vec<usize> = vec![0];
+    let (mut depth, mut work) = (0usize, 0usize);
+    fn close(chain: &mut usize, depth: &mut usize, work: &mut usize) -> Result<()> {
+        *work = work.saturating_add(chain.saturating_mul(*chain));
+        *depth = depth.saturating_sub(*chain);
+        *chain = 0;
+        if *work > MAX_CHAIN_WORK {
+            return Err(KalamError::SqlParse(format!(
+                "the request chains too many operators to plan in time (at most one chain of \
+                 {MAX_CHAIN_LENGTH} operators, or several shorter ones); write a long OR of \
+                 equalities as IN (...)"
+            )));
+        }
+        Ok(())
+    }
+    for t in tokens {
+        let link = match &t.token {
+            Token::Whitespace(_)
+            | Token::EOF
+            | Token::Number(..)
+            | Token::Placeholder(_)
+            | Token::Char(_) => false,
+            Token::Word(w) => {
+                w.quote_style.is_none()
+                    && OPERATOR_WORDS
+                        .iter()
+                        .any(|k| w.value.eq_ignore_ascii_case(k))
+            }
+            Token::Comma | Token::SemiColon => {
+                if let Some(chain) = open.last_mut() {
+                    close(chain, &mut depth, &mut work)?;
+                }
+                false
+            }
+            Token::LParen | Token::LBrace => {
+                open.push(0);
+                false
+            }
+            Token::LBracket => {
+                open.push(0);
+                // A subscript is a level of the tree it follows.
+                if let Some(outer) = open.iter_mut().rev().nth(1) {
+                    *outer += 1;
+                    depth += 1;
+                }
+                false
+            }
+            Token::RParen | Token::RBrace | Token::RBracket => {
+                if open.len() > 1 {
+                    if let Some(mut chain) = open.pop() {
+                        close(&mut chain, &mut depth, &mut work)?;
+                    }
+                }
+                false
+            }
+            // Every other token is an operator symbol, `.` or `::`, or a string literal.
+            other => !is_string_literal(other),
+        };
+        if link {
+            if let Some(chain) = open.last_mut() {
+                *chain += 1;
+                depth += 1;
+            }
+        }
+        if depth > MAX_CHAIN_DEPTH {
+            return Err(KalamError::SqlParse(format!(
+                "an expression chains more than {MAX_CHAIN_DEPTH} operators; at most \
+                 {MAX_CHAIN_DEPTH} are allowed"
+            )));
+        }
+    }
+    while let Some(mut chain) = open.pop() {
+        close(&mut chain, &mut depth, &mut work)?;
+    }
+    Ok(())
+}
+
+fn is_string_literal(token: &Token) -> bool {
+    matches!(
+        token,
+        Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::QuoteDelimitedStringLiteral(_)
+            | Token::NationalQuoteDelimitedStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_)
+    )
 }
 
 /// `sqlparser` reads `CURRENT_USER` as a function without parentheses (SQL standard), so
@@ -875,6 +1002,83 @@ mod tests {
             one("DESCRIBE TABLE app.m HISTORY"),
             KalamStatement::DescribeTable { history: true, .. }
         ));
+    }
+
+    /// Chains the parser builds in a loop are bounded before parsing: by their depth (a
+    /// chain of 100,000 casts aborted the node with a stack overflow) and by the square of
+    /// their length (planning a chain of 2,000 `+` took 4 s). Lists and long statements of
+    /// short expressions are not.
+    #[test]
+    fn long_operator_chains_are_refused_and_lists_are_not() {
+        let refused = |sql: String, what: &str| {
+            let (ok, err) = parse_statements(&sql);
+            assert!(ok.is_empty(), "{what} parsed");
+            assert!(
+                matches!(err, Some(KalamError::SqlParse(ref m)) if m.contains("chain")),
+                "{what}: {err:?}"
+            );
+        };
+        refused(
+            format!("SELECT 1{} AS x", "::BIGINT".repeat(100_000)),
+            "casts",
+        );
+        refused(
+            format!("SELECT 1{}", " IS NOT NULL".repeat(2_000)),
+            "IS NOT NULL",
+        );
+        refused(
+            format!("SELECT a{} FROM t", "[1]".repeat(2_500)),
+            "subscripts",
+        );
+        refused(
+            format!("SELECT a{} FROM t", ".b".repeat(2_500)),
+            "field access",
+        );
+        refused(
+            format!("SELECT 1{}", " + 1".repeat(1_001)),
+            "1,001 additions",
+        );
+        // Bracketed parts still add up to the depth of the whole.
+        let nested = format!("SELECT {}1{}", "(1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + ".repeat(55), ")".repeat(55));
+        refused(nested, "nested chains");
+        // Several chains of 500 pass up to their budget together.
+        let four = (0..4)
+            .map(|_| format!("1{}", " + 1".repeat(500)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        refused(format!("SELECT {four}, {four}"), "eight chains of 500");
+
+        let accepted = |sql: String, what: &str| {
+            let (ok, err) = parse_statements(&sql);
+            assert!(err.is_none(), "{what}: {err:?}");
+            assert_eq!(ok.len(), 1, "{what}");
+        };
+        accepted(
+            format!("SELECT 1{} AS x", " + 1".repeat(999)),
+            "999 additions",
+        );
+        accepted(format!("SELECT {four}"), "four chains of 500");
+        let ors = (0..400)
+            .map(|i| format!("id = {i}"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        accepted(format!("SELECT id FROM app.t WHERE {ors}"), "400 ORs");
+        let list = (0..20_000)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        accepted(
+            format!("SELECT id FROM app.t WHERE id IN ({list})"),
+            "an IN list of 20,000",
+        );
+        let rows = (0..5_000)
+            .map(|i| format!("({i}, -{i}, 'text {i}', NOT TRUE, {i}::BIGINT + 1)"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        accepted(
+            format!("INSERT INTO app.t (a, b, c, d, e) VALUES {rows}"),
+            "5,000 rows",
+        );
     }
 
     #[test]

@@ -279,6 +279,42 @@ async fn deeply_nested_expressions_never_crash_the_node() {
     }
 }
 
+/// Chains the SQL parser builds in a loop, one tree level per operator, are refused before
+/// they are parsed: 100,000 casts in one SELECT overflowed the node's stack and aborted it,
+/// and planning a chain of `+` costs the square of its length (5,000 would take minutes).
+/// A chain a user writes by hand, and a long IN list, still run.
+#[tokio::test]
+async fn long_operator_chains_are_refused_before_they_are_planned() {
+    let node = TestNode::start().await;
+    let alice = token("alice", false);
+    for sql in [
+        format!("SELECT 1{} AS v", "::BIGINT".repeat(100_000)),
+        format!("SELECT 1{} AS v", " IS NOT NULL".repeat(20_000)),
+        format!("SELECT ARRAY[1]{} AS v", "[1]".repeat(50_000)),
+        format!("SELECT 1{} AS v", " + 1".repeat(5_000)),
+        format!("SELECT 'a'{} AS v", " || 'a'".repeat(5_000)),
+    ] {
+        let error = node.expect_error(&alice, &sql, "SQL_PARSE_ERROR").await;
+        assert!(
+            error["message"].as_str().unwrap_or("").contains("chain"),
+            "{error}"
+        );
+        node.assert_still_serving().await;
+    }
+    let resp = node
+        .sql(&alice, &format!("SELECT 1{} AS v", " + 1".repeat(200)))
+        .await;
+    assert_eq!(single(&last_rows(&resp.1), "200 additions"), json!(201));
+    let list = (0..20_000)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let resp = node
+        .sql(&alice, &format!("SELECT 7 IN ({list}) AS v"))
+        .await;
+    assert_eq!(single(&last_rows(&resp.1), "an IN list"), json!(true));
+}
+
 #[tokio::test]
 async fn extremely_long_identifiers_are_handled() {
     let node = TestNode::start().await;
