@@ -282,7 +282,8 @@ async fn deeply_nested_expressions_never_crash_the_node() {
 /// Chains the SQL parser builds in a loop, one tree level per operator, are refused before
 /// they are parsed: 100,000 casts in one SELECT overflowed the node's stack and aborted it,
 /// and planning a chain of `+` costs the square of its length (5,000 would take minutes).
-/// A chain a user writes by hand, and a long IN list, still run.
+/// So are too many tables in one FROM clause and too many SELECTs in one statement. A
+/// chain a user writes by hand, a join of a few tables and a long IN list still run.
 #[tokio::test]
 async fn long_operator_chains_are_refused_before_they_are_planned() {
     let node = TestNode::start().await;
@@ -305,6 +306,35 @@ async fn long_operator_chains_are_refused_before_they_are_planned() {
         .sql(&alice, &format!("SELECT 1{} AS v", " + 1".repeat(200)))
         .await;
     assert_eq!(single(&last_rows(&resp.1), "200 additions"), json!(201));
+    // Shapes whose planning grows faster than their size: many tables in one FROM
+    // clause (200 joined took 4.9 s to plan), long chains of CTEs (2,000 took 5.7 s).
+    node.create_chat_schema().await;
+    let joined = |n: usize| {
+        let joins: String = (1..n)
+            .map(|i| format!(" JOIN app.messages m{i} ON m{i}.id = m{}.id", i - 1))
+            .collect();
+        format!("SELECT COUNT(*) AS v FROM app.messages m0{joins}")
+    };
+    let ctes = |n: usize| {
+        let chain: String = (1..n)
+            .map(|i| format!(", a{i} AS (SELECT x FROM a{})", i - 1))
+            .collect();
+        format!(
+            "WITH a0 AS (SELECT 1 AS x){chain} SELECT x AS v FROM a{}",
+            n - 1
+        )
+    };
+    for (sql, word) in [(joined(200), "tables"), (ctes(2_000), "SELECTs")] {
+        let error = node.expect_error(&alice, &sql, "SQL_PARSE_ERROR").await;
+        assert!(
+            error["message"].as_str().unwrap_or("").contains(word),
+            "{error}"
+        );
+    }
+    let resp = node.sql(&alice, &joined(8)).await;
+    assert_eq!(single(&last_rows(&resp.1), "8 tables joined"), json!(0));
+    let resp = node.sql(&alice, &ctes(20)).await;
+    assert_eq!(single(&last_rows(&resp.1), "20 CTEs"), json!(1));
     let list = (0..20_000)
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
