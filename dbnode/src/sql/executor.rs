@@ -16,6 +16,7 @@ use datafusion::arrow::datatypes::{
     DataType, Field, Schema, SchemaRef, TimestampMicrosecondType, UInt64Type,
 };
 use datafusion::execution::context::{SQLOptions, SessionState};
+use datafusion::execution::memory_pool::MemoryLimit;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::FunctionRegistry;
@@ -70,6 +71,11 @@ pub fn planner_state(
         .options_mut()
         .execution
         .use_row_number_estimates_to_optimize_partitioning = true;
+    // No single function result may be larger than all queries together may hold.
+    let max_value_bytes = match runtime.memory_pool.memory_limit() {
+        MemoryLimit::Finite(bytes) => bytes,
+        MemoryLimit::Infinite | MemoryLimit::Unknown => 1 << 30,
+    };
     let mut builder = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
@@ -80,6 +86,7 @@ pub fn planner_state(
     let mut state = builder.build();
     // Registering a function into a fresh state cannot clash with anything.
     let _ = state.register_udf(Arc::new(functions::snowflake_id(snowflake)));
+    functions::bound_output_sizes(&mut state, max_value_bytes);
     state
 }
 

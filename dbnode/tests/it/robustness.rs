@@ -345,6 +345,52 @@ async fn long_operator_chains_are_refused_before_they_are_planned() {
     assert_eq!(single(&last_rows(&resp.1), "an IN list"), json!(true));
 }
 
+/// Functions whose result size is an argument cannot take the node's memory: a call that
+/// would build more than `max_query_memory_bytes` (1 GiB by default) is refused with
+/// `RESOURCES_EXHAUSTED` before it allocates (`range(1, 3000000000)` took 24 GB and then
+/// panicked, answered with INTERNAL_ERROR). Calls of ordinary sizes still run.
+#[tokio::test]
+async fn functions_that_would_build_huge_values_are_refused() {
+    let node = TestNode::start().await;
+    let alice = token("alice", false);
+    for sql in [
+        "SELECT cardinality(range(1, 3000000000)) AS v",
+        "SELECT cardinality(generate_series(1, 200000000)) AS v",
+        "SELECT cardinality(range(TIMESTAMP '1970-01-01', TIMESTAMP '2100-01-01', INTERVAL '1 second')) AS v",
+        "SELECT cardinality(array_repeat(1, 200000000)) AS v",
+        "SELECT cardinality(array_resize([1], 200000000)) AS v",
+        "SELECT length(repeat('ab', 1000000000)) AS v",
+        "SELECT length(lpad('a', 2000000000)) AS v",
+        "SELECT length(rpad('a', 2000000000, 'b')) AS v",
+    ] {
+        let error = node.expect_error(&alice, sql, "RESOURCES_EXHAUSTED").await;
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("max_query_memory_bytes"),
+            "{sql}: {error}"
+        );
+        node.assert_still_serving().await;
+    }
+    for (sql, expected) in [
+        (
+            "SELECT cardinality(range(1, 1000001)) AS v",
+            json!(1_000_000),
+        ),
+        ("SELECT cardinality(generate_series(1, 10)) AS v", json!(10)),
+        (
+            "SELECT cardinality(array_repeat('x', 1000)) AS v",
+            json!(1000),
+        ),
+        ("SELECT length(repeat('ab', 1000)) AS v", json!(2000)),
+        ("SELECT lpad('7', 3, '0') AS v", json!("007")),
+    ] {
+        let resp = node.sql(&alice, sql).await;
+        assert_eq!(single(&last_rows(&resp.1), sql), expected, "{sql}");
+    }
+}
+
 #[tokio::test]
 async fn extremely_long_identifiers_are_handled() {
     let node = TestNode::start().await;
