@@ -1129,29 +1129,34 @@ mod tests {
                 "{what}: {err:?}"
             );
         };
-        refused(
-            format!("SELECT 1{} AS x", "::BIGINT".repeat(100_000)),
-            "casts",
-        );
-        refused(
-            format!("SELECT 1{}", " IS NOT NULL".repeat(2_000)),
-            "IS NOT NULL",
-        );
-        refused(
-            format!("SELECT a{} FROM t", "[1]".repeat(2_500)),
-            "subscripts",
-        );
-        refused(
-            format!("SELECT a{} FROM t", ".b".repeat(2_500)),
-            "field access",
-        );
-        refused(
-            format!("SELECT 1{}", " + 1".repeat(1_001)),
-            "1,001 additions",
-        );
-        // Bracketed parts still add up to the depth of the whole.
-        let nested = format!("SELECT {}1{}", "(1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + ".repeat(55), ")".repeat(55));
-        refused(nested, "nested chains");
+        // Bracketed parts add up to the depth of the whole: 55 levels of 40.
+        let level = format!("(1{} + ", " + 1".repeat(39));
+        let nested = format!("SELECT {}1{}", level.repeat(55), ")".repeat(55));
+        for (sql, what) in [
+            (
+                format!("SELECT 1{} AS x", "::BIGINT".repeat(100_000)),
+                "casts",
+            ),
+            (
+                format!("SELECT 1{}", " IS NOT NULL".repeat(2_000)),
+                "IS NOT NULL",
+            ),
+            (
+                format!("SELECT a{} FROM t", "[1]".repeat(2_500)),
+                "subscripts",
+            ),
+            (
+                format!("SELECT a{} FROM t", ".b".repeat(2_500)),
+                "field access",
+            ),
+            (
+                format!("SELECT 1{}", " + 1".repeat(1_001)),
+                "1,001 additions",
+            ),
+            (nested, "nested chains"),
+        ] {
+            refused(sql, what);
+        }
         // Several chains of 500 pass up to their budget together.
         let four = (0..4)
             .map(|_| format!("1{}", " + 1".repeat(500)))
