@@ -426,6 +426,7 @@ fn check_query_blocks(tokens: &[TokenWithSpan]) -> Result<()> {
                 | Keyword::UNION
                 | Keyword::EXCEPT
                 | Keyword::INTERSECT
+                | Keyword::SET
                 | Keyword::RETURNING => {
                     if let Some(level) = from.last_mut() {
                         *level = None;
@@ -1263,6 +1264,14 @@ mod tests {
                  WHERE x IN ({columns}) ORDER BY {columns}"
             ),
             "500 columns",
+        );
+        // An upsert's SET ends the FROM clause of its SELECT.
+        accepted(
+            format!(
+                "INSERT INTO app.t SELECT * FROM app.u ON CONFLICT (id) DO UPDATE SET {}",
+                vec!["a = 1"; 100].join(", ")
+            ),
+            "an upsert of 100 assignments",
         );
         accepted(
             format!(
