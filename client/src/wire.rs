@@ -183,6 +183,11 @@ error_codes! {
     ResultTooLarge => "RESULT_TOO_LARGE", 413;
     /// A query that needs more memory than the node's `max_query_memory_bytes`.
     ResourcesExhausted => "RESOURCES_EXHAUSTED", 413;
+    /// Integer arithmetic whose result does not fit its type (`BIGINT out of range`);
+    /// nothing was written.
+    NumericOutOfRange => "NUMERIC_OUT_OF_RANGE", 400;
+    /// Integer division or remainder by zero.
+    DivisionByZero => "DIVISION_BY_ZERO", 400;
     /// A bug or an unexpected storage failure; details stay in the server log.
     InternalError => "INTERNAL_ERROR", 500;
     /// The node is starting up or its storage is unavailable.

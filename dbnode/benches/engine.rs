@@ -107,6 +107,16 @@ fn engine(c: &mut Criterion) {
             assert_eq!(r.row_count, rows_per_user / 10);
         })
     });
+    // Integer arithmetic over many rows: what checking each `*` and `+` for overflow
+    // costs a query (sql/arithmetic.rs, ADR 0028).
+    let n: i64 = if full { 1_000_000 } else { 10_000 };
+    let arithmetic_sql = format!("SELECT sum(value * 3 + 1) AS s FROM generate_series(1, {n})");
+    c.bench_function("integer_arithmetic_rows", |b| {
+        b.iter(|| {
+            let r = rt.block_on(run(&node, &alice, &arithmetic_sql));
+            assert_eq!(r.rows[0]["s"], serde_json::json!(3 * n * (n + 1) / 2 + n));
+        })
+    });
 }
 
 criterion_group!(benches, engine);

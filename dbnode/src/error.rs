@@ -4,6 +4,7 @@
 //! API layer turns it into the wire `ApiError` through [`KalamError::to_api`] and nowhere else.
 //! Internal details (paths, RocksDB messages) are logged, never sent to the client.
 
+use datafusion::arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use kalam_client::wire::{ApiError, ErrorCode};
 
@@ -21,7 +22,7 @@ pub fn clip(s: &str) -> String {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum KalamError {
     #[error("{0}")]
     InvalidRequest(String),
@@ -90,6 +91,11 @@ pub enum KalamError {
     ResultTooLarge(usize),
     #[error("the query needs more memory than max_query_memory_bytes allows: {0}")]
     ResourcesExhausted(String),
+    /// Integer arithmetic whose result does not fit its type (`bigint out of range`).
+    #[error("{0}")]
+    NumericOutOfRange(String),
+    #[error("division by zero")]
+    DivisionByZero,
     #[error("storage error: {0}")]
     Storage(String),
     #[error("catalog I/O error: {0}")]
@@ -152,6 +158,8 @@ impl KalamError {
             PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             ResultTooLarge(_) => ErrorCode::ResultTooLarge,
             ResourcesExhausted(_) => ErrorCode::ResourcesExhausted,
+            NumericOutOfRange(_) => ErrorCode::NumericOutOfRange,
+            DivisionByZero => ErrorCode::DivisionByZero,
             Storage(_) | CatalogIo(_) | Internal(_) => ErrorCode::InternalError,
             NotReady => ErrorCode::NotReady,
             InvalidQuery(_) => ErrorCode::InvalidQuery,
@@ -238,7 +246,15 @@ impl From<DataFusionError> for KalamError {
             }
             DataFusionError::Shared(inner) => match std::sync::Arc::try_unwrap(inner) {
                 Ok(e) => KalamError::from(e),
-                Err(shared) => KalamError::SqlPlan(clean_df_message(&shared.to_string())),
+                // Still shared (one error reported by several partitions): one of ours is
+                // copied out, so its code survives.
+                Err(shared) => match shared.find_root() {
+                    DataFusionError::External(inner) => match inner.downcast_ref::<KalamError>() {
+                        Some(ours) => ours.clone(),
+                        None => KalamError::SqlPlan(clean_df_message(&shared.to_string())),
+                    },
+                    _ => KalamError::SqlPlan(clean_df_message(&shared.to_string())),
+                },
             },
             DataFusionError::SQL(e, _) => KalamError::SqlParse(clean_df_message(&e.to_string())),
             DataFusionError::IoError(e) => KalamError::Internal(e.to_string()),
@@ -246,21 +262,18 @@ impl From<DataFusionError> for KalamError {
             DataFusionError::ResourcesExhausted(m) => KalamError::ResourcesExhausted(clip(&m)),
             DataFusionError::Internal(m) => KalamError::Internal(m),
             DataFusionError::ExecutionJoin(e) => KalamError::Internal(e.to_string()),
-            DataFusionError::ArrowError(e, _)
-                if matches!(
-                    e.as_ref(),
-                    datafusion::arrow::error::ArrowError::CastError(_)
-                        | datafusion::arrow::error::ArrowError::ParseError(_)
-                ) =>
-            {
-                KalamError::InvalidValue(clean_df_message(&e.to_string()))
-            }
-            DataFusionError::ArrowError(e, _) if e.to_string().contains("non-nullable") => {
-                KalamError::InvalidValue(format!(
-                    "NULL in a NOT NULL column: {}",
-                    clean_df_message(&e.to_string())
-                ))
-            }
+            DataFusionError::ArrowError(e, backtrace) => match from_arrow(&e) {
+                Some(ours) => ours,
+                None if e.to_string().contains("non-nullable") => {
+                    KalamError::InvalidValue(format!(
+                        "NULL in a NOT NULL column: {}",
+                        clean_df_message(&e.to_string())
+                    ))
+                }
+                None => KalamError::SqlPlan(clean_df_message(
+                    &DataFusionError::ArrowError(e, backtrace).to_string(),
+                )),
+            },
             DataFusionError::Execution(m) if m.contains("non-nullable") => {
                 KalamError::InvalidValue(format!(
                     "NULL in a NOT NULL column: {}",
@@ -269,6 +282,23 @@ impl From<DataFusionError> for KalamError {
             }
             other => KalamError::SqlPlan(clean_df_message(&other.to_string())),
         }
+    }
+}
+
+/// The Arrow errors that are the client's value's fault, with their own codes.
+fn from_arrow(e: &ArrowError) -> Option<KalamError> {
+    match e {
+        ArrowError::CastError(_) | ArrowError::ParseError(_) => {
+            Some(KalamError::InvalidValue(clean_df_message(&e.to_string())))
+        }
+        ArrowError::DivideByZero => Some(KalamError::DivisionByZero),
+        // Integer division's own overflow (`i64::MIN / -1`); `+ - *` raise
+        // `NumericOutOfRange` themselves (sql/arithmetic.rs).
+        ArrowError::ArithmeticOverflow(m) => Some(KalamError::NumericOutOfRange(format!(
+            "integer out of range: {}",
+            clip(m.strip_prefix("Overflow happened on: ").unwrap_or(m))
+        ))),
+        _ => None,
     }
 }
 

@@ -42,6 +42,7 @@ use crate::error::{clip, KalamError, Result};
 use crate::flush::Flusher;
 use crate::ids::{TableId, SYSTEM_NAMESPACE};
 use crate::purge::Purger;
+use crate::sql::arithmetic;
 use crate::sql::ddl::Alteration;
 use crate::sql::functions::{self, SnowflakeGenerator};
 use crate::sql::parser::{table_id_from_object_name, AlterChange, KalamStatement};
@@ -87,6 +88,8 @@ pub fn planner_state(
     // Registering a function into a fresh state cannot clash with anything.
     let _ = state.register_udf(Arc::new(functions::snowflake_id(snowflake)));
     functions::bound_output_sizes(&mut state, max_value_bytes);
+    // Adding a rewrite to a fresh state cannot fail either.
+    let _ = state.register_function_rewrite(Arc::new(arithmetic::CheckedIntegerArithmetic));
     state
 }
 

@@ -1,6 +1,7 @@
 //! SQL: KalamDB's dialect on top of `sqlparser`, the DataFusion session, the table providers
 //! of USER and SHARED tables, the system tables, and the statement executor.
 
+pub mod arithmetic;
 pub mod ddl;
 pub mod dedup;
 pub mod executor;

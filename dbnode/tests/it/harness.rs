@@ -797,6 +797,8 @@ pub fn http_status_of(code: &str) -> u16 {
         | "INVALID_OPTION"
         | "LOCATION_UNREACHABLE"
         | "INVALID_QUERY"
+        | "NUMERIC_OUT_OF_RANGE"
+        | "DIVISION_BY_ZERO"
         | "BACKUP_CORRUPT" => 400,
         "UNAUTHORIZED" => 401,
         "FORBIDDEN" => 403,

@@ -520,6 +520,27 @@ async fn non_matching_changes_are_never_sent() {
     check_seq(&end);
 }
 
+/// A live query's integer arithmetic does not wrap either: a row on which the filter
+/// overflows matches nothing (with wrapping, `id + 1 < 0` matched the largest id).
+#[tokio::test]
+async fn filters_whose_arithmetic_overflows_match_nothing() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe(
+        "negative",
+        "SELECT id FROM app.messages WHERE id + 1 < 0",
+        Value::Null,
+    )
+    .await;
+    ws.expect_subscribed("negative").await;
+    node.exec(&alice, &insert_msg(i64::MAX, "c1", "largest"))
+        .await;
+    node.exec(&alice, &insert_msg(-5, "c1", "negative")).await;
+    let change = ws.expect_change("negative", "INSERT").await;
+    assert_eq!(row_ids(&change), [-5], "{}", pretty(&change));
+}
+
 /// A row of `SELECT id, conversation_id, content FROM app.messages`.
 fn row(id: i64, conversation: &str, content: &str) -> Value {
     json!({"id": id, "conversation_id": conversation, "content": content})

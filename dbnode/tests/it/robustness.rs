@@ -550,3 +550,104 @@ async fn huge_flat_expressions_are_refused() {
     node.assert_error(&resp, "SQL_PARSE_ERROR", "60,000-term expression");
     node.assert_still_serving().await;
 }
+
+/// Integer arithmetic fails with `NUMERIC_OUT_OF_RANGE` instead of wrapping around
+/// (DataFusion's operators wrap: `9223372036854775807 + 1` answered
+/// `-9223372036854775808`), an UPDATE whose new value would overflow writes nothing, and
+/// division by zero has its own code. Arithmetic in range still answers.
+#[tokio::test]
+async fn integer_overflow_is_refused_and_writes_nothing() {
+    let node = TestNode::start().await;
+    node.admin("CREATE NAMESPACE app").await;
+    node.admin(
+        "CREATE USER TABLE app.counters (id BIGINT PRIMARY KEY, total BIGINT NOT NULL, hits INT)",
+    )
+    .await;
+    let alice = token("alice", false);
+    for sql in [
+        "SELECT 9223372036854775807 + 1 AS v",
+        "SELECT 10000000000 * 10000000000 AS v",
+        "SELECT CAST(2147483647 AS INT) + CAST(1 AS INT) AS v",
+        "SELECT (-9223372036854775807 - 1) / -1 AS v",
+    ] {
+        expect_refusal(&node, &alice, sql, "NUMERIC_OUT_OF_RANGE", "out of range").await;
+    }
+    for sql in ["SELECT 1 / 0 AS v", "SELECT 7 % 0 AS v"] {
+        expect_refusal(&node, &alice, sql, "DIVISION_BY_ZERO", "division by zero").await;
+    }
+
+    node.exec(
+        &alice,
+        "INSERT INTO app.counters (id, total, hits) VALUES \
+         (1, 9223372036854775806, 2147483646), (2, 5, 1)",
+    )
+    .await;
+    node.exec(
+        &alice,
+        "UPDATE app.counters SET total = total + 1, hits = hits + 1",
+    )
+    .await;
+    // Row 1 is now at both maxima: one more overflows, and neither row changes.
+    expect_refusal(
+        &node,
+        &alice,
+        "UPDATE app.counters SET total = total + 1",
+        "NUMERIC_OUT_OF_RANGE",
+        "BIGINT out of range",
+    )
+    .await;
+    expect_refusal(
+        &node,
+        &alice,
+        "UPDATE app.counters SET hits = hits + CAST(1 AS INT)",
+        "NUMERIC_OUT_OF_RANGE",
+        "INT out of range",
+    )
+    .await;
+    // `hits + 1` is BIGINT arithmetic (the literal is a BIGINT); its result does not fit
+    // the INT column.
+    expect_refusal(
+        &node,
+        &alice,
+        "UPDATE app.counters SET hits = hits + 1",
+        "INVALID_VALUE",
+        "hits",
+    )
+    .await;
+    expect_refusal(
+        &node,
+        &alice,
+        "INSERT INTO app.counters (id, total) SELECT 3, max(total) * 2 FROM app.counters",
+        "NUMERIC_OUT_OF_RANGE",
+        "BIGINT out of range",
+    )
+    .await;
+    assert_eq!(
+        node.query(
+            &alice,
+            "SELECT id, total, hits FROM app.counters ORDER BY id"
+        )
+        .await,
+        vec![
+            json!({"id": 1, "total": i64::MAX, "hits": i32::MAX}),
+            json!({"id": 2, "total": 6, "hits": 2}),
+        ]
+    );
+    // A filter that only a wrapped value would pass fails instead of matching.
+    expect_refusal(
+        &node,
+        &alice,
+        "SELECT id FROM app.counters WHERE total + 1 < 0",
+        "NUMERIC_OUT_OF_RANGE",
+        "BIGINT out of range",
+    )
+    .await;
+    assert_eq!(
+        node.query(
+            &alice,
+            "SELECT total - 7 AS a, -total AS b, hits * 2 AS c FROM app.counters WHERE id = 2"
+        )
+        .await,
+        vec![json!({"a": -1, "b": -6, "c": 4})]
+    );
+}
