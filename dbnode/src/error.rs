@@ -253,6 +253,9 @@ impl From<DataFusionError> for KalamError {
                         Some(ours) => ours.clone(),
                         None => KalamError::SqlPlan(clean_df_message(&shared.to_string())),
                     },
+                    DataFusionError::ArrowError(e, _) => from_arrow(e).unwrap_or_else(|| {
+                        KalamError::SqlPlan(clean_df_message(&shared.to_string()))
+                    }),
                     _ => KalamError::SqlPlan(clean_df_message(&shared.to_string())),
                 },
             },
@@ -292,10 +295,10 @@ fn from_arrow(e: &ArrowError) -> Option<KalamError> {
             Some(KalamError::InvalidValue(clean_df_message(&e.to_string())))
         }
         ArrowError::DivideByZero => Some(KalamError::DivisionByZero),
-        // Integer division's own overflow (`i64::MIN / -1`); `+ - *` raise
-        // `NumericOutOfRange` themselves (sql/arithmetic.rs).
+        // Division's own overflow (`i64::MIN / -1`), a decimal result over its precision;
+        // integer `+ - *` raise `NumericOutOfRange` themselves (sql/arithmetic.rs).
         ArrowError::ArithmeticOverflow(m) => Some(KalamError::NumericOutOfRange(format!(
-            "integer out of range: {}",
+            "value out of range: {}",
             clip(m.strip_prefix("Overflow happened on: ").unwrap_or(m))
         ))),
         _ => None,

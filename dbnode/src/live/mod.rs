@@ -1235,10 +1235,25 @@ fn matches(predicate: Option<&Arc<dyn PhysicalExpr>>, batch: &RecordBatch) -> Op
             .cloned()
             .or_else(|| Some(BooleanArray::from(vec![false; batch.num_rows()]))),
         Err(e) => {
-            // A predicate that fails on a row (a cast of a bad value) matches nothing
-            // rather than stopping the dispatcher.
+            // A predicate that fails on a row (a cast of a bad value, an overflow) does not
+            // match that row, rather than stopping the dispatcher; the batch's other rows
+            // are evaluated one by one so that they still match.
             tracing::warn!(error = %e, "live-query predicate failed on a change batch");
-            Some(BooleanArray::from(vec![false; batch.num_rows()]))
+            let one_by_one = (0..batch.num_rows())
+                .map(|i| {
+                    predicate
+                        .evaluate(&batch.slice(i, 1))
+                        .and_then(|v| v.into_array(1))
+                        .ok()
+                        .and_then(|a| {
+                            a.as_any()
+                                .downcast_ref::<BooleanArray>()
+                                .map(|b| b.is_valid(0) && b.value(0))
+                        })
+                        .unwrap_or(false)
+                })
+                .collect::<Vec<bool>>();
+            Some(BooleanArray::from(one_by_one))
         }
     }
 }

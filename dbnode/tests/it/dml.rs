@@ -1010,3 +1010,56 @@ async fn joins_with_repeated_column_names_keep_every_value() {
     assert_eq!(rows[0]["id"], json!(7));
     assert_eq!(rows[0]["id_2"], json!("c1"));
 }
+
+/// DECIMAL values written as strings are exact to the last digit, on the literal fast
+/// path, through the planner, in UPDATE and in comparisons (a number literal with a
+/// fraction is a DOUBLE and keeps about 15 digits; docs/sql.md, Types).
+#[tokio::test]
+async fn decimals_written_as_strings_are_exact() {
+    let node = TestNode::start().await;
+    node.admin("CREATE NAMESPACE app").await;
+    node.admin(
+        "CREATE USER TABLE app.wallets (id BIGINT PRIMARY KEY, amount DECIMAL(38,18), \
+         price DECIMAL(20,2))",
+    )
+    .await;
+    let alice = token("alice", false);
+    node.exec(
+        &alice,
+        "INSERT INTO app.wallets (id, amount, price) VALUES \
+         (1, '1.123456789012345678', '123456789012345678.99')",
+    )
+    .await;
+    node.exec(
+        &alice,
+        "INSERT INTO app.wallets (id, amount, price) \
+         SELECT * FROM (VALUES (2, '1.123456789012345679', '-0.01'))",
+    )
+    .await;
+    node.exec(
+        &alice,
+        "UPDATE app.wallets SET amount = amount + CAST('0.000000000000000001' AS DECIMAL(38,18)) \
+         WHERE id = 2",
+    )
+    .await;
+    assert_eq!(
+        node.query(
+            &alice,
+            "SELECT id, amount, price FROM app.wallets ORDER BY id"
+        )
+        .await,
+        vec![
+            json!({"id": 1, "amount": "1.123456789012345678", "price": "123456789012345678.99"}),
+            json!({"id": 2, "amount": "1.123456789012345680", "price": "-0.01"}),
+        ]
+    );
+    assert_eq!(
+        node.query(
+            &alice,
+            "SELECT id FROM app.wallets WHERE amount = '1.123456789012345678'"
+        )
+        .await,
+        vec![json!({"id": 1})],
+        "a comparison with a string is exact: the neighbouring value does not match"
+    );
+}

@@ -521,7 +521,8 @@ async fn non_matching_changes_are_never_sent() {
 }
 
 /// A live query's integer arithmetic does not wrap either: a row on which the filter
-/// overflows matches nothing (with wrapping, `id + 1 < 0` matched the largest id).
+/// overflows matches nothing (with wrapping, `id * 2 < 0` matched ids over 2^62), and the
+/// other rows of the same statement are still delivered.
 #[tokio::test]
 async fn filters_whose_arithmetic_overflows_match_nothing() {
     let node = chat_node().await;
@@ -529,7 +530,7 @@ async fn filters_whose_arithmetic_overflows_match_nothing() {
     let mut ws = node.ws(&alice).await;
     ws.subscribe(
         "negative",
-        "SELECT id FROM app.messages WHERE id + 1 < 0",
+        "SELECT id FROM app.messages WHERE id * 2 < 0",
         Value::Null,
     )
     .await;
@@ -539,6 +540,14 @@ async fn filters_whose_arithmetic_overflows_match_nothing() {
     node.exec(&alice, &insert_msg(-5, "c1", "negative")).await;
     let change = ws.expect_change("negative", "INSERT").await;
     assert_eq!(row_ids(&change), [-5], "{}", pretty(&change));
+    node.exec(
+        &alice,
+        "INSERT INTO app.messages (id, conversation_id, content) VALUES \
+         (4611686018427387904, 'c1', 'over'), (-7, 'c1', 'under'), (3, 'c1', 'positive')",
+    )
+    .await;
+    let change = ws.expect_change("negative", "INSERT").await;
+    assert_eq!(row_ids(&change), [-7], "{}", pretty(&change));
 }
 
 /// A row of `SELECT id, conversation_id, content FROM app.messages`.
