@@ -29,6 +29,7 @@ use crate::live::{LiveHub, LiveSettings};
 use crate::sql::ddl::{self, Alteration};
 use crate::sql::fast_insert::{fast_default, FastDefault};
 use crate::sql::hot_cache::HotCache;
+use crate::sql::literals::exact_expr_text;
 use crate::storage::table::ChangeSink;
 use crate::storage::table::{ColdVersions, Inserted};
 use crate::storage::table::{RowValidator, TableStore};
@@ -603,7 +604,7 @@ impl Engine {
 /// Compiles a DEFAULT expression's SQL text for a column type, with the node's functions.
 pub fn compile_default(planner: &SessionState, text: &str, t: KalamType) -> Result<Expr> {
     let expr = planner
-        .create_logical_expr(text, &DFSchema::empty())
+        .create_logical_expr(&exact_expr_text(text), &DFSchema::empty())
         .map_err(|e| {
             KalamError::InvalidTableDefinition(format!("DEFAULT {text}: {}", KalamError::from(e)))
         })?;

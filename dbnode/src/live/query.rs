@@ -22,6 +22,7 @@ use crate::catalog::TableDef;
 use crate::engine::{Engine, TableRuntime};
 use crate::error::{clip, KalamError, Result};
 use crate::ids::SYSTEM_NAMESPACE;
+use crate::sql::literals::exact_literals;
 use crate::sql::parser::{parse_sql_statements, table_id_from_object_name};
 
 /// A subscription's query, ready to evaluate on change batches.
@@ -293,8 +294,10 @@ pub fn compile(engine: &Engine, state: &SessionState, sql: &str) -> Result<Compi
         None => (None, None),
         Some(expr) => {
             let text = expr.to_string();
+            let mut exact = expr.clone();
+            exact_literals(&mut exact);
             let logical = state
-                .create_logical_expr(&text, &df_schema)
+                .create_logical_expr(&exact.to_string(), &df_schema)
                 .map_err(|e| invalid(format!("WHERE: {}", KalamError::from(e))))?;
             let physical = state
                 .create_physical_expr(logical, &df_schema)

@@ -49,7 +49,7 @@ use crate::sql::parser::{table_id_from_object_name, AlterChange, KalamStatement}
 use crate::sql::provider::{partition_for, RequestContext};
 use crate::sql::rows::{batch_to_values, cast_to_column, value_at};
 use crate::sql::schema::{KalamCatalogList, CATALOG};
-use crate::sql::{ddl, fast_insert, output, system_tables};
+use crate::sql::{ddl, fast_insert, literals, output, system_tables};
 use crate::storage::table::RowChange;
 use crate::storage::Value;
 
@@ -475,9 +475,10 @@ impl Executor {
     async fn run(
         &self,
         state: &SessionState,
-        stmt: DfStatement,
+        mut stmt: DfStatement,
         max_rows: usize,
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        literals::exact_statement_literals(&mut stmt);
         let plan = state.statement_to_plan(stmt).await?;
         SQLOptions::new()
             .with_allow_ddl(false)

@@ -13,6 +13,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use crate::catalog::{KalamType, TableDef};
 use crate::error::{KalamError, Result};
 use crate::sql::functions::SnowflakeGenerator;
+use crate::sql::literals::exact_number;
 use crate::sql::rows::{cast_to_column, value_at};
 use crate::storage::Value;
 
@@ -24,7 +25,9 @@ pub enum FastDefault {
     Constant(Value),
 }
 
-/// A literal as DataFusion would type it: integers Int64, other numbers Float64.
+/// A literal as the planner types it: integers Int64, numbers with a decimal point exact
+/// decimals ([`exact_number`]), other numbers Float64. Integers beyond Int64 that DataFusion
+/// would make UInt64 are left to the planner.
 fn literal(expr: &SqlExpr) -> Option<ScalarValue> {
     match expr {
         SqlExpr::Value(v) => match &v.value {
@@ -32,10 +35,11 @@ fn literal(expr: &SqlExpr) -> Option<ScalarValue> {
                 .parse::<i64>()
                 .map(|i| ScalarValue::Int64(Some(i)))
                 .ok()
+                .or_else(|| exact_number(n).map(|e| e.scalar()))
                 .or_else(|| {
                     n.parse::<f64>()
                         .ok()
-                        .filter(|f| f.is_finite())
+                        .filter(|f| f.is_finite() && n.parse::<u64>().is_err())
                         .map(|f| ScalarValue::Float64(Some(f)))
                 }),
             SqlValue::SingleQuotedString(s) => Some(ScalarValue::Utf8(Some(s.clone()))),
@@ -49,6 +53,7 @@ fn literal(expr: &SqlExpr) -> Option<ScalarValue> {
         } => match literal(expr)? {
             ScalarValue::Int64(Some(i)) => i.checked_neg().map(|n| ScalarValue::Int64(Some(n))),
             ScalarValue::Float64(Some(f)) => Some(ScalarValue::Float64(Some(-f))),
+            ScalarValue::Decimal128(Some(d), p, s) => Some(ScalarValue::Decimal128(Some(-d), p, s)),
             _ => None,
         },
         SqlExpr::Nested(inner) => literal(inner),
@@ -200,6 +205,29 @@ mod tests {
             fast_default("'x'", KalamType::Int, "n"),
             None,
             "a DEFAULT that cannot convert is the planner's to report"
+        );
+    }
+
+    #[test]
+    fn decimal_literals_keep_every_digit() {
+        let wallet = KalamType::Decimal {
+            precision: 38,
+            scale: 18,
+        };
+        assert_eq!(
+            fast_default("-1.123456789012345678", wallet, "amount"),
+            Some(FastDefault::Constant(Value::Decimal(
+                -1_123_456_789_012_345_678
+            )))
+        );
+        assert_eq!(
+            fast_default("0.1", KalamType::Double, "ratio"),
+            Some(FastDefault::Constant(Value::Float(0.1)))
+        );
+        assert_eq!(
+            fast_default("1e-3", wallet, "amount"),
+            Some(FastDefault::Constant(Value::Decimal(1_000_000_000_000_000))),
+            "a literal with an exponent is a DOUBLE, cast as the planner casts it"
         );
     }
 

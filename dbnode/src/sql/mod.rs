@@ -8,6 +8,7 @@ pub mod executor;
 pub mod fast_insert;
 pub mod functions;
 pub mod hot_cache;
+pub mod literals;
 pub mod output;
 pub mod parser;
 pub mod provider;

@@ -1011,55 +1011,87 @@ async fn joins_with_repeated_column_names_keep_every_value() {
     assert_eq!(rows[0]["id_2"], json!("c1"));
 }
 
-/// DECIMAL values written as strings are exact to the last digit, on the literal fast
-/// path, through the planner, in UPDATE and in comparisons (a number literal with a
-/// fraction is a DOUBLE and keeps about 15 digits; docs/sql.md, Types).
+/// DECIMAL values are exact to the last digit whether written as number literals (read as
+/// DECIMALs of the digits written, as PostgreSQL reads them; ADR 0029) or as strings: on the
+/// literal fast path, through the planner, in UPDATE arithmetic, in DEFAULTs and in
+/// comparisons. A DOUBLE would keep about 15 digits and add noise when scaled to 18 places.
 #[tokio::test]
-async fn decimals_written_as_strings_are_exact() {
+async fn decimal_literals_and_strings_are_exact() {
     let node = TestNode::start().await;
     node.admin("CREATE NAMESPACE app").await;
     node.admin(
         "CREATE USER TABLE app.wallets (id BIGINT PRIMARY KEY, amount DECIMAL(38,18), \
-         price DECIMAL(20,2))",
+         price DECIMAL(20,2), ratio DOUBLE, \
+         fee DECIMAL(38,18) DEFAULT 0.000000000000000001)",
     )
     .await;
     let alice = token("alice", false);
+    // The fast path (literals only), numbers and strings.
     node.exec(
         &alice,
-        "INSERT INTO app.wallets (id, amount, price) VALUES \
-         (1, '1.123456789012345678', '123456789012345678.99')",
+        "INSERT INTO app.wallets (id, amount, price, ratio) VALUES \
+         (1, 1.123456789012345678, 123456789012345678.99, 0.1), \
+         (3, -0.000000000000000001, '-0.01', -2.5), \
+         (4, '1.123456789012345678', 2.675, 1e300)",
+    )
+    .await;
+    // The planner: INSERT ... SELECT, the DEFAULT computed by the planner.
+    node.exec(
+        &alice,
+        "INSERT INTO app.wallets (id, amount, price, ratio) \
+         SELECT * FROM (VALUES (2, 1.123456789012345679, 0.5, 0.25))",
     )
     .await;
     node.exec(
         &alice,
-        "INSERT INTO app.wallets (id, amount, price) \
-         SELECT * FROM (VALUES (2, '1.123456789012345679', '-0.01'))",
-    )
-    .await;
-    node.exec(
-        &alice,
-        "UPDATE app.wallets SET amount = amount + CAST('0.000000000000000001' AS DECIMAL(38,18)) \
+        "UPDATE app.wallets SET amount = amount + 0.000000000000000001, price = price * 1.5 \
          WHERE id = 2",
     )
     .await;
     assert_eq!(
         node.query(
             &alice,
-            "SELECT id, amount, price FROM app.wallets ORDER BY id"
+            "SELECT id, amount, price, ratio, fee FROM app.wallets ORDER BY id"
         )
         .await,
         vec![
-            json!({"id": 1, "amount": "1.123456789012345678", "price": "123456789012345678.99"}),
-            json!({"id": 2, "amount": "1.123456789012345680", "price": "-0.01"}),
+            json!({"id": 1, "amount": "1.123456789012345678", "price": "123456789012345678.99",
+                   "ratio": 0.1, "fee": "0.000000000000000001"}),
+            json!({"id": 2, "amount": "1.123456789012345680", "price": "0.75",
+                   "ratio": 0.25, "fee": "0.000000000000000001"}),
+            json!({"id": 3, "amount": "-0.000000000000000001", "price": "-0.01",
+                   "ratio": -2.5, "fee": "0.000000000000000001"}),
+            json!({"id": 4, "amount": "1.123456789012345678", "price": "2.68",
+                   "ratio": 1e300, "fee": "0.000000000000000001"}),
         ]
     );
+    for filter in [
+        "amount = 1.123456789012345678",
+        "amount = '1.123456789012345678'",
+    ] {
+        assert_eq!(
+            node.query(
+                &alice,
+                &format!("SELECT id FROM app.wallets WHERE {filter} ORDER BY id")
+            )
+            .await,
+            vec![json!({"id": 1}), json!({"id": 4})],
+            "{filter}: the comparison is exact, the neighbouring value does not match"
+        );
+    }
     assert_eq!(
         node.query(
             &alice,
-            "SELECT id FROM app.wallets WHERE amount = '1.123456789012345678'"
+            "SELECT 0.1 + 0.2 AS d, 1e3 AS e, 18446744073709551616 AS big, 7 / 2 AS i"
         )
         .await,
-        vec![json!({"id": 1})],
-        "a comparison with a string is exact: the neighbouring value does not match"
+        vec![json!({"d": "0.3", "e": 1000.0, "big": "18446744073709551616", "i": 3})],
+        "a literal with a decimal point is a DECIMAL, one with an exponent a DOUBLE"
     );
+    node.expect_error(
+        &alice,
+        "INSERT INTO app.wallets (id, price) VALUES (5, 1234567890123456789.5)",
+        "INVALID_VALUE",
+    )
+    .await;
 }

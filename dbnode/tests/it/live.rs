@@ -550,6 +550,34 @@ async fn filters_whose_arithmetic_overflows_match_nothing() {
     assert_eq!(row_ids(&change), [-7], "{}", pretty(&change));
 }
 
+/// A filter's number literals are exact DECIMALs (ADR 0029): the row one unit in the 18th
+/// place above the literal matches, the row equal to it does not (as DOUBLEs both would
+/// read as 1.1234567890123457).
+#[tokio::test]
+async fn filters_compare_decimal_literals_exactly() {
+    let node = TestNode::start().await;
+    node.admin("CREATE NAMESPACE app").await;
+    node.admin("CREATE USER TABLE app.wallets (id BIGINT PRIMARY KEY, amount DECIMAL(38,18))")
+        .await;
+    let alice = token("alice", false);
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe(
+        "rich",
+        "SELECT id FROM app.wallets WHERE amount > 1.123456789012345678",
+        Value::Null,
+    )
+    .await;
+    ws.expect_subscribed("rich").await;
+    node.exec(
+        &alice,
+        "INSERT INTO app.wallets (id, amount) VALUES \
+         (1, 1.123456789012345678), (2, 1.123456789012345679)",
+    )
+    .await;
+    let change = ws.expect_change("rich", "INSERT").await;
+    assert_eq!(row_ids(&change), [2], "{}", pretty(&change));
+}
+
 /// A row of `SELECT id, conversation_id, content FROM app.messages`.
 fn row(id: i64, conversation: &str, content: &str) -> Value {
     json!({"id": id, "conversation_id": conversation, "content": content})
