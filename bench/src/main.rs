@@ -68,6 +68,10 @@ struct Args {
     /// `--only live-memory`), each system on a fresh server as always.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(report::ORDER))]
     only: Vec<String>,
+    /// Measure both systems this many times, each round on fresh servers, alternating which
+    /// goes first, and report the medians and how many rounds met each target.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
 }
 
 impl Args {
@@ -169,52 +173,80 @@ async fn run(args: &Args) -> Result<()> {
         Some(pg::PgBinaries::locate(args.pg_bindir.as_deref())?)
     };
 
-    // PostgreSQL first, so that a problem with it shows at once; it is stopped before the
-    // KalamDB node starts.
-    let (postgres, pg_info) = match &pg_bins {
-        None => (Vec::new(), None),
-        Some(bins) => {
-            let settings = pg::Settings {
-                max_connections: sizes.live.max_fanout_connections() + 100,
-                synchronous_commit: args.sync_writes,
-            };
-            progress(&format!(
-                "postgres: starting a throw-away cluster ({}), synchronous_commit = {}, \
-                 max_connections = {}",
-                bins.bindir().display(),
-                if settings.synchronous_commit {
-                    "on"
-                } else {
-                    "off"
-                },
-                settings.max_connections
-            ));
-            let server = pg::PgServer::start(bins, &settings).await?;
-            let info = server.info().await?;
-            let outcomes = pg_scenarios::run(args, &server, &sizes).await?;
-            progress("postgres: stopping");
-            drop(server);
-            (outcomes, Some(info))
-        }
-    };
-
-    let kalamdb = kalam::run(args, &sizes).await?;
-
-    let report = report::Report {
+    let rounds = args.rounds as usize;
+    let mut report = report::Report {
         quick: args.quick,
         sync_writes: args.sync_writes,
-        postgres: pg_info,
+        postgres: None,
         cpus: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
         cpu_model: cpu_model(),
-        rows: report::compare(kalamdb, postgres),
+        rounds: Vec::with_capacity(rounds),
     };
+    for round in 1..=rounds {
+        if rounds > 1 {
+            progress(&format!("round {round} of {rounds}"));
+        }
+        // PostgreSQL first in the first round, so that a problem with it shows at once;
+        // after that the order alternates, so that a machine growing slower or faster
+        // during a run does not favour one system. Each server is stopped before the other
+        // starts.
+        let pg = pg_bins.as_ref();
+        let (kalamdb, postgres) = if round % 2 == 1 {
+            let postgres = run_postgres(args, pg, &sizes, &mut report.postgres).await?;
+            (kalam::run(args, &sizes).await?, postgres)
+        } else {
+            let kalamdb = kalam::run(args, &sizes).await?;
+            (
+                kalamdb,
+                run_postgres(args, pg, &sizes, &mut report.postgres).await?,
+            )
+        };
+        report.rounds.push(report::compare(kalamdb, postgres));
+        if rounds > 1 {
+            report.print_round(round);
+        }
+    }
     report.print();
     if let Some(path) = &args.json {
         report.write_json(path)?;
     }
     Ok(())
+}
+
+/// One round of the PostgreSQL side on a throw-away cluster, stopped before this returns;
+/// nothing without `bins` (`--no-postgres`). `info` gets the server's own settings.
+async fn run_postgres(
+    args: &Args,
+    bins: Option<&pg::PgBinaries>,
+    sizes: &Sizes,
+    info: &mut Option<report::PgInfo>,
+) -> Result<Vec<report::Outcome>> {
+    let Some(bins) = bins else {
+        return Ok(Vec::new());
+    };
+    let settings = pg::Settings {
+        max_connections: sizes.live.max_fanout_connections() + 100,
+        synchronous_commit: args.sync_writes,
+    };
+    progress(&format!(
+        "postgres: starting a throw-away cluster ({}), synchronous_commit = {}, \
+         max_connections = {}",
+        bins.bindir().display(),
+        if settings.synchronous_commit {
+            "on"
+        } else {
+            "off"
+        },
+        settings.max_connections
+    ));
+    let server = pg::PgServer::start(bins, &settings).await?;
+    *info = Some(server.info().await?);
+    let outcomes = pg_scenarios::run(args, &server, sizes).await?;
+    progress("postgres: stopping");
+    drop(server);
+    Ok(outcomes)
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM, with the signal's name.

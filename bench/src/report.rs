@@ -1,6 +1,7 @@
 //! The result of one scenario on one system ([`Outcome`]), and the report of a run: one
 //! table with both systems side by side and their ratio, notes on what each number
-//! measured, and the same as JSON.
+//! measured, and the same as JSON. A run of several rounds (`--rounds N`) prints each
+//! round's table as it ends and then their medians, with how many rounds met each target.
 
 use std::path::Path;
 
@@ -167,7 +168,119 @@ pub struct Report {
     pub postgres: Option<PgInfo>,
     pub cpus: usize,
     pub cpu_model: String,
-    pub rows: Vec<Comparison>,
+    /// Every round's scenarios, both systems side by side; at least one round.
+    pub rounds: Vec<Vec<Comparison>>,
+}
+
+/// The middle value (the mean of the two middle ones for an even count); `None` when empty.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+/// One scenario over all rounds: the median of each number and of each round's ratios.
+/// A ratio of medians would pair one round's KalamDB with another round's PostgreSQL; the
+/// median of the rounds' ratios compares the two systems as measured minutes apart.
+#[derive(Debug, PartialEq)]
+pub struct Summary {
+    pub scenario: &'static str,
+    pub rounds: usize,
+    pub kalamdb: Option<SystemMedians>,
+    pub postgres: Option<SystemMedians>,
+    pub p99_ratios: Vec<f64>,
+    pub throughput_ratios: Vec<f64>,
+}
+
+/// Medians of one system's numbers in one scenario, over the rounds that measured it.
+#[derive(Debug, PartialEq, serde::Serialize)]
+pub struct SystemMedians {
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub rows_per_sec: f64,
+}
+
+impl SystemMedians {
+    fn of<'a>(outcomes: impl Iterator<Item = &'a Outcome>) -> Option<Self> {
+        let outcomes: Vec<&Outcome> = outcomes.collect();
+        let rows_per_sec = median(outcomes.iter().map(|o| o.rows_per_sec).collect())?;
+        Some(Self {
+            p50_ms: median(outcomes.iter().filter_map(|o| o.p50_ms).collect()),
+            p99_ms: median(outcomes.iter().filter_map(|o| o.p99_ms).collect()),
+            rows_per_sec,
+        })
+    }
+}
+
+impl Summary {
+    pub fn p99_ratio(&self) -> Option<f64> {
+        median(self.p99_ratios.clone())
+    }
+
+    pub fn throughput_ratio(&self) -> Option<f64> {
+        median(self.throughput_ratios.clone())
+    }
+}
+
+/// Per scenario (in the order of the first round), the medians over `rounds`.
+pub fn summarize(rounds: &[Vec<Comparison>]) -> Vec<Summary> {
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .map(|c| {
+            let same: Vec<&Comparison> = rounds
+                .iter()
+                .filter_map(|round| round.iter().find(|r| r.scenario == c.scenario))
+                .collect();
+            Summary {
+                scenario: c.scenario,
+                rounds: same.len(),
+                kalamdb: SystemMedians::of(same.iter().filter_map(|r| r.kalamdb.as_ref())),
+                postgres: SystemMedians::of(same.iter().filter_map(|r| r.postgres.as_ref())),
+                p99_ratios: same.iter().filter_map(|r| r.p99_ratio()).collect(),
+                throughput_ratios: same.iter().filter_map(|r| r.throughput_ratio()).collect(),
+            }
+        })
+        .collect()
+}
+
+/// How one of the issue's targets fared: the p99 ratio of every round that measured it.
+#[derive(Debug, PartialEq)]
+pub struct TargetOutcome {
+    pub scenario: &'static str,
+    pub ratio: &'static str,
+    pub bound: f64,
+    pub ratios: Vec<f64>,
+}
+
+impl TargetOutcome {
+    pub fn met_in(&self) -> usize {
+        self.ratios.iter().filter(|r| **r <= self.bound).count()
+    }
+
+    fn verdict(&self) -> String {
+        let met = self.met_in();
+        match self.ratios.as_slice() {
+            [] => "not measured".into(),
+            [x] if met == 1 => format!("{x:.2}: met"),
+            [x] => format!("{x:.2}: not met"),
+            all => format!(
+                "met in {met} of {} rounds (median {:.2}; {})",
+                all.len(),
+                median(all.to_vec()).unwrap_or(f64::NAN),
+                all.iter()
+                    .map(|x| format!("{x:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
 }
 
 /// The issue's targets, shown for context (not asserted): scenario, the ratio compared
@@ -194,13 +307,52 @@ impl Report {
         }
     }
 
-    pub fn print(&self) {
-        let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
-        let t = |o: Option<&Outcome>| {
-            o.map(|o| format!("{:.0}", o.rows_per_sec))
-                .unwrap_or_else(|| "-".into())
+    /// Each target with the ratio every round measured.
+    pub fn targets(&self) -> Vec<TargetOutcome> {
+        TARGETS
+            .iter()
+            .map(|(scenario, ratio, bound)| TargetOutcome {
+                scenario,
+                ratio,
+                bound: *bound,
+                ratios: self
+                    .rounds
+                    .iter()
+                    .filter_map(|round| round.iter().find(|c| c.scenario == *scenario))
+                    .filter_map(Comparison::p99_ratio)
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The checks that passed: one per scenario, system and round (a failed check ends
+    /// the run before any report).
+    fn passed(&self) -> usize {
+        self.rounds
+            .iter()
+            .flatten()
+            .map(|c| c.kalamdb.is_some() as usize + c.postgres.is_some() as usize)
+            .sum()
+    }
+
+    /// The table of round `round` (from 1) of several, printed as soon as it ends; the
+    /// first also prints the run's header.
+    pub fn print_round(&self, round: usize) {
+        let Some(rows) = self.rounds.get(round - 1) else {
+            return;
         };
-        let r = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+        if round == 1 {
+            self.print_header();
+            println!();
+        }
+        println!("round {round}:");
+        print_table(rows.iter().map(Row::from));
+        println!();
+        print_notes(rows, self.postgres.is_some());
+        println!();
+    }
+
+    fn print_header(&self) {
         println!(
             "kalam-bench: {} sizes, {} CPUs ({})",
             if self.quick { "--quick" } else { "full" },
@@ -211,43 +363,28 @@ impl Report {
         println!(
             "ratios are KalamDB / PostgreSQL: a p99 ratio below 1 and a rows/s ratio above 1 favour KalamDB"
         );
-        println!();
-        println!(
-            "{:<18} | {:>9} {:>9} {:>11} | {:>9} {:>9} {:>11} | {:>9} {:>11}",
-            "", "KalamDB", "", "", "PostgreSQL", "", "", "ratio", ""
-        );
-        println!(
-            "{:<18} | {:>9} {:>9} {:>11} | {:>9} {:>9} {:>11} | {:>9} {:>11}",
-            "scenario", "p50 ms", "p99 ms", "rows/s", "p50 ms", "p99 ms", "rows/s", "p99", "rows/s"
-        );
-        for c in &self.rows {
-            let (k, p) = (c.kalamdb.as_ref(), c.postgres.as_ref());
+    }
+
+    /// The report of the whole run: one round's table and notes, or the medians of several
+    /// (their tables were printed as they ended), then the targets.
+    pub fn print(&self) {
+        let rounds = self.rounds.len();
+        if rounds > 1 {
             println!(
-                "{:<18} | {:>9} {:>9} {:>11} | {:>9} {:>9} {:>11} | {:>9} {:>11}",
-                c.scenario,
-                f(k.and_then(|o| o.p50_ms)),
-                f(k.and_then(|o| o.p99_ms)),
-                t(k),
-                f(p.and_then(|o| o.p50_ms)),
-                f(p.and_then(|o| o.p99_ms)),
-                t(p),
-                r(c.p99_ratio()),
-                r(c.throughput_ratio()),
+                "medians over {rounds} rounds (each round's table is above); the ratio columns are \
+                 the medians of each round's ratio"
             );
+        } else {
+            self.print_header();
         }
         println!();
-        println!("notes:");
-        for c in &self.rows {
-            for (system, outcome) in [("KalamDB", &c.kalamdb), ("PostgreSQL", &c.postgres)] {
-                let Some(o) = outcome else { continue };
-                println!("  {} [{system}] {}", c.scenario, o.notes());
-                if let Some(method) = &o.method {
-                    println!("      {method}");
-                }
+        match self.rounds.as_slice() {
+            [only] => {
+                print_table(only.iter().map(Row::from));
+                println!();
+                print_notes(only, self.postgres.is_some());
             }
-            if c.postgres.is_none() && self.postgres.is_some() {
-                println!("  {} [PostgreSQL] - (KalamDB only)", c.scenario);
-            }
+            all => print_table(summarize(all).iter().map(Row::from)),
         }
         if self.postgres.is_some() {
             println!();
@@ -259,40 +396,64 @@ impl Report {
                     ""
                 }
             );
-            for (scenario, ratio, bound) in TARGETS {
-                let got = self
-                    .rows
-                    .iter()
-                    .find(|c| c.scenario == *scenario)
-                    .and_then(Comparison::p99_ratio);
-                let verdict = match got {
-                    Some(x) if x <= *bound => format!("{x:.2}: met"),
-                    Some(x) => format!("{x:.2}: not met"),
-                    None => "not measured".into(),
-                };
-                println!("  {scenario}: {ratio} ratio <= {bound} -> {verdict}");
+            for target in self.targets() {
+                println!(
+                    "  {}: {} ratio <= {} -> {}",
+                    target.scenario,
+                    target.ratio,
+                    target.bound,
+                    target.verdict()
+                );
             }
         }
-        let passed: usize = self
-            .rows
-            .iter()
-            .map(|c| c.kalamdb.is_some() as usize + c.postgres.is_some() as usize)
-            .sum();
         println!();
-        println!("{passed} passed, 0 failed");
+        println!("{} passed, 0 failed", self.passed());
     }
 
     pub fn to_json(&self) -> Value {
-        let rows: Vec<Value> = self
-            .rows
+        let round_rows = |rows: &[Comparison]| -> Vec<Value> {
+            rows.iter()
+                .map(|c| {
+                    json!({
+                        "scenario": c.scenario,
+                        "kalamdb": c.kalamdb,
+                        "postgres": c.postgres,
+                        "ratio_p99": c.p99_ratio(),
+                        "ratio_rows_per_sec": c.throughput_ratio(),
+                    })
+                })
+                .collect()
+        };
+        // `results` answers "what did this run measure" the same way for one round (its
+        // outcomes) and for several (the medians, with every round under `rounds`).
+        let results: Vec<Value> = match self.rounds.as_slice() {
+            [only] => round_rows(only),
+            all => summarize(all)
+                .iter()
+                .map(|s| {
+                    json!({
+                        "scenario": s.scenario,
+                        "rounds": s.rounds,
+                        "kalamdb": s.kalamdb,
+                        "postgres": s.postgres,
+                        "ratio_p99": s.p99_ratio(),
+                        "ratio_rows_per_sec": s.throughput_ratio(),
+                        "ratios_p99": s.p99_ratios,
+                    })
+                })
+                .collect(),
+        };
+        let targets: Vec<Value> = self
+            .targets()
             .iter()
-            .map(|c| {
+            .map(|t| {
                 json!({
-                    "scenario": c.scenario,
-                    "kalamdb": c.kalamdb,
-                    "postgres": c.postgres,
-                    "ratio_p99": c.p99_ratio(),
-                    "ratio_rows_per_sec": c.throughput_ratio(),
+                    "scenario": t.scenario,
+                    "ratio": t.ratio,
+                    "bound": t.bound,
+                    "ratios": t.ratios,
+                    "met_in": t.met_in(),
+                    "rounds": t.ratios.len(),
                 })
             })
             .collect();
@@ -309,7 +470,9 @@ impl Report {
                 "version": p.version,
                 "max_connections": p.max_connections,
             })),
-            "results": rows,
+            "results": results,
+            "targets": targets,
+            "rounds": self.rounds.iter().map(|r| round_rows(r)).collect::<Vec<_>>(),
         })
     }
 
@@ -336,6 +499,95 @@ impl Report {
     pub fn write_json(&self, path: &Path) -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&self.to_json())?)
             .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// One line of the table: a round's outcomes or the medians of several rounds.
+struct Row<'a> {
+    scenario: &'a str,
+    kalamdb: (Option<f64>, Option<f64>, Option<f64>),
+    postgres: (Option<f64>, Option<f64>, Option<f64>),
+    p99_ratio: Option<f64>,
+    throughput_ratio: Option<f64>,
+}
+
+impl<'a> From<&'a Comparison> for Row<'a> {
+    fn from(c: &'a Comparison) -> Self {
+        let numbers = |o: Option<&Outcome>| {
+            o.map_or((None, None, None), |o| {
+                (o.p50_ms, o.p99_ms, Some(o.rows_per_sec))
+            })
+        };
+        Row {
+            scenario: c.scenario,
+            kalamdb: numbers(c.kalamdb.as_ref()),
+            postgres: numbers(c.postgres.as_ref()),
+            p99_ratio: c.p99_ratio(),
+            throughput_ratio: c.throughput_ratio(),
+        }
+    }
+}
+
+impl<'a> From<&'a Summary> for Row<'a> {
+    fn from(s: &'a Summary) -> Self {
+        let numbers = |m: Option<&SystemMedians>| {
+            m.map_or((None, None, None), |m| {
+                (m.p50_ms, m.p99_ms, Some(m.rows_per_sec))
+            })
+        };
+        Row {
+            scenario: s.scenario,
+            kalamdb: numbers(s.kalamdb.as_ref()),
+            postgres: numbers(s.postgres.as_ref()),
+            p99_ratio: s.p99_ratio(),
+            throughput_ratio: s.throughput_ratio(),
+        }
+    }
+}
+
+fn print_table<'a>(rows: impl Iterator<Item = Row<'a>>) {
+    let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
+    let t = |v: Option<f64>| v.map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into());
+    let r = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+    println!(
+        "{:<18} | {:>9} {:>9} {:>11} | {:>9} {:>9} {:>11} | {:>9} {:>11}",
+        "", "KalamDB", "", "", "PostgreSQL", "", "", "ratio", ""
+    );
+    println!(
+        "{:<18} | {:>9} {:>9} {:>11} | {:>9} {:>9} {:>11} | {:>9} {:>11}",
+        "scenario", "p50 ms", "p99 ms", "rows/s", "p50 ms", "p99 ms", "rows/s", "p99", "rows/s"
+    );
+    for row in rows {
+        let (k, p) = (row.kalamdb, row.postgres);
+        println!(
+            "{:<18} | {:>9} {:>9} {:>11} | {:>9} {:>9} {:>11} | {:>9} {:>11}",
+            row.scenario,
+            f(k.0),
+            f(k.1),
+            t(k.2),
+            f(p.0),
+            f(p.1),
+            t(p.2),
+            r(row.p99_ratio),
+            r(row.throughput_ratio),
+        );
+    }
+}
+
+/// What each number of a round measured; `with_postgres` marks KalamDB-only scenarios.
+fn print_notes(rows: &[Comparison], with_postgres: bool) {
+    println!("notes:");
+    for c in rows {
+        for (system, outcome) in [("KalamDB", &c.kalamdb), ("PostgreSQL", &c.postgres)] {
+            let Some(o) = outcome else { continue };
+            println!("  {} [{system}] {}", c.scenario, o.notes());
+            if let Some(method) = &o.method {
+                println!("      {method}");
+            }
+        }
+        if c.postgres.is_none() && with_postgres {
+            println!("  {} [PostgreSQL] - (KalamDB only)", c.scenario);
+        }
     }
 }
 
@@ -375,5 +627,101 @@ mod tests {
         assert!((p99 - 0.5).abs() < 0.01, "{p99}");
         assert!((rows[0].throughput_ratio().unwrap() - 2.0).abs() < 1e-9);
         assert_eq!(rows[1].p99_ratio(), None);
+    }
+
+    #[test]
+    fn medians_take_the_middle_or_the_mean_of_the_two_middle_values() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0]), Some(3.0));
+        assert_eq!(median(vec![5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    /// Three rounds of insert-seq with KalamDB p99 1, 3, 2 ms against PostgreSQL 1, 1, 4 ms:
+    /// per-round ratios 1.0, 3.0, 0.5.
+    fn three_rounds() -> Report {
+        let round = |k: u64, p: u64| {
+            compare(
+                vec![
+                    outcome("insert-seq", k * 1000, 100),
+                    outcome("flush", 500, 10),
+                ],
+                vec![outcome("insert-seq", p * 1000, 100)],
+            )
+        };
+        Report {
+            quick: false,
+            sync_writes: false,
+            postgres: Some(PgInfo {
+                version: "15".into(),
+                synchronous_commit: "off".into(),
+                fsync: "on".into(),
+                max_connections: "1100".into(),
+            }),
+            cpus: 2,
+            cpu_model: "test".into(),
+            rounds: vec![round(1, 1), round(3, 1), round(2, 4)],
+        }
+    }
+
+    #[test]
+    fn rounds_summarize_as_medians_of_each_number_and_of_each_rounds_ratio() {
+        let report = three_rounds();
+        let summary = summarize(&report.rounds);
+        assert_eq!(summary.len(), 2);
+        let seq = &summary[0];
+        assert_eq!((seq.scenario, seq.rounds), ("insert-seq", 3));
+        let near = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 0.01);
+        assert!(near(seq.kalamdb.as_ref().unwrap().p99_ms, 2.0), "{seq:?}");
+        assert!(near(seq.postgres.as_ref().unwrap().p99_ms, 1.0), "{seq:?}");
+        // The median of 1.0, 3.0 and 0.5, not the ratio of the medians (2.0).
+        assert!(near(seq.p99_ratio(), 1.0), "{seq:?}");
+        assert_eq!(summary[1].scenario, "flush");
+        assert!(summary[1].postgres.is_none());
+        assert_eq!(summary[1].p99_ratio(), None);
+    }
+
+    #[test]
+    fn targets_count_the_rounds_that_met_them() {
+        let report = three_rounds();
+        let targets = report.targets();
+        let seq = targets.iter().find(|t| t.scenario == "insert-seq").unwrap();
+        assert_eq!(seq.ratios.len(), 3);
+        assert_eq!(seq.met_in(), 2, "1.0 and 0.5 are within 1.5, 3.0 is not");
+        assert!(
+            seq.verdict()
+                .starts_with("met in 2 of 3 rounds (median 1.00"),
+            "{}",
+            seq.verdict()
+        );
+        let live = targets
+            .iter()
+            .find(|t| t.scenario == "live-latency")
+            .unwrap();
+        assert_eq!(live.verdict(), "not measured");
+
+        let json = report.to_json();
+        assert_eq!(json["rounds"].as_array().unwrap().len(), 3);
+        assert_eq!(json["results"][0]["scenario"], "insert-seq");
+        assert!((json["results"][0]["ratio_p99"].as_f64().unwrap() - 1.0).abs() < 0.01);
+        let seq_target = &json["targets"][2];
+        assert_eq!(seq_target["scenario"], "insert-seq");
+        assert_eq!(seq_target["met_in"], 2);
+        assert_eq!(seq_target["rounds"], 3);
+    }
+
+    #[test]
+    fn one_round_reports_its_own_outcomes() {
+        let mut report = three_rounds();
+        report.rounds.truncate(1);
+        let json = report.to_json();
+        assert_eq!(json["results"][0]["kalamdb"]["operations"], 1);
+        assert_eq!(json["targets"][2]["met_in"], 1);
+        let seq = report
+            .targets()
+            .into_iter()
+            .find(|t| t.scenario == "insert-seq")
+            .unwrap();
+        assert_eq!(seq.verdict(), "1.00: met");
     }
 }
