@@ -3,7 +3,8 @@
 //! worth quoting, and a throw-away PostgreSQL cluster), one after the other so that they
 //! never compete for the CPUs, runs the same workloads against each, checks every result
 //! for correctness before it counts, and prints one table: p50/p99/throughput per system
-//! and the KalamDB/PostgreSQL ratio (`--json FILE` writes the same as JSON).
+//! and the KalamDB/PostgreSQL ratio (`--json FILE` writes the same as JSON). With `--rounds
+//! N` it does all that N times and reports the medians and how often each target was met.
 //!
 //! - [`kalam`]: the node and its HTTP scenarios (`insert-seq`, `insert-concurrent`,
 //!   `insert-batch`, `select-user`) and `flush` (KalamDB only);
