@@ -190,21 +190,22 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 pub struct Summary {
     pub scenario: &'static str,
     pub rounds: usize,
-    pub kalamdb: Option<SystemMedians>,
-    pub postgres: Option<SystemMedians>,
+    pub kalamdb: Option<Numbers>,
+    pub postgres: Option<Numbers>,
     pub p99_ratios: Vec<f64>,
     pub throughput_ratios: Vec<f64>,
 }
 
-/// Medians of one system's numbers in one scenario, over the rounds that measured it.
-#[derive(Debug, PartialEq, serde::Serialize)]
-pub struct SystemMedians {
+/// One system's numbers in one scenario: one round's, or the medians over the rounds that
+/// measured it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Numbers {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub rows_per_sec: f64,
 }
 
-impl SystemMedians {
+impl Numbers {
     fn of<'a>(outcomes: impl Iterator<Item = &'a Outcome>) -> Option<Self> {
         let outcomes: Vec<&Outcome> = outcomes.collect();
         let rows_per_sec = median(outcomes.iter().map(|o| o.rows_per_sec).collect())?;
@@ -241,8 +242,8 @@ pub fn summarize(rounds: &[Vec<Comparison>]) -> Vec<Summary> {
             Summary {
                 scenario: c.scenario,
                 rounds: same.len(),
-                kalamdb: SystemMedians::of(same.iter().filter_map(|r| r.kalamdb.as_ref())),
-                postgres: SystemMedians::of(same.iter().filter_map(|r| r.postgres.as_ref())),
+                kalamdb: Numbers::of(same.iter().filter_map(|r| r.kalamdb.as_ref())),
+                postgres: Numbers::of(same.iter().filter_map(|r| r.postgres.as_ref())),
                 p99_ratios: same.iter().filter_map(|r| r.p99_ratio()).collect(),
                 throughput_ratios: same.iter().filter_map(|r| r.throughput_ratio()).collect(),
             }
@@ -505,23 +506,18 @@ impl Report {
 /// One line of the table: a round's outcomes or the medians of several rounds.
 struct Row<'a> {
     scenario: &'a str,
-    kalamdb: (Option<f64>, Option<f64>, Option<f64>),
-    postgres: (Option<f64>, Option<f64>, Option<f64>),
+    kalamdb: Option<Numbers>,
+    postgres: Option<Numbers>,
     p99_ratio: Option<f64>,
     throughput_ratio: Option<f64>,
 }
 
 impl<'a> From<&'a Comparison> for Row<'a> {
     fn from(c: &'a Comparison) -> Self {
-        let numbers = |o: Option<&Outcome>| {
-            o.map_or((None, None, None), |o| {
-                (o.p50_ms, o.p99_ms, Some(o.rows_per_sec))
-            })
-        };
         Row {
             scenario: c.scenario,
-            kalamdb: numbers(c.kalamdb.as_ref()),
-            postgres: numbers(c.postgres.as_ref()),
+            kalamdb: Numbers::of(c.kalamdb.iter()),
+            postgres: Numbers::of(c.postgres.iter()),
             p99_ratio: c.p99_ratio(),
             throughput_ratio: c.throughput_ratio(),
         }
@@ -530,15 +526,10 @@ impl<'a> From<&'a Comparison> for Row<'a> {
 
 impl<'a> From<&'a Summary> for Row<'a> {
     fn from(s: &'a Summary) -> Self {
-        let numbers = |m: Option<&SystemMedians>| {
-            m.map_or((None, None, None), |m| {
-                (m.p50_ms, m.p99_ms, Some(m.rows_per_sec))
-            })
-        };
         Row {
             scenario: s.scenario,
-            kalamdb: numbers(s.kalamdb.as_ref()),
-            postgres: numbers(s.postgres.as_ref()),
+            kalamdb: s.kalamdb.clone(),
+            postgres: s.postgres.clone(),
             p99_ratio: s.p99_ratio(),
             throughput_ratio: s.throughput_ratio(),
         }
@@ -558,16 +549,16 @@ fn print_table<'a>(rows: impl Iterator<Item = Row<'a>>) {
         "scenario", "p50 ms", "p99 ms", "rows/s", "p50 ms", "p99 ms", "rows/s", "p99", "rows/s"
     );
     for row in rows {
-        let (k, p) = (row.kalamdb, row.postgres);
+        let (k, p) = (row.kalamdb.as_ref(), row.postgres.as_ref());
         println!(
             "{:<18} | {:>9} {:>9} {:>11} | {:>9} {:>9} {:>11} | {:>9} {:>11}",
             row.scenario,
-            f(k.0),
-            f(k.1),
-            t(k.2),
-            f(p.0),
-            f(p.1),
-            t(p.2),
+            f(k.and_then(|n| n.p50_ms)),
+            f(k.and_then(|n| n.p99_ms)),
+            t(k.map(|n| n.rows_per_sec)),
+            f(p.and_then(|n| n.p50_ms)),
+            f(p.and_then(|n| n.p99_ms)),
+            t(p.map(|n| n.rows_per_sec)),
             r(row.p99_ratio),
             r(row.throughput_ratio),
         );
