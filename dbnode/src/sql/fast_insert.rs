@@ -7,13 +7,12 @@ use datafusion::common::ScalarValue;
 use datafusion::sql::sqlparser::ast::{
     Expr as SqlExpr, Insert, SetExpr, UnaryOperator, Value as SqlValue,
 };
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::catalog::{KalamType, TableDef};
 use crate::error::{KalamError, Result};
 use crate::sql::functions::SnowflakeGenerator;
 use crate::sql::literals::exact_number;
+use crate::sql::parser::parse_expr_text;
 use crate::sql::rows::{cast_to_column, value_at};
 use crate::storage::Value;
 
@@ -92,12 +91,7 @@ pub fn fast_default(text: &str, t: KalamType, column: &str) -> Option<FastDefaul
         "NOW()" | "CURRENT_TIMESTAMP" | "CURRENT_TIMESTAMP()" => return Some(FastDefault::Now),
         _ => {}
     }
-    let dialect = GenericDialect {};
-    let expr = Parser::new(&dialect)
-        .try_with_sql(text)
-        .ok()?
-        .parse_expr()
-        .ok()?;
+    let expr = parse_expr_text(text)?;
     let value = to_value(&literal(&expr)?, t, column).ok()?;
     Some(FastDefault::Constant(value))
 }

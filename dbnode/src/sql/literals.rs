@@ -21,8 +21,8 @@ use datafusion::sql::sqlparser::ast::{
     CastKind, DataType as SqlDataType, ExactNumberInfo, Expr as SqlExpr, Value as SqlValue,
     VisitMut, VisitorMut,
 };
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
+
+use crate::sql::parser::parse_expr_text;
 
 /// The widest `DECIMAL` (`Decimal128`).
 const MAX_PRECISION: usize = 38;
@@ -151,21 +151,20 @@ pub fn exact_statement_literals(stmt: &mut DfStatement) {
 /// Applies the rule to an expression's SQL text (a stored DEFAULT); text that does not parse
 /// is returned as it is, for the planner to report.
 pub fn exact_expr_text(text: &str) -> String {
-    let parsed = Parser::new(&GenericDialect {})
-        .try_with_sql(text)
-        .and_then(|mut p| p.parse_expr());
-    match parsed {
-        Ok(mut expr) => {
+    match parse_expr_text(text) {
+        Some(mut expr) => {
             exact_literals(&mut expr);
             expr.to_string()
         }
-        Err(_) => text.to_string(),
+        None => text.to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
 
     fn exact(value: i128, precision: u8, scale: i8) -> Option<ExactNumber> {
         Some(ExactNumber {

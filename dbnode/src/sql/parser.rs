@@ -6,8 +6,8 @@
 //! parse, statements before it still run and the error names k (API.md section 3).
 
 use datafusion::sql::sqlparser::ast::{
-    ColumnDef as SqlColumnDef, DataType as SqlDataType, ObjectName, Statement as SqlStatement,
-    TableConstraint, Value as SqlValue,
+    ColumnDef as SqlColumnDef, DataType as SqlDataType, Expr as SqlExpr, ObjectName,
+    Statement as SqlStatement, TableConstraint, Value as SqlValue,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -175,6 +175,16 @@ pub fn parse_sql_statements(sql: &str) -> Result<Vec<SqlStatement>> {
     node_parser(sql)?
         .parse_statements()
         .map_err(|e| KalamError::SqlParse(e.to_string()))
+}
+
+/// One expression's SQL text as stored in the catalog (a column's DEFAULT), or `None` when
+/// it does not parse: the planner, which reads the same text, reports why.
+pub fn parse_expr_text(text: &str) -> Option<SqlExpr> {
+    static DIALECT: GenericDialect = GenericDialect {};
+    Parser::new(&DIALECT)
+        .try_with_sql(text)
+        .and_then(|mut p| p.parse_expr())
+        .ok()
 }
 
 /// Parses statements until the end or the first error. The statements parsed before the
