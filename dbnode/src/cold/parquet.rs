@@ -2,26 +2,37 @@
 //! and the hidden `_seq`), writer settings (zstd for the table's columns, none for the
 //! version columns; bloom filter and page statistics on the key and `_updated`), streaming
 //! writes of hot rows, the version lookup of keys that INSERT needs to refuse a key that is
-//! live only in Parquet, and the two reads of deleted-row retention: the versions of a file
-//! ([`scan_versions`]) and a copy of a file without some of its rows ([`rewrite_segment`]).
+//! live only in Parquet, the two reads of deleted-row retention: the versions of a file
+//! ([`scan_versions`]) and a copy of a file without some of its rows ([`rewrite_segment`]),
+//! and the whole read of a small file a query holds in memory ([`read_segment`]).
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{
     DataType, Field, Int16Type, Int32Type, Int64Type, Schema, SchemaRef, TimestampMicrosecondType,
     UInt64Type,
 };
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
+use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
+use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 #[allow(deprecated)]
 use datafusion::parquet::arrow::async_reader::ParquetObjectReader;
 use datafusion::parquet::arrow::async_writer::AsyncArrowWriter;
 use datafusion::parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
+use datafusion::parquet::errors::Result as ParquetResult;
+use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::schema::types::ColumnPath;
-use futures::StreamExt;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -301,7 +312,7 @@ pub async fn lookup_versions(
     Ok(found)
 }
 
-/// Rows per batch when cleanup reads a file.
+/// Rows per batch when cleanup or a small query reads a file.
 const SCAN_BATCH_ROWS: usize = 8192;
 
 /// The order-preserving key encoding ([`RowKey`]) of every row of a primary-key column
@@ -430,6 +441,54 @@ pub async fn scan_versions(
         }
     }
     Ok(())
+}
+
+/// Every row of one file, in `schema` (the file schema of the version it was written
+/// under), in file order, through `readers` (which keep each file's footer once read). For
+/// files small enough to hold whole; a query reads larger ones through DataFusion's scan.
+pub async fn read_segment(
+    readers: &Arc<dyn ParquetFileReaderFactory>,
+    segment: &Segment,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>> {
+    let file = PartitionedFile::new(segment.path.clone(), segment.bytes);
+    let reader = readers
+        .create_reader(0, file, None, &ExecutionPlanMetricsSet::new())
+        .map_err(KalamError::storage)?;
+    let options = ArrowReaderOptions::new().with_schema(schema.clone());
+    ParquetRecordBatchStreamBuilder::new_with_options(SendReader(reader), options)
+        .await
+        .map_err(KalamError::storage)?
+        .with_batch_size(SCAN_BATCH_ROWS)
+        .build()
+        .map_err(KalamError::storage)?
+        .map(|batch| batch.map_err(KalamError::storage))
+        .try_collect()
+        .await
+}
+
+/// A boxed reader that is `Send`, as a reader: parquet implements the trait only for the
+/// box without the bound, which a query's future (sent between threads) cannot hold.
+struct SendReader(Box<dyn AsyncFileReader + Send>);
+
+impl AsyncFileReader for SendReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, ParquetResult<Bytes>> {
+        self.0.get_bytes(range)
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, ParquetResult<Vec<Bytes>>> {
+        self.0.get_byte_ranges(ranges)
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
+        self.0.get_metadata(options)
+    }
 }
 
 /// Writes a copy of the file `source` to `target` without the rows for which `remove(key,

@@ -10,6 +10,9 @@
 //! [`DedupExec`] keeps the newest version of every key, and only then are soft-deleted rows
 //! dropped. Files are pruned only by predicates that cannot expose an older version: the key,
 //! and lower bounds on `_updated` (the newest version of a key has the largest `_updated`).
+//! When no key can be in two inputs and the files are small, there is nothing to merge: the
+//! files are read whole while planning and the scan is one in-memory source in key order,
+//! which spares a point query the planning of a file scan.
 //!
 //! Everything is read in the schema version the provider's runtime has (the one the query
 //! planned with): hot rows are re-shaped by the store, and files written under another
@@ -51,7 +54,7 @@ use futures::StreamExt;
 
 use crate::auth::Principal;
 use crate::catalog::{KalamType, TableDef, TableKind, DELETED_COLUMN, UPDATED_COLUMN};
-use crate::cold::parquet::file_schema;
+use crate::cold::parquet::{file_schema, read_segment};
 use crate::cold::{Segment, SEQ_COLUMN};
 use crate::engine::{Engine, TableRuntime};
 use crate::error::KalamError;
@@ -267,10 +270,7 @@ impl KalamTableProvider {
         limit: Option<usize>,
         include_deleted: bool,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let indices: Vec<usize> = match projection {
-            Some(p) => p.clone(),
-            None => (0..self.rt.schema.fields().len()).collect(),
-        };
+        let indices = self.indices(projection);
         let schema = Arc::new(self.rt.schema.project(&indices)?);
         let limit = if filters.is_empty() { limit } else { None };
         let batches = match self.cached_hot(partition, filters, limit.is_none())? {
@@ -298,13 +298,78 @@ impl KalamTableProvider {
             .map(|e| e as Arc<dyn ExecutionPlan>)
     }
 
+    /// The table columns a scan returns: its projection, or all of them.
+    fn indices(&self, projection: Option<&Vec<usize>>) -> Vec<usize> {
+        match projection {
+            Some(p) => p.clone(),
+            None => (0..self.rt.schema.fields().len()).collect(),
+        }
+    }
+
+    /// Whether the files are read whole into memory and joined to the hot rows there,
+    /// instead of planned as a DataFusion file scan: when they are few bytes (a user's
+    /// flushed history, usually), written in the schema version the query plans with, and no
+    /// key can be in two inputs. Planning a file scan and the merge costs a query about a
+    /// millisecond on its own, several times the read of a small file.
+    fn fits_in_memory(&self, hot: &HotRows, files: &[&Segment]) -> bool {
+        let version = self.rt.def().schema_version;
+        files.iter().map(|f| f.bytes).sum::<u64>() <= IN_MEMORY_FILE_BYTES
+            && files.iter().all(|f| f.schema_version == version)
+            && tiers_disjoint(hot, files)
+    }
+
+    /// The hot rows and every row of `files` (see [`Self::fits_in_memory`]) as one
+    /// in-memory source: each input holds one version per key and no key is in two, so
+    /// the inputs in the order of their first key are the partition in key order, as a
+    /// scan of the hot tier alone returns it.
+    async fn in_memory_scan(
+        &self,
+        hot: &HotRows,
+        files: &[&Segment],
+        projection: Option<&Vec<usize>>,
+        include_deleted: bool,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let def = self.rt.def();
+        let schema = file_schema(def);
+        let (_, store) = self.engine.cold.store(&self.rt.location)?;
+        let readers = self.engine.cold.metadata.reader_factory(&def.uid, store);
+        let mut inputs: Vec<(&[u8], Vec<RecordBatch>)> = Vec::with_capacity(files.len() + 1);
+        if let Some((first, _)) = &hot.range {
+            inputs.push((first, hot.batches.clone()));
+        }
+        for f in files {
+            let batches = read_segment(&readers, f, &schema)
+                .await
+                .map_err(KalamError::into_datafusion)?;
+            inputs.push((&f.min_key, batches));
+        }
+        inputs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let indices = self.indices(projection);
+        let batches = inputs
+            .into_iter()
+            .flat_map(|(_, batches)| batches)
+            .map(|b| {
+                let visible = if include_deleted {
+                    b
+                } else {
+                    without_deleted(&b)?
+                };
+                // The file schema is the table schema and `_seq`: the same column indices.
+                Ok(visible.project(&indices)?)
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        let schema = Arc::new(self.rt.schema.project(&indices)?);
+        MemorySourceConfig::try_new_exec(&[batches], schema, None)
+            .map(|e| e as Arc<dyn ExecutionPlan>)
+    }
+
     /// Hot rows and Parquet files together. When no key can be in two of them (the usual
     /// case: new rows have keys above the flushed ones) the inputs are simply concatenated;
     /// otherwise they are merged by key, newest version first, and deduplicated.
     fn merged_scan(
         &self,
         state: &dyn Session,
-        partition: &Partition,
+        hot: &HotRows,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         files: &[&Segment],
@@ -313,28 +378,9 @@ impl KalamTableProvider {
         let def = self.rt.def();
         let schema = file_schema(def);
         let ordering = merge_ordering(def, &schema)?;
-        let indices: Vec<usize> = match projection {
-            Some(p) => p.clone(),
-            None => (0..self.rt.schema.fields().len()).collect(),
-        };
-
-        // Every hot version takes part, deleted ones too: a hot tombstone hides older
-        // cold versions of its key.
-        let hot = match self.cached_hot(partition, filters, true)? {
-            Some(hot) => hot,
-            None => Arc::new(self.hot_rows(partition, schema.clone(), filters, None, true)?),
-        };
+        let indices = self.indices(projection);
         let cold = self.cold_inputs(state, def, files, filters)?;
-        let disjoint = key_ranges_disjoint(
-            hot.range
-                .iter()
-                .map(|(a, b)| (a.as_slice(), b.as_slice()))
-                .chain(
-                    files
-                        .iter()
-                        .map(|f| (f.min_key.as_slice(), f.max_key.as_slice())),
-                ),
-        );
+        let disjoint = tiers_disjoint(hot, files);
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if hot.rows > 0 {
             // Contiguous runs of the key order: each partition stays sorted.
@@ -443,6 +489,34 @@ fn spread(batches: Vec<RecordBatch>, n: usize) -> Vec<Vec<RecordBatch>> {
         parts.push(Vec::new());
     }
     parts
+}
+
+/// What a scan read of a partition at one moment: a plan of the hot tier alone, or the hot
+/// rows and the files that may match, to be planned together.
+enum Tiers {
+    HotOnly(Arc<dyn ExecutionPlan>),
+    Both {
+        hot: Arc<HotRows>,
+        files: Vec<Segment>,
+    },
+}
+
+/// Compressed bytes of files a scan may read whole into memory (see
+/// `KalamTableProvider::fits_in_memory`).
+const IN_MEMORY_FILE_BYTES: u64 = 1 << 20;
+
+/// Whether no key can be in two of the hot rows and the files (by their key ranges).
+fn tiers_disjoint(hot: &HotRows, files: &[&Segment]) -> bool {
+    key_ranges_disjoint(
+        hot.range
+            .iter()
+            .map(|(a, b)| (a.as_slice(), b.as_slice()))
+            .chain(
+                files
+                    .iter()
+                    .map(|f| (f.min_key.as_slice(), f.max_key.as_slice())),
+            ),
+    )
 }
 
 /// Whether no two of the key ranges (first, last; inclusive) overlap.
@@ -626,28 +700,45 @@ impl TableProvider for KalamTableProvider {
         }
         let include_deleted = !def.kind.has_system_columns() || mentions_deleted(filters);
         // The hot rows and the manifest must be of one moment: a flush committing between
-        // the two reads would otherwise hide its rows from both.
-        let plan = self.rt.store.read_consistent(|| {
+        // the two reads would otherwise hide its rows from both. Files stay in the store a
+        // while after a cleanup replaced them, so reading them afterwards is safe.
+        let tiers = self.rt.store.read_consistent(|| {
             let segments = self
                 .engine
                 .cold
                 .segments(self.rt.store.cf_name(), &partition);
-            let files: Vec<&Segment> = segments
+            let files: Vec<Segment> = segments
                 .iter()
                 .filter(|s| self.file_may_match(s, filters))
+                .cloned()
                 .collect();
             if files.is_empty() {
-                return self.hot_scan(&partition, projection, filters, limit, include_deleted);
+                let plan = self.hot_scan(&partition, projection, filters, limit, include_deleted);
+                return plan.map(Tiers::HotOnly);
             }
-            self.merged_scan(
-                state,
-                &partition,
-                projection,
-                filters,
-                &files,
-                include_deleted,
-            )
+            // Every hot version takes part, deleted ones too: a hot tombstone hides older
+            // cold versions of its key.
+            let hot = match self.cached_hot(&partition, filters, true)? {
+                Some(hot) => hot,
+                None => {
+                    Arc::new(self.hot_rows(&partition, file_schema(def), filters, None, true)?)
+                }
+            };
+            Ok(Tiers::Both { hot, files })
         });
+        let plan = match tiers {
+            Ok(Tiers::HotOnly(plan)) => Ok(plan),
+            Ok(Tiers::Both { hot, files }) => {
+                let files: Vec<&Segment> = files.iter().collect();
+                if self.fits_in_memory(&hot, &files) {
+                    self.in_memory_scan(&hot, &files, projection, include_deleted)
+                        .await
+                } else {
+                    self.merged_scan(state, &hot, projection, filters, &files, include_deleted)
+                }
+            }
+            Err(e) => Err(e),
+        };
         plan.map_err(|e| match e {
             DataFusionError::External(_) => e,
             other => KalamError::from(other).into_datafusion(),
