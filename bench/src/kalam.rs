@@ -320,6 +320,10 @@ async fn select_user(admin: &KalamClient, sizes: &Sizes) -> Result<Outcome> {
         }
     }
     try_join_all(loads).await?;
+    // Measured in steady state, as PostgreSQL's side after `VACUUM ANALYZE`: the load flushed
+    // to Parquet, no flush running.
+    progress("select-user: flushing the loaded rows");
+    flush_all(admin, "bench.msgs", total).await?;
     let rows_per_user = sizes.rows_per_user;
     let users = sizes.users;
     let timed = sequential("select-user", sizes.selects, true, move |i| async move {
@@ -352,6 +356,80 @@ async fn select_user(admin: &KalamClient, sizes: &Sizes) -> Result<Outcome> {
         &timed.client,
         None,
     ))
+}
+
+/// `FLUSH TABLE table`: the id of the job it started (or of the flush already running).
+async fn start_flush(admin: &KalamClient, table: &str) -> Result<String> {
+    let r = admin.sql(&format!("FLUSH TABLE {table}")).await?;
+    r.results
+        .first()
+        .and_then(|r| r.rows.first())
+        .and_then(|row| row.get("job_id"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("FLUSH TABLE {table} returned no job_id"))
+}
+
+/// The `system.jobs` row of `job` once it completed; an error if it failed or ran for more
+/// than 600 s.
+async fn wait_job(admin: &KalamClient, job: &str) -> Result<serde_json::Map<String, Value>> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let r = admin
+            .sql(&format!(
+                "SELECT status, result, duration_ms, error_message FROM system.jobs WHERE job_id = '{job}'"
+            ))
+            .await?;
+        let row = r
+            .results
+            .first()
+            .and_then(|r| r.rows.first())
+            .cloned()
+            .ok_or_else(|| anyhow!("job {job} is not in system.jobs"))?;
+        let status = row.get("status").and_then(Value::as_str).map(str::to_owned);
+        match status.as_deref() {
+            Some("completed") => return Ok(row),
+            Some("running") => {}
+            other => bail!(
+                "job {job} ended as {other:?}: {:?}",
+                row.get("error_message")
+            ),
+        }
+        if Instant::now() > deadline {
+            bail!("job {job} still running after 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Flushes `table` until it has no hot rows left and every one of its `rows` rows is in
+/// Parquet: a `FLUSH TABLE` while a policy's flush runs returns that flush, which may have
+/// started before the last rows were written, so it may take two.
+async fn flush_all(admin: &KalamClient, table: &str, rows: usize) -> Result<()> {
+    for _ in 0..3 {
+        let job = start_flush(admin, table).await?;
+        wait_job(admin, &job).await?;
+        let r = admin.sql(&format!("SHOW TABLE STATS {table}")).await?;
+        let stats = r
+            .results
+            .first()
+            .and_then(|r| r.rows.first())
+            .ok_or_else(|| anyhow!("SHOW TABLE STATS {table} returned no row"))?;
+        let number = |key: &str| {
+            stats
+                .get(key)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| anyhow!("no {key} in the stats of {table}: {stats:?}"))
+        };
+        if number("hot_rows")? == 0 {
+            return check_count(
+                &format!("{table}: rows in Parquet"),
+                number("cold_rows")?,
+                rows,
+            );
+        }
+    }
+    bail!("{table} still has hot rows after three flushes")
 }
 
 /// `flush`: `rows` rows of ~1 KiB of incompressible text into a SHARED table whose flush
@@ -387,42 +465,8 @@ async fn flush(admin: &KalamClient, rows: usize) -> Result<Outcome> {
     }
 
     progress("flush: FLUSH TABLE bench.flush");
-    let r = admin.sql("FLUSH TABLE bench.flush").await?;
-    let job = r
-        .results
-        .first()
-        .and_then(|r| r.rows.first())
-        .and_then(|row| row.get("job_id"))
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("FLUSH TABLE returned no job_id"))?
-        .to_owned();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let job_row = loop {
-        let r = admin
-            .sql(&format!(
-                "SELECT status, result, duration_ms, error_message FROM system.jobs WHERE job_id = '{job}'"
-            ))
-            .await?;
-        let row = r
-            .results
-            .first()
-            .and_then(|r| r.rows.first())
-            .cloned()
-            .ok_or_else(|| anyhow!("flush: job {job} is not in system.jobs"))?;
-        let status = row.get("status").and_then(Value::as_str).map(str::to_owned);
-        match status.as_deref() {
-            Some("completed") => break row,
-            Some("running") => {}
-            other => bail!(
-                "flush: job {job} ended as {other:?}: {:?}",
-                row.get("error_message")
-            ),
-        }
-        if Instant::now() > deadline {
-            bail!("flush: job {job} still running after 600 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let job = start_flush(admin, "bench.flush").await?;
+    let job_row = wait_job(admin, &job).await?;
     // `result` is a JSON column: an object, or its text.
     let result = match job_row.get("result") {
         Some(Value::String(text)) => serde_json::from_str::<Value>(text)

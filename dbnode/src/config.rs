@@ -44,6 +44,10 @@ pub struct Config {
     /// Memory for the footers and page indexes of Parquet files queries opened; 0 turns it
     /// off.
     pub cold_metadata_cache_bytes: usize,
+    /// A scan reads a partition's Parquet files whole into memory, instead of planning a
+    /// file scan, when together they are at most this many bytes (and share no key with each
+    /// other or the hot rows); 0 always plans the file scan.
+    pub cold_read_in_memory_bytes: u64,
     /// Root of the built-in `local` storage location (Parquet files); default
     /// `<data_dir>/storage`.
     pub storage_dir: Option<PathBuf>,
@@ -116,6 +120,7 @@ impl Default for Config {
             rocksdb_max_open_files: 1024,
             hot_cache_bytes: 256 * 1024 * 1024,
             cold_metadata_cache_bytes: 64 * 1024 * 1024,
+            cold_read_in_memory_bytes: 1024 * 1024,
             storage_dir: None,
             credentials_dir: None,
             default_location: None,
@@ -169,6 +174,7 @@ impl Config {
         "rocksdb_max_open_files",
         "hot_cache_bytes",
         "cold_metadata_cache_bytes",
+        "cold_read_in_memory_bytes",
         "storage_dir",
         "credentials_dir",
         "default_location",

@@ -159,6 +159,7 @@ impl Engine {
             config.credentials_dir(),
             runtime,
             config.cold_metadata_cache_bytes,
+            config.cold_read_in_memory_bytes,
         )?);
         let jobs = Arc::new(Jobs::open(storage.clone(), config.node_id.clone())?);
         let live = LiveHub::new(LiveSettings {

@@ -186,17 +186,21 @@ pub struct ColdStorage {
     manifests: RwLock<HashMap<String, BTreeMap<Vec<u8>, Segments>>>,
     /// Footers and page indexes of the files queries open.
     pub metadata: MetadataCache,
+    /// Bytes of a partition's files a scan may read whole into memory (`cold_read_in_memory_bytes`).
+    pub read_in_memory_bytes: u64,
 }
 
 impl ColdStorage {
     /// Loads every partition manifest from the `meta` column family; Parquet footers are
-    /// cached within `metadata_cache_bytes`.
+    /// cached within `metadata_cache_bytes`, and scans read files of a partition whole up to
+    /// `read_in_memory_bytes`.
     pub fn open(
         storage: &Storage,
         storage_dir: PathBuf,
         credentials_dir: PathBuf,
         runtime: Arc<RuntimeEnv>,
         metadata_cache_bytes: usize,
+        read_in_memory_bytes: u64,
     ) -> Result<Self> {
         std::fs::create_dir_all(&storage_dir).map_err(KalamError::storage)?;
         let storage_dir = storage_dir.canonicalize().map_err(KalamError::storage)?;
@@ -221,6 +225,7 @@ impl ColdStorage {
             stores: Mutex::new(HashMap::new()),
             manifests: RwLock::new(manifests),
             metadata: MetadataCache::new(metadata_cache_bytes),
+            read_in_memory_bytes,
         })
     }
 

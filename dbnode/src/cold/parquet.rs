@@ -7,32 +7,25 @@
 //! and the whole read of a small file a query holds in memory ([`read_segment`]).
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{
     DataType, Field, Int16Type, Int32Type, Int64Type, Schema, SchemaRef, TimestampMicrosecondType,
     UInt64Type,
 };
-use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
-use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
-use datafusion::parquet::arrow::async_reader::AsyncFileReader;
+use datafusion::parquet::arrow::arrow_reader::{
+    ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 #[allow(deprecated)]
 use datafusion::parquet::arrow::async_reader::ParquetObjectReader;
 use datafusion::parquet::arrow::async_writer::AsyncArrowWriter;
 use datafusion::parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
-use datafusion::parquet::errors::Result as ParquetResult;
-use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::schema::types::ColumnPath;
-use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
-use futures::future::BoxFuture;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -443,52 +436,31 @@ pub async fn scan_versions(
     Ok(())
 }
 
-/// Every row of one file, in `schema` (the file schema of the version it was written
-/// under), in file order, through `readers` (which keep each file's footer once read). For
-/// files small enough to hold whole; a query reads larger ones through DataFusion's scan.
+/// Every row of one small file, in `schema` (the file schema of the version it was written
+/// under), in file order. One read of the whole file (one GET on S3), decoded in place: for
+/// a file of a few kilobytes the footer, page and decoder steps of a file scan each cost
+/// more than the decoding. A query reads larger files through DataFusion's scan.
 pub async fn read_segment(
-    readers: &Arc<dyn ParquetFileReaderFactory>,
+    store: &Arc<dyn ObjectStore>,
     segment: &Segment,
     schema: &SchemaRef,
 ) -> Result<Vec<RecordBatch>> {
-    let file = PartitionedFile::new(segment.path.clone(), segment.bytes);
-    let reader = readers
-        .create_reader(0, file, None, &ExecutionPlanMetricsSet::new())
-        .map_err(KalamError::storage)?;
-    let options = ArrowReaderOptions::new().with_schema(schema.clone());
-    ParquetRecordBatchStreamBuilder::new_with_options(SendReader(reader), options)
+    let path = ObjectPath::from(segment.path.as_str());
+    let unreachable =
+        |e: object_store::Error| KalamError::LocationUnreachable(format!("reading {path}: {e}"));
+    // A range read is one blocking call on a filesystem (a plain GET is two: open, then read).
+    let bytes = store
+        .get_range(&path, 0..segment.bytes)
         .await
+        .map_err(unreachable)?;
+    let options = ArrowReaderOptions::new().with_schema(schema.clone());
+    ParquetRecordBatchReaderBuilder::try_new_with_options(bytes, options)
         .map_err(KalamError::storage)?
         .with_batch_size(SCAN_BATCH_ROWS)
         .build()
         .map_err(KalamError::storage)?
         .map(|batch| batch.map_err(KalamError::storage))
-        .try_collect()
-        .await
-}
-
-/// A boxed reader that is `Send`, as a reader: parquet implements the trait only for the
-/// box without the bound, which a query's future (sent between threads) cannot hold.
-struct SendReader(Box<dyn AsyncFileReader + Send>);
-
-impl AsyncFileReader for SendReader {
-    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, ParquetResult<Bytes>> {
-        self.0.get_bytes(range)
-    }
-
-    fn get_byte_ranges(
-        &mut self,
-        ranges: Vec<Range<u64>>,
-    ) -> BoxFuture<'_, ParquetResult<Vec<Bytes>>> {
-        self.0.get_byte_ranges(ranges)
-    }
-
-    fn get_metadata<'a>(
-        &'a mut self,
-        options: Option<&'a ArrowReaderOptions>,
-    ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
-        self.0.get_metadata(options)
-    }
+        .collect()
 }
 
 /// Writes a copy of the file `source` to `target` without the rows for which `remove(key,

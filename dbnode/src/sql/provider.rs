@@ -307,13 +307,16 @@ impl KalamTableProvider {
     }
 
     /// Whether the files are read whole into memory and joined to the hot rows there,
-    /// instead of planned as a DataFusion file scan: when they are few bytes (a user's
+    /// instead of planned as a DataFusion file scan: when they are few bytes
+    /// (`cold_read_in_memory_bytes` together; a user's
     /// flushed history, usually), written in the schema version the query plans with, and no
     /// key can be in two inputs. Planning a file scan and the merge costs a query about a
     /// millisecond on its own, several times the read of a small file.
     fn fits_in_memory(&self, hot: &HotRows, files: &[&Segment]) -> bool {
         let version = self.rt.def().schema_version;
-        files.iter().map(|f| f.bytes).sum::<u64>() <= IN_MEMORY_FILE_BYTES
+        let budget = self.engine.cold.read_in_memory_bytes;
+        budget > 0
+            && files.iter().map(|f| f.bytes).sum::<u64>() <= budget
             && files.iter().all(|f| f.schema_version == version)
             && tiers_disjoint(hot, files)
     }
@@ -332,13 +335,12 @@ impl KalamTableProvider {
         let def = self.rt.def();
         let schema = file_schema(def);
         let (_, store) = self.engine.cold.store(&self.rt.location)?;
-        let readers = self.engine.cold.metadata.reader_factory(&def.uid, store);
         let mut inputs: Vec<(&[u8], Vec<RecordBatch>)> = Vec::with_capacity(files.len() + 1);
         if let Some((first, _)) = &hot.range {
             inputs.push((first, hot.batches.clone()));
         }
         for f in files {
-            let batches = read_segment(&readers, f, &schema)
+            let batches = read_segment(&store, f, &schema)
                 .await
                 .map_err(KalamError::into_datafusion)?;
             inputs.push((&f.min_key, batches));
@@ -500,10 +502,6 @@ enum Tiers {
         files: Vec<Segment>,
     },
 }
-
-/// Compressed bytes of files a scan may read whole into memory (see
-/// `KalamTableProvider::fits_in_memory`).
-const IN_MEMORY_FILE_BYTES: u64 = 1 << 20;
 
 /// Whether no key can be in two of the hot rows and the files (by their key ranges).
 fn tiers_disjoint(hot: &HotRows, files: &[&Segment]) -> bool {
