@@ -317,6 +317,7 @@ impl KalamTableProvider {
         let budget = self.engine.cold.read_in_memory_bytes;
         budget > 0
             && files.iter().map(|f| f.bytes).sum::<u64>() <= budget
+            && files.iter().map(|f| f.rows).sum::<u64>() <= IN_MEMORY_MAX_ROWS
             && files.iter().all(|f| f.schema_version == version)
             && tiers_disjoint(hot, files)
     }
@@ -502,6 +503,10 @@ enum Tiers {
         files: Vec<Segment>,
     },
 }
+
+/// Rows of files a scan reads whole at most, whatever their compressed bytes: highly
+/// compressible values can make a small file large once decoded.
+const IN_MEMORY_MAX_ROWS: u64 = 65_536;
 
 /// Whether no key can be in two of the hot rows and the files (by their key ranges).
 fn tiers_disjoint(hot: &HotRows, files: &[&Segment]) -> bool {

@@ -413,16 +413,19 @@ impl TableStore {
     /// Runs `read` (a read of hot rows and of published manifests) until no flush or cleanup
     /// commit overlapped it. A commit deletes hot rows and publishes their file in two steps;
     /// a reader between them would see the rows in neither tier. Commits are short, so a
-    /// retry almost always succeeds; after a few, the read runs under the write lock, which
-    /// every commit holds, and so waits for one commit at most. (It used to wait for the
-    /// flush's maintenance lock: a flush of a thousand partitions commits a thousand times,
-    /// and about one read in a hundred during it waited out the whole flush, over a second.)
-    /// `read` must not take the write lock.
+    /// retry almost always succeeds. The counters are the table's, so while a flush of many
+    /// partitions commits every few milliseconds a read may overlap several commits in a row;
+    /// after 16 attempts the read runs under the write lock, which every commit holds: it
+    /// waits for the current holder (a commit, a group commit of INSERTs, an ALTER) and holds
+    /// the table's writers back for its own duration. (It used to wait for the flush's
+    /// maintenance lock after 4 attempts: about one read in a hundred during a flush of a
+    /// thousand partitions waited out the whole flush, over a second.) `read` must not take
+    /// the write lock.
     pub fn read_consistent<T, E>(
         &self,
         mut read: impl FnMut() -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
-        const ATTEMPTS: usize = 4;
+        const ATTEMPTS: usize = 16;
         for _ in 0..ATTEMPTS {
             let done = self.cold_generation.load(Ordering::SeqCst);
             let out = read()?;
@@ -1313,7 +1316,7 @@ mod tests {
             });
             let answer = finished.recv_timeout(std::time::Duration::from_secs(10));
             drop(flush);
-            assert_eq!(answer, Ok((Ok(true), 5)));
+            assert_eq!(answer, Ok((Ok(true), 17)));
         });
     }
 

@@ -2918,10 +2918,12 @@ fn plan_of(rows: Vec<Value>) -> String {
 
 /// Small cold reads, both ways. Files of a few rows whose keys no other input has are read
 /// whole while planning and joined to the hot rows in memory: no file scan in the plan, one
-/// partition, rows in key order, flushed tombstones hidden (and shown when asked). Once a key
-/// is in two inputs (an UPDATE of a flushed row), the files are scanned and merged, and the
-/// small scan stays on one thread: it tells DataFusion its row count (from the manifest), so
-/// no `RepartitionExec` hands its batch to another task (ADR 0021, ADR 0031).
+/// partition, rows in key order, flushed and hot tombstones hidden (and shown when asked),
+/// point reads, and another user's files (with the same keys) never mixed in. Once a file is
+/// of an older schema version (an ALTER TABLE), or a key is in two inputs (an UPDATE of a
+/// flushed row), the files are scanned and merged, and the small scan stays on one thread:
+/// it tells DataFusion its row count (from the manifest), so no `RepartitionExec` hands its
+/// batch to another task (ADR 0021, ADR 0031).
 #[tokio::test]
 async fn small_cold_reads_run_in_memory_or_on_one_thread() {
     let node = TestNode::start().await;
@@ -2930,10 +2932,15 @@ async fn small_cold_reads_run_in_memory_or_on_one_thread() {
         "CREATE USER TABLE app.m (id BIGINT PRIMARY KEY, body TEXT) FLUSH POLICY ROWS 1000000",
     )
     .await;
-    let alice = token("alice", false);
+    let (alice, bob) = (token("alice", false), token("bob", false));
     node.exec(
         &alice,
         "INSERT INTO app.m (id, body) VALUES (3, 'c'), (1, 'a'), (2, 'b')",
+    )
+    .await;
+    node.exec(
+        &bob,
+        "INSERT INTO app.m (id, body) VALUES (1, 'bob'), (9, 'bob')",
     )
     .await;
     flush(&node, "app.m").await;
@@ -2944,14 +2951,24 @@ async fn small_cold_reads_run_in_memory_or_on_one_thread() {
     .await;
     node.exec(&alice, "DELETE FROM app.m WHERE id = 5").await;
     flush(&node, "app.m").await;
-    node.exec(&alice, "INSERT INTO app.m (id, body) VALUES (6, 'f')")
-        .await;
+    node.exec(
+        &alice,
+        "INSERT INTO app.m (id, body) VALUES (6, 'f'), (7, 'g')",
+    )
+    .await;
+    node.exec(&alice, "DELETE FROM app.m WHERE id = 7").await;
 
+    let explain = |token: &str, query: &str| {
+        let (node, token, query) = (&node, token.to_owned(), format!("EXPLAIN {query}"));
+        async move { plan_of(node.query(&token, &query).await) }
+    };
+    let in_memory = |plan: &str| {
+        assert!(!plan.contains("file_type=parquet"), "{plan}");
+        assert!(plan.contains("partitions=1"), "{plan}");
+        assert!(!plan.contains("RepartitionExec"), "{plan}");
+    };
     let query = "SELECT id FROM app.m WHERE body <> 'b'";
-    let plan = plan_of(node.query(&alice, &format!("EXPLAIN {query}")).await);
-    assert!(!plan.contains("file_type=parquet"), "{plan}");
-    assert!(plan.contains("partitions=1"), "{plan}");
-    assert!(!plan.contains("RepartitionExec"), "{plan}");
+    in_memory(&explain(&alice, query).await);
     assert_eq!(
         node.query(&alice, query).await,
         vec![
@@ -2960,25 +2977,42 @@ async fn small_cold_reads_run_in_memory_or_on_one_thread() {
             json!({"id": 4}),
             json!({"id": 6})
         ],
-        "both files and the hot row, in key order, without the deleted row"
+        "both files and the hot rows, in key order, without the deleted rows"
     );
     assert_eq!(
         node.query(&alice, "SELECT id FROM app.m WHERE _deleted = true")
             .await,
-        vec![json!({"id": 5})],
-        "the flushed tombstone"
+        vec![json!({"id": 5}), json!({"id": 7})],
+        "the flushed tombstone and the hot one"
     );
+    let point = "SELECT body FROM app.m WHERE id = 3";
+    in_memory(&explain(&alice, point).await);
+    assert_eq!(node.query(&alice, point).await, vec![json!({"body": "c"})]);
+    let all = "SELECT id, body FROM app.m";
+    in_memory(&explain(&bob, all).await);
     assert_eq!(
-        node.query(&token("bob", false), "SELECT id FROM app.m")
-            .await,
-        Vec::<Value>::new(),
-        "another user's partition has no files"
+        node.query(&bob, all).await,
+        vec![
+            json!({"id": 1, "body": "bob"}),
+            json!({"id": 9, "body": "bob"})
+        ],
+        "bob's own file only, though alice's holds the same key"
+    );
+
+    // Files of the version before an ALTER are scanned (and adapted), not read whole.
+    node.admin("ALTER TABLE app.m ADD COLUMN extra TEXT").await;
+    let plan = explain(&alice, query).await;
+    assert!(plan.contains("file_type=parquet"), "{plan}");
+    assert_eq!(
+        node.query(&alice, query).await.len(),
+        4,
+        "the same rows after the ALTER"
     );
 
     node.exec(&alice, "UPDATE app.m SET body = 'bb' WHERE id = 2")
         .await;
     let query = "SELECT id, body FROM app.m WHERE id < 4";
-    let plan = plan_of(node.query(&alice, &format!("EXPLAIN {query}")).await);
+    let plan = explain(&alice, query).await;
     assert!(plan.contains("file_type=parquet"), "{plan}");
     assert!(!plan.contains("RepartitionExec"), "{plan}");
     let mut rows = node.query(&alice, query).await;
