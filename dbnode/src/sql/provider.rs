@@ -274,19 +274,11 @@ impl KalamTableProvider {
         let schema = Arc::new(self.rt.schema.project(&indices)?);
         let limit = if filters.is_empty() { limit } else { None };
         let batches = match self.cached_hot(partition, filters, limit.is_none())? {
-            // The file schema is the table schema and `_seq`: the same column indices.
-            Some(hot) => hot
-                .batches
-                .iter()
-                .map(|b| {
-                    let visible = if include_deleted || hot.deleted == 0 {
-                        b.clone()
-                    } else {
-                        without_deleted(b)?
-                    };
-                    Ok(visible.project(&indices)?)
-                })
-                .collect::<DfResult<Vec<_>>>()?,
+            Some(hot) => visible_rows(
+                hot.batches.iter().cloned(),
+                include_deleted || hot.deleted == 0,
+                &indices,
+            )?,
             None => {
                 self.hot_rows(partition, schema.clone(), filters, limit, include_deleted)?
                     .batches
@@ -348,19 +340,11 @@ impl KalamTableProvider {
         }
         inputs.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let indices = self.indices(projection);
-        let batches = inputs
-            .into_iter()
-            .flat_map(|(_, batches)| batches)
-            .map(|b| {
-                let visible = if include_deleted {
-                    b
-                } else {
-                    without_deleted(&b)?
-                };
-                // The file schema is the table schema and `_seq`: the same column indices.
-                Ok(visible.project(&indices)?)
-            })
-            .collect::<DfResult<Vec<_>>>()?;
+        let batches = visible_rows(
+            inputs.into_iter().flat_map(|(_, batches)| batches),
+            include_deleted,
+            &indices,
+        )?;
         let schema = Arc::new(self.rt.schema.project(&indices)?);
         MemorySourceConfig::try_new_exec(&[batches], schema, None)
             .map(|e| e as Arc<dyn ExecutionPlan>)
@@ -477,6 +461,26 @@ fn without_deleted(batch: &RecordBatch) -> DfResult<RecordBatch> {
         })?;
     let live = datafusion::arrow::compute::not(deleted)?;
     Ok(filter_record_batch(batch, &live)?)
+}
+
+/// Batches in the file schema as a scan returns them: without soft-deleted rows unless
+/// `keep_deleted`, projected onto the table columns `indices` (the file schema is the table
+/// schema and `_seq`: the same column indices).
+fn visible_rows(
+    batches: impl Iterator<Item = RecordBatch>,
+    keep_deleted: bool,
+    indices: &[usize],
+) -> DfResult<Vec<RecordBatch>> {
+    batches
+        .map(|b| {
+            let visible = if keep_deleted {
+                b
+            } else {
+                without_deleted(&b)?
+            };
+            Ok(visible.project(indices)?)
+        })
+        .collect()
 }
 
 /// `batches` cut into at most `n` contiguous runs of about equal size, so that DataFusion
