@@ -298,10 +298,18 @@ impl TestNode {
         });
 
         // 2. Readiness.
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .expect("building the HTTP client");
+        let mut client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+        // A node that closes idle connections soon must not be sent a request on one it is
+        // closing: the client drops them well before the node's read timeout.
+        if let Some(ms) = opts
+            .env
+            .iter()
+            .find(|(k, _)| k == "KALAMDB_HTTP_READ_TIMEOUT_MS")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+        {
+            client = client.pool_idle_timeout(Duration::from_millis(ms / 4));
+        }
+        let http = client.build().expect("building the HTTP client");
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             let ready = http
