@@ -284,6 +284,19 @@ impl KalamClient {
         self.execute(&build_request(sql, as_user)).await
     }
 
+    /// Runs statements whose values are `$1`, `$2`, ... bound to `params` (JSON values; an
+    /// array or object is its JSON text). Values are never spliced into the SQL, so they need
+    /// no quoting, and the node parses a text it has seen before only once.
+    pub async fn sql_params(
+        &self,
+        sql: &str,
+        params: Vec<serde_json::Value>,
+    ) -> Result<SqlSuccess, ClientError> {
+        let mut request = build_request(sql, None);
+        request.params = Some(params);
+        self.execute(&request).await
+    }
+
     /// Sends a prepared request; see [`KalamClient::sql`].
     pub async fn execute(&self, request: &SqlRequest) -> Result<SqlSuccess, ClientError> {
         let (status, body) = self.post_sql(request).await?;
@@ -384,6 +397,7 @@ fn build_request(sql: &str, as_user: Option<&str>) -> SqlRequest {
     SqlRequest {
         sql: sql.to_owned(),
         as_user: as_user.map(str::to_owned),
+        params: None,
     }
 }
 

@@ -16,6 +16,10 @@ pub struct SqlRequest {
     /// Admin only: run the request on behalf of this user (USER tables resolve to their partition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub as_user: Option<String>,
+    /// The values of `$1`, `$2`, ... in `sql`, bound as literals (never spliced into the text),
+    /// so that values need no quoting; the node parses a text it has seen with params once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Vec<serde_json::Value>>,
 }
 
 /// A column of a result set: its name and its Arrow type as text (`Int64`, `Utf8`, `Json`, ...).

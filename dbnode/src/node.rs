@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::purge::Purger;
 use crate::sql::executor::{planner_state, Executor};
 use crate::sql::functions::SnowflakeGenerator;
+use crate::sql::prepared::PreparedStatements;
 use crate::sql::schema::KalamCatalogList;
 
 #[derive(Debug)]
@@ -30,6 +31,8 @@ pub struct Node {
     pub cleaner: Arc<Cleaner>,
     pub auth: Authenticator,
     pub metrics: Metrics,
+    /// Parse trees of parameterized requests' texts.
+    pub prepared: PreparedStatements,
     ready: AtomicBool,
 }
 
@@ -79,6 +82,10 @@ impl Node {
                     .map_err(KalamError::internal)?,
             )
             .map_err(KalamError::internal)?;
+        let prepared = PreparedStatements::new().map_err(KalamError::internal)?;
+        metrics
+            .register(prepared.collectors())
+            .map_err(KalamError::internal)?;
         let flusher = Flusher::new(
             engine.clone(),
             metrics.clone(),
@@ -106,6 +113,7 @@ impl Node {
             cleaner,
             auth: Authenticator::new(&secret),
             metrics,
+            prepared,
             ready: AtomicBool::new(true),
         }))
     }

@@ -21,6 +21,7 @@ use crate::error::KalamError;
 use crate::ids::UserId;
 use crate::node::Node;
 use crate::sql::parser::parse_statements;
+use crate::sql::prepared::bind;
 use crate::sql::provider::RequestContext;
 
 pub(super) fn bearer(headers: &HeaderMap) -> Result<&str, KalamError> {
@@ -82,7 +83,7 @@ async fn answer(
         Err(e) => return e.into_response(),
     };
     let span = tracing::info_span!("sql", user = %ctx.principal.user_id, as_user = request.as_user.as_deref());
-    let run = run_statements(node, &ctx, &request.sql).instrument(span);
+    let run = run_statements(node, &ctx, &request.sql, request.params.as_deref()).instrument(span);
     match AssertUnwindSafe(run).catch_unwind().await {
         Ok(Ok(mut ok)) => {
             ok.took_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -151,8 +152,22 @@ async fn run_statements(
     node: &Node,
     ctx: &Arc<RequestContext>,
     sql: &str,
+    params: Option<&[serde_json::Value]>,
 ) -> Result<SqlSuccess, kalam_client::wire::ApiError> {
-    let (statements, parse_error) = parse_statements(sql);
+    let (mut statements, parse_error) = match params {
+        Some(_) => node.prepared.parse(sql),
+        None => parse_statements(sql),
+    };
+    // Bound before any statement runs, so that a request whose params do not fit changes
+    // nothing. Without params a `$1` is refused here too, with a message that says why.
+    if let Err((e, index)) = bind(
+        &mut statements,
+        params.unwrap_or(&[]),
+        parse_error.is_none(),
+    ) {
+        node.metrics.statement("invalid", false, 0.0);
+        return Err(e.to_api(index));
+    }
     let mut results = Vec::with_capacity(statements.len());
     for (index, stmt) in statements.into_iter().enumerate() {
         let kind = stmt.kind();

@@ -1,5 +1,5 @@
 //! SQL: KalamDB's dialect on top of `sqlparser`, the DataFusion session, the table providers
-//! of USER and SHARED tables, the system tables, and the statement executor.
+//! of USER and SHARED tables, the system tables, request parameters and the statement executor.
 
 pub mod arithmetic;
 pub mod ddl;
@@ -11,6 +11,7 @@ pub mod hot_cache;
 pub mod literals;
 pub mod output;
 pub mod parser;
+pub mod prepared;
 pub mod provider;
 pub mod rows;
 pub mod schema;

@@ -11,7 +11,7 @@
 //! NAMESPACE removing a table's files from its location (filesystem and S3), also across a
 //! failing location and a crash, deleted-row retention (the scheduled `cleanup` job, crash
 //! safety at its failpoints), and BACKUP / RESTORE NAMESPACE with SHOW BACKUP (local
-//! directories and S3).
+//! directories and S3), and request parameters (`$1`, `$2`, ... bound to the body's `params`).
 
 #[allow(dead_code)]
 mod harness;
@@ -28,6 +28,7 @@ mod http;
 mod isolation;
 mod live;
 mod namespaces;
+mod params;
 mod retention;
 mod robustness;
 mod stream;
