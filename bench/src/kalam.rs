@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::future::try_join_all;
+use kalam_client::wire::SqlRequest;
 use kalam_client::KalamClient;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::live;
 use crate::measure::{
@@ -188,9 +189,10 @@ async fn insert_seq(url: &str, user_token: &str, n: usize) -> Result<Outcome> {
     let client = &c;
     let timed = sequential("insert-seq", n, true, move |i| async move {
         let r = client
-            .sql(&format!(
-                "INSERT INTO bench.seq (content) VALUES ('message {i}')"
-            ))
+            .sql_params(
+                "INSERT INTO bench.seq (content) VALUES ($1)",
+                vec![json!(format!("message {i}"))],
+            )
             .await?;
         anyhow::Ok(Some(r.results[0].execution_time_ms))
     })
@@ -230,9 +232,10 @@ async fn insert_concurrent(url: &str, args: &Args, writers: usize, each: usize) 
                 let client = c.clone();
                 async move {
                     client
-                        .sql(&format!(
-                            "INSERT INTO bench.conc (content) VALUES ('w{w} m{i}')"
-                        ))
+                        .sql_params(
+                            "INSERT INTO bench.conc (content) VALUES ($1)",
+                            vec![json!(format!("w{w} m{i}"))],
+                        )
                         .await?;
                     anyhow::Ok(None::<f64>)
                 }
@@ -329,9 +332,10 @@ async fn select_user(admin: &KalamClient, sizes: &Sizes) -> Result<Outcome> {
     let timed = sequential("select-user", sizes.selects, true, move |i| async move {
         let user = format!("user{}", (i * 7919) % users);
         let r = admin
-            .sql_as(
-                "SELECT id, content FROM bench.msgs WHERE conversation_id = 'conversation 3'",
-                Some(&user),
+            .execute(
+                &SqlRequest::new("SELECT id, content FROM bench.msgs WHERE conversation_id = $1")
+                    .with_params(vec![json!("conversation 3")])
+                    .with_as_user(&user),
             )
             .await?;
         let ids = r.results[0]

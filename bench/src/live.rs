@@ -245,10 +245,10 @@ async fn latency(args: &Args, url: &str, sizes: &LiveSizes) -> Result<Outcome> {
         let client = noise_client.clone();
         async move {
             client
-                .sql(&format!(
-                    "INSERT INTO bench.live_msgs (id, conversation_id, content) VALUES ({}, 'noise', 'noise {k}')",
-                    NOISE_ID_BASE + k as i64
-                ))
+                .sql_params(
+                    "INSERT INTO bench.live_msgs (id, conversation_id, content) VALUES ($1, 'noise', $2)",
+                    vec![json!(NOISE_ID_BASE + k as i64), json!(format!("noise {k}"))],
+                )
                 .await?;
             anyhow::Ok(())
         }
@@ -260,9 +260,10 @@ async fn latency(args: &Args, url: &str, sizes: &LiveSizes) -> Result<Outcome> {
     let started = Instant::now();
     for i in 0..n {
         let sent = Instant::now();
-        hot.sql(&format!(
-            "INSERT INTO bench.live_msgs (id, conversation_id, content) VALUES ({i}, 'hot', 'message {i}')"
-        ))
+        hot.sql_params(
+            "INSERT INTO bench.live_msgs (id, conversation_id, content) VALUES ($1, 'hot', $2)",
+            vec![json!(i), json!(format!("message {i}"))],
+        )
         .await?;
         let received = subscriber
             .recv(EVENT_TIMEOUT)
@@ -356,9 +357,10 @@ async fn fanout(
         let mut seq = None;
         let sent = Instant::now();
         admin
-            .sql(&format!(
-                "INSERT INTO bench.fanout (id, room, body) VALUES ({id}, '{FANOUT_ROOM}', '{body}')"
-            ))
+            .sql_params(
+                "INSERT INTO bench.fanout (id, room, body) VALUES ($1, $2, $3)",
+                vec![json!(id), json!(FANOUT_ROOM), json!(body)],
+            )
             .await?;
         let mut check = Round::new(format!("{name}: round {round}"), expected, sent);
         while !check.complete() {

@@ -292,9 +292,8 @@ impl KalamClient {
         sql: &str,
         params: Vec<serde_json::Value>,
     ) -> Result<SqlSuccess, ClientError> {
-        let mut request = build_request(sql, None);
-        request.params = Some(params);
-        self.execute(&request).await
+        self.execute(&SqlRequest::new(sql).with_params(params))
+            .await
     }
 
     /// Sends a prepared request; see [`KalamClient::sql`].
@@ -394,10 +393,10 @@ impl fmt::Debug for KalamClient {
 }
 
 fn build_request(sql: &str, as_user: Option<&str>) -> SqlRequest {
-    SqlRequest {
-        sql: sql.to_owned(),
-        as_user: as_user.map(str::to_owned),
-        params: None,
+    let request = SqlRequest::new(sql);
+    match as_user {
+        Some(user) => request.with_as_user(user),
+        None => request,
     }
 }
 

@@ -22,6 +22,29 @@ pub struct SqlRequest {
     pub params: Option<Vec<serde_json::Value>>,
 }
 
+impl SqlRequest {
+    /// A request of `sql` run as the token's user, without params.
+    pub fn new(sql: impl Into<String>) -> Self {
+        Self {
+            sql: sql.into(),
+            as_user: None,
+            params: None,
+        }
+    }
+
+    /// The values of `$1`, `$2`, ... in the SQL.
+    pub fn with_params(mut self, params: Vec<serde_json::Value>) -> Self {
+        self.params = Some(params);
+        self
+    }
+
+    /// Admin only: run on behalf of `user`.
+    pub fn with_as_user(mut self, user: impl Into<String>) -> Self {
+        self.as_user = Some(user.into());
+        self
+    }
+}
+
 /// A column of a result set: its name and its Arrow type as text (`Int64`, `Utf8`, `Json`, ...).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ColumnInfo {
