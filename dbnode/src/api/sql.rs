@@ -21,7 +21,7 @@ use crate::error::KalamError;
 use crate::ids::UserId;
 use crate::node::Node;
 use crate::sql::parser::parse_statements;
-use crate::sql::prepared::bind;
+use crate::sql::prepared::{bind, may_hold_placeholders};
 use crate::sql::provider::RequestContext;
 
 pub(super) fn bearer(headers: &HeaderMap) -> Result<&str, KalamError> {
@@ -160,13 +160,12 @@ async fn run_statements(
     };
     // Bound before any statement runs, so that a request whose params do not fit changes
     // nothing. Without params a `$1` is refused here too, with a message that says why.
-    if let Err((e, index)) = bind(
-        &mut statements,
-        params.unwrap_or(&[]),
-        parse_error.is_none(),
-    ) {
-        node.metrics.statement("invalid", false, 0.0);
-        return Err(e.to_api(index));
+    if params.is_some() || may_hold_placeholders(sql) {
+        let complete = parse_error.is_none();
+        if let Err((e, index)) = bind(&mut statements, params.unwrap_or(&[]), complete) {
+            node.metrics.statement("invalid", false, 0.0);
+            return Err(e.to_api(index));
+        }
     }
     let mut results = Vec::with_capacity(statements.len());
     for (index, stmt) in statements.into_iter().enumerate() {
