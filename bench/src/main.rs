@@ -194,15 +194,22 @@ async fn run(args: &Args) -> Result<()> {
         // during a run does not favour one system. Each server is stopped before the other
         // starts.
         let pg = pg_bins.as_ref();
-        let (kalamdb, postgres) = if round % 2 == 1 {
-            let postgres = run_postgres(args, pg, &sizes, &mut report.postgres).await?;
-            (kalam::run(args, &sizes).await?, postgres)
+        let measured = if round % 2 == 1 {
+            match run_postgres(args, pg, &sizes, &mut report.postgres).await {
+                Ok(postgres) => kalam::run(args, &sizes).await.map(|k| (k, postgres)),
+                Err(e) => Err(e),
+            }
         } else {
-            let kalamdb = kalam::run(args, &sizes).await?;
-            (
-                kalamdb,
-                run_postgres(args, pg, &sizes, &mut report.postgres).await?,
-            )
+            match kalam::run(args, &sizes).await {
+                Ok(kalamdb) => run_postgres(args, pg, &sizes, &mut report.postgres)
+                    .await
+                    .map(|p| (kalamdb, p)),
+                Err(e) => Err(e),
+            }
+        };
+        let (kalamdb, postgres) = match measured {
+            Ok(both) => both,
+            Err(e) => return Err(report.keep_after_failure(args.json.as_deref(), round, e)),
         };
         report.rounds.push(report::compare(kalamdb, postgres));
         if rounds > 1 {

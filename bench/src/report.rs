@@ -501,6 +501,32 @@ impl Report {
         std::fs::write(path, serde_json::to_string_pretty(&self.to_json())?)
             .with_context(|| format!("writing {}", path.display()))
     }
+
+    /// Round `round` failed (a check, or a server): the rounds before it are still worth
+    /// having, so their table is printed and, to `json`, written; the error says where.
+    pub fn keep_after_failure(
+        &self,
+        json: Option<&Path>,
+        round: usize,
+        error: anyhow::Error,
+    ) -> anyhow::Error {
+        if self.rounds.is_empty() {
+            return error;
+        }
+        self.print();
+        let kept = self.rounds.len();
+        let written = match json {
+            Some(path) => match self.write_json(path) {
+                Ok(()) => format!(
+                    "; the {kept} finished round(s) written to {}",
+                    path.display()
+                ),
+                Err(e) => format!("; writing the {kept} finished round(s) failed too: {e:#}"),
+            },
+            None => String::new(),
+        };
+        error.context(format!("round {round} failed{written}"))
+    }
 }
 
 /// One line of the table: a round's outcomes or the medians of several rounds.
@@ -597,6 +623,44 @@ mod tests {
         assert!(err.contains("does not exist"), "{err}");
         let err = Report::check_json_path(&dir).unwrap_err().to_string();
         assert!(err.contains("a directory"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_round_keeps_the_rounds_before_it_in_the_json() {
+        let path =
+            std::env::temp_dir().join(format!("kalam-bench-kept-{}.json", std::process::id()));
+        let mut report = Report {
+            quick: true,
+            sync_writes: false,
+            postgres: None,
+            cpus: 2,
+            cpu_model: "test".into(),
+            rounds: Vec::new(),
+        };
+        let err = report.keep_after_failure(Some(&path), 1, anyhow::anyhow!("check failed"));
+        assert_eq!(
+            format!("{err:#}"),
+            "check failed",
+            "nothing to keep in round 1"
+        );
+        assert!(!path.exists());
+
+        report.rounds.push(compare(
+            vec![outcome("insert-seq", 1000, 100)],
+            vec![outcome("insert-seq", 2000, 50)],
+        ));
+        let err = report.keep_after_failure(Some(&path), 2, anyhow::anyhow!("check failed"));
+        let message = format!("{err:#}");
+        assert!(
+            message.starts_with("round 2 failed; the 1 finished round(s) written to")
+                && message.ends_with(": check failed"),
+            "{message}"
+        );
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(written, report.to_json());
+        assert!(written.to_string().contains("insert-seq"), "{written}");
     }
 
     fn outcome(scenario: &'static str, p99_us: u64, rows: usize) -> Outcome {
