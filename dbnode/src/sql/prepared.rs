@@ -152,9 +152,11 @@ pub fn bind(
         if complete {
             return Err((
                 KalamError::InvalidRequest(format!(
-                    "params has {} values but the SQL does not use ${}: each $n must appear \
-                     in the SQL, and params must hold one value per $n",
+                    "params has {} value{} but the SQL does not use ${}: params must hold one \
+                     value per $n of the request's SELECT, INSERT, UPDATE and DELETE \
+                     statements (KalamDB's own statements, such as DDL, take none)",
                     params.len(),
+                    if params.len() == 1 { "" } else { "s" },
                     unused + 1
                 )),
                 None,
@@ -312,6 +314,16 @@ mod tests {
         assert!(bound("SELECT 1", &too_many)
             .unwrap_err()
             .contains("at most 65535 params"));
+    }
+
+    #[test]
+    fn ddl_takes_no_parameters() {
+        let err = bound("CREATE NAMESPACE app; SELECT 1", &[json!("x")]).unwrap_err();
+        assert!(
+            err.starts_with("None: params has 1 value but the SQL does not use $1")
+                && err.contains("DDL, take none"),
+            "{err}"
+        );
     }
 
     #[test]
