@@ -194,19 +194,19 @@ async fn run(args: &Args) -> Result<()> {
         // during a run does not favour one system. Each server is stopped before the other
         // starts.
         let pg = pg_bins.as_ref();
-        let measured = if round % 2 == 1 {
-            match run_postgres(args, pg, &sizes, &mut report.postgres).await {
-                Ok(postgres) => kalam::run(args, &sizes).await.map(|k| (k, postgres)),
-                Err(e) => Err(e),
+        let measured: Result<_> = async {
+            if round % 2 == 1 {
+                let postgres = run_postgres(args, pg, &sizes, &mut report.postgres).await?;
+                Ok((kalam::run(args, &sizes).await?, postgres))
+            } else {
+                let kalamdb = kalam::run(args, &sizes).await?;
+                Ok((
+                    kalamdb,
+                    run_postgres(args, pg, &sizes, &mut report.postgres).await?,
+                ))
             }
-        } else {
-            match kalam::run(args, &sizes).await {
-                Ok(kalamdb) => run_postgres(args, pg, &sizes, &mut report.postgres)
-                    .await
-                    .map(|p| (kalamdb, p)),
-                Err(e) => Err(e),
-            }
-        };
+        }
+        .await;
         let (kalamdb, postgres) = match measured {
             Ok(both) => both,
             Err(e) => return Err(report.keep_after_failure(args.json.as_deref(), round, e)),
