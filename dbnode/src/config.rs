@@ -48,6 +48,9 @@ pub struct Config {
     /// file scan, when together they are at most this many bytes (and share no key with each
     /// other or the hot rows); 0 always plans the file scan.
     pub cold_read_in_memory_bytes: u64,
+    /// Memory for the decoded rows of files read whole (`cold_read_in_memory_bytes`), kept
+    /// for the next read of the same files; 0 turns it off.
+    pub cold_decoded_cache_bytes: usize,
     /// Root of the built-in `local` storage location (Parquet files); default
     /// `<data_dir>/storage`.
     pub storage_dir: Option<PathBuf>,
@@ -121,6 +124,7 @@ impl Default for Config {
             hot_cache_bytes: 256 * 1024 * 1024,
             cold_metadata_cache_bytes: 64 * 1024 * 1024,
             cold_read_in_memory_bytes: 1024 * 1024,
+            cold_decoded_cache_bytes: 128 * 1024 * 1024,
             storage_dir: None,
             credentials_dir: None,
             default_location: None,
@@ -175,6 +179,7 @@ impl Config {
         "hot_cache_bytes",
         "cold_metadata_cache_bytes",
         "cold_read_in_memory_bytes",
+        "cold_decoded_cache_bytes",
         "storage_dir",
         "credentials_dir",
         "default_location",

@@ -160,6 +160,7 @@ impl Engine {
             runtime,
             config.cold_metadata_cache_bytes,
             config.cold_read_in_memory_bytes,
+            config.cold_decoded_cache_bytes,
         )?);
         let jobs = Arc::new(Jobs::open(storage.clone(), config.node_id.clone())?);
         let live = LiveHub::new(LiveSettings {

@@ -82,6 +82,15 @@ impl Node {
                     .map_err(KalamError::internal)?,
             )
             .map_err(KalamError::internal)?;
+        metrics
+            .register(
+                engine
+                    .cold
+                    .decoded
+                    .collectors()
+                    .map_err(KalamError::internal)?,
+            )
+            .map_err(KalamError::internal)?;
         let prepared = PreparedStatements::new().map_err(KalamError::internal)?;
         metrics
             .register(prepared.collectors())

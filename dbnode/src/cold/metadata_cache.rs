@@ -22,9 +22,9 @@ use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::cache::{Cache, CacheEntryInfo, TableScopedPath};
 use object_store::path::Path;
 use object_store::ObjectStore;
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
-use prometheus::IntGauge;
+use prometheus::core::Collector;
+
+use super::cache_usage::CacheUsage;
 
 type Shared = DefaultCache<TableScopedPath, CachedFileMetadataEntry>;
 
@@ -66,42 +66,12 @@ impl MetadataCache {
 
     /// `kalamdb_cold_metadata_cache_files` and `_bytes`, read from the cache when scraped.
     pub fn collectors(&self) -> Result<Vec<Box<dyn Collector>>, prometheus::Error> {
-        Ok(vec![Box::new(Usage {
-            shared: self.shared.clone(),
-            files: IntGauge::new(
-                "kalamdb_cold_metadata_cache_files",
-                "Parquet files whose footer is cached",
-            )?,
-            bytes: IntGauge::new(
-                "kalamdb_cold_metadata_cache_bytes",
-                "Memory held by cached Parquet footers and page indexes",
-            )?,
-        })])
-    }
-}
-
-/// The cache's size as gauges, updated at every scrape.
-struct Usage {
-    shared: Arc<Shared>,
-    files: IntGauge,
-    bytes: IntGauge,
-}
-
-impl Collector for Usage {
-    fn desc(&self) -> Vec<&Desc> {
-        self.files
-            .desc()
-            .into_iter()
-            .chain(self.bytes.desc())
-            .collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        self.files.set(self.shared.len() as i64);
-        self.bytes.set(self.shared.memory_used() as i64);
-        let mut out = self.files.collect();
-        out.extend(self.bytes.collect());
-        out
+        Ok(vec![Box::new(CacheUsage::new(
+            self.shared.clone(),
+            "kalamdb_cold_metadata_cache",
+            "Parquet files whose footer is cached",
+            "Memory held by cached Parquet footers and page indexes",
+        )?)])
     }
 }
 

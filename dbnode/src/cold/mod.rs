@@ -10,6 +10,8 @@
 //! replaces files the same way (`docs/adr/0014-deleted-row-retention.md`): the files it
 //! replaced are listed under `coldobsolete/` in the same batch, and deleted later.
 
+mod cache_usage;
+pub mod decoded_cache;
 pub mod location;
 pub mod metadata_cache;
 pub mod parquet;
@@ -30,6 +32,7 @@ use crate::catalog::TableStorage;
 use crate::error::{KalamError, Result};
 use crate::storage::{Partition, Storage};
 
+use decoded_cache::DecodedCache;
 pub use location::LOCAL_LOCATION;
 use metadata_cache::MetadataCache;
 
@@ -186,6 +189,8 @@ pub struct ColdStorage {
     manifests: RwLock<HashMap<String, BTreeMap<Vec<u8>, Segments>>>,
     /// Footers and page indexes of the files queries open.
     pub metadata: MetadataCache,
+    /// Decoded rows of the small files queries read whole.
+    pub decoded: DecodedCache,
     /// Bytes of a partition's files a scan may read whole into memory (`cold_read_in_memory_bytes`).
     pub read_in_memory_bytes: u64,
 }
@@ -193,7 +198,7 @@ pub struct ColdStorage {
 impl ColdStorage {
     /// Loads every partition manifest from the `meta` column family; Parquet footers are
     /// cached within `metadata_cache_bytes`, and scans read files of a partition whole up to
-    /// `read_in_memory_bytes`.
+    /// `read_in_memory_bytes`, keeping them decoded within `decoded_cache_bytes`.
     pub fn open(
         storage: &Storage,
         storage_dir: PathBuf,
@@ -201,6 +206,7 @@ impl ColdStorage {
         runtime: Arc<RuntimeEnv>,
         metadata_cache_bytes: usize,
         read_in_memory_bytes: u64,
+        decoded_cache_bytes: usize,
     ) -> Result<Self> {
         std::fs::create_dir_all(&storage_dir).map_err(KalamError::storage)?;
         let storage_dir = storage_dir.canonicalize().map_err(KalamError::storage)?;
@@ -225,6 +231,7 @@ impl ColdStorage {
             stores: Mutex::new(HashMap::new()),
             manifests: RwLock::new(manifests),
             metadata: MetadataCache::new(metadata_cache_bytes),
+            decoded: DecodedCache::new(decoded_cache_bytes).map_err(KalamError::internal)?,
             read_in_memory_bytes,
         })
     }

@@ -54,7 +54,7 @@ use futures::StreamExt;
 
 use crate::auth::Principal;
 use crate::catalog::{KalamType, TableDef, TableKind, DELETED_COLUMN, UPDATED_COLUMN};
-use crate::cold::parquet::{file_schema, read_segment};
+use crate::cold::parquet::file_schema;
 use crate::cold::{Segment, SEQ_COLUMN};
 use crate::engine::{Engine, TableRuntime};
 use crate::error::KalamError;
@@ -333,7 +333,11 @@ impl KalamTableProvider {
             inputs.push((first, hot.batches.clone()));
         }
         for f in files {
-            let batches = read_segment(&store, f, &schema)
+            let batches = self
+                .engine
+                .cold
+                .decoded
+                .read(&def.uid, &store, f, &schema)
                 .await
                 .map_err(KalamError::into_datafusion)?;
             inputs.push((&f.min_key, batches));

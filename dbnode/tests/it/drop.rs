@@ -397,10 +397,39 @@ async fn drop_table_removes_every_file_on_the_local_location() {
 /// read whole into memory (which needs no footer cache), as larger partitions are.
 #[tokio::test]
 async fn a_table_created_again_never_reads_the_cached_footer_of_the_dropped_one() {
-    let node = TestNode::start_with_options(
+    let metrics = read_a_table_created_again(
         NodeOptions::default().env("KALAMDB_COLD_READ_IN_MEMORY_BYTES", "0"),
     )
     .await;
+    // Both footers were read through the cache, each under its own table.
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "kalamdb_cold_metadata_cache_files 2"),
+        "{metrics}"
+    );
+}
+
+/// The same, with the small files read whole (the default): the node keeps the dropped
+/// table's file decoded, and the new table, whose file has the same path and size, must
+/// read its own rows. The second read of each file comes from the cache.
+#[tokio::test]
+async fn a_table_created_again_never_reads_the_cached_rows_of_the_dropped_one() {
+    let metrics = read_a_table_created_again(NodeOptions::default()).await;
+    for line in [
+        "kalamdb_cold_decoded_cache_files 2",
+        "kalamdb_cold_decoded_cache_lookups_total{result=\"miss\"} 2",
+        "kalamdb_cold_decoded_cache_lookups_total{result=\"hit\"} 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
+}
+
+/// Creates `app.notes`, writes ids 1-3 of alice, flushes and reads one of them twice; drops
+/// the table, creates it again and does the same with ids 7-9, whose file has the first
+/// one's path and size. Returns the node's `/metrics` after.
+async fn read_a_table_created_again(options: NodeOptions) -> String {
+    let node = TestNode::start_with_options(options).await;
     let dir = node.data_dir().join("storage/app/notes/alice");
     node.admin("CREATE NAMESPACE app").await;
     let alice = token("alice", false);
@@ -436,14 +465,7 @@ async fn a_table_created_again_never_reads_the_cached_footer_of_the_dropped_one(
         written[0], written[1],
         "the same path and size, which a cache keyed by path could not tell apart"
     );
-    // Both footers were read through the cache, each under its own table.
-    let (_, _, metrics) = node.get("/metrics").await;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "kalamdb_cold_metadata_cache_files 2"),
-        "{metrics}"
-    );
+    node.get("/metrics").await.2
 }
 
 // ---------------------------------------------------------------------------------------------
