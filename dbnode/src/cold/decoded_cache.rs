@@ -5,9 +5,9 @@
 //! Cold files never change once a flush or a cleanup has written them (a cleanup writes its
 //! copy under a new name), so an entry never goes stale and needs no version. As in the
 //! footer cache, a table dropped and created again can write the same path with other rows:
-//! entries are keyed by the table's creation uid, the path and the file's size. Least
-//! recently used entries go first when the byte budget is full; entries of dropped tables
-//! and replaced files are never asked for again and age out the same way.
+//! entries are keyed by the table's creation uid, the path, the file's size and its schema
+//! version. Least recently used entries go first when the byte budget is full; entries of
+//! dropped tables and replaced files are never asked for again and age out the same way.
 
 use std::sync::Arc;
 
@@ -25,12 +25,14 @@ use super::parquet::read_segment;
 use super::Segment;
 use crate::error::Result;
 
-/// One file of one table incarnation.
+/// One file of one table incarnation, decoded in the file schema of its version (a caller
+/// never reads a file in another, but the key does not rely on it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FileKey {
     table: TableReference,
     path: String,
     bytes: u64,
+    schema_version: u32,
 }
 
 impl CacheKey for FileKey {
@@ -113,6 +115,7 @@ impl DecodedCache {
             table: TableReference::bare(table_uid),
             path: segment.path.clone(),
             bytes: segment.bytes,
+            schema_version: segment.schema_version,
         };
         if let Some(found) = self.shared.get(&key) {
             self.lookups.with_label_values(&["hit"]).inc();

@@ -10,7 +10,7 @@
 //! statement with `NUMERIC_OUT_OF_RANGE` and nothing is written. Output column names stay
 //! what the SQL said (`a + b`), since the rewrite keeps the original name.
 //!
-//! Left alone: aggregates (`SUM` of BIGINTs wraps, where PostgreSQL sums into NUMERIC),
+//! Left alone: aggregates (`SUM` has its own checked form, [`super::checked_sum`]),
 //! decimals and floats (which do not wrap), and division, whose kernels already refuse
 //! `i64::MIN / -1` and division by zero.
 

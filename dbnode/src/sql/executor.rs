@@ -42,13 +42,13 @@ use crate::error::{clip, KalamError, Result};
 use crate::flush::Flusher;
 use crate::ids::{TableId, SYSTEM_NAMESPACE};
 use crate::purge::Purger;
-use crate::sql::arithmetic;
 use crate::sql::ddl::Alteration;
 use crate::sql::functions::{self, SnowflakeGenerator};
 use crate::sql::parser::{table_id_from_object_name, AlterChange, KalamStatement};
 use crate::sql::provider::{partition_for, RequestContext};
 use crate::sql::rows::{batch_to_values, cast_to_column, value_at};
 use crate::sql::schema::{KalamCatalogList, CATALOG};
+use crate::sql::{arithmetic, checked_sum};
 use crate::sql::{ddl, fast_insert, literals, output, system_tables};
 use crate::storage::table::RowChange;
 use crate::storage::Value;
@@ -90,6 +90,8 @@ pub fn planner_state(
     functions::bound_output_sizes(&mut state, max_value_bytes);
     // Adding a rewrite to a fresh state cannot fail either.
     let _ = state.register_function_rewrite(Arc::new(arithmetic::CheckedIntegerArithmetic));
+    // In place of the built-in `sum`, under its name.
+    let _ = state.register_udaf(Arc::new(checked_sum::CheckedSum::udaf()));
     state
 }
 

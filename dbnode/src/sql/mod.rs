@@ -2,6 +2,7 @@
 //! of USER and SHARED tables, the system tables, request parameters and the statement executor.
 
 pub mod arithmetic;
+pub mod checked_sum;
 pub mod ddl;
 pub mod dedup;
 pub mod executor;

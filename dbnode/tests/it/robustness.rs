@@ -617,6 +617,17 @@ async fn integer_overflow_is_refused_and_writes_nothing() {
             "NUMERIC_OUT_OF_RANGE",
             "BIGINT out of range",
         ),
+        // SUM too (ADR 0034): the maximum plus 6 does not wrap to a negative total.
+        (
+            "SELECT sum(total) AS s FROM app.counters",
+            "NUMERIC_OUT_OF_RANGE",
+            "BIGINT out of range: sum",
+        ),
+        (
+            "SELECT id, sum(total) OVER (ORDER BY id DESC) AS s FROM app.counters",
+            "NUMERIC_OUT_OF_RANGE",
+            "BIGINT out of range: sum",
+        ),
     ] {
         expect_refusal(&node, &alice, sql, code, mentions).await;
     }
@@ -638,5 +649,11 @@ async fn integer_overflow_is_refused_and_writes_nothing() {
         )
         .await,
         vec![json!({"a": -1, "b": -6, "c": 4})]
+    );
+    // INTs sum into a BIGINT, past the INT range.
+    assert_eq!(
+        node.query(&alice, "SELECT sum(hits) AS s FROM app.counters")
+            .await,
+        vec![json!({"s": 2147483649i64})]
     );
 }
