@@ -48,7 +48,7 @@ impl CacheKey for FileKey {
 /// Every row of a file, in the file schema of the version it was written under.
 #[derive(Debug, Clone)]
 pub struct DecodedFile {
-    batches: Arc<Vec<RecordBatch>>,
+    batches: Vec<RecordBatch>,
     /// Arrow memory of `batches`, counted once (the cache asks on every put and eviction).
     bytes: usize,
 }
@@ -119,7 +119,7 @@ impl DecodedCache {
         };
         if let Some(found) = self.shared.get(&key) {
             self.lookups.with_label_values(&["hit"]).inc();
-            return Ok(found.batches.as_ref().clone());
+            return Ok(found.batches);
         }
         self.lookups.with_label_values(&["miss"]).inc();
         let batches = read_segment(store, segment, schema).await?;
@@ -128,7 +128,7 @@ impl DecodedCache {
         self.shared.put(
             &key,
             DecodedFile {
-                batches: Arc::new(batches.clone()),
+                batches: batches.clone(),
                 bytes,
             },
         );

@@ -190,7 +190,7 @@ fn negate(operand: &ColumnarValue) -> DfResult<ColumnarValue> {
 }
 
 /// PostgreSQL's words for it: `bigint out of range`, with Arrow's account of the operation.
-fn out_of_range(data_type: &DataType, detail: &str) -> KalamError {
+pub(super) fn out_of_range(data_type: &DataType, detail: &str) -> KalamError {
     let type_name = match data_type {
         DataType::Int16 => KalamType::SmallInt.sql_name(),
         DataType::Int32 => KalamType::Int.sql_name(),
@@ -249,7 +249,7 @@ impl FunctionRewrite for CheckedIntegerArithmetic {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
 
     use datafusion::arrow::array::{AsArray, RecordBatch};
@@ -270,7 +270,8 @@ mod tests {
         SessionContext::new_with_state(state)
     }
 
-    async fn run(sql: &str) -> Result<Vec<RecordBatch>, KalamError> {
+    /// `sql` planned and run with the node's functions, as a request would.
+    pub(in crate::sql) async fn run(sql: &str) -> Result<Vec<RecordBatch>, KalamError> {
         let ctx = context();
         let df = ctx.sql(sql).await.map_err(KalamError::from)?;
         df.collect().await.map_err(KalamError::from)

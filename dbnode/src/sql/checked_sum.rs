@@ -27,8 +27,7 @@ use datafusion::logical_expr::{
 };
 use datafusion_functions_aggregate_common::aggregate::groups_accumulator::prim_op::PrimitiveGroupsAccumulator;
 
-use crate::catalog::KalamType;
-use crate::error::KalamError;
+use crate::sql::arithmetic;
 
 /// The built-in `sum`, with checked addition for integer inputs.
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
@@ -114,13 +113,9 @@ impl AggregateUDFImpl for CheckedSum {
     }
 }
 
-/// PostgreSQL's words for it, as the checked operators say it.
+/// `BIGINT out of range: sum`, in the checked operators' words.
 fn out_of_range() -> DataFusionError {
-    KalamError::NumericOutOfRange(format!(
-        "{} out of range: sum",
-        KalamType::BigInt.sql_name()
-    ))
-    .into_datafusion()
+    arithmetic::out_of_range(&DataType::Int64, "sum").into_datafusion()
 }
 
 fn add(a: i64, b: i64) -> DfResult<i64> {
@@ -305,27 +300,11 @@ impl<F: Fn(&mut i64, i64) + Send + Sync + 'static> GroupsAccumulator for GroupsS
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use datafusion::arrow::array::{AsArray, RecordBatch};
     use datafusion::arrow::datatypes::Int64Type;
-    use datafusion::execution::runtime_env::RuntimeEnv;
-    use datafusion::prelude::SessionContext;
 
     use crate::error::KalamError;
-    use crate::sql::executor::planner_state;
-    use crate::sql::functions::SnowflakeGenerator;
-
-    async fn run(sql: &str) -> Result<Vec<RecordBatch>, KalamError> {
-        let state = planner_state(
-            Arc::new(SnowflakeGenerator::new("test")),
-            None,
-            Arc::new(RuntimeEnv::default()),
-        );
-        let ctx = SessionContext::new_with_state(state);
-        let df = ctx.sql(sql).await.map_err(KalamError::from)?;
-        df.collect().await.map_err(KalamError::from)
-    }
+    use crate::sql::arithmetic::tests::run;
 
     /// Rows past the BIGINT range, in each way DataFusion plans a SUM: one group, GROUP BY
     /// (many groups at once), a window frame, and INT inputs summed into a BIGINT.
