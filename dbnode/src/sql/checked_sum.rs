@@ -4,11 +4,14 @@
 //! wrapping arithmetic: two rows of 2^62 sum to -2^63, a wrong number and no error.
 //! PostgreSQL sums BIGINTs into NUMERIC; KalamDB keeps the BIGINT result (a JSON number, as
 //! before) and, as for the operators of ADR 0028, fails the statement with
-//! `NUMERIC_OUT_OF_RANGE` when a sum leaves its range. [`CheckedSum`] replaces the built-in
-//! `sum` under its own name, so every `SUM(...)` of a plan gets it; other input types
-//! (floats, decimals, unsigned integers, intervals) and `SUM(DISTINCT ...)` go to the
+//! `NUMERIC_OUT_OF_RANGE` when a sum's result leaves its range (one accumulator and a window
+//! frame keep 128 bits, so only the result counts; GROUP BY's fold checks each addition).
+//! [`CheckedSum`] replaces the built-in
+//! `sum` under its own name, so every `SUM(...)` of a plan gets it, `SUM(DISTINCT ...)`
+//! included; other input types (floats, decimals, unsigned integers, intervals) go to the
 //! built-in implementation unchanged.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -26,6 +29,7 @@ use datafusion::logical_expr::{
     ReversedUDAF, SetMonotonicity, Signature,
 };
 use datafusion_functions_aggregate_common::aggregate::groups_accumulator::prim_op::PrimitiveGroupsAccumulator;
+use datafusion_functions_aggregate_common::utils::GenericDistinctBuffer;
 
 use crate::sql::arithmetic;
 
@@ -42,10 +46,10 @@ impl CheckedSum {
     }
 }
 
-/// Whether this call sums integers (the signature coerces every signed integer to BIGINT)
-/// without DISTINCT, the case the built-in gets wrong.
+/// Whether this call sums integers (the signature coerces every signed integer to BIGINT),
+/// the case the built-in gets wrong.
 fn checked(args: &AccumulatorArgs) -> bool {
-    !args.is_distinct && args.return_field.data_type() == &DataType::Int64
+    args.return_field.data_type() == &DataType::Int64
 }
 
 impl AggregateUDFImpl for CheckedSum {
@@ -62,7 +66,11 @@ impl AggregateUDFImpl for CheckedSum {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
-        if checked(&args) {
+        if checked(&args) && args.is_distinct {
+            Ok(Box::new(DistinctSumAccumulator(
+                GenericDistinctBuffer::new(DataType::Int64),
+            )))
+        } else if checked(&args) {
             Ok(Box::<SumAccumulator>::default())
         } else {
             self.builtin.accumulator(args)
@@ -81,6 +89,7 @@ impl AggregateUDFImpl for CheckedSum {
         &self,
         args: AccumulatorArgs,
     ) -> DfResult<Box<dyn GroupsAccumulator>> {
+        // Never DISTINCT: the built-in's `groups_accumulator_supported` says no to it.
         if checked(&args) {
             Ok(Box::new(groups_sum()))
         } else {
@@ -89,7 +98,9 @@ impl AggregateUDFImpl for CheckedSum {
     }
 
     fn create_sliding_accumulator(&self, args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
-        if checked(&args) {
+        if checked(&args) && args.is_distinct {
+            Ok(Box::<SlidingDistinctSumAccumulator>::default())
+        } else if checked(&args) {
             Ok(Box::<SlidingSumAccumulator>::default())
         } else {
             self.builtin.create_sliding_accumulator(args)
@@ -118,28 +129,36 @@ fn out_of_range() -> DataFusionError {
     arithmetic::out_of_range(&DataType::Int64, "sum").into_datafusion()
 }
 
-fn add(a: i64, b: i64) -> DfResult<i64> {
-    a.checked_add(b).ok_or_else(out_of_range)
+/// The sum of the non-null values of `array` (a BIGINT column), if any, in 128 bits: Arrow's
+/// checked sum, and on its overflow the values again in 128 bits, so that a batch whose
+/// running sum leaves the BIGINT range does not fail a total that fits.
+fn array_sum(array: &ArrayRef) -> DfResult<Option<i128>> {
+    let ints = array.as_primitive::<Int64Type>();
+    match sum_checked(ints) {
+        Ok(sum) => Ok(sum.map(i128::from)),
+        Err(ArrowError::ArithmeticOverflow(_)) => {
+            Ok(Some(ints.iter().flatten().map(i128::from).sum()))
+        }
+        Err(other) => Err(DataFusionError::ArrowError(Box::new(other), None)),
+    }
 }
 
-/// The sum of the non-null values of `array` (a BIGINT column), if any.
-fn array_sum(array: &ArrayRef) -> DfResult<Option<i64>> {
-    sum_checked(array.as_primitive::<Int64Type>()).map_err(|e| match e {
-        ArrowError::ArithmeticOverflow(_) => out_of_range(),
-        other => DataFusionError::ArrowError(Box::new(other), None),
-    })
+/// The result of a sum kept in 128 bits, which its values cannot leave (2^64 BIGINTs would
+/// be needed), so only a result outside the BIGINT range is an error.
+fn in_range(sum: i128) -> DfResult<i64> {
+    i64::try_from(sum).map_err(|_| out_of_range())
 }
 
 /// One group's sum (no GROUP BY, or a group the planner does not batch).
 #[derive(Debug, Default)]
 struct SumAccumulator {
-    sum: Option<i64>,
+    sum: Option<i128>,
 }
 
 impl Accumulator for SumAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
         if let Some(x) = array_sum(&values[0])? {
-            self.sum = Some(add(self.sum.unwrap_or(0), x)?);
+            self.sum = Some(self.sum.unwrap_or(0) + x);
         }
         Ok(())
     }
@@ -153,7 +172,7 @@ impl Accumulator for SumAccumulator {
     }
 
     fn evaluate(&mut self) -> DfResult<ScalarValue> {
-        Ok(ScalarValue::Int64(self.sum))
+        Ok(ScalarValue::Int64(self.sum.map(in_range).transpose()?))
     }
 
     fn size(&self) -> usize {
@@ -164,7 +183,7 @@ impl Accumulator for SumAccumulator {
 /// A window frame's sum, which rows enter and leave.
 #[derive(Debug, Default)]
 struct SlidingSumAccumulator {
-    sum: i64,
+    sum: i128,
     count: u64,
 }
 
@@ -172,14 +191,14 @@ impl Accumulator for SlidingSumAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
         self.count += (values[0].len() - values[0].null_count()) as u64;
         if let Some(x) = array_sum(&values[0])? {
-            self.sum = add(self.sum, x)?;
+            self.sum += x;
         }
         Ok(())
     }
 
     fn retract_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
         if let Some(x) = array_sum(&values[0])? {
-            self.sum = self.sum.checked_sub(x).ok_or_else(out_of_range)?;
+            self.sum -= x;
         }
         self.count -= (values[0].len() - values[0].null_count()) as u64;
         Ok(())
@@ -191,7 +210,7 @@ impl Accumulator for SlidingSumAccumulator {
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
         if let Some(x) = array_sum(&states[0])? {
-            self.sum = add(self.sum, x)?;
+            self.sum += x;
         }
         if let Some(counts) = states.get(1) {
             self.count += counts
@@ -211,11 +230,125 @@ impl Accumulator for SlidingSumAccumulator {
     }
 
     fn evaluate(&mut self) -> DfResult<ScalarValue> {
-        Ok(ScalarValue::Int64((self.count != 0).then_some(self.sum)))
+        let sum = (self.count != 0).then(|| in_range(self.sum)).transpose()?;
+        Ok(ScalarValue::Int64(sum))
     }
 
     fn size(&self) -> usize {
         size_of_val(self)
+    }
+}
+
+/// `SUM(DISTINCT ...)` of one group: DataFusion's set of distinct values (and its state,
+/// a list of them, as the built-in's `state_fields` declare), summed when evaluated.
+#[derive(Debug)]
+struct DistinctSumAccumulator(GenericDistinctBuffer<Int64Type>);
+
+impl Accumulator for DistinctSumAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
+        self.0.update_batch(values)
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
+        self.0.merge_batch(states)
+    }
+
+    fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
+        self.0.state()
+    }
+
+    fn evaluate(&mut self) -> DfResult<ScalarValue> {
+        if self.0.values.is_empty() {
+            return Ok(ScalarValue::Int64(None));
+        }
+        let sum = self.0.values.iter().map(|v| i128::from(v.0)).sum();
+        Ok(ScalarValue::Int64(Some(in_range(sum)?)))
+    }
+
+    fn size(&self) -> usize {
+        size_of_val(self) + self.0.size()
+    }
+}
+
+/// `SUM(DISTINCT ...)` over a window frame: how often each value is in the frame, and the
+/// sum of the values present, in 128 bits so that rows entering before others leave
+/// cannot fail a frame whose sum fits.
+#[derive(Debug, Default)]
+struct SlidingDistinctSumAccumulator {
+    counts: HashMap<i64, usize>,
+    sum: i128,
+}
+
+impl SlidingDistinctSumAccumulator {
+    fn each_value(values: &ArrayRef, mut f: impl FnMut(i64)) {
+        values
+            .as_primitive::<Int64Type>()
+            .iter()
+            .flatten()
+            .for_each(&mut f);
+    }
+
+    fn enter(&mut self, value: i64) {
+        let count = self.counts.entry(value).or_insert(0);
+        if *count == 0 {
+            self.sum += i128::from(value);
+        }
+        *count += 1;
+    }
+}
+
+impl Accumulator for SlidingDistinctSumAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
+        Self::each_value(&values[0], |v| self.enter(v));
+        Ok(())
+    }
+
+    fn retract_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
+        Self::each_value(&values[0], |v| {
+            if let Some(count) = self.counts.get_mut(&v) {
+                *count -= 1;
+                if *count == 0 {
+                    self.counts.remove(&v);
+                    self.sum -= i128::from(v);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn supports_retract_batch(&self) -> bool {
+        true
+    }
+
+    /// Partitions' states are lists of their distinct values, as [`DistinctSumAccumulator`]'s.
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
+        for list in states[0].as_list::<i32>().iter().flatten() {
+            Self::each_value(&list, |v| self.enter(v));
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
+        let values: Vec<ScalarValue> = self
+            .counts
+            .keys()
+            .map(|v| ScalarValue::Int64(Some(*v)))
+            .collect();
+        Ok(vec![ScalarValue::List(ScalarValue::new_list_nullable(
+            &values,
+            &DataType::Int64,
+        ))])
+    }
+
+    fn evaluate(&mut self) -> DfResult<ScalarValue> {
+        if self.counts.is_empty() {
+            return Ok(ScalarValue::Int64(None));
+        }
+        Ok(ScalarValue::Int64(Some(in_range(self.sum)?)))
+    }
+
+    fn size(&self) -> usize {
+        size_of_val(self) + self.counts.capacity() * size_of::<(i64, usize)>()
     }
 }
 
@@ -307,7 +440,8 @@ mod tests {
     use crate::sql::arithmetic::tests::run;
 
     /// Rows past the BIGINT range, in each way DataFusion plans a SUM: one group, GROUP BY
-    /// (many groups at once), a window frame, and INT inputs summed into a BIGINT.
+    /// (many groups at once), a window frame, INT inputs summed into a BIGINT, and DISTINCT
+    /// in one group and in a window frame.
     #[tokio::test]
     async fn a_sum_past_the_bigint_range_is_an_error_not_a_wrapped_value() {
         let big = "(VALUES (1, 4611686018427387904), (1, 4611686018427387904), (2, 1)) AS t(g, x)";
@@ -316,6 +450,11 @@ mod tests {
             format!("SELECT g, sum(x) FROM {big} GROUP BY g"),
             format!("SELECT sum(x) OVER (ORDER BY x ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) FROM {big}"),
             "SELECT sum(x) FROM (VALUES (-9223372036854775807), (-2)) AS t(x)".to_string(),
+            // Not rewritten into a GROUP BY (the count), so DISTINCT's own accumulator.
+            "SELECT sum(DISTINCT x), count(*) FROM (VALUES (4611686018427387904), (4611686018427387905)) AS t(x)".to_string(),
+            "SELECT sum(DISTINCT x) OVER (ORDER BY x ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) \
+             FROM (VALUES (1), (4611686018427387904), (4611686018427387905)) AS t(x)"
+                .to_string(),
         ] {
             match run(&sql).await {
                 Err(KalamError::NumericOutOfRange(m)) => {
@@ -335,7 +474,7 @@ mod tests {
 
     /// In range, the sums, their names and their NULLs are the built-in's: the largest
     /// BIGINT itself, INTs summed past the INT range into a BIGINT, groups, a sliding
-    /// window, no rows, and the types the built-in keeps (DISTINCT, DOUBLE).
+    /// window, DISTINCT, no rows, and a type the built-in keeps (DOUBLE).
     #[tokio::test]
     async fn sums_in_range_keep_their_values_names_and_nulls() {
         let batches = run("SELECT sum(x) FROM (VALUES (9223372036854775806), (1), (NULL)) AS t(x)")
@@ -365,6 +504,43 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(ints(&batches, 0), vec![Some(1), Some(3), Some(6)]);
+
+        // Totals that fit although a running sum leaves the range (the values' order in one
+        // batch, a frame that takes a row in before it lets one go), with and without
+        // DISTINCT (which DataFusion plans as a GROUP BY when it is the only kind of
+        // aggregate, and with its own accumulator next to a count).
+        let max_first = "(VALUES (9223372036854775807), (1), (-1), (1), (-1), (NULL)) AS t(x)";
+        let batches = run(&format!(
+            "SELECT sum(x), sum(DISTINCT x), count(x) FROM {max_first}"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(ints(&batches, 0), vec![Some(i64::MAX)]);
+        assert_eq!(ints(&batches, 1), vec![Some(i64::MAX)]);
+        let batches = run(&format!("SELECT sum(DISTINCT x) FROM {max_first}"))
+            .await
+            .unwrap();
+        assert_eq!(ints(&batches, 0), vec![Some(i64::MAX)]);
+        let batches = run(
+            "SELECT sum(x) OVER (ORDER BY k ROWS BETWEEN CURRENT ROW AND CURRENT ROW) \
+             FROM (VALUES (1, 1), (2, 9223372036854775807)) AS t(k, x) ORDER BY k",
+        )
+        .await
+        .unwrap();
+        assert_eq!(ints(&batches, 0), vec![Some(1), Some(i64::MAX)]);
+
+        // A DISTINCT frame lets a repeated value go only with its last copy.
+        let batches = run(
+            "SELECT sum(DISTINCT x) OVER (ORDER BY x ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) \
+             FROM (VALUES (1), (1), (2), (4)) AS t(x) ORDER BY x",
+        )
+        .await
+        .unwrap();
+        assert_eq!(ints(&batches, 0), vec![Some(1), Some(1), Some(3), Some(6)]);
+        let batches = run("SELECT sum(DISTINCT x) FROM (VALUES (1)) AS t(x) WHERE x > 1")
+            .await
+            .unwrap();
+        assert_eq!(ints(&batches, 0), vec![None]);
 
         let batches = run("SELECT sum(x) FROM (VALUES (1)) AS t(x) WHERE x > 1")
             .await
