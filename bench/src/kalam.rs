@@ -46,8 +46,9 @@ impl Drop for NodeProcess {
 const SECRET: &str = "kalam-bench-secret-0123456789";
 
 /// Checks, before any scenario runs, that `binary` is a `kalamdb` the tool can start: a
-/// wrong `--kalamdb` should not show only after PostgreSQL's whole side has run.
-pub fn check_binary(binary: &std::path::Path) -> Result<()> {
+/// wrong `--kalamdb` should not show only after PostgreSQL's whole side has run. Returns
+/// its `--version` line (which names a debug build), for the report.
+pub fn check_binary(binary: &std::path::Path) -> Result<String> {
     let out = Command::new(binary)
         .arg("--version")
         .stdin(Stdio::null())
@@ -67,7 +68,7 @@ pub fn check_binary(binary: &std::path::Path) -> Result<()> {
             version.lines().next().unwrap_or_default().trim()
         );
     }
-    Ok(())
+    Ok(version.lines().next().unwrap_or_default().trim().to_owned())
 }
 
 fn start_node(args: &Args) -> Result<NodeProcess> {

@@ -65,7 +65,8 @@ pub(crate) fn fanout_id(case: usize, round: usize) -> i64 {
     (case as i64 + 1) * 1_000_000 + round as i64
 }
 
-/// The id of the row of another room written at the end of fan-out case `case`.
+/// The id of the row of another room that fan-out case `case` writes, which no subscriber
+/// may get.
 pub(crate) fn fanout_other_id(case: usize) -> i64 {
     -(case as i64 + 1)
 }
@@ -344,6 +345,16 @@ async fn fanout(
     };
     let mut readers = Readers::open_with(plan, delivery).await.context(name)?;
 
+    // A row of another room, written before the rounds: every connection gets its changes
+    // in order, so a wrong delivery of it would reach a round's check ahead of that round's
+    // change and fail it, however late the node sent it (the quiet period at the end only
+    // sees what arrives within it).
+    admin
+        .sql(&format!(
+            "INSERT INTO bench.fanout (id, room, body) VALUES ({}, 'r2', 'another room')",
+            fanout_other_id(index)
+        ))
+        .await?;
     let mut h = hist();
     let started = Instant::now();
     for round in 0..rounds {
@@ -385,13 +396,6 @@ async fn fanout(
         h.saturating_record(micros(check.latency()));
     }
     let seconds = started.elapsed().as_secs_f64();
-
-    admin
-        .sql(&format!(
-            "INSERT INTO bench.fanout (id, room, body) VALUES ({}, 'r2', 'another room')",
-            fanout_other_id(index)
-        ))
-        .await?;
     readers.expect_quiet(QUIET).await.context(name)?;
     readers.close().await?;
     Ok(
@@ -462,15 +466,22 @@ async fn stream_throughput(args: &Args, url: &str, sizes: &LiveSizes) -> Result<
         }));
     }
     let (mut inserted, mut statements) = (0u64, 0usize);
-    for writer in writers {
+    // Every event written, as (kind, payload): each delivery must take one of them away.
+    let mut pending = HashSet::new();
+    for (w, writer) in writers.into_iter().enumerate() {
         let (rows, sent) = writer.await.context("a stream writer panicked")??;
         inserted += rows;
         statements += sent;
+        for s in 0..sent {
+            for i in 0..sizes.stream_batch_rows {
+                pending.insert((format!("w{w}"), format!("batch {s} event {i}")));
+            }
+        }
     }
 
     let mut delivered = HashSet::with_capacity(inserted as usize);
     let mut last = started;
-    while (delivered.len() as u64) < inserted {
+    while !pending.is_empty() {
         let received = subscriber.recv(EVENT_TIMEOUT).await.with_context(|| {
             format!(
                 "live-stream: {} of {inserted} events delivered",
@@ -478,9 +489,22 @@ async fn stream_throughput(args: &Args, url: &str, sizes: &LiveSizes) -> Result<
             )
         })?;
         let change = expect_insert(received)?;
-        for id in row_ids(&change.change.rows)? {
+        for (id, row) in row_ids(&change.change.rows)?
+            .into_iter()
+            .zip(&change.change.rows)
+        {
             if !delivered.insert(id) {
                 bail!("live-stream: event {id} delivered twice");
+            }
+            let text = |column: &str| {
+                row.get(column)
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned)
+                    .ok_or_else(|| anyhow!("live-stream: event {id} has no text {column}"))
+            };
+            let event = (text("kind")?, text("payload")?);
+            if !pending.remove(&event) {
+                bail!("live-stream: event {id} {event:?} was not written, or arrived twice");
             }
         }
         last = last.max(change.at);

@@ -15,9 +15,11 @@
 //! - [`measure`]: timing, histograms and checks both sides share;
 //! - [`report`]: the per-scenario result and the side-by-side table.
 //!
-//! Durability is matched: KalamDB's default `sync_writes = false` (WAL written, no fsync
-//! per write) runs against PostgreSQL with `synchronous_commit = off` (fsync stays on);
-//! `--sync-writes` against `synchronous_commit = on`.
+//! Durability is matched as closely as the two allow: KalamDB's default `sync_writes =
+//! false` (WAL written on every write, no fsync: survives `kill -9` of the node) runs against
+//! PostgreSQL with `synchronous_commit = off` (fsync stays on, but a commit may wait in its
+//! WAL buffers for up to 600 ms, which a crash of PostgreSQL loses); `--sync-writes` against
+//! `synchronous_commit = on`.
 
 mod kalam;
 mod live;
@@ -164,7 +166,13 @@ async fn run(args: &Args) -> Result<()> {
     raise_open_files_limit();
     let sizes = Sizes::new(args.quick);
     // Fail before any long run when a server cannot be run or the results not be written.
-    kalam::check_binary(&args.kalamdb)?;
+    let kalamdb_version = kalam::check_binary(&args.kalamdb)?;
+    if !args.quick && kalamdb_version.contains("debug build") {
+        progress(&format!(
+            "warning: {} is a debug build ({kalamdb_version}): its numbers are not the node's",
+            args.kalamdb.display()
+        ));
+    }
     if let Some(path) = &args.json {
         report::Report::check_json_path(path)?;
     }
@@ -177,6 +185,7 @@ async fn run(args: &Args) -> Result<()> {
     let rounds = args.rounds as usize;
     let mut report = report::Report {
         quick: args.quick,
+        kalamdb: format!("{} ({kalamdb_version})", args.kalamdb.display()),
         sync_writes: args.sync_writes,
         postgres: None,
         cpus: std::thread::available_parallelism()

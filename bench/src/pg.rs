@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
 use kalam_client::wire::Row;
-use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 
 use crate::measure::TempDir;
@@ -297,13 +296,15 @@ impl PgServer {
     }
 
     /// A new connection that has run `LISTEN <channel>`. Its task reads every notification
-    /// (`Connection::poll_message`), parses the payload as a JSON object and sends it to
-    /// `tx`, stamped (errors name `conn`); it ends when the connection or `tx` does.
+    /// (`Connection::poll_message`), parses the payload as a JSON object and hands it to
+    /// `on_event`, stamped (errors name `conn`), in that task, as KalamDB's side handles a
+    /// frame in the task that read it; it ends when the connection does, after an error, or
+    /// when `on_event` returns false.
     pub async fn listen(
         &self,
         channel: &str,
         conn: usize,
-        tx: mpsc::UnboundedSender<PgEvent>,
+        mut on_event: impl FnMut(PgEvent) -> bool + Send + 'static,
     ) -> Result<Listener> {
         let (client, mut connection) = tokio_postgres::connect(&self.conninfo, NoTls)
             .await
@@ -334,7 +335,7 @@ impl PgServer {
                     at: Instant::now(),
                     row,
                 };
-                if tx.send(event).is_err() || failed {
+                if !on_event(event) || failed {
                     break;
                 }
             }

@@ -397,7 +397,9 @@ async fn latency(server: &PgServer, sizes: &LiveSizes) -> Result<Outcome> {
         sizes.noise_per_sec
     ));
     let (tx, mut rx) = mpsc::unbounded_channel::<PgEvent>();
-    let listener = server.listen("live_msgs", 0, tx).await?;
+    let listener = server
+        .listen("live_msgs", 0, move |event| tx.send(event).is_ok())
+        .await?;
     let writer = server.connect().await?;
     let insert = writer.prepare(INSERT_LIVE).await?;
 
@@ -515,8 +517,9 @@ enum Fan {
     Failed(String),
 }
 
-/// One `LISTEN fanout` connection and its dispatch: with `per_conn == 1` the connection's
-/// reader is the subscriber; otherwise it hands each matching row to `per_conn`
+/// One `LISTEN fanout` connection and its dispatch, in the task that reads the connection
+/// (as KalamDB's side splits a `change_group` frame in its reader): with `per_conn == 1`
+/// that reader is the subscriber; otherwise it hands each matching row to `per_conn`
 /// subscriber tasks of its own, each stamping the row when it gets it.
 async fn open_fanout_connection(
     server: &PgServer,
@@ -524,8 +527,6 @@ async fn open_fanout_connection(
     per_conn: usize,
     out: mpsc::UnboundedSender<Fan>,
 ) -> Result<Listener> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<PgEvent>();
-    let listener = server.listen("fanout", conn, tx).await?;
     let mut subscribers = Vec::new();
     if per_conn > 1 {
         for sub in 0..per_conn {
@@ -540,36 +541,36 @@ async fn open_fanout_connection(
             subscribers.push(to_subscriber);
         }
     }
-    tokio::spawn(async move {
-        while let Some(event) = rx.recv().await {
+    server
+        .listen("fanout", conn, move |event| {
             let row = match event.row {
                 Ok(row) => row,
                 Err(e) => {
                     let _ = out.send(Fan::Failed(e));
-                    break;
+                    return false;
                 }
             };
             if row.get("room").and_then(Value::as_str) != Some(FANOUT_ROOM) {
-                let _ = out.send(Fan::Filtered { conn });
-                continue;
+                return out.send(Fan::Filtered { conn }).is_ok();
             }
             let row = Arc::new(row);
             if subscribers.is_empty() {
                 let at = event.at;
-                let _ = out.send(Fan::Delivered {
-                    conn,
-                    sub: 0,
-                    at,
-                    row,
-                });
-            } else {
-                for subscriber in &subscribers {
-                    let _ = subscriber.send(row.clone());
-                }
+                return out
+                    .send(Fan::Delivered {
+                        conn,
+                        sub: 0,
+                        at,
+                        row,
+                    })
+                    .is_ok();
             }
-        }
-    });
-    Ok(listener)
+            for subscriber in &subscribers {
+                let _ = subscriber.send(row.clone());
+            }
+            true
+        })
+        .await
 }
 
 /// `live-fanout-*`: one INSERT into `fanout` per round, which the trigger notifies to

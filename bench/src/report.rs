@@ -163,6 +163,8 @@ pub struct PgInfo {
 
 pub struct Report {
     pub quick: bool,
+    /// The node measured: its path and `--version` line (which names a debug build).
+    pub kalamdb: String,
     pub sync_writes: bool,
     /// `None` with `--no-postgres`.
     pub postgres: Option<PgInfo>,
@@ -297,12 +299,21 @@ impl Report {
         let kalamdb = if self.sync_writes {
             "KalamDB sync_writes = true (WAL fsynced on every write)"
         } else {
-            "KalamDB sync_writes = false (WAL written, no fsync per write)"
+            "KalamDB sync_writes = false (WAL written on every write, no fsync: survives kill -9 \
+             of the node)"
         };
         match &self.postgres {
             Some(pg) => format!(
-                "{kalamdb}; PostgreSQL {}: synchronous_commit = {}, fsync = {}",
-                pg.version, pg.synchronous_commit, pg.fsync
+                "{kalamdb}; PostgreSQL {}: synchronous_commit = {}, fsync = {}{}",
+                pg.version,
+                pg.synchronous_commit,
+                pg.fsync,
+                if pg.synchronous_commit == "off" {
+                    " (a commit may wait up to 3 x wal_writer_delay in WAL buffers, which a \
+                     crash of PostgreSQL loses)"
+                } else {
+                    ""
+                }
             ),
             None => format!("{kalamdb}; PostgreSQL not run (--no-postgres)"),
         }
@@ -360,6 +371,7 @@ impl Report {
             self.cpus,
             self.cpu_model
         );
+        println!("kalamdb: {}", self.kalamdb);
         println!("durability: {}", self.durability());
         println!(
             "ratios are KalamDB / PostgreSQL: a p99 ratio below 1 and a rows/s ratio above 1 favour KalamDB"
@@ -461,6 +473,7 @@ impl Report {
         json!({
             "mode": if self.quick { "quick" } else { "full" },
             "machine": { "cpus": self.cpus, "cpu_model": self.cpu_model },
+            "kalamdb": self.kalamdb,
             "durability": {
                 "text": self.durability(),
                 "kalamdb_sync_writes": self.sync_writes,
@@ -631,6 +644,7 @@ mod tests {
             std::env::temp_dir().join(format!("kalam-bench-kept-{}.json", std::process::id()));
         let mut report = Report {
             quick: true,
+            kalamdb: "target/release/kalamdb (kalamdb 0.1.0)".into(),
             sync_writes: false,
             postgres: None,
             cpus: 2,
@@ -706,6 +720,7 @@ mod tests {
         };
         Report {
             quick: false,
+            kalamdb: "target/release/kalamdb (kalamdb 0.1.0)".into(),
             sync_writes: false,
             postgres: Some(PgInfo {
                 version: "15".into(),
@@ -756,6 +771,13 @@ mod tests {
         assert_eq!(live.verdict(), "not measured");
 
         let json = report.to_json();
+        assert_eq!(json["kalamdb"], "target/release/kalamdb (kalamdb 0.1.0)");
+        let durability = json["durability"]["text"].as_str().unwrap();
+        assert!(
+            durability.contains("synchronous_commit = off")
+                && durability.contains("a crash of PostgreSQL loses"),
+            "{durability}"
+        );
         assert_eq!(json["rounds"].as_array().unwrap().len(), 3);
         assert_eq!(json["results"][0]["scenario"], "insert-seq");
         assert!((json["results"][0]["ratio_p99"].as_f64().unwrap() - 1.0).abs() < 0.01);

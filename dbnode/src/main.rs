@@ -19,8 +19,15 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `--version` names a debug build as one, so that a load tool does not report its numbers as
+/// the node's.
+#[cfg(debug_assertions)]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (debug build)");
+#[cfg(not(debug_assertions))]
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 #[derive(Parser)]
-#[command(name = "kalamdb", version, about = "KalamDB database node")]
+#[command(name = "kalamdb", version = VERSION, about = "KalamDB database node")]
 struct Cli {
     /// server.toml to read settings from (KALAMDB_* variables and flags override it).
     #[arg(long, global = true)]
@@ -92,8 +99,11 @@ fn token(config: &Config, user: &str, admin: bool, ttl: &str) -> ExitCode {
                     "--ttl '{ttl}' is not a duration such as 1h"
                 ))
             })?;
-        let (secret, _) =
-            auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir, false)?;
+        let (secret, _) = auth::load_or_create_secret(
+            config.jwt_secret.as_ref().map(|s| s.expose()),
+            &config.data_dir,
+            false,
+        )?;
         Authenticator::new(&secret).mint(&user, if admin { Role::Admin } else { Role::User }, ttl)
     })();
     match result {

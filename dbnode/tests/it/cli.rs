@@ -266,3 +266,25 @@ async fn kalam_subscribe_reports_a_refused_query_and_stops_on_ctrl_c() {
     })
     .await;
 }
+
+/// `kalamdb --version` says when the binary is a debug build, which the load tool records
+/// with its numbers (its full mode warns about one).
+#[test]
+fn kalamdb_version_names_a_debug_build() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kalamdb"))
+        .arg("--version")
+        .output()
+        .expect("running kalamdb --version");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let version = text(&out.stdout);
+    assert!(
+        version.starts_with(concat!("kalamdb ", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    // The tests and the node they run are built with the same profile.
+    assert_eq!(
+        version.contains("(debug build)"),
+        cfg!(debug_assertions),
+        "{version}"
+    );
+}
