@@ -19,7 +19,7 @@ pub struct Config {
     pub node_id: String,
     /// HS256 secret for tokens. When unset, a random one is generated in
     /// `<data_dir>/jwt_secret` (mode 0600) on first start.
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     /// fsync the RocksDB WAL on every write: survives power loss, not only a process crash.
     pub sync_writes: bool,
     /// Largest `/api/sql` body accepted; larger ones get 413.
@@ -144,6 +144,29 @@ impl Default for Config {
             // they, not the node, close an idle connection first (ADR 0025).
             http_read_timeout_ms: 75_000,
         }
+    }
+}
+
+/// A setting that must not show in logs or panic messages: `Debug` prints no part of it.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
     }
 }
 
@@ -345,7 +368,7 @@ impl Config {
                 ));
             }
         }
-        if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
+        if matches!(&self.jwt_secret, Some(s) if s.expose().len() < 16) {
             return Err(ConfigError::Invalid(
                 "jwt_secret must be at least 16 bytes long".into(),
             ));
@@ -378,6 +401,20 @@ mod tests {
             assert_eq!(cfg.listen.port(), 9100);
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_jwt_secret_never_shows_in_debug_output() {
+        let config = Config {
+            jwt_secret: Some("do-not-print-this-secret".into()),
+            ..Config::default()
+        };
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("do-not-print"), "{printed}");
+        assert!(
+            printed.contains("jwt_secret: Some(Secret(..))"),
+            "{printed}"
+        );
     }
 
     #[test]

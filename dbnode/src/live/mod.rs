@@ -881,7 +881,12 @@ impl LiveHub {
         subscription.connection.send_message(&ServerMessage::Error {
             query_id: Some(subscription.query_id.clone()),
             code: kalam_client::wire::ErrorCode::LiveQueryKilled,
-            message: format!("live query {live_id} was killed by {}", by.user_id),
+            // Says who only as a role: the subscriber has no business knowing admins' ids.
+            message: if subscription.connection.principal.user_id == by.user_id {
+                format!("live query {live_id} was killed by its owner")
+            } else {
+                format!("live query {live_id} was killed by an admin")
+            },
             details: None,
         });
         Ok(())

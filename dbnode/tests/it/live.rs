@@ -1671,6 +1671,10 @@ async fn kill_live_query_ends_a_subscription() {
     node.exec(&alice, &kill(&victim)).await;
     let killed = a.expect_error(Some("victim"), "LIVE_QUERY_KILLED").await;
     assert_eq!(
+        killed["message"],
+        format!("live query {victim} was killed by its owner")
+    );
+    assert_eq!(
         strings(&node.live_queries(&alice).await, "live_id"),
         [sentinel.clone()],
         "KILL removes the row at once: {}",
@@ -1689,7 +1693,12 @@ async fn kill_live_query_ends_a_subscription() {
 
     // An admin kills anyone's.
     node.exec(&admin, &kill(&bobs)).await;
-    b.expect_error(Some("bobs"), "LIVE_QUERY_KILLED").await;
+    let killed = b.expect_error(Some("bobs"), "LIVE_QUERY_KILLED").await;
+    // Who killed it shows as a role, not as the admin's user id.
+    assert_eq!(
+        killed["message"],
+        format!("live query {bobs} was killed by an admin")
+    );
     assert!(node.live_queries(&bob).await.is_empty());
     // The connection stays usable.
     b.subscribe("bobs", ALL_IDS, Value::Null).await;
