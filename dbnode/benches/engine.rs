@@ -14,13 +14,13 @@ use kalam_dbnode::sql::provider::RequestContext;
 
 fn ctx(user: &str, role: Role) -> Arc<RequestContext> {
     let user_id = UserId::new(user).expect("valid user id");
-    Arc::new(RequestContext {
-        principal: Principal {
+    Arc::new(RequestContext::new(
+        Principal {
             user_id: user_id.clone(),
             role,
         },
-        user: user_id,
-    })
+        user_id,
+    ))
 }
 
 async fn run(node: &Node, ctx: &Arc<RequestContext>, sql: &str) -> kalam_client::wire::QueryResult {

@@ -40,8 +40,11 @@ impl Node {
     /// Opens storage and catalog (repairing what a crash left), loads or creates the JWT
     /// secret, and builds the query engine.
     pub fn open(config: Config) -> Result<Arc<Self>> {
-        let (secret, source) =
-            auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir, true)?;
+        let (secret, source) = auth::load_or_create_secret(
+            config.jwt_secret.as_ref().map(|s| s.expose()),
+            &config.data_dir,
+            true,
+        )?;
         if source == SecretSource::GeneratedNow {
             tracing::info!(
                 path = %config.data_dir.join("jwt_secret").display(),

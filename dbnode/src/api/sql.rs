@@ -145,7 +145,7 @@ fn context(principal: Principal, as_user: Option<&str>) -> Result<RequestContext
             KalamError::InvalidRequest("as_user must match ^[A-Za-z0-9_.@-]{1,128}$".into())
         })?,
     };
-    Ok(RequestContext { principal, user })
+    Ok(RequestContext::new(principal, user))
 }
 
 async fn run_statements(

@@ -378,10 +378,10 @@ async fn subscribe(
     }
     let executor = &node.executor;
     let engine = executor.engine();
-    let ctx = Arc::new(RequestContext {
-        principal: connection.principal.clone(),
-        user: connection.principal.user_id.clone(),
-    });
+    let ctx = Arc::new(RequestContext::new(
+        connection.principal.clone(),
+        connection.principal.user_id.clone(),
+    ));
     let state = executor.state(&ctx);
     let compiled = query::compile(engine, &state, &sql)?;
     let def = compiled.runtime.def().clone();

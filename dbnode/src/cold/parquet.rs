@@ -183,7 +183,7 @@ impl SegmentWriter {
         }
         self.keys.push(hot_key.to_vec());
         self.pending.push(row)?;
-        if self.pending.len() >= BATCH_ROWS {
+        if self.pending.is_full(BATCH_ROWS) {
             self.write_pending().await?;
         }
         Ok(())

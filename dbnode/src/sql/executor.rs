@@ -45,7 +45,7 @@ use crate::purge::Purger;
 use crate::sql::ddl::Alteration;
 use crate::sql::functions::{self, SnowflakeGenerator};
 use crate::sql::parser::{table_id_from_object_name, AlterChange, KalamStatement};
-use crate::sql::provider::{partition_for, RequestContext};
+use crate::sql::provider::{partition_for, request_context, RequestContext};
 use crate::sql::rows::{batch_to_values, cast_to_column, value_at};
 use crate::sql::schema::{KalamCatalogList, CATALOG};
 use crate::sql::{arithmetic, checked_sum};
@@ -488,7 +488,9 @@ impl Executor {
             .verify_plan(&plan)?;
         let physical = state.create_physical_plan(&plan).await?;
         let schema = physical.schema();
-        let mut stream = execute_stream(physical, state.task_ctx())?;
+        let task = state.task_ctx();
+        let results = request_context(state)?.results.clone();
+        let mut stream = execute_stream(physical, task.clone())?;
         let mut batches = Vec::new();
         let mut rows = 0usize;
         while let Some(batch) = stream.next().await {
@@ -497,6 +499,7 @@ impl Executor {
             if rows > max_rows {
                 return Err(KalamError::ResultTooLarge(max_rows));
             }
+            results.grow(task.memory_pool(), batch.get_array_memory_size())?;
             batches.push(batch);
         }
         Ok((schema, batches))

@@ -38,6 +38,7 @@ use datafusion::datasource::physical_plan::{
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{
@@ -70,6 +71,35 @@ pub struct RequestContext {
     pub principal: Principal,
     /// The user whose partitions USER tables resolve to (`as_user`, or the caller).
     pub user: UserId,
+    /// What the request's results hold, until the request ends.
+    pub results: ResultMemory,
+}
+
+impl RequestContext {
+    pub fn new(principal: Principal, user: UserId) -> Self {
+        Self {
+            principal,
+            user,
+            results: ResultMemory::default(),
+        }
+    }
+}
+
+/// The memory of a request's collected results, reserved in DataFusion's pool
+/// (`max_query_memory_bytes`, shared with every query's sorts, joins and aggregations) from
+/// the first batch until the request ends: without it one request of many large SELECTs, or
+/// one SELECT of large values, held what it built until the node ran out of memory.
+#[derive(Debug, Clone, Default)]
+pub struct ResultMemory(Arc<parking_lot::Mutex<Option<MemoryReservation>>>);
+
+impl ResultMemory {
+    /// Reserves `bytes` more, or fails with `ResourcesExhausted` when the pool has no room.
+    pub fn grow(&self, pool: &Arc<dyn MemoryPool>, bytes: usize) -> DfResult<()> {
+        let mut reservation = self.0.lock();
+        reservation
+            .get_or_insert_with(|| MemoryConsumer::new("query results").register(pool))
+            .try_grow(bytes)
+    }
 }
 
 const BATCH_ROWS: usize = 8192;
@@ -214,7 +244,7 @@ impl KalamTableProvider {
             builder.push(row)?;
             out.rows += 1;
             out.deleted += usize::from(row.deleted);
-            if builder.len() == BATCH_ROWS {
+            if builder.is_full(BATCH_ROWS) {
                 out.batches.push(builder.finish()?);
             }
             Ok(limit.is_none_or(|l| out.rows < l))
@@ -820,12 +850,18 @@ impl DataSink for InsertSink {
     async fn write_all(
         &self,
         mut data: SendableRecordBatchStream,
-        _ctx: &Arc<TaskContext>,
+        ctx: &Arc<TaskContext>,
     ) -> DfResult<u64> {
         let def = self.rt.def();
+        // The rows are written as one batch, so all of them are held first: in the query
+        // memory pool, so that `INSERT ... SELECT` of more than it allows fails with
+        // RESOURCES_EXHAUSTED (writing nothing) instead of taking the node's memory.
+        let reservation = MemoryConsumer::new("KalamInsert").register(ctx.memory_pool());
         let mut rows: Vec<Vec<Value>> = Vec::new();
         while let Some(batch) = data.next().await {
-            rows.extend(batch_to_values(def, &batch?).map_err(KalamError::into_datafusion)?);
+            let batch = batch?;
+            reservation.try_grow(batch.get_array_memory_size())?;
+            rows.extend(batch_to_values(def, &batch).map_err(KalamError::into_datafusion)?);
         }
         self.engine
             .insert_rows(&self.rt, &self.partition, rows)

@@ -52,6 +52,10 @@ enum Source {
     Seq,
 }
 
+/// The text and bytes a batch of [`RowBatchBuilder`] holds before
+/// [`is_full`](RowBatchBuilder::is_full) says to finish it.
+pub const BATCH_VALUE_BYTES: usize = 256 << 20;
+
 /// Builds Arrow batches of one table's rows cell by cell, from rows read in place from the
 /// hot tier ([`StoredRowRef`]) or owned ones: no intermediate row of owned values. Each
 /// field of the output schema is matched by name to a user column or a system column.
@@ -103,6 +107,24 @@ impl RowBatchBuilder {
         self.rows
     }
 
+    /// Whether the batch should be finished before the next row: it holds `max_rows` rows,
+    /// or its text and bytes columns hold [`BATCH_VALUE_BYTES`] (Arrow's string and binary
+    /// arrays address their values with 32-bit offsets, so a batch of large values is cut
+    /// by bytes long before 2 GiB).
+    pub fn is_full(&self, max_rows: usize) -> bool {
+        self.is_full_at(max_rows, BATCH_VALUE_BYTES)
+    }
+
+    fn is_full_at(&self, max_rows: usize, max_value_bytes: usize) -> bool {
+        self.rows >= max_rows
+            || self
+                .columns
+                .iter()
+                .map(ColumnBuilder::value_bytes)
+                .sum::<usize>()
+                >= max_value_bytes
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rows == 0
     }
@@ -148,6 +170,15 @@ impl RowBatchBuilder {
         RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
             .map_err(KalamError::internal)
     }
+}
+
+/// A stored integer in a narrower column's type.
+fn narrow<T: TryFrom<i64>>(i: i64, column_type: &str) -> Result<T> {
+    T::try_from(i).map_err(|_| {
+        KalamError::Storage(format!(
+            "stored value {i} does not fit column type {column_type}"
+        ))
+    })
 }
 
 /// The Arrow builder of one column, with the column's type (for the mismatch error).
@@ -207,16 +238,40 @@ impl ColumnBuilder {
         }
     }
 
+    /// Bytes of text or binary values appended since the last finish (0 for other types).
+    fn value_bytes(&self) -> usize {
+        match self {
+            Self::Text(b, _) => b.values_slice().len(),
+            Self::Bytes(b) => b.values_slice().len(),
+            _ => 0,
+        }
+    }
+
     fn append(&mut self, v: ValueRef<'_>) -> Result<()> {
+        // Arrow's builders panic past 2 GiB of values in one array (32-bit offsets): a
+        // caller that cuts batches with `is_full` stays far below, any other gets an error.
+        let adding = match v {
+            ValueRef::Text(s) => s.len(),
+            ValueRef::Bytes(b) => b.len(),
+            _ => 0,
+        };
+        if adding > 0 && self.value_bytes() + adding > i32::MAX as usize {
+            return Err(KalamError::ResourcesExhausted(format!(
+                "one batch of rows would hold more than 2 GiB of {} values",
+                self.kalam_type().sql_name()
+            )));
+        }
         // Integers of every width are stored as `Int`, floats of both widths as `Float`;
         // the column's type says which Arrow type they become.
         match (self, v) {
             (Self::Boolean(b), ValueRef::Null) => b.append_null(),
             (Self::Boolean(b), ValueRef::Bool(x)) => b.append_value(x),
             (Self::SmallInt(b), ValueRef::Null) => b.append_null(),
-            (Self::SmallInt(b), ValueRef::Int(i)) => b.append_value(i as i16),
+            // Written values always fit (they were cast to the column); a restored or damaged
+            // one that does not is an error, not a different number.
+            (Self::SmallInt(b), ValueRef::Int(i)) => b.append_value(narrow(i, "SMALLINT")?),
             (Self::Int(b), ValueRef::Null) => b.append_null(),
-            (Self::Int(b), ValueRef::Int(i)) => b.append_value(i as i32),
+            (Self::Int(b), ValueRef::Int(i)) => b.append_value(narrow(i, "INT")?),
             (Self::BigInt(b), ValueRef::Null) => b.append_null(),
             (Self::BigInt(b), ValueRef::Int(i)) => b.append_value(i),
             (Self::Float(b), ValueRef::Null) => b.append_null(),
@@ -306,9 +361,26 @@ pub fn value_at(array: &ArrayRef, i: usize, t: KalamType, column: &str) -> Resul
             Value::Text(parsed.to_string())
         }
         KalamType::Bytes => Value::Bytes(array.as_binary::<i32>().value(i).to_vec()),
-        KalamType::Date => Value::Date(array.as_primitive::<Date32Type>().value(i)),
+        // Arrow holds days and microseconds far past any calendar date; such a value would
+        // read back as nothing a client could parse, so it is refused as PostgreSQL does.
+        KalamType::Date => {
+            let days = array.as_primitive::<Date32Type>().value(i);
+            if chrono::NaiveDate::from_epoch_days(days).is_none() {
+                return Err(KalamError::InvalidValue(format!(
+                    "column '{column}' (DATE): date out of range ({days} days from 1970-01-01)"
+                )));
+            }
+            Value::Date(days)
+        }
         KalamType::Timestamp => {
-            Value::Timestamp(array.as_primitive::<TimestampMicrosecondType>().value(i))
+            let micros = array.as_primitive::<TimestampMicrosecondType>().value(i);
+            if chrono::DateTime::from_timestamp_micros(micros).is_none() {
+                return Err(KalamError::InvalidValue(format!(
+                    "column '{column}' (TIMESTAMP): timestamp out of range ({micros} \
+                     microseconds from 1970-01-01)"
+                )));
+            }
+            Value::Timestamp(micros)
         }
     })
 }
@@ -356,6 +428,24 @@ mod tests {
                 body.map_or(Value::Null, |b| Value::Text(b.into())),
             ],
         }
+    }
+
+    /// A batch is cut by rows or by the bytes of its text values, whichever comes first,
+    /// and the count starts over after `finish`.
+    #[test]
+    fn batches_are_cut_by_rows_or_by_value_bytes() {
+        let def = TableDef::for_tests();
+        let mut b = RowBatchBuilder::new(&def, def.arrow_schema(), 4).unwrap();
+        b.push_owned(&row(1, Some("0123456789"), 1, false)).unwrap();
+        assert!(!b.is_full_at(4, 25), "1 row, 10 bytes");
+        b.push_owned(&row(2, None, 2, false)).unwrap();
+        b.push_owned(&row(3, Some("0123456789"), 3, false)).unwrap();
+        assert!(!b.is_full_at(4, 25), "3 rows, 20 bytes");
+        assert!(b.is_full_at(3, 25), "by rows");
+        b.push_owned(&row(4, Some("01234"), 4, false)).unwrap();
+        assert!(b.is_full_at(10, 25), "by bytes: 25");
+        assert_eq!(b.finish().unwrap().num_rows(), 4);
+        assert!(!b.is_full_at(1, 1), "empty again");
     }
 
     /// Rows read in place and owned rows build the same batch, in the file schema (with

@@ -657,3 +657,119 @@ async fn integer_overflow_is_refused_and_writes_nothing() {
         vec![json!({"s": 2147483649i64})]
     );
 }
+
+/// Results count against `max_query_memory_bytes` (16 MiB here) until the request ends:
+/// one SELECT of large values, many SELECTs in one request, and an `INSERT ... SELECT` that
+/// would hold more are refused with `RESOURCES_EXHAUSTED` (the INSERT writing nothing),
+/// where before the node built and kept all of it (`SELECT repeat('x', 100000) FROM (SELECT
+/// unnest(range(1000000)))`: about 100 GB). A result that fits still returns whole.
+#[tokio::test]
+async fn results_count_against_the_query_memory_limit() {
+    let node = TestNode::start_with_options(
+        NodeOptions::default().env("KALAMDB_MAX_QUERY_MEMORY_BYTES", "16777216"),
+    )
+    .await;
+    node.admin("CREATE NAMESPACE app").await;
+    node.admin("CREATE SHARED TABLE app.blobs (id BIGINT PRIMARY KEY, body TEXT)")
+        .await;
+    let alice = token("alice", false);
+
+    let one = "SELECT repeat('x', 1000) AS v FROM (SELECT unnest(range(4000)) AS i) s";
+    let resp = node.sql(&alice, one).await;
+    assert_eq!(last_rows(&resp.1).len(), 4000, "4 MB fits");
+
+    expect_refusal(
+        &node,
+        &alice,
+        "SELECT repeat('x', 1000) AS v FROM (SELECT unnest(range(100000)) AS i) s",
+        "RESOURCES_EXHAUSTED",
+        "max_query_memory_bytes",
+    )
+    .await;
+    let many = vec![one; 8].join("; ");
+    expect_refusal(
+        &node,
+        &alice,
+        &many,
+        "RESOURCES_EXHAUSTED",
+        "max_query_memory_bytes",
+    )
+    .await;
+    expect_refusal(
+        &node,
+        &alice,
+        "INSERT INTO app.blobs (id, body) SELECT i, repeat('x', 1000) FROM (SELECT unnest(range(100000)) AS i) s",
+        "RESOURCES_EXHAUSTED",
+        "max_query_memory_bytes",
+    )
+    .await;
+    let resp = node
+        .sql(&alice, "SELECT count(*) AS n FROM app.blobs")
+        .await;
+    assert_eq!(
+        single(&last_rows(&resp.1), "count"),
+        json!(0),
+        "nothing written"
+    );
+    // The reservations ended with their requests.
+    for _ in 0..8 {
+        let resp = node.sql(&alice, one).await;
+        assert_eq!(last_rows(&resp.1).len(), 4000);
+    }
+}
+
+/// A DATE or TIMESTAMP past any calendar date is refused when written, as PostgreSQL does
+/// (`date out of range`); before, it was stored and read back as `null`.
+#[tokio::test]
+async fn dates_and_timestamps_out_of_range_are_refused() {
+    let node = TestNode::start().await;
+    node.admin("CREATE NAMESPACE app").await;
+    node.admin("CREATE SHARED TABLE app.events (id BIGINT PRIMARY KEY, d DATE, t TIMESTAMP)")
+        .await;
+    let admin = admin_token();
+    for (sql, mentions) in [
+        (
+            "INSERT INTO app.events (id, d) VALUES (1, CAST(2147483647 AS DATE))",
+            "date out of range",
+        ),
+        (
+            "INSERT INTO app.events (id, d) VALUES (5, 2147483647)",
+            "date out of range",
+        ),
+        (
+            "INSERT INTO app.events (id, t) VALUES (2, 9223372036854775807)",
+            "timestamp out of range",
+        ),
+        (
+            "INSERT INTO app.events (id, d) SELECT 3, CAST(-2147483648 AS DATE)",
+            "date out of range",
+        ),
+    ] {
+        expect_refusal(&node, &admin, sql, "INVALID_VALUE", mentions).await;
+    }
+    node.exec(
+        &admin,
+        "INSERT INTO app.events (id, d, t) VALUES (4, DATE '9999-12-31', TIMESTAMP '1900-01-01 00:00:00')",
+    )
+    .await;
+    node.exec(
+        &admin,
+        "UPDATE app.events SET d = DATE '2026-12-07' WHERE id = 4",
+    )
+    .await;
+    expect_refusal(
+        &node,
+        &admin,
+        "UPDATE app.events SET d = CAST(2147483647 AS DATE) WHERE id = 4",
+        "INVALID_VALUE",
+        "date out of range",
+    )
+    .await;
+    let resp = node
+        .sql(&admin, "SELECT id, d, t FROM app.events ORDER BY id")
+        .await;
+    assert_eq!(
+        last_rows(&resp.1),
+        vec![json!({"id": 4, "d": "2026-12-07", "t": "1900-01-01T00:00:00.000000Z"})]
+    );
+}
