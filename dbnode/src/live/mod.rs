@@ -23,7 +23,7 @@
 pub mod query;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -65,16 +65,41 @@ pub struct Connection {
     number: u64,
     pub principal: Principal,
     queue: mpsc::Sender<String>,
+    /// Bytes of the messages in `queue`, bounded by `max_queued_bytes` as the queue is by
+    /// messages: ten thousand changes of large rows must not pile up for a client that
+    /// stopped reading.
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
     close: watch::Sender<Option<CloseReason>>,
     subscriptions: Mutex<HashMap<String, Arc<Subscription>>>,
     metrics: LiveMetrics,
 }
 
 impl Connection {
-    /// Queues one message; a full queue closes the connection (code 4008) instead of
-    /// waiting or dropping. Returns whether the message was queued.
+    /// Queues one message; a full queue (by messages or by bytes) closes the connection
+    /// (code 4008) instead of waiting or dropping. Returns whether the message was queued.
     pub fn send(&self, text: String) -> bool {
-        match self.queue.try_send(text) {
+        let bytes = text.len();
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        // One message is always queued when nothing else is (a large `initial_data`).
+        if before > 0 && before + bytes > self.max_queued_bytes {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.metrics.slow_closed.inc();
+            self.close(
+                CLOSE_TOO_SLOW,
+                format!(
+                    "client too slow: more than {} bytes queued; reconnect and resume with \
+                     from_seq",
+                    self.max_queued_bytes
+                ),
+            );
+            return false;
+        }
+        let sent = self.queue.try_send(text);
+        if sent.is_err() {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
+        match sent {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.metrics.slow_closed.inc();
@@ -115,6 +140,11 @@ impl Connection {
 
     pub fn is_closing(&self) -> bool {
         self.close.borrow().is_some()
+    }
+
+    /// The socket task took `text` off the queue.
+    pub fn dequeued(&self, text: &str) {
+        self.queued_bytes.fetch_sub(text.len(), Ordering::AcqRel);
     }
 }
 
@@ -612,6 +642,7 @@ pub struct LiveSettings {
     pub retention: Duration,
     pub max_log_bytes: usize,
     pub queue_messages: usize,
+    pub queue_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -695,6 +726,8 @@ impl LiveHub {
             number: n,
             principal,
             queue: tx,
+            queued_bytes: AtomicUsize::new(0),
+            max_queued_bytes: self.settings.queue_bytes.max(1),
             close,
             subscriptions: Mutex::new(HashMap::new()),
             metrics: self.metrics.clone(),

@@ -2032,6 +2032,64 @@ async fn a_duplicate_query_id_is_refused_and_leaves_the_first_subscription_alone
     other.expect_subscribed("q").await;
 }
 
+/// The queue is bounded by bytes too (`ws_max_queued_bytes`): a client that stopped reading
+/// is closed with 4008 once its queued changes pass the bound, long before the message
+/// bound (10,000 here) of changes of 16 KiB each would have been reached, having got every
+/// change before that in order.
+#[tokio::test]
+async fn a_slow_client_is_closed_by_the_bytes_it_has_queued() {
+    let node = TestNode::start_with_options(
+        NodeOptions::default()
+            .env("KALAMDB_WS_MAX_QUEUED_BYTES", "262144")
+            .env("KALAMDB_WS_PING_INTERVAL_MS", "1000")
+            .env("KALAMDB_WS_IDLE_TIMEOUT_MS", "120000"),
+    )
+    .await;
+    node.admin("CREATE NAMESPACE app").await;
+    node.admin("CREATE SHARED TABLE app.blobs (id BIGINT PRIMARY KEY, body TEXT)")
+        .await;
+    let alice = token("alice", false);
+    let admin = admin_token();
+    let mut slow = node
+        .ws_try_connect_with(WsAuth::Header(alice.clone()), Some(4096))
+        .await
+        .unwrap_or_else(|e| panic!("connecting the slow client: {e}"));
+    slow.subscribe("all", "SELECT id, body FROM app.blobs", Value::Null)
+        .await;
+    let slow_id = slow.expect_subscribed("all").await;
+    slow.pause_reading();
+
+    let body = "x".repeat(16 * 1024);
+    let mut closed = false;
+    let mut next_id = 1i64;
+    // 2,000 changes of 16 KiB (32 MB) at most: more than the socket buffers hold, and a
+    // fifth of the message bound.
+    while next_id <= 2000 {
+        let statements: Vec<String> = (next_id..next_id + 10)
+            .map(|id| format!("INSERT INTO app.blobs (id, body) VALUES ({id}, '{body}')"))
+            .collect();
+        node.exec(&alice, &statements.join("; ")).await;
+        next_id += 10;
+        let rows = node.live_queries(&admin).await;
+        if !rows.iter().any(|r| r["live_id"] == slow_id.as_str()) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "not closed after {} changes of 16 KiB", next_id - 1);
+    slow.resume_reading();
+    let (got, close) = slow.expect_close(Duration::from_secs(60)).await;
+    assert_eq!(close.code, Some(4008), "{close:?}");
+    assert!(close.reason.contains("bytes queued"), "{close:?}");
+    let ids: Vec<i64> = got.iter().flat_map(row_ids).collect();
+    assert_eq!(
+        ids,
+        (1..=ids.len() as i64).collect::<Vec<i64>>(),
+        "every change up to the close, in order"
+    );
+    assert!(ids.len() < 2000, "closed before every change was queued");
+}
+
 #[tokio::test]
 async fn invalid_frames_get_invalid_query_and_the_connection_stays_open() {
     let node = chat_node().await;
