@@ -4,6 +4,7 @@
 
 mod serve;
 mod sql;
+mod write_timeout;
 mod ws;
 
 pub use serve::{serve, Timeouts};

@@ -10,7 +10,8 @@
 //! also ends idle keep-alive connections). A connection that starts no request for a whole
 //! timeout after its first (an idle HTTP/2 connection, which hyper's timer does not cover)
 //! is shut down gracefully here. Bodies have the same timeout per chunk, where they are
-//! read (`sql.rs`).
+//! read (`sql.rs`), and so has each write of an answer the client does not read
+//! ([`WriteTimeout`]), after which the connection ends.
 //!
 //! This is what `axum::serve` with a graceful shutdown does, with one difference: each
 //! connection's future runs under [`inline_self_wakes`]. hyper hands a request's body to
@@ -38,6 +39,8 @@ use hyper_util::service::TowerToHyperService;
 use kalam_client::task::inline_self_wakes;
 use tokio::sync::watch;
 use tower::ServiceExt;
+
+use super::write_timeout::WriteTimeout;
 
 /// How long the server waits on its clients.
 #[derive(Debug, Clone, Copy)]
@@ -94,8 +97,10 @@ pub async fn serve<L>(
         }));
         let (stop, done_rx, builder) = (stop.clone(), done_rx.clone(), builder.clone());
         tokio::spawn(inline_self_wakes(async move {
-            let mut connection =
-                pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+            let mut connection = pin!(builder.serve_connection_with_upgrades(
+                TokioIo::new(WriteTimeout::new(io, timeouts.read)),
+                service
+            ));
             let mut stopping = pin!(stop.closed().fuse());
             let mut idle_check = pin!(tokio::time::sleep(timeouts.read));
             let (mut seen, mut closing) = (0, false);

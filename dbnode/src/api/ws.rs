@@ -207,7 +207,10 @@ async fn write_loop(
             biased;
             reason = close_rx.wait_for(Option::is_some) => break reason.ok().and_then(|r| r.clone()),
             text = queue.recv() => match text {
-                Some(text) => Message::Text(text.into()),
+                Some(text) => {
+                    connection.dequeued(&text);
+                    Message::Text(text.into())
+                }
                 None => break None,
             },
             _ = ticker.tick() => Message::Ping(Default::default()),
@@ -227,7 +230,10 @@ async fn write_loop(
             sink.feed(outgoing).await?;
             for _ in 1..MAX_BURST {
                 match queue.try_recv() {
-                    Ok(text) => sink.feed(Message::Text(text.into())).await?,
+                    Ok(text) => {
+                        connection.dequeued(&text);
+                        sink.feed(Message::Text(text.into())).await?
+                    }
                     Err(_) => break,
                 }
             }

@@ -694,3 +694,67 @@ async fn config_file_sets_the_secret_and_limits() {
         .await;
     assert_eq!(ids(&rows), [1, 2, 3, 4, 5]);
 }
+
+/// A client that asks for a large answer and reads none of it does not hold the connection
+/// (and the answer built for it): once a write has waited `http_read_timeout_ms` (2 s here)
+/// the node ends the connection, and the client that then reads gets less than the answer's
+/// `content-length` and then the end of the stream. The node keeps serving.
+#[tokio::test]
+async fn answers_nobody_reads_end_their_connection_after_the_read_timeout() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let node = impatient_node().await;
+    let addr: std::net::SocketAddr = node
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the node's address");
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("a small receive buffer");
+    let mut stream = socket.connect(addr).await.expect("connecting");
+    // About 20 MB of JSON: far more than the socket buffers hold.
+    let body = serde_json::json!({
+        "sql": "SELECT repeat('x', 1000) AS v FROM (SELECT unnest(range(20000)) AS i) s"
+    })
+    .to_string();
+    let request = format!(
+        "POST /api/sql HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        token("alice", false),
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let mut read = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection stayed open");
+    let text = String::from_utf8_lossy(&read);
+    let head_end = text.find("\r\n\r\n").expect("the answer's head arrived");
+    let length: usize = text[..head_end]
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().expect("a number"))
+        })
+        .expect("a content-length");
+    let got = read.len() - head_end - 4;
+    assert!(
+        length > 10_000_000 && got < length,
+        "got {got} of {length} bytes of the answer"
+    );
+    node.assert_still_serving().await;
+}
