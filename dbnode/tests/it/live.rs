@@ -2032,15 +2032,13 @@ async fn a_duplicate_query_id_is_refused_and_leaves_the_first_subscription_alone
     other.expect_subscribed("q").await;
 }
 
-/// The queue is bounded by bytes too (`ws_max_queued_bytes`): a client that stopped reading
-/// is closed with 4008 once its queued changes pass the bound, long before the message
-/// bound (10,000 here) of changes of 16 KiB each would have been reached, having got every
-/// change before that in order.
-#[tokio::test]
-async fn a_slow_client_is_closed_by_the_bytes_it_has_queued() {
+/// A node whose WebSocket queues are bounded by `bound` (a `KALAMDB_WS_MAX_QUEUED_*`
+/// variable) and a SHARED table `app.blobs (id, body)`. Only the queue bound may end a slow
+/// connection there, not the idle timeout.
+async fn node_with_queue_bound(bound: &str, value: &str) -> TestNode {
     let node = TestNode::start_with_options(
         NodeOptions::default()
-            .env("KALAMDB_WS_MAX_QUEUED_BYTES", "262144")
+            .env(bound, value)
             .env("KALAMDB_WS_PING_INTERVAL_MS", "1000")
             .env("KALAMDB_WS_IDLE_TIMEOUT_MS", "120000"),
     )
@@ -2048,6 +2046,16 @@ async fn a_slow_client_is_closed_by_the_bytes_it_has_queued() {
     node.admin("CREATE NAMESPACE app").await;
     node.admin("CREATE SHARED TABLE app.blobs (id BIGINT PRIMARY KEY, body TEXT)")
         .await;
+    node
+}
+
+/// The queue is bounded by bytes too (`ws_max_queued_bytes`): a client that stopped reading
+/// is closed with 4008 once its queued changes pass the bound, long before the message
+/// bound (10,000 here) of changes of 16 KiB each would have been reached, having got every
+/// change before that in order.
+#[tokio::test]
+async fn a_slow_client_is_closed_by_the_bytes_it_has_queued() {
+    let node = node_with_queue_bound("KALAMDB_WS_MAX_QUEUED_BYTES", "262144").await;
     let alice = token("alice", false);
     let admin = admin_token();
     let mut slow = node
@@ -2116,19 +2124,9 @@ async fn invalid_frames_get_invalid_query_and_the_connection_stays_open() {
 async fn a_slow_client_is_closed_with_4008_and_slows_nobody_else() {
     const PER_REQUEST: i64 = 10;
     const MAX_REQUESTS: i64 = 150;
-    let node = TestNode::start_with_options(
-        NodeOptions::default()
-            // Room for the other subscriber's reader to fall behind by a few requests on a
-            // busy CI machine (it did with 50); the stalled one still overflows it soon.
-            .env("KALAMDB_WS_MAX_QUEUED_MESSAGES", "200")
-            // Only the queue bound may end the slow connection here, not the idle timeout.
-            .env("KALAMDB_WS_PING_INTERVAL_MS", "1000")
-            .env("KALAMDB_WS_IDLE_TIMEOUT_MS", "120000"),
-    )
-    .await;
-    node.admin("CREATE NAMESPACE app").await;
-    node.admin("CREATE SHARED TABLE app.blobs (id BIGINT PRIMARY KEY, body TEXT)")
-        .await;
+    // Room for the other subscriber's reader to fall behind by a few requests on a busy CI
+    // machine (it did with 50); the stalled one still overflows it soon.
+    let node = node_with_queue_bound("KALAMDB_WS_MAX_QUEUED_MESSAGES", "200").await;
     let alice = token("alice", false);
     let bob = token("bob", false);
     let admin = admin_token();
