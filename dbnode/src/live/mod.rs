@@ -1466,6 +1466,41 @@ fn change_message(envelope: &[&str], part: &Rendered, seq: u64) -> String {
 mod tests {
     use super::*;
 
+    /// The byte bound counts what is queued and not yet taken: a message that does not fit
+    /// beside the others closes the connection with 4008, one larger than the bound alone
+    /// in the queue (a large `initial_data`) still goes, and taking messages off frees room.
+    #[tokio::test]
+    async fn the_queue_is_bounded_by_the_bytes_it_holds() {
+        let hub = LiveHub::new(LiveSettings {
+            node_id: "n1".into(),
+            retention: Duration::from_secs(60),
+            max_log_bytes: 1 << 20,
+            queue_messages: 100,
+            queue_bytes: 100,
+        })
+        .unwrap();
+        let principal = Principal {
+            user_id: UserId::new("alice").unwrap(),
+            role: crate::ids::Role::User,
+        };
+        let (connection, mut queue, close) = hub.connect(principal.clone());
+        assert!(connection.send("a".repeat(60)), "fits");
+        let taken = queue.recv().await.unwrap();
+        connection.dequeued(&taken);
+        assert!(connection.send("b".repeat(60)), "room again once taken");
+        assert!(connection.send("c".repeat(40)), "100 bytes in all");
+        assert!(close.borrow().is_none());
+        assert!(!connection.send("d".to_string()), "101 bytes");
+        let reason = close.borrow().clone().expect("closed");
+        assert_eq!(reason.code, CLOSE_TOO_SLOW);
+        assert!(reason.reason.contains("bytes queued"), "{}", reason.reason);
+
+        let (connection, _queue, close) = hub.connect(principal);
+        assert!(connection.send("e".repeat(500)), "alone in the queue");
+        assert!(!connection.send("f".to_string()), "nothing beside it");
+        assert!(close.borrow().is_some());
+    }
+
     #[test]
     fn change_messages_are_what_serde_writes() {
         let mut row = Row::new();
