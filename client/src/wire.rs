@@ -224,6 +224,8 @@ error_codes! {
     InvalidQuery => "INVALID_QUERY", 400;
     /// A `query_id` already used by another subscription of the connection.
     DuplicateQueryId => "DUPLICATE_QUERY_ID", 409;
+    /// A subscription past the connection's `ws_max_subscriptions`; the others stay.
+    TooManySubscriptions => "TOO_MANY_SUBSCRIPTIONS", 429;
     /// `from_seq` is older than the change log retains (or newer than the table has):
     /// refetch with `last_rows`.
     ResumeGap => "RESUME_GAP", 410;

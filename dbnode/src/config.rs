@@ -79,6 +79,9 @@ pub struct Config {
     /// Bytes of messages queued for one WebSocket connection before the node closes it with
     /// code 4008, as `ws_max_queued_messages` does by count.
     pub ws_max_queued_bytes: usize,
+    /// Subscriptions one WebSocket connection may hold at once; one more is refused with
+    /// `TOO_MANY_SUBSCRIPTIONS` (the connection and its other subscriptions stay).
+    pub ws_max_subscriptions: usize,
     /// How often the node pings each WebSocket client, in milliseconds.
     pub ws_ping_interval_ms: u64,
     /// A connection that sent nothing (not even a pong) for this long is closed and its
@@ -138,6 +141,7 @@ impl Default for Config {
             live_log_max_bytes: 64 * 1024 * 1024,
             ws_max_queued_messages: 10_000,
             ws_max_queued_bytes: 64 << 20,
+            ws_max_subscriptions: 1_000,
             ws_ping_interval_ms: 2_000,
             ws_idle_timeout_ms: 4_500,
             stream_eviction_interval_ms: 1_000,
@@ -217,6 +221,7 @@ impl Config {
         "live_log_max_bytes",
         "ws_max_queued_messages",
         "ws_max_queued_bytes",
+        "ws_max_subscriptions",
         "ws_ping_interval_ms",
         "ws_idle_timeout_ms",
         "stream_eviction_interval_ms",
@@ -350,11 +355,12 @@ impl Config {
         }
         if self.ws_max_queued_messages == 0
             || self.ws_max_queued_bytes == 0
+            || self.ws_max_subscriptions == 0
             || self.ws_ping_interval_ms == 0
             || self.stream_eviction_interval_ms == 0
         {
             return Err(ConfigError::Invalid(
-                "ws_max_queued_messages, ws_max_queued_bytes, ws_ping_interval_ms and stream_eviction_interval_ms must be at least 1".into(),
+                "ws_max_queued_messages, ws_max_queued_bytes, ws_max_subscriptions, ws_ping_interval_ms and stream_eviction_interval_ms must be at least 1".into(),
             ));
         }
         if self.http_read_timeout_ms == 0 {

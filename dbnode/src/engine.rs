@@ -169,6 +169,7 @@ impl Engine {
             max_log_bytes: config.live_log_max_bytes,
             queue_messages: config.ws_max_queued_messages,
             queue_bytes: config.ws_max_queued_bytes,
+            max_subscriptions: config.ws_max_subscriptions,
         })?;
         let users_def = Arc::new(users_table_def()?);
         let users = Arc::new(Self::runtime(

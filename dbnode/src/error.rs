@@ -108,6 +108,8 @@ pub enum KalamError {
     InvalidQuery(String),
     #[error("query_id '{0}' is already used by a subscription of this connection")]
     DuplicateQueryId(String),
+    #[error("this connection already has {limit} subscriptions (ws_max_subscriptions); unsubscribe one, or open another connection")]
+    TooManySubscriptions { limit: usize },
     #[error("changes after seq {from_seq} are no longer retained (oldest resumable seq is {oldest}); refetch with last_rows")]
     ResumeGap { from_seq: u64, oldest: u64 },
     #[error("live query '{0}' does not exist")]
@@ -164,6 +166,7 @@ impl KalamError {
             NotReady => ErrorCode::NotReady,
             InvalidQuery(_) => ErrorCode::InvalidQuery,
             DuplicateQueryId(_) => ErrorCode::DuplicateQueryId,
+            TooManySubscriptions { .. } => ErrorCode::TooManySubscriptions,
             ResumeGap { .. } => ErrorCode::ResumeGap,
             LiveQueryNotFound(_) => ErrorCode::LiveQueryNotFound,
             TableInUse { .. } => ErrorCode::TableInUse,

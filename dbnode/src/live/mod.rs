@@ -643,6 +643,8 @@ pub struct LiveSettings {
     pub max_log_bytes: usize,
     pub queue_messages: usize,
     pub queue_bytes: usize,
+    /// Subscriptions per connection (`ws_max_subscriptions`).
+    pub max_subscriptions: usize,
 }
 
 #[derive(Debug)]
@@ -777,6 +779,11 @@ impl LiveHub {
         let mut subs = connection.subscriptions.lock();
         if subs.contains_key(&query_id) {
             return Err(KalamError::DuplicateQueryId(query_id));
+        }
+        if subs.len() >= self.settings.max_subscriptions {
+            return Err(KalamError::TooManySubscriptions {
+                limit: self.settings.max_subscriptions,
+            });
         }
         let table = self.table_state(&def, query.runtime.store.last_seq());
         let mut state = table.lock();
@@ -1477,6 +1484,7 @@ mod tests {
             max_log_bytes: 1 << 20,
             queue_messages: 100,
             queue_bytes: 100,
+            max_subscriptions: 10,
         })
         .unwrap();
         let principal = Principal {

@@ -828,6 +828,7 @@ pub fn http_status_of(code: &str) -> u16 {
         | "TABLE_IN_USE"
         | "BACKUP_ALREADY_EXISTS" => 409,
         "REQUEST_TIMEOUT" => 408,
+        "TOO_MANY_SUBSCRIPTIONS" => 429,
         "RESUME_GAP" | "LIVE_QUERY_KILLED" | "TABLE_DROPPED" => 410,
         "PAYLOAD_TOO_LARGE" | "RESULT_TOO_LARGE" | "RESOURCES_EXHAUSTED" => 413,
         "INTERNAL_ERROR" => 500,

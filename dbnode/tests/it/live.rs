@@ -2032,6 +2032,69 @@ async fn a_duplicate_query_id_is_refused_and_leaves_the_first_subscription_alone
     other.expect_subscribed("q").await;
 }
 
+/// A connection holds at most `ws_max_subscriptions` subscriptions: one more is refused with
+/// `TOO_MANY_SUBSCRIPTIONS` and registers nothing, the ones it has keep their changes, an
+/// unsubscribe frees a place, and another connection of the same user has its own places.
+#[tokio::test]
+async fn a_connection_holds_at_most_ws_max_subscriptions() {
+    let node = TestNode::start_with_options(
+        NodeOptions::default().env("KALAMDB_WS_MAX_SUBSCRIPTIONS", "2"),
+    )
+    .await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe_many(vec![
+        subscription(
+            "a",
+            "SELECT id FROM app.messages WHERE conversation_id = 'c1'",
+            Value::Null,
+        ),
+        subscription(
+            "b",
+            "SELECT id FROM app.messages WHERE conversation_id = 'c2'",
+            Value::Null,
+        ),
+        subscription("c", ALL_IDS, Value::Null),
+    ])
+    .await;
+    ws.expect_subscribed("a").await;
+    ws.expect_subscribed("b").await;
+    let refused = ws.expect_error(Some("c"), "TOO_MANY_SUBSCRIPTIONS").await;
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("2 subscriptions")),
+        "the error names the limit: {refused}"
+    );
+    assert_eq!(
+        sorted(strings(&node.live_queries(&alice).await, "query_id")),
+        ["a", "b"],
+        "the refused subscription is not registered"
+    );
+
+    node.exec(&alice, &insert_msg(1, "c1", "x")).await;
+    node.exec(&alice, &insert_msg(2, "c2", "y")).await;
+    assert_eq!(row_ids(&ws.expect_change("a", "INSERT").await), [1]);
+    assert_eq!(row_ids(&ws.expect_change("b", "INSERT").await), [2]);
+
+    // Another connection of the same user has its own two.
+    let mut other = node.ws(&alice).await;
+    other.subscribe("a", ALL_IDS, Value::Null).await;
+    other.expect_subscribed("a").await;
+
+    ws.unsubscribe("a").await;
+    ws.subscribe("c", ALL_IDS, Value::Null).await;
+    ws.expect_subscribed("c").await;
+    node.exec(&alice, &insert_msg(3, "c1", "z")).await;
+    assert_eq!(row_ids(&ws.expect_change("c", "INSERT").await), [3]);
+    assert_eq!(row_ids(&other.expect_change("a", "INSERT").await), [3]);
+    assert!(
+        ws.sync().await.is_empty(),
+        "`a` and `b` saw nothing of row 3"
+    );
+}
+
 /// A node whose WebSocket queues are bounded by `bound` (a `KALAMDB_WS_MAX_QUEUED_*`
 /// variable) and a SHARED table `app.blobs (id, body)`. Only the queue bound may end a slow
 /// connection there, not the idle timeout.
