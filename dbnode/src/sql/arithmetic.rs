@@ -14,6 +14,7 @@
 //! decimals and floats (which do not wrap), and division, whose kernels already refuse
 //! `i64::MIN / -1` and division by zero.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use datafusion::arrow::compute::kernels::numeric;
@@ -63,29 +64,110 @@ impl Op {
     }
 }
 
-/// `+`, `-`, `*` or unary `-` of integers through Arrow's checked kernels.
+/// The checked call `expr` is, if it is one: its operators and operands.
+fn checked_call(expr: &Expr) -> Option<(&[Op], &[Expr])> {
+    match expr {
+        Expr::ScalarFunction(ScalarFunction { func, args }) => func
+            .inner()
+            .downcast_ref::<CheckedArithmetic>()
+            .map(|checked| (checked.ops.as_slice(), args.as_slice())),
+        _ => None,
+    }
+}
+
+/// Writes the name of `ops` applied to `args` into `out`: `(- a)`, or `a + b - c` for a
+/// chain, an operand that is a checked call too written in place. DataFusion names every
+/// subexpression each time it resolves a type, and had each call formatted its operands'
+/// names into strings of their own, nested calls would copy their names over and over.
+fn write_name(ops: &[Op], args: &[Expr], out: &mut String) -> DfResult<()> {
+    match (ops, args) {
+        ([Op::Neg], [operand]) => {
+            out.push_str("(- ");
+            write_operand_name(operand, out)?;
+            out.push(')');
+        }
+        (ops, [first, rest @ ..]) if ops.len() == rest.len() && !ops.contains(&Op::Neg) => {
+            write_operand_name(first, out)?;
+            for (op, operand) in ops.iter().zip(rest) {
+                write!(out, " {} ", op.operator()).map_err(name_error)?;
+                write_operand_name(operand, out)?;
+            }
+        }
+        _ => return Err(arity_error(ops, args.len())),
+    }
+    Ok(())
+}
+
+fn write_operand_name(operand: &Expr, out: &mut String) -> DfResult<()> {
+    match checked_call(operand) {
+        Some((ops, args)) => write_name(ops, args, out),
+        None => write!(out, "{}", operand.schema_name()).map_err(name_error),
+    }
+}
+
+fn name_error(e: std::fmt::Error) -> DataFusionError {
+    DataFusionError::Plan(format!("naming an arithmetic expression: {e}"))
+}
+
+fn arity_error(ops: &[Op], args: usize) -> DataFusionError {
+    DataFusionError::Plan(format!(
+        "checked arithmetic of {} operators called with {args} arguments",
+        ops.len()
+    ))
+}
+
+/// Integer arithmetic through Arrow's checked kernels: a unary `-` (`ops` is `[Neg]`), or a
+/// left-deep chain `a + b - c * ...` of `+`, `-` and `*` (`ops[i]` between operands `i` and
+/// `i + 1`), evaluated left to right exactly as the nested operators would be, each step in
+/// the type the operator would have coerced its two sides to. A chain is one call, not one
+/// call per operator: DataFusion resolves a function's type through its arguments' fields,
+/// names included, so nested calls cost the cube of a chain's length to plan (400 `+` took
+/// 8 s) where one call costs its length.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct CheckedArithmetic {
-    op: Op,
+    ops: Vec<Op>,
     signature: Signature,
 }
 
 impl CheckedArithmetic {
-    fn udf(op: Op) -> Arc<ScalarUDF> {
+    fn udf(ops: Vec<Op>) -> Arc<ScalarUDF> {
         Arc::new(ScalarUDF::from(CheckedArithmetic {
-            op,
+            ops,
             signature: Signature::user_defined(Volatility::Immutable),
         }))
+    }
+
+    /// For each operator of a chain: the types its two sides are coerced to, of which the
+    /// left is also its result's (both are for signed integers).
+    fn step_types(&self, arg_types: &[DataType]) -> DfResult<Vec<(DataType, DataType)>> {
+        let [first, rest @ ..] = arg_types else {
+            return Err(arity_error(&self.ops, 0));
+        };
+        if self.ops.len() != rest.len() || self.ops.contains(&Op::Neg) {
+            return Err(arity_error(&self.ops, arg_types.len()));
+        }
+        let mut so_far = first.clone();
+        let mut steps = Vec::with_capacity(rest.len());
+        for (op, operand) in self.ops.iter().zip(rest) {
+            let operator = op.operator();
+            let coercer = BinaryTypeCoercer::new(&so_far, &operator, operand);
+            let (lhs, rhs) = coercer.get_input_types()?;
+            let result = coercer.get_result_type()?;
+            so_far = result;
+            steps.push((lhs, rhs));
+        }
+        Ok(steps)
     }
 }
 
 impl ScalarUDFImpl for CheckedArithmetic {
     fn name(&self) -> &str {
-        match self.op {
-            Op::Add => "checked_add",
-            Op::Sub => "checked_sub",
-            Op::Mul => "checked_mul",
-            Op::Neg => "checked_neg",
+        match self.ops.as_slice() {
+            [Op::Add] => "checked_add",
+            [Op::Sub] => "checked_sub",
+            [Op::Mul] => "checked_mul",
+            [Op::Neg] => "checked_neg",
+            _ => "checked_arithmetic",
         }
     }
 
@@ -93,49 +175,39 @@ impl ScalarUDFImpl for CheckedArithmetic {
         &self.signature
     }
 
-    /// The operator's own name (`t.a + Int64(1)`, `(- t.a)`), so that no output column,
+    /// The operators' own name (`t.a + Int64(1)`, `(- t.a)`), so that no output column,
     /// grouping set or reference to one changes its name.
     fn schema_name(&self, args: &[Expr]) -> DfResult<String> {
-        match (self.op, args) {
-            (Op::Neg, [operand]) => Ok(format!("(- {})", operand.schema_name())),
-            (op, [l, r]) if op != Op::Neg => Ok(format!(
-                "{} {} {}",
-                l.schema_name(),
-                op.operator(),
-                r.schema_name()
-            )),
-            _ => Err(DataFusionError::Plan(format!(
-                "{} called with {} arguments",
-                self.name(),
-                args.len()
-            ))),
-        }
+        let mut name = String::new();
+        write_name(&self.ops, args, &mut name)?;
+        Ok(name)
     }
 
-    /// The operands as the operator would have coerced them (`INT + BIGINT` is two BIGINTs):
-    /// the rewrite runs before type coercion, which then coerces this call instead.
+    /// The operands keep their types: each step of a chain casts its two sides to what the
+    /// operator would have coerced them to (`INT + INT` stays INT, `... + BIGINT` is BIGINT
+    /// from there on), as the nested operators did.
     fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
-        match arg_types {
-            [operand] if self.op == Op::Neg => Ok(vec![operand.clone()]),
-            [lhs, rhs] if self.op != Op::Neg => {
-                let (l, r) =
-                    BinaryTypeCoercer::new(lhs, &self.op.operator(), rhs).get_input_types()?;
-                Ok(vec![l, r])
+        match (self.ops.as_slice(), arg_types) {
+            ([Op::Neg], [operand]) => Ok(vec![operand.clone()]),
+            _ => {
+                self.step_types(arg_types)?;
+                Ok(arg_types.to_vec())
             }
-            _ => Err(DataFusionError::Plan(format!(
-                "{} takes {} arguments, got {}",
-                self.name(),
-                if self.op == Op::Neg { 1 } else { 2 },
-                arg_types.len()
-            ))),
         }
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
-        Ok(self.coerce_types(arg_types)?.swap_remove(0))
+        match (self.ops.as_slice(), arg_types) {
+            ([Op::Neg], [operand]) => Ok(operand.clone()),
+            _ => {
+                let steps = self.step_types(arg_types)?;
+                let (last, _) = steps.last().ok_or_else(|| arity_error(&self.ops, 1))?;
+                Ok(last.clone())
+            }
+        }
     }
 
-    /// Nullable exactly when the operator's result would be, so a NOT NULL column's
+    /// Nullable exactly when the operators' result would be, so a NOT NULL column's
     /// arithmetic stays NOT NULL.
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> DfResult<FieldRef> {
         let types: Vec<DataType> = args
@@ -152,27 +224,43 @@ impl ScalarUDFImpl for CheckedArithmetic {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let data_type = args.return_field.data_type().clone();
-        let result = match (self.op, args.args.as_slice()) {
-            (Op::Neg, [operand]) => negate(operand),
-            (Op::Add, [l, r]) => datum::apply(l, r, numeric::add),
-            (Op::Sub, [l, r]) => datum::apply(l, r, numeric::sub),
-            (Op::Mul, [l, r]) => datum::apply(l, r, numeric::mul),
-            _ => Err(DataFusionError::Internal(format!(
-                "{} called with {} arguments",
-                self.name(),
-                args.args.len()
-            ))),
-        };
-        result.map_err(|e| match e {
-            DataFusionError::ArrowError(inner, backtrace) => match *inner {
-                ArrowError::ArithmeticOverflow(detail) => {
-                    out_of_range(&data_type, &detail).into_datafusion()
-                }
-                other => DataFusionError::ArrowError(Box::new(other), backtrace),
-            },
-            other => other,
-        })
+        let types: Vec<DataType> = args
+            .arg_fields
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        if let ([Op::Neg], [operand]) = (self.ops.as_slice(), args.args.as_slice()) {
+            return negate(operand).map_err(|e| overflow_error(e, &types[0]));
+        }
+        let steps = self.step_types(&types)?;
+        let mut operands = args.args.into_iter();
+        let mut so_far = operands.next().ok_or_else(|| arity_error(&self.ops, 0))?;
+        for ((op, (lhs_type, rhs_type)), operand) in self.ops.iter().zip(&steps).zip(operands) {
+            let lhs = so_far.cast_to(lhs_type, None)?;
+            let rhs = operand.cast_to(rhs_type, None)?;
+            let kernel = match op {
+                Op::Add => numeric::add,
+                Op::Sub => numeric::sub,
+                Op::Mul => numeric::mul,
+                Op::Neg => return Err(arity_error(&self.ops, types.len())),
+            };
+            so_far = datum::apply(&lhs, &rhs, kernel).map_err(|e| overflow_error(e, lhs_type))?;
+        }
+        Ok(so_far)
+    }
+}
+
+/// An overflow of a step computed in `data_type` as PostgreSQL words it; other errors as
+/// they are.
+fn overflow_error(e: DataFusionError, data_type: &DataType) -> DataFusionError {
+    match e {
+        DataFusionError::ArrowError(inner, backtrace) => match *inner {
+            ArrowError::ArithmeticOverflow(detail) => {
+                out_of_range(data_type, &detail).into_datafusion()
+            }
+            other => DataFusionError::ArrowError(Box::new(other), backtrace),
+        },
+        other => other,
     }
 }
 
@@ -203,6 +291,23 @@ pub(super) fn out_of_range(data_type: &DataType, detail: &str) -> KalamError {
     KalamError::NumericOutOfRange(format!("{type_name} out of range: {operation}"))
 }
 
+/// The operators and operands of a chain to extend: `expr`'s own if it is a checked chain,
+/// else `expr` as the chain's first operand.
+fn into_chain(expr: Expr) -> (Vec<Op>, Vec<Expr>) {
+    match expr {
+        Expr::ScalarFunction(ScalarFunction { func, args }) => {
+            match func.inner().downcast_ref::<CheckedArithmetic>() {
+                Some(checked) if !checked.ops.contains(&Op::Neg) => (checked.ops.clone(), args),
+                _ => (
+                    vec![],
+                    vec![Expr::ScalarFunction(ScalarFunction { func, args })],
+                ),
+            }
+        }
+        other => (vec![], vec![other]),
+    }
+}
+
 /// Replaces `+`, `-`, `*` and unary `-` whose operands are signed integers with
 /// [`CheckedArithmetic`]. Register it with `FunctionRegistry::register_function_rewrite`.
 #[derive(Debug, Default)]
@@ -223,15 +328,23 @@ impl FunctionRewrite for CheckedIntegerArithmetic {
         // reports it; the operator stays as it was.
         // Signed integers only: an unsigned operand (`row_number() OVER () - 1`) is coerced
         // to a DECIMAL by DataFusion, which has no wrapping to fix.
-        let is_integer = |e: &Expr| e.get_type(schema).is_ok_and(|t| t.is_signed_integer());
+        // An operand that is already a checked call is one (they are only made of signed
+        // integers); resolving its type would name its whole subtree again.
+        let is_integer = |e: &Expr| {
+            checked_call(e).is_some() || e.get_type(schema).is_ok_and(|t| t.is_signed_integer())
+        };
         match expr {
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => match Op::binary(op) {
-                Some(checked) if is_integer(&left) && is_integer(&right) => Ok(Transformed::yes(
-                    Expr::ScalarFunction(ScalarFunction::new_udf(
-                        CheckedArithmetic::udf(checked),
-                        vec![*left, *right],
-                    )),
-                )),
+                Some(checked) if is_integer(&left) && is_integer(&right) => {
+                    // The rewrite runs bottom-up, so a left operand that is a chain already
+                    // (`a + b` of `a + b + c`) is extended: one call per chain.
+                    let (mut ops, mut args) = into_chain(*left);
+                    ops.push(checked);
+                    args.push(*right);
+                    Ok(Transformed::yes(Expr::ScalarFunction(
+                        ScalarFunction::new_udf(CheckedArithmetic::udf(ops), args),
+                    )))
+                }
                 _ => Ok(Transformed::no(Expr::BinaryExpr(BinaryExpr {
                     left,
                     op,
@@ -240,7 +353,7 @@ impl FunctionRewrite for CheckedIntegerArithmetic {
             },
             Expr::Negative(operand) if is_integer(&operand) => {
                 Ok(Transformed::yes(Expr::ScalarFunction(
-                    ScalarFunction::new_udf(CheckedArithmetic::udf(Op::Neg), vec![*operand]),
+                    ScalarFunction::new_udf(CheckedArithmetic::udf(vec![Op::Neg]), vec![*operand]),
                 )))
             }
             other => Ok(Transformed::no(other)),
@@ -350,6 +463,74 @@ pub(super) mod tests {
                 .as_primitive::<datafusion::arrow::datatypes::Int32Type>()
                 .value(0),
             -5
+        );
+    }
+
+    /// A chain is evaluated left to right, each step in the type its operator would have
+    /// used (an INT step overflows as INT even when a later operand is a BIGINT), and a
+    /// parenthesised right operand is its own operand.
+    #[tokio::test]
+    async fn a_chain_steps_as_the_nested_operators_would() {
+        let message =
+            refused("SELECT CAST(2147483647 AS INT) + CAST(1 AS INT) + CAST(1 AS BIGINT)").await;
+        assert!(message.starts_with("INT out of range"), "{message}");
+        let message = refused("SELECT CAST(1 AS BIGINT) * 2 - 9223372036854775807 - 9").await;
+        assert!(message.starts_with("BIGINT out of range"), "{message}");
+
+        let batches = run(
+            "SELECT CAST(1 AS BIGINT) + CAST(2147483647 AS INT) + CAST(1 AS INT), \
+             10 - (3 - 1), 2 + 3 * 4 - -5, x - 1 - 1 \
+             FROM (VALUES (CAST(7 AS SMALLINT))) AS t(x)",
+        )
+        .await
+        .unwrap();
+        let batch = &batches[0];
+        let schema = batch.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(
+            names[1..],
+            [
+                "Int64(10) - Int64(3) - Int64(1)",
+                "Int64(2) + Int64(3) * Int64(4) - Int64(-5)",
+                "t.x - Int64(1) - Int64(1)"
+            ]
+        );
+        assert_eq!(
+            batch.column(0).as_primitive::<Int64Type>().value(0),
+            2_147_483_649
+        );
+        assert_eq!(batch.column(1).as_primitive::<Int64Type>().value(0), 8);
+        assert_eq!(batch.column(2).as_primitive::<Int64Type>().value(0), 19);
+        assert_eq!(batch.column(3).as_primitive::<Int64Type>().value(0), 5);
+    }
+
+    /// A chain of 1,000 additions plans as one call with 1,001 operands (not 1,000 nested
+    /// calls, whose planning grew with the cube of the length), and sums right.
+    #[tokio::test]
+    async fn a_long_chain_is_one_call() {
+        let sql = format!("SELECT x{} FROM (VALUES (1)) AS t(x)", " + x".repeat(1000));
+        let plan = context()
+            .sql(&sql)
+            .await
+            .unwrap()
+            .into_optimized_plan()
+            .unwrap();
+        let mut calls = Vec::new();
+        use datafusion::common::tree_node::TreeNode;
+        plan.apply_expressions(|e| {
+            e.apply(|e| {
+                if let Some((ops, args)) = super::checked_call(e) {
+                    calls.push((ops.len(), args.len()));
+                }
+                Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+            })
+        })
+        .unwrap();
+        assert_eq!(calls, [(1000, 1001)]);
+        let batches = run(&sql).await.unwrap();
+        assert_eq!(
+            batches[0].column(0).as_primitive::<Int64Type>().value(0),
+            1001
         );
     }
 
