@@ -164,6 +164,7 @@ fn node_parser(sql: &str) -> Result<Parser<'static>> {
     check_operator_count(&tokens)?;
     check_operator_chains(&tokens)?;
     check_query_blocks(&tokens)?;
+    check_list_clauses(&tokens)?;
     Ok(Parser::new(&DIALECT)
         .with_recursion_limit(RECURSION_LIMIT)
         .with_tokens_with_locations(tokens))
@@ -477,6 +478,136 @@ fn check_query_blocks(tokens: &[TokenWithSpan]) -> Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Most items one SELECT list may hold, PostgreSQL's own limit ("target lists can have at
+/// most 1664 entries"): DataFusion plans a list in time that grows with its square (10,000
+/// expressions took 11 s).
+const MAX_SELECT_ITEMS: usize = 1_664;
+
+/// Most work the ORDER BY and GROUP BY lists of one request may cost, as the sum of their
+/// lengths squared: planning a list of n expressions grows with about n^2 here (ORDER BY
+/// 1,000 expressions took 0.89 s and 3,000 took 7.9 s; GROUP BY 0.36 s and 3.2 s).
+const MAX_KEY_LIST_WORK: usize = 1_000 * 1_000;
+
+/// Most work the PARTITION BY lists of one request may cost, as the sum of their lengths
+/// cubed: DataFusion's window planning compares every key with every other for each
+/// ordering it considers (60 keys took 0.16 s, 100 took 0.56 s, 300 took 12 s).
+const MAX_PARTITION_WORK: usize = 100 * 100 * 100;
+
+/// A clause whose items [`check_list_clauses`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListClause {
+    Select,
+    /// ORDER BY or GROUP BY.
+    Keys,
+    PartitionBy,
+}
+
+/// Bounds the lists of each query block from the tokens, before anything is parsed: the
+/// items of a SELECT list, and the keys of ORDER BY, GROUP BY and PARTITION BY (a window's
+/// too), counted by their `,` at the clause's bracket level.
+fn check_list_clauses(tokens: &[TokenWithSpan]) -> Result<()> {
+    // Per bracket level: the clause open at it and its items so far.
+    let mut open: Vec<Option<(ListClause, usize)>> = vec![None];
+    let (mut key_work, mut partition_work) = (0usize, 0usize);
+    let mut close = |list: Option<(ListClause, usize)>| -> Result<()> {
+        match list {
+            Some((ListClause::Keys, n)) => {
+                key_work = key_work.saturating_add(n.saturating_mul(n));
+                if key_work > MAX_KEY_LIST_WORK {
+                    return Err(KalamError::SqlParse(
+                        "the request's ORDER BY and GROUP BY lists are too long to plan in time \
+                         (at most one of 1,000 keys, or several shorter ones)"
+                            .into(),
+                    ));
+                }
+            }
+            Some((ListClause::PartitionBy, n)) => {
+                partition_work =
+                    partition_work.saturating_add(n.saturating_mul(n).saturating_mul(n));
+                if partition_work > MAX_PARTITION_WORK {
+                    return Err(KalamError::SqlParse(
+                        "the request's PARTITION BY lists are too long to plan in time (at \
+                         most one of 100 keys, or several shorter ones)"
+                            .into(),
+                    ));
+                }
+            }
+            Some((ListClause::Select, _)) | None => {}
+        }
+        Ok(())
+    };
+    let next_is_by = |i: usize| {
+        tokens[i + 1..]
+            .iter()
+            .find(|t| !matches!(t.token, Token::Whitespace(_)))
+            .is_some_and(|t| matches!(&t.token, Token::Word(w) if w.keyword == Keyword::BY))
+    };
+    for (i, t) in tokens.iter().enumerate() {
+        match &t.token {
+            Token::Word(w) if w.quote_style.is_none() => {
+                let starts = match w.keyword {
+                    Keyword::SELECT => Some(ListClause::Select),
+                    Keyword::ORDER | Keyword::GROUP if next_is_by(i) => Some(ListClause::Keys),
+                    Keyword::PARTITION if next_is_by(i) => Some(ListClause::PartitionBy),
+                    Keyword::FROM
+                    | Keyword::WHERE
+                    | Keyword::HAVING
+                    | Keyword::LIMIT
+                    | Keyword::OFFSET
+                    | Keyword::FETCH
+                    | Keyword::WINDOW
+                    | Keyword::QUALIFY
+                    | Keyword::UNION
+                    | Keyword::EXCEPT
+                    | Keyword::INTERSECT
+                    | Keyword::INTO
+                    | Keyword::VALUES
+                    | Keyword::SET
+                    | Keyword::RETURNING
+                    | Keyword::ROWS
+                    | Keyword::RANGE
+                    | Keyword::GROUPS => None,
+                    _ => continue,
+                };
+                if let Some(level) = open.last_mut() {
+                    close(level.take())?;
+                    *level = starts.map(|clause| (clause, 1));
+                }
+            }
+            Token::Comma => {
+                if let Some(Some((clause, items))) = open.last_mut() {
+                    *items += 1;
+                    if *clause == ListClause::Select && *items > MAX_SELECT_ITEMS {
+                        return Err(KalamError::SqlParse(format!(
+                            "a SELECT list holds more than {MAX_SELECT_ITEMS} items; at most \
+                             {MAX_SELECT_ITEMS} are allowed"
+                        )));
+                    }
+                }
+            }
+            Token::LParen | Token::LBracket | Token::LBrace => open.push(None),
+            Token::RParen | Token::RBracket | Token::RBrace => {
+                if open.len() > 1 {
+                    close(open.pop().flatten())?;
+                }
+            }
+            Token::SemiColon => {
+                while open.len() > 1 {
+                    close(open.pop().flatten())?;
+                }
+                if let Some(level) = open.last_mut() {
+                    close(level.take())?;
+                }
+            }
+            _ => {}
+        }
+    }
+    for level in open {
+        close(level)?;
     }
     Ok(())
 }
@@ -1124,6 +1255,92 @@ mod tests {
             one("DESCRIBE TABLE app.m HISTORY"),
             KalamStatement::DescribeTable { history: true, .. }
         ));
+    }
+
+    /// Lists are bounded before parsing where planning them grows faster than their length:
+    /// a SELECT list at PostgreSQL's 1,664 items, ORDER BY and GROUP BY keys by the sum of
+    /// their squares (10,000 ORDER BY expressions took 104 s to plan), PARTITION BY keys by
+    /// the sum of their cubes (1,000 took over two minutes). Other lists are not.
+    #[test]
+    fn long_select_and_key_lists_are_refused() {
+        let keys = |n: usize| {
+            (0..n)
+                .map(|i| format!("x + {i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let refused = |sql: String, what: &str, says: &str| {
+            let (ok, err) = parse_statements(&sql);
+            assert!(ok.is_empty(), "{what} parsed");
+            assert!(
+                matches!(err, Some(KalamError::SqlParse(ref m)) if m.contains(says)),
+                "{what}: {err:?}"
+            );
+        };
+        refused(
+            format!("SELECT {} FROM t", keys(1_665)),
+            "a SELECT list of 1,665",
+            "at most 1664",
+        );
+        refused(
+            format!("SELECT x FROM t ORDER BY {}", keys(1_001)),
+            "ORDER BY 1,001",
+            "ORDER BY and GROUP BY",
+        );
+        refused(
+            format!("SELECT count(*) FROM t GROUP BY {}", keys(1_001)),
+            "GROUP BY 1,001",
+            "ORDER BY and GROUP BY",
+        );
+        refused(
+            format!(
+                "SELECT x FROM t GROUP BY {k} UNION ALL SELECT x FROM t ORDER BY {k}",
+                k = keys(800)
+            ),
+            "two lists of 800",
+            "ORDER BY and GROUP BY",
+        );
+        refused(
+            format!(
+                "SELECT row_number() OVER (PARTITION BY {} ORDER BY x) FROM t",
+                keys(101)
+            ),
+            "PARTITION BY 101",
+            "PARTITION BY",
+        );
+
+        let accepted = |sql: String, what: &str| {
+            let (ok, err) = parse_statements(&sql);
+            assert!(err.is_none(), "{what}: {err:?}");
+            assert_eq!(ok.len(), 1, "{what}");
+        };
+        accepted(
+            format!("SELECT {} FROM t", keys(1_664)),
+            "a SELECT list of 1,664",
+        );
+        accepted(
+            format!("SELECT x FROM t ORDER BY {}", keys(1_000)),
+            "ORDER BY 1,000",
+        );
+        accepted(
+            format!(
+                "SELECT row_number() OVER (PARTITION BY {} ORDER BY {}) FROM t GROUP BY {}",
+                keys(100),
+                keys(700),
+                keys(700)
+            ),
+            "PARTITION BY 100 beside two key lists of 700",
+        );
+        // Lists that are not SELECT lists or keys: VALUES rows, function arguments, IN.
+        let rows = (0..5_000)
+            .map(|i| format!("({i}, 'r{i}')"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        accepted(format!("INSERT INTO t (id, s) VALUES {rows}"), "5,000 rows");
+        accepted(
+            format!("SELECT coalesce({}) FROM t", keys(3_000)),
+            "3,000 arguments",
+        );
     }
 
     /// Chains the parser builds in a loop are bounded before parsing: by their depth (a
