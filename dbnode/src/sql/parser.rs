@@ -395,6 +395,11 @@ fn check_operator_chains(tokens: &[TokenWithSpan]) -> Result<()> {
 /// grows faster than its length (1,000 took 0.87 s, 2,000 took 5.7 s).
 const MAX_SELECTS: usize = 1_000;
 
+/// Most window functions (`OVER`) one statement may hold: DataFusion plans n windows of
+/// different orderings in time that grows with about n^3 (100 took 0.14 s, 200 0.65 s,
+/// 300 1.9 s).
+const MAX_WINDOWS: usize = 200;
+
 /// Most tables one FROM clause may join, as in MySQL: planning a join of n tables grows
 /// with about n cubed here (61 took 0.1 s, 100 took 0.56 s, 200 took 4.9 s).
 const MAX_JOINED_TABLES: usize = 61;
@@ -404,7 +409,7 @@ const MAX_JOINED_TABLES: usize = 61;
 fn check_query_blocks(tokens: &[TokenWithSpan]) -> Result<()> {
     // Per bracket level: the tables of the FROM clause open at it, if one is.
     let mut from: Vec<Option<usize>> = vec![None];
-    let mut selects = 0usize;
+    let (mut selects, mut windows) = (0usize, 0usize);
     for t in tokens {
         let joined = match &t.token {
             Token::Word(w) if w.quote_style.is_none() => match w.keyword {
@@ -414,6 +419,16 @@ fn check_query_blocks(tokens: &[TokenWithSpan]) -> Result<()> {
                         return Err(KalamError::SqlParse(format!(
                             "a statement holds more than {MAX_SELECTS} SELECTs (subqueries, \
                              CTEs and UNION parts included); at most {MAX_SELECTS} are allowed"
+                        )));
+                    }
+                    false
+                }
+                Keyword::OVER => {
+                    windows += 1;
+                    if windows > MAX_WINDOWS {
+                        return Err(KalamError::SqlParse(format!(
+                            "a statement holds more than {MAX_WINDOWS} window functions (OVER); \
+                             at most {MAX_WINDOWS} are allowed"
                         )));
                     }
                     false
@@ -458,7 +473,7 @@ fn check_query_blocks(tokens: &[TokenWithSpan]) -> Result<()> {
                 false
             }
             Token::SemiColon => {
-                selects = 0;
+                (selects, windows) = (0, 0);
                 from.truncate(1);
                 if let Some(level) = from.last_mut() {
                     *level = None;
@@ -1260,7 +1275,8 @@ mod tests {
     /// Lists are bounded before parsing where planning them grows faster than their length:
     /// a SELECT list at PostgreSQL's 1,664 items, ORDER BY and GROUP BY keys by the sum of
     /// their squares (10,000 ORDER BY expressions took 104 s to plan), PARTITION BY keys by
-    /// the sum of their cubes (1,000 took over two minutes). Other lists are not.
+    /// the sum of their cubes (1,000 took over two minutes), and window functions at 200 a
+    /// statement (300 took 1.9 s). Other lists are not.
     #[test]
     fn long_select_and_key_lists_are_refused() {
         let keys = |n: usize| {
@@ -1314,6 +1330,18 @@ mod tests {
             assert!(err.is_none(), "{what}: {err:?}");
             assert_eq!(ok.len(), 1, "{what}");
         };
+        let windows = |n: usize| {
+            (0..n)
+                .map(|i| format!("row_number() OVER (ORDER BY x + {i})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        refused(
+            format!("SELECT {} FROM t", windows(201)),
+            "201 windows",
+            "at most 200",
+        );
+        accepted(format!("SELECT {} FROM t", windows(200)), "200 windows");
         accepted(
             format!("SELECT {} FROM t", keys(1_664)),
             "a SELECT list of 1,664",
