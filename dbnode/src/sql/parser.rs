@@ -410,7 +410,17 @@ fn check_query_blocks(tokens: &[TokenWithSpan]) -> Result<()> {
     // Per bracket level: the tables of the FROM clause open at it, if one is.
     let mut from: Vec<Option<usize>> = vec![None];
     let (mut selects, mut windows) = (0usize, 0usize);
+    // The keyword before this token, if it was one (`IS [NOT] DISTINCT FROM` is no FROM
+    // clause).
+    let mut after_distinct = false;
     for t in tokens {
+        if matches!(t.token, Token::Whitespace(_)) {
+            continue;
+        }
+        let was_after_distinct = std::mem::replace(
+            &mut after_distinct,
+            matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.keyword == Keyword::DISTINCT),
+        );
         let joined = match &t.token {
             Token::Word(w) if w.quote_style.is_none() => match w.keyword {
                 Keyword::SELECT => {
@@ -433,7 +443,7 @@ fn check_query_blocks(tokens: &[TokenWithSpan]) -> Result<()> {
                     }
                     false
                 }
-                Keyword::FROM => {
+                Keyword::FROM if !was_after_distinct => {
                     if let Some(level) = from.last_mut() {
                         *level = Some(1);
                     }
@@ -499,7 +509,8 @@ fn check_query_blocks(tokens: &[TokenWithSpan]) -> Result<()> {
 
 /// Most items one SELECT list may hold, PostgreSQL's own limit ("target lists can have at
 /// most 1664 entries"): DataFusion plans a list in time that grows with its square (10,000
-/// expressions took 11 s).
+/// expressions took 11 s, 1,664 0.5 s). The lists of one request (the parts of a UNION
+/// among them) share the square of it as a budget of their squared lengths.
 const MAX_SELECT_ITEMS: usize = 1_664;
 
 /// Most work the ORDER BY and GROUP BY lists of one request may cost, as the sum of their
@@ -516,85 +527,113 @@ const MAX_PARTITION_WORK: usize = 100 * 100 * 100;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ListClause {
     Select,
-    /// ORDER BY or GROUP BY.
+    /// ORDER BY, GROUP BY (with the keys of its ROLLUP, CUBE and GROUPING SETS), or
+    /// `DISTINCT ON (...)`.
     Keys,
     PartitionBy,
 }
 
-/// Bounds the lists of each query block from the tokens, before anything is parsed: the
-/// items of a SELECT list, and the keys of ORDER BY, GROUP BY and PARTITION BY (a window's
-/// too), counted by their `,` at the clause's bracket level.
-fn check_list_clauses(tokens: &[TokenWithSpan]) -> Result<()> {
-    // Per bracket level: the clause open at it and its items so far.
-    let mut open: Vec<Option<(ListClause, usize)>> = vec![None];
-    let (mut key_work, mut partition_work) = (0usize, 0usize);
-    let mut close = |list: Option<(ListClause, usize)>| -> Result<()> {
-        match list {
-            Some((ListClause::Keys, n)) => {
-                key_work = key_work.saturating_add(n.saturating_mul(n));
-                if key_work > MAX_KEY_LIST_WORK {
-                    return Err(KalamError::SqlParse(
-                        "the request's ORDER BY and GROUP BY lists are too long to plan in time \
-                         (at most one of 1,000 keys, or several shorter ones)"
-                            .into(),
-                    ));
-                }
-            }
-            Some((ListClause::PartitionBy, n)) => {
-                partition_work =
-                    partition_work.saturating_add(n.saturating_mul(n).saturating_mul(n));
-                if partition_work > MAX_PARTITION_WORK {
-                    return Err(KalamError::SqlParse(
-                        "the request's PARTITION BY lists are too long to plan in time (at \
-                         most one of 100 keys, or several shorter ones)"
-                            .into(),
-                    ));
-                }
-            }
-            Some((ListClause::Select, _)) | None => {}
+/// What [`check_list_clauses`] counts at one bracket level.
+#[derive(Debug, Clone, Copy)]
+enum ListLevel {
+    /// Nothing: an argument list, a VALUES row, an IN list, a subquery before its SELECT.
+    Outside,
+    /// The list open at this level and its items so far.
+    List(ListClause, usize),
+    /// The brackets of `ROLLUP(...)`, `CUBE(...)` and `GROUPING SETS (...)`: their items
+    /// are items of the list the brackets sit in.
+    Within,
+}
+
+/// The request's budgets of [`check_list_clauses`].
+#[derive(Debug, Default)]
+struct ListWork {
+    select: usize,
+    keys: usize,
+    partition: usize,
+}
+
+impl ListWork {
+    fn close(&mut self, level: ListLevel) -> Result<()> {
+        let ListLevel::List(clause, n) = level else {
+            return Ok(());
+        };
+        let square = n.saturating_mul(n);
+        let (work, bound, what) = match clause {
+            ListClause::Select => (
+                &mut self.select,
+                MAX_SELECT_ITEMS * MAX_SELECT_ITEMS,
+                "SELECT lists are too long to plan in time (at most one of 1,664 items, or \
+                 several shorter ones)",
+            ),
+            ListClause::Keys => (
+                &mut self.keys,
+                MAX_KEY_LIST_WORK,
+                "ORDER BY and GROUP BY lists are too long to plan in time (at most one of \
+                 1,000 keys, or several shorter ones)",
+            ),
+            ListClause::PartitionBy => (
+                &mut self.partition,
+                MAX_PARTITION_WORK,
+                "PARTITION BY lists are too long to plan in time (at most one of 100 keys, \
+                 or several shorter ones)",
+            ),
+        };
+        let cost = if clause == ListClause::PartitionBy {
+            square.saturating_mul(n)
+        } else {
+            square
+        };
+        *work = work.saturating_add(cost);
+        if *work > bound {
+            return Err(KalamError::SqlParse(format!("the request's {what}")));
         }
         Ok(())
+    }
+}
+
+/// Bounds the lists of a request from its tokens, before anything is parsed: the items of
+/// its SELECT lists, and the keys of its ORDER BY, GROUP BY and PARTITION BY lists (a
+/// window's too), counted by their `,` at the clause's bracket level. A list runs until the
+/// next one starts at its level, its bracket closes or the statement ends, so a SELECT list
+/// also counts the FROM items after it: no word inside a list (an alias, `IS DISTINCT FROM`)
+/// can end it early.
+fn check_list_clauses(tokens: &[TokenWithSpan]) -> Result<()> {
+    let mut open = vec![ListLevel::Outside];
+    let mut work = ListWork::default();
+    let significant = |t: &&TokenWithSpan| !matches!(t.token, Token::Whitespace(_));
+    let keyword = |t: Option<&TokenWithSpan>| match t.map(|t| &t.token) {
+        Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.keyword),
+        _ => None,
     };
-    let next_is_by = |i: usize| {
-        tokens[i + 1..]
-            .iter()
-            .find(|t| !matches!(t.token, Token::Whitespace(_)))
-            .is_some_and(|t| matches!(&t.token, Token::Word(w) if w.keyword == Keyword::BY))
-    };
+    let (mut prev, mut before_prev): (Option<&TokenWithSpan>, Option<&TokenWithSpan>) =
+        (None, None);
     for (i, t) in tokens.iter().enumerate() {
+        if !significant(&t) {
+            continue;
+        }
+        let next_is_by = || keyword(tokens[i + 1..].iter().find(significant)) == Some(Keyword::BY);
         match &t.token {
             Token::Word(w) if w.quote_style.is_none() => {
                 let starts = match w.keyword {
                     Keyword::SELECT => Some(ListClause::Select),
-                    Keyword::ORDER | Keyword::GROUP if next_is_by(i) => Some(ListClause::Keys),
-                    Keyword::PARTITION if next_is_by(i) => Some(ListClause::PartitionBy),
-                    Keyword::FROM
-                    | Keyword::WHERE
-                    | Keyword::HAVING
-                    | Keyword::LIMIT
-                    | Keyword::OFFSET
-                    | Keyword::FETCH
-                    | Keyword::WINDOW
-                    | Keyword::QUALIFY
-                    | Keyword::UNION
-                    | Keyword::EXCEPT
-                    | Keyword::INTERSECT
-                    | Keyword::INTO
-                    | Keyword::VALUES
-                    | Keyword::SET
-                    | Keyword::RETURNING
-                    | Keyword::ROWS
-                    | Keyword::RANGE
-                    | Keyword::GROUPS => None,
-                    _ => continue,
+                    Keyword::ORDER | Keyword::GROUP if next_is_by() => Some(ListClause::Keys),
+                    Keyword::PARTITION if next_is_by() => Some(ListClause::PartitionBy),
+                    _ => None,
                 };
-                if let Some(level) = open.last_mut() {
-                    close(level.take())?;
-                    *level = starts.map(|clause| (clause, 1));
+                if let (Some(clause), Some(level)) = (starts, open.last_mut()) {
+                    work.close(*level)?;
+                    *level = ListLevel::List(clause, 1);
                 }
             }
             Token::Comma => {
-                if let Some(Some((clause, items))) = open.last_mut() {
+                // The list this comma separates items of: the nearest below any brackets
+                // of ROLLUP, CUBE or GROUPING SETS.
+                let counted = open
+                    .iter_mut()
+                    .rev()
+                    .find(|level| !matches!(level, ListLevel::Within));
+                if let Some(ListLevel::List(clause, items)) = counted {
                     *items += 1;
                     if *clause == ListClause::Select && *items > MAX_SELECT_ITEMS {
                         return Err(KalamError::SqlParse(format!(
@@ -604,25 +643,36 @@ fn check_list_clauses(tokens: &[TokenWithSpan]) -> Result<()> {
                     }
                 }
             }
-            Token::LParen | Token::LBracket | Token::LBrace => open.push(None),
+            Token::LParen | Token::LBracket | Token::LBrace => {
+                let level = match (keyword(before_prev), keyword(prev)) {
+                    (_, Some(Keyword::ROLLUP | Keyword::CUBE | Keyword::SETS)) => ListLevel::Within,
+                    (Some(Keyword::DISTINCT), Some(Keyword::ON)) => {
+                        ListLevel::List(ListClause::Keys, 1)
+                    }
+                    _ if matches!(open.last(), Some(ListLevel::Within)) => ListLevel::Within,
+                    _ => ListLevel::Outside,
+                };
+                open.push(level);
+            }
             Token::RParen | Token::RBracket | Token::RBrace => {
                 if open.len() > 1 {
-                    close(open.pop().flatten())?;
+                    if let Some(level) = open.pop() {
+                        work.close(level)?;
+                    }
                 }
             }
             Token::SemiColon => {
-                while open.len() > 1 {
-                    close(open.pop().flatten())?;
+                while let Some(level) = open.pop() {
+                    work.close(level)?;
                 }
-                if let Some(level) = open.last_mut() {
-                    close(level.take())?;
-                }
+                open.push(ListLevel::Outside);
             }
             _ => {}
         }
+        (before_prev, prev) = (prev, Some(t));
     }
-    for level in open {
-        close(level)?;
+    while let Some(level) = open.pop() {
+        work.close(level)?;
     }
     Ok(())
 }
@@ -1276,7 +1326,8 @@ mod tests {
     /// a SELECT list at PostgreSQL's 1,664 items, ORDER BY and GROUP BY keys by the sum of
     /// their squares (10,000 ORDER BY expressions took 104 s to plan), PARTITION BY keys by
     /// the sum of their cubes (1,000 took over two minutes), and window functions at 200 a
-    /// statement (300 took 1.9 s). Other lists are not.
+    /// statement (300 took 1.9 s). A word inside a list does not end it, and the keys of
+    /// ROLLUP, CUBE, GROUPING SETS and DISTINCT ON count. Other lists are not bounded.
     #[test]
     fn long_select_and_key_lists_are_refused() {
         let keys = |n: usize| {
@@ -1325,11 +1376,58 @@ mod tests {
             "PARTITION BY",
         );
 
+        // No word inside a list ends it early, and keys in brackets count.
+        refused(
+            format!(
+                "SELECT row_number() OVER (PARTITION BY x IS DISTINCT FROM 0, {}) FROM t",
+                keys(100)
+            ),
+            "PARTITION BY with IS DISTINCT FROM",
+            "PARTITION BY",
+        );
+        refused(
+            format!("SELECT 1 AS rows, {} FROM t", keys(1_664)),
+            "a SELECT list with an alias `rows`",
+            "at most 1664",
+        );
+        for (sql, what) in [
+            (
+                format!("SELECT count(*) FROM t GROUP BY ROLLUP({})", keys(1_001)),
+                "ROLLUP of 1,001",
+            ),
+            (
+                format!(
+                    "SELECT count(*) FROM t GROUP BY GROUPING SETS (({}), (x))",
+                    keys(1_000)
+                ),
+                "GROUPING SETS of 1,001",
+            ),
+            (
+                format!("SELECT DISTINCT ON ({}) x FROM t", keys(1_001)),
+                "DISTINCT ON 1,001",
+            ),
+        ] {
+            refused(sql, what, "ORDER BY and GROUP BY");
+        }
+        refused(
+            format!(
+                "SELECT {k} FROM t UNION ALL SELECT {k} FROM t",
+                k = keys(1_200)
+            ),
+            "two SELECT lists of 1,200",
+            "SELECT lists are too long",
+        );
+
         let accepted = |sql: String, what: &str| {
             let (ok, err) = parse_statements(&sql);
             assert!(err.is_none(), "{what}: {err:?}");
             assert_eq!(ok.len(), 1, "{what}");
         };
+        // `IS DISTINCT FROM` is no FROM clause: the items after it are not joined tables.
+        accepted(
+            format!("SELECT a IS DISTINCT FROM b, {} FROM t", keys(100)),
+            "IS DISTINCT FROM before 100 items",
+        );
         let windows = |n: usize| {
             (0..n)
                 .map(|i| format!("row_number() OVER (ORDER BY x + {i})"))
