@@ -397,6 +397,15 @@ pub(super) mod tests {
         }
     }
 
+    fn column_names(batch: &RecordBatch) -> Vec<String> {
+        batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
     #[tokio::test]
     async fn integer_overflow_is_an_error_not_a_wrapped_value() {
         for (sql, type_name) in [
@@ -442,8 +451,7 @@ pub(super) mod tests {
         .await
         .unwrap();
         let batch = &batches[0];
-        let schema = batch.schema();
-        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let names = column_names(batch);
         assert_eq!(
             names,
             [
@@ -485,8 +493,7 @@ pub(super) mod tests {
         .await
         .unwrap();
         let batch = &batches[0];
-        let schema = batch.schema();
-        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let names = column_names(batch);
         assert_eq!(
             names[1..],
             [

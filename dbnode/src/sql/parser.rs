@@ -1322,6 +1322,23 @@ mod tests {
         ));
     }
 
+    /// Asserts that `sql` is refused with `SQL_PARSE_ERROR`, its message saying `says`.
+    fn refused(sql: String, what: &str, says: &str) {
+        let (ok, err) = parse_statements(&sql);
+        assert!(ok.is_empty(), "{what} parsed");
+        assert!(
+            matches!(err, Some(KalamError::SqlParse(ref m)) if m.contains(says)),
+            "{what}: {err:?}"
+        );
+    }
+
+    /// Asserts that `sql` parses whole.
+    fn accepted(sql: String, what: &str) {
+        let (ok, err) = parse_statements(&sql);
+        assert!(err.is_none(), "{what}: {err:?}");
+        assert!(!ok.is_empty(), "{what}");
+    }
+
     /// Lists are bounded before parsing where planning them grows faster than their length:
     /// a SELECT list at PostgreSQL's 1,664 items, ORDER BY and GROUP BY keys by the sum of
     /// their squares (10,000 ORDER BY expressions took 104 s to plan), PARTITION BY keys by
@@ -1335,14 +1352,6 @@ mod tests {
                 .map(|i| format!("x + {i}"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        };
-        let refused = |sql: String, what: &str, says: &str| {
-            let (ok, err) = parse_statements(&sql);
-            assert!(ok.is_empty(), "{what} parsed");
-            assert!(
-                matches!(err, Some(KalamError::SqlParse(ref m)) if m.contains(says)),
-                "{what}: {err:?}"
-            );
         };
         refused(
             format!("SELECT {} FROM t", keys(1_665)),
@@ -1418,11 +1427,6 @@ mod tests {
             "SELECT lists are too long",
         );
 
-        let accepted = |sql: String, what: &str| {
-            let (ok, err) = parse_statements(&sql);
-            assert!(err.is_none(), "{what}: {err:?}");
-            assert_eq!(ok.len(), 1, "{what}");
-        };
         // `IS DISTINCT FROM` is no FROM clause: the items after it are not joined tables.
         accepted(
             format!("SELECT a IS DISTINCT FROM b, {} FROM t", keys(100)),
@@ -1475,14 +1479,6 @@ mod tests {
     /// short expressions are not.
     #[test]
     fn long_operator_chains_are_refused_and_lists_are_not() {
-        let refused = |sql: String, what: &str| {
-            let (ok, err) = parse_statements(&sql);
-            assert!(ok.is_empty(), "{what} parsed");
-            assert!(
-                matches!(err, Some(KalamError::SqlParse(ref m)) if m.contains("chain")),
-                "{what}: {err:?}"
-            );
-        };
         // Bracketed parts add up to the depth of the whole: 55 levels of 40.
         let level = format!("(1{} + ", " + 1".repeat(39));
         let nested = format!("SELECT {}1{}", level.repeat(55), ")".repeat(55));
@@ -1509,20 +1505,19 @@ mod tests {
             ),
             (nested, "nested chains"),
         ] {
-            refused(sql, what);
+            refused(sql, what, "chain");
         }
         // Several chains of 500 pass up to their budget together.
         let four = (0..4)
             .map(|_| format!("1{}", " + 1".repeat(500)))
             .collect::<Vec<_>>()
             .join(", ");
-        refused(format!("SELECT {four}, {four}"), "eight chains of 500");
+        refused(
+            format!("SELECT {four}, {four}"),
+            "eight chains of 500",
+            "chain",
+        );
 
-        let accepted = |sql: String, what: &str| {
-            let (ok, err) = parse_statements(&sql);
-            assert!(err.is_none(), "{what}: {err:?}");
-            assert_eq!(ok.len(), 1, "{what}");
-        };
         accepted(
             format!("SELECT 1{} AS x", " + 1".repeat(999)),
             "999 additions",
@@ -1555,14 +1550,6 @@ mod tests {
     /// SELECTs per statement and tables per FROM clause. Ordinary ones are not touched.
     #[test]
     fn query_blocks_are_bounded_per_statement() {
-        let refused = |sql: String, what: &str, word: &str| {
-            let (ok, err) = parse_statements(&sql);
-            assert!(ok.is_empty(), "{what} parsed");
-            assert!(
-                matches!(err, Some(KalamError::SqlParse(ref m)) if m.contains(word)),
-                "{what}: {err:?}"
-            );
-        };
         let joins = |n: usize| {
             (1..n)
                 .map(|i| format!(" JOIN app.t t{i} ON t{i}.id = t{}.id", i - 1))
@@ -1594,11 +1581,6 @@ mod tests {
         let unions = vec!["SELECT 1 AS x"; 1_001].join(" UNION ALL ");
         refused(unions, "1,001 SELECTs in a UNION", "SELECT");
 
-        let accepted = |sql: String, what: &str| {
-            let (ok, err) = parse_statements(&sql);
-            assert!(err.is_none(), "{what}: {err:?}");
-            assert!(!ok.is_empty(), "{what}");
-        };
         accepted(
             format!("SELECT t0.id FROM app.t t0{}", joins(61)),
             "61 joined",
