@@ -230,7 +230,8 @@ impl ScalarUDFImpl for CheckedArithmetic {
             .map(|f| f.data_type().clone())
             .collect();
         if let ([Op::Neg], [operand]) = (self.ops.as_slice(), args.args.as_slice()) {
-            return negate(operand).map_err(|e| overflow_error(e, &types[0]));
+            let data_type = operand.data_type();
+            return negate(operand).map_err(|e| overflow_error(e, &data_type));
         }
         let steps = self.step_types(&types)?;
         let mut operands = args.args.into_iter();
