@@ -210,6 +210,9 @@ error_codes! {
     ResultTooLarge => "RESULT_TOO_LARGE", 413;
     /// A query that needs more memory than the node's `max_query_memory_bytes`.
     ResourcesExhausted => "RESOURCES_EXHAUSTED", 413;
+    /// A statement that ran longer than the node's `statement_timeout_ms`; it was stopped
+    /// before it wrote anything.
+    StatementTimeout => "STATEMENT_TIMEOUT", 504;
     /// Integer arithmetic whose result does not fit its type (`BIGINT out of range`);
     /// nothing was written.
     NumericOutOfRange => "NUMERIC_OUT_OF_RANGE", 400;

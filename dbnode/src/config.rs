@@ -102,6 +102,8 @@ pub struct Config {
     /// connection's first request, the head of each request after it (so also how long an
     /// idle keep-alive connection is kept), and each chunk of a body.
     pub http_read_timeout_ms: u64,
+    /// How long one statement may run, in milliseconds; `0` for no limit.
+    pub statement_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -151,6 +153,7 @@ impl Default for Config {
             // Longer than the 60 s idle timeout common in proxies and load balancers, so that
             // they, not the node, close an idle connection first (ADR 0025).
             http_read_timeout_ms: 75_000,
+            statement_timeout_ms: 30_000,
         }
     }
 }
@@ -229,6 +232,7 @@ impl Config {
         "cleanup_file_grace",
         "shutdown_timeout_ms",
         "http_read_timeout_ms",
+        "statement_timeout_ms",
     ];
 
     /// Loads settings in the documented order of precedence.
@@ -296,6 +300,12 @@ impl Config {
         crate::auth::parse_duration(&self.cleanup_interval)
             .filter(|d| !d.is_zero())
             .unwrap_or(std::time::Duration::from_secs(3600))
+    }
+
+    /// Each statement's time limit, `None` when `statement_timeout_ms` is 0.
+    pub fn statement_timeout(&self) -> Option<std::time::Duration> {
+        (self.statement_timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.statement_timeout_ms))
     }
 
     pub fn http_read_timeout(&self) -> std::time::Duration {

@@ -91,6 +91,8 @@ pub enum KalamError {
     ResultTooLarge(usize),
     #[error("the query needs more memory than max_query_memory_bytes allows: {0}")]
     ResourcesExhausted(String),
+    #[error("the statement ran longer than {0} ms (statement_timeout_ms) and was stopped; nothing it would have written was written")]
+    StatementTimeout(u64),
     /// Integer arithmetic whose result does not fit its type (`bigint out of range`).
     #[error("{0}")]
     NumericOutOfRange(String),
@@ -160,6 +162,7 @@ impl KalamError {
             PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             ResultTooLarge(_) => ErrorCode::ResultTooLarge,
             ResourcesExhausted(_) => ErrorCode::ResourcesExhausted,
+            StatementTimeout(_) => ErrorCode::StatementTimeout,
             NumericOutOfRange(_) => ErrorCode::NumericOutOfRange,
             DivisionByZero => ErrorCode::DivisionByZero,
             Storage(_) | CatalogIo(_) | Internal(_) => ErrorCode::InternalError,

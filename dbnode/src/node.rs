@@ -116,6 +116,7 @@ impl Node {
             snowflake,
             base,
             config.max_result_rows,
+            config.statement_timeout(),
         );
         Ok(Arc::new(Self {
             config,

@@ -48,6 +48,7 @@ use crate::sql::parser::{table_id_from_object_name, AlterChange, KalamStatement}
 use crate::sql::provider::{partition_for, request_context, RequestContext};
 use crate::sql::rows::{batch_to_values, cast_to_column, value_at};
 use crate::sql::schema::{KalamCatalogList, CATALOG};
+use crate::sql::yield_points::{self, StatementDeadline};
 use crate::sql::{arithmetic, checked_sum};
 use crate::sql::{ddl, fast_insert, literals, output, system_tables};
 use crate::storage::table::RowChange;
@@ -80,7 +81,8 @@ pub fn planner_state(
     let mut builder = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
-        .with_default_features();
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(yield_points::YieldPoints));
     if let Some(c) = catalogs {
         builder = builder.with_catalog_list(c);
     }
@@ -103,6 +105,8 @@ pub struct Executor {
     snowflake: Arc<SnowflakeGenerator>,
     base: SessionState,
     max_result_rows: usize,
+    /// Each statement's limit (`statement_timeout_ms`); `None` for no limit.
+    statement_timeout: Option<std::time::Duration>,
 }
 
 fn admin_only(ctx: &RequestContext, what: &str) -> Result<()> {
@@ -176,6 +180,7 @@ impl Executor {
         snowflake: Arc<SnowflakeGenerator>,
         base: SessionState,
         max_result_rows: usize,
+        statement_timeout: Option<std::time::Duration>,
     ) -> Self {
         Self {
             engine,
@@ -184,6 +189,7 @@ impl Executor {
             snowflake,
             base,
             max_result_rows,
+            statement_timeout,
         }
     }
 
@@ -191,10 +197,16 @@ impl Executor {
         &self.engine
     }
 
-    /// The session a request's statements plan in: its user, its `CURRENT_USER()`.
+    /// The session a request's statement plans in: its user, its `CURRENT_USER()`, and
+    /// from now its deadline (`statement_timeout_ms`, checked at the plan's yield points).
     pub fn state(&self, ctx: &Arc<RequestContext>) -> SessionState {
         let mut state = self.base.clone();
         state.config_mut().set_extension(ctx.clone());
+        if let Some(limit) = self.statement_timeout {
+            state
+                .config_mut()
+                .set_extension(Arc::new(StatementDeadline::after(limit)));
+        }
         // NOW() and friends are folded to this instant by the optimizer.
         state.mark_start_execution();
         let _ = state.register_udf(Arc::new(functions::current_user(ctx.user.as_str())));

@@ -17,3 +17,4 @@ pub mod provider;
 pub mod rows;
 pub mod schema;
 pub mod system_tables;
+pub mod yield_points;

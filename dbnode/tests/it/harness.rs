@@ -370,6 +370,22 @@ impl TestNode {
         &self.http
     }
 
+    /// The CPU time the node's process has used so far, user and system, in clock ticks
+    /// (`/proc/<pid>/stat`): how a test sees whether work in the node has stopped.
+    pub fn cpu_ticks(&self) -> u64 {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("the node is running");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_else(|e| panic!("reading /proc/{pid}/stat: {e}"));
+        // After the command name in parentheses: state is field 3, utime 14, stime 15.
+        let after_name = &stat[stat.rfind(')').expect("a stat line") + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+    }
+
     /// Everything the node wrote to stderr so far.
     pub fn stderr(&self) -> String {
         read_lossy(&self.stderr_path)
@@ -828,6 +844,7 @@ pub fn http_status_of(code: &str) -> u16 {
         | "TABLE_IN_USE"
         | "BACKUP_ALREADY_EXISTS" => 409,
         "REQUEST_TIMEOUT" => 408,
+        "STATEMENT_TIMEOUT" => 504,
         "TOO_MANY_SUBSCRIPTIONS" => 429,
         "RESUME_GAP" | "LIVE_QUERY_KILLED" | "TABLE_DROPPED" => 410,
         "PAYLOAD_TOO_LARGE" | "RESULT_TOO_LARGE" | "RESOURCES_EXHAUSTED" => 413,

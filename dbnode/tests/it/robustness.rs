@@ -773,3 +773,122 @@ async fn dates_and_timestamps_out_of_range_are_refused() {
         vec![json!({"id": 4, "d": "2026-12-07", "t": "1900-01-01T00:00:00.000000Z"})]
     );
 }
+
+/// Four copies of one user's 1,000 messages joined: 10^12 rows, hours of work.
+const JOIN_OF_FOUR: &str =
+    "FROM app.messages a, app.messages b, app.messages c, app.messages d WHERE a.content <> d.content";
+
+/// A node whose user `alice` has 1,000 messages, each with its own content.
+async fn node_with_a_thousand_messages(statement_timeout_ms: &str) -> (TestNode, String) {
+    let node = TestNode::start_with_options(
+        NodeOptions::default().env("KALAMDB_STATEMENT_TIMEOUT_MS", statement_timeout_ms),
+    )
+    .await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    let values: Vec<String> = (1..=1000)
+        .map(|i| format!("({i}, 'c1', 'message {i}')"))
+        .collect();
+    let sql = format!(
+        "INSERT INTO app.messages (id, conversation_id, content) VALUES {}",
+        values.join(", ")
+    );
+    assert_eq!(node.affected(&alice, &sql).await, 1000);
+    (node, alice)
+}
+
+/// Statements that would run for hours (joins that multiply 1,000 rows into 10^12, as a
+/// SELECT, in an INSERT ... SELECT, in the WHERE of an UPDATE and a DELETE; a recursive CTE
+/// without an end) are stopped at `statement_timeout_ms` with STATEMENT_TIMEOUT (HTTP 504),
+/// and the ones that write wrote nothing (ADR 0039).
+#[tokio::test]
+async fn runaway_statements_stop_at_statement_timeout_and_write_nothing() {
+    let (node, alice) = node_with_a_thousand_messages("1500").await;
+    let cases = [
+        format!("SELECT count(*) {JOIN_OF_FOUR}"),
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
+            .to_string(),
+        format!(
+            "INSERT INTO app.messages (id, conversation_id) \
+             SELECT a.id * 1000000000 + b.id * 1000000 + c.id * 1000 + d.id, 'c2' {JOIN_OF_FOUR}"
+        ),
+        format!(
+            "UPDATE app.messages SET content = 'changed' \
+             WHERE id IN (SELECT a.id {JOIN_OF_FOUR})"
+        ),
+        format!("DELETE FROM app.messages WHERE id IN (SELECT a.id {JOIN_OF_FOUR})"),
+    ];
+    for sql in &cases {
+        let started = std::time::Instant::now();
+        let error = node.expect_error(&alice, sql, "STATEMENT_TIMEOUT").await;
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("1500 ms") && message.contains("statement_timeout_ms"),
+            "the error names the limit: {error}"
+        );
+        // Stopped, not run to its end: any of these would take hours.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{sql} answered only after {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        node.count(
+            &alice,
+            "SELECT count(*) FROM app.messages WHERE content = 'message ' || CAST(id AS TEXT)"
+        )
+        .await,
+        1000,
+        "every message is still there, unchanged, and none was added"
+    );
+    assert_eq!(
+        node.count(&alice, "SELECT count(*) FROM app.messages")
+            .await,
+        1000
+    );
+    node.assert_still_serving().await;
+}
+
+/// With no statement timeout (`0`), a runaway join still hands the node's workers back: the
+/// node answers other requests while it runs, and stops it when its client goes away. It
+/// used to hold both workers until it ended (`/healthz` took 3 s meanwhile) and to run on
+/// after its client had left.
+#[tokio::test]
+async fn a_runaway_query_yields_to_other_requests_and_stops_when_its_client_leaves() {
+    let (node, alice) = node_with_a_thousand_messages("0").await;
+    let request = node
+        .http()
+        .post(format!("{}/api/sql", node.url()))
+        .bearer_auth(&alice)
+        .json(&json!({ "sql": format!("SELECT count(*) {JOIN_OF_FOUR}") }))
+        .timeout(std::time::Duration::from_secs(5));
+    let runaway = tokio::spawn(request.send());
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let before = node.cpu_ticks();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let working = node.cpu_ticks() - before;
+    assert!(
+        working >= 10,
+        "the join is running: {working} ticks in 0.5 s"
+    );
+    node.assert_still_serving().await;
+    assert!(
+        !runaway.is_finished(),
+        "the node answered the other requests while the join was still running"
+    );
+    let answer = runaway.await.expect("the request task");
+    assert!(
+        answer.as_ref().is_err_and(|e| e.is_timeout()),
+        "the client gave up on the join: {answer:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let before = node.cpu_ticks();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let after_leaving = node.cpu_ticks() - before;
+    assert!(
+        after_leaving < 50,
+        "the node stopped the join when its client left: {after_leaving} ticks in 2 s"
+    );
+    node.assert_still_serving().await;
+}
