@@ -804,6 +804,13 @@ async fn node_with_a_thousand_messages(statement_timeout_ms: &str) -> (TestNode,
 #[tokio::test]
 async fn runaway_statements_stop_at_statement_timeout_and_write_nothing() {
     let (node, alice) = node_with_a_thousand_messages("1500").await;
+    // Joins and recursive CTEs that end give their results through the yield points.
+    let joined = "SELECT count(*) FROM app.messages a JOIN app.messages b ON a.id = b.id \
+                  CROSS JOIN app.messages c WHERE c.id <= 3";
+    assert_eq!(node.count(&alice, joined).await, 3000);
+    let finite = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 10) \
+                  SELECT sum(n) FROM r";
+    assert_eq!(node.scalar(&alice, finite).await, json!(55));
     let cases = [
         format!("SELECT count(*) {JOIN_OF_FOUR}"),
         "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
