@@ -229,6 +229,8 @@ error_codes! {
     DuplicateQueryId => "DUPLICATE_QUERY_ID", 409;
     /// A subscription past the connection's `ws_max_subscriptions`; the others stay.
     TooManySubscriptions => "TOO_MANY_SUBSCRIPTIONS", 429;
+    /// A WebSocket upgrade while the node holds `ws_max_connections` connections; retry later.
+    TooManyConnections => "TOO_MANY_CONNECTIONS", 503;
     /// `from_seq` is older than the change log retains (or newer than the table has):
     /// refetch with `last_rows`.
     ResumeGap => "RESUME_GAP", 410;

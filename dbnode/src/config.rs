@@ -82,6 +82,9 @@ pub struct Config {
     /// Subscriptions one WebSocket connection may hold at once; one more is refused with
     /// `TOO_MANY_SUBSCRIPTIONS` (the connection and its other subscriptions stay).
     pub ws_max_subscriptions: usize,
+    /// WebSocket connections the node holds at once; one more upgrade is answered HTTP 503
+    /// with `TOO_MANY_CONNECTIONS` (ADR 0040).
+    pub ws_max_connections: usize,
     /// How often the node pings each WebSocket client, in milliseconds.
     pub ws_ping_interval_ms: u64,
     /// A connection that sent nothing (not even a pong) for this long is closed and its
@@ -144,6 +147,7 @@ impl Default for Config {
             ws_max_queued_messages: 10_000,
             ws_max_queued_bytes: 64 << 20,
             ws_max_subscriptions: 1_000,
+            ws_max_connections: 10_000,
             ws_ping_interval_ms: 2_000,
             ws_idle_timeout_ms: 4_500,
             stream_eviction_interval_ms: 1_000,
@@ -225,6 +229,7 @@ impl Config {
         "ws_max_queued_messages",
         "ws_max_queued_bytes",
         "ws_max_subscriptions",
+        "ws_max_connections",
         "ws_ping_interval_ms",
         "ws_idle_timeout_ms",
         "stream_eviction_interval_ms",
@@ -366,11 +371,12 @@ impl Config {
         if self.ws_max_queued_messages == 0
             || self.ws_max_queued_bytes == 0
             || self.ws_max_subscriptions == 0
+            || self.ws_max_connections == 0
             || self.ws_ping_interval_ms == 0
             || self.stream_eviction_interval_ms == 0
         {
             return Err(ConfigError::Invalid(
-                "ws_max_queued_messages, ws_max_queued_bytes, ws_max_subscriptions, ws_ping_interval_ms and stream_eviction_interval_ms must be at least 1".into(),
+                "ws_max_queued_messages, ws_max_queued_bytes, ws_max_subscriptions, ws_max_connections, ws_ping_interval_ms and stream_eviction_interval_ms must be at least 1".into(),
             ));
         }
         if self.http_read_timeout_ms == 0 {

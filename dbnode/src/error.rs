@@ -110,6 +110,8 @@ pub enum KalamError {
     InvalidQuery(String),
     #[error("query_id '{0}' is already used by a subscription of this connection")]
     DuplicateQueryId(String),
+    #[error("the node already holds {0} WebSocket connections (ws_max_connections); try again later or close one")]
+    TooManyConnections(usize),
     #[error("this connection already has {limit} subscriptions (ws_max_subscriptions); unsubscribe one, or open another connection")]
     TooManySubscriptions { limit: usize },
     #[error("changes after seq {from_seq} are no longer retained (oldest resumable seq is {oldest}); refetch with last_rows")]
@@ -163,6 +165,7 @@ impl KalamError {
             ResultTooLarge(_) => ErrorCode::ResultTooLarge,
             ResourcesExhausted(_) => ErrorCode::ResourcesExhausted,
             StatementTimeout(_) => ErrorCode::StatementTimeout,
+            TooManyConnections(_) => ErrorCode::TooManyConnections,
             NumericOutOfRange(_) => ErrorCode::NumericOutOfRange,
             DivisionByZero => ErrorCode::DivisionByZero,
             Storage(_) | CatalogIo(_) | Internal(_) => ErrorCode::InternalError,

@@ -33,6 +33,8 @@ pub struct Node {
     pub metrics: Metrics,
     /// Parse trees of parameterized requests' texts.
     pub prepared: PreparedStatements,
+    /// One permit per WebSocket connection the node may still take (`ws_max_connections`).
+    pub ws_slots: Arc<tokio::sync::Semaphore>,
     ready: AtomicBool,
 }
 
@@ -118,6 +120,11 @@ impl Node {
             config.max_result_rows,
             config.statement_timeout(),
         );
+        let ws_slots = Arc::new(tokio::sync::Semaphore::new(
+            config
+                .ws_max_connections
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
         Ok(Arc::new(Self {
             config,
             executor,
@@ -127,6 +134,7 @@ impl Node {
             auth: Authenticator::new(&secret),
             metrics,
             prepared,
+            ws_slots,
             ready: AtomicBool::new(true),
         }))
     }

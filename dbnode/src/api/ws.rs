@@ -66,6 +66,11 @@ pub async fn handle(
         None => None,
     };
     let user = principal.as_ref().map(|p| p.user_id.to_string());
+    // Taken before the upgrade and held until the connection ends; a refused client learns
+    // why from an HTTP answer rather than a connection that closes.
+    let Ok(slot) = node.ws_slots.clone().try_acquire_owned() else {
+        return KalamError::TooManyConnections(node.config.ws_max_connections).into_response();
+    };
     let mut response = upgrade
         .max_message_size(node.config.max_request_bytes)
         // tungstenite's 128 KiB defaults per direction dominate the memory of idle
@@ -78,7 +83,9 @@ pub async fn handle(
                 user = tracing::field::Empty,
                 conn = tracing::field::Empty
             );
-            run(node, socket, principal).instrument(span)
+            run(node, socket, principal)
+                .map(move |()| drop(slot))
+                .instrument(span)
         });
     if let Some(u) = user {
         response.extensions_mut().insert(RequestUser(u));

@@ -849,7 +849,7 @@ pub fn http_status_of(code: &str) -> u16 {
         "RESUME_GAP" | "LIVE_QUERY_KILLED" | "TABLE_DROPPED" => 410,
         "PAYLOAD_TOO_LARGE" | "RESULT_TOO_LARGE" | "RESOURCES_EXHAUSTED" => 413,
         "INTERNAL_ERROR" => 500,
-        "NOT_READY" => 503,
+        "NOT_READY" | "TOO_MANY_CONNECTIONS" => 503,
         other => panic!("unknown error code {other:?} (not in client/src/wire.rs)"),
     }
 }

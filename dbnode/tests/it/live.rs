@@ -2095,6 +2095,63 @@ async fn a_connection_holds_at_most_ws_max_subscriptions() {
     );
 }
 
+/// The node holds at most `ws_max_connections` WebSocket connections: one more upgrade is
+/// answered HTTP 503 with `TOO_MANY_CONNECTIONS` (before authentication is of any help), the
+/// connections it has keep working, SQL over HTTP is still served, and a closed connection
+/// frees its place (ADR 0040).
+#[tokio::test]
+async fn the_node_holds_at_most_ws_max_connections() {
+    let node =
+        TestNode::start_with_options(NodeOptions::default().env("KALAMDB_WS_MAX_CONNECTIONS", "2"))
+            .await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    let mut first = node.ws(&alice).await;
+    first.subscribe("q", ALL_IDS, Value::Null).await;
+    first.expect_subscribed("q").await;
+    let second = node.ws(&token("bob", false)).await;
+
+    for auth in [
+        WsAuth::Header(alice.clone()),
+        WsAuth::Header(admin_token()),
+        WsAuth::Nothing,
+    ] {
+        let what = format!("a third connection ({auth:?})");
+        match node.ws_try_connect(auth).await {
+            Err(tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), 503, "{what}");
+                if let Some(body) = resp.body() {
+                    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+                        assert_eq!(v["error"]["code"], "TOO_MANY_CONNECTIONS", "{what}: {v}");
+                    }
+                }
+            }
+            Err(other) => panic!("{what}: expected HTTP 503 on the upgrade, got {other}"),
+            Ok(_) => panic!("{what}: the upgrade was accepted"),
+        }
+    }
+    node.exec(&alice, &insert_msg(1, "c1", "still served"))
+        .await;
+    assert_eq!(row_ids(&first.expect_change("q", "INSERT").await), [1]);
+
+    second.close().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut third = loop {
+        match node.ws_try_connect(WsAuth::Header(alice.clone())).await {
+            Ok(client) => break client,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("a closed connection freed no place within 10 s: {e}"),
+        }
+    };
+    third.subscribe("q", ALL_IDS, Value::Null).await;
+    third.expect_subscribed("q").await;
+    node.exec(&alice, &insert_msg(2, "c1", "again")).await;
+    assert_eq!(row_ids(&third.expect_change("q", "INSERT").await), [2]);
+    assert_eq!(row_ids(&first.expect_change("q", "INSERT").await), [2]);
+}
+
 /// A node whose WebSocket queues are bounded by `bound` (a `KALAMDB_WS_MAX_QUEUED_*`
 /// variable) and a SHARED table `app.blobs (id, body)`. Only the queue bound may end a slow
 /// connection there, not the idle timeout.
