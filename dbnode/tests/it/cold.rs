@@ -480,6 +480,25 @@ async fn flushed_rows(node: &TestNode, ns: &str, table: &str) -> i64 {
         .sum()
 }
 
+/// [`flushed_rows`] once it is `expected`, or what it is after `timeout`: a flush's rows are
+/// in the table's statistics a moment before its job is marked completed.
+async fn settled_flushed_rows(
+    node: &TestNode,
+    ns: &str,
+    table: &str,
+    expected: i64,
+    timeout: Duration,
+) -> i64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows = flushed_rows(node, ns, table).await;
+        if rows == expected || Instant::now() >= deadline {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `count(*)` and `count(DISTINCT id)` of the live rows `token` sees both equal `n`.
 async fn assert_once(node: &TestNode, token: &str, table: &str, n: i64, context: &str) {
     let rows = node
@@ -1543,7 +1562,10 @@ async fn interval_policy_flushes_waiting_rows() {
     .await;
     // Whether the policy also records empty runs is not part of the contract: count rows.
     wait_stats(&node, "app", "timed", 0, 3, POLICY_TIMEOUT).await;
-    assert_eq!(flushed_rows(&node, "app", "timed").await, 3);
+    assert_eq!(
+        settled_flushed_rows(&node, "app", "timed", 3, POLICY_TIMEOUT).await,
+        3
+    );
 
     // Rows written later are flushed by a later run of the policy.
     node.exec(
@@ -1552,7 +1574,10 @@ async fn interval_policy_flushes_waiting_rows() {
     )
     .await;
     wait_stats(&node, "app", "timed", 0, 5, POLICY_TIMEOUT).await;
-    assert_eq!(flushed_rows(&node, "app", "timed").await, 5);
+    assert_eq!(
+        settled_flushed_rows(&node, "app", "timed", 5, POLICY_TIMEOUT).await,
+        5
+    );
     assert!(
         flush_jobs(&node, "app", "timed")
             .await
@@ -2703,7 +2728,7 @@ async fn s3_outage_fails_the_flush_and_a_retry_recovers() {
     let done = wait_completed_flush(&node, "app", "notes", &[], POLICY_TIMEOUT).await;
     assert!(result_rows(&done) > 0, "{}", pretty(&done));
     assert_eq!(
-        flushed_rows(&node, "app", "notes").await,
+        settled_flushed_rows(&node, "app", "notes", 200, POLICY_TIMEOUT).await,
         200,
         "the retries write every waiting row once"
     );
