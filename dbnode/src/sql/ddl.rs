@@ -561,6 +561,7 @@ fn default_text(expr: &SqlExpr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sql::comma_list;
     use crate::sql::parser::{parse_statements, KalamStatement};
 
     fn def(sql: &str) -> Result<TableDef> {
@@ -634,12 +635,7 @@ mod tests {
     /// ADD COLUMN past them is refused too.
     #[test]
     fn a_table_has_at_most_1600_columns() {
-        let columns = |n: usize| {
-            (0..n)
-                .map(|i| format!("c{i} INT"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let columns = |n: usize| comma_list(n, |i| format!("c{i} INT"));
         let widest = def(&format!(
             "CREATE SHARED TABLE app.w (id BIGINT PRIMARY KEY, {})",
             columns(1_599)

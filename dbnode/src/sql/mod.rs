@@ -18,3 +18,9 @@ pub mod rows;
 pub mod schema;
 pub mod system_tables;
 pub mod yield_points;
+
+/// `item(0), item(1), ..., item(n - 1)`: the long lists the tests of the bounds write.
+#[cfg(test)]
+pub(crate) fn comma_list(n: usize, item: impl Fn(usize) -> String) -> String {
+    (0..n).map(item).collect::<Vec<_>>().join(", ")
+}

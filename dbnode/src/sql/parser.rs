@@ -1159,6 +1159,7 @@ fn create_table(p: &mut Parser, kind: TableKind) -> Result<CreateTable> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sql::comma_list;
 
     fn one(sql: &str) -> KalamStatement {
         let (mut v, err) = parse_statements(sql);
@@ -1347,12 +1348,7 @@ mod tests {
     /// ROLLUP, CUBE, GROUPING SETS and DISTINCT ON count. Other lists are not bounded.
     #[test]
     fn long_select_and_key_lists_are_refused() {
-        let keys = |n: usize| {
-            (0..n)
-                .map(|i| format!("x + {i}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let keys = |n: usize| comma_list(n, |i| format!("x + {i}"));
         refused(
             format!("SELECT {} FROM t", keys(1_665)),
             "a SELECT list of 1,665",
@@ -1432,12 +1428,7 @@ mod tests {
             format!("SELECT a IS DISTINCT FROM b, {} FROM t", keys(100)),
             "IS DISTINCT FROM before 100 items",
         );
-        let windows = |n: usize| {
-            (0..n)
-                .map(|i| format!("row_number() OVER (ORDER BY x + {i})"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let windows = |n: usize| comma_list(n, |i| format!("row_number() OVER (ORDER BY x + {i})"));
         refused(
             format!("SELECT {} FROM t", windows(201)),
             "201 windows",
@@ -1462,10 +1453,7 @@ mod tests {
             "PARTITION BY 100 beside two key lists of 700",
         );
         // Lists that are not SELECT lists or keys: VALUES rows, function arguments, IN.
-        let rows = (0..5_000)
-            .map(|i| format!("({i}, 'r{i}')"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let rows = comma_list(5_000, |i| format!("({i}, 'r{i}')"));
         accepted(format!("INSERT INTO t (id, s) VALUES {rows}"), "5,000 rows");
         accepted(
             format!("SELECT coalesce({}) FROM t", keys(3_000)),
@@ -1508,10 +1496,7 @@ mod tests {
             refused(sql, what, "chain");
         }
         // Several chains of 500 pass up to their budget together.
-        let four = (0..4)
-            .map(|_| format!("1{}", " + 1".repeat(500)))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let four = comma_list(4, |_| format!("1{}", " + 1".repeat(500)));
         refused(
             format!("SELECT {four}, {four}"),
             "eight chains of 500",
@@ -1528,18 +1513,14 @@ mod tests {
             .collect::<Vec<_>>()
             .join(" OR ");
         accepted(format!("SELECT id FROM app.t WHERE {ors}"), "400 ORs");
-        let list = (0..20_000)
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = comma_list(20_000, |i| i.to_string());
         accepted(
             format!("SELECT id FROM app.t WHERE id IN ({list})"),
             "an IN list of 20,000",
         );
-        let rows = (0..5_000)
-            .map(|i| format!("({i}, -{i}, 'text {i}', NOT TRUE, {i}::BIGINT + 1)"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let rows = comma_list(5_000, |i| {
+            format!("({i}, -{i}, 'text {i}', NOT TRUE, {i}::BIGINT + 1)")
+        });
         accepted(
             format!("INSERT INTO app.t (a, b, c, d, e) VALUES {rows}"),
             "5,000 rows",
@@ -1555,12 +1536,7 @@ mod tests {
                 .map(|i| format!(" JOIN app.t t{i} ON t{i}.id = t{}.id", i - 1))
                 .collect::<String>()
         };
-        let listed = |n: usize| {
-            (0..n)
-                .map(|i| format!("app.t t{i}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let listed = |n: usize| comma_list(n, |i| format!("app.t t{i}"));
         let ctes = |n: usize| {
             let chain = (1..n)
                 .map(|i| format!(", a{i} AS (SELECT x FROM a{})", i - 1))
@@ -1589,10 +1565,7 @@ mod tests {
         accepted(ctes(999), "999 CTEs");
         // Commas elsewhere are not tables: select lists, function arguments, VALUES, SET,
         // and a FROM clause ends at WHERE.
-        let columns = (0..500)
-            .map(|i| format!("c{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = comma_list(500, |i| format!("c{i}"));
         accepted(
             format!(
                 "SELECT {columns}, EXTRACT(YEAR FROM ts), substr(a, 1, 2) FROM app.t \
