@@ -73,6 +73,10 @@ pub struct Config {
     pub live_log_retention: String,
     /// ... and up to this many bytes per table, whichever bound is hit first.
     pub live_log_max_bytes: usize,
+    /// Bytes of committed changes the live-query dispatcher may fall behind by; past it, the
+    /// subscribers of the changes waiting are closed with 4008 (and resume with `from_seq`)
+    /// instead of every notification arriving later and later.
+    pub live_dispatch_max_bytes: usize,
     /// Messages queued for one WebSocket connection before the node closes it with code
     /// 4008 (the client then resumes with `from_seq`).
     pub ws_max_queued_messages: usize,
@@ -144,6 +148,7 @@ impl Default for Config {
             job_retention: "7d".to_string(),
             live_log_retention: "1h".to_string(),
             live_log_max_bytes: 64 * 1024 * 1024,
+            live_dispatch_max_bytes: 64 * 1024 * 1024,
             ws_max_queued_messages: 10_000,
             ws_max_queued_bytes: 64 << 20,
             ws_max_subscriptions: 1_000,
@@ -226,6 +231,7 @@ impl Config {
         "job_retention",
         "live_log_retention",
         "live_log_max_bytes",
+        "live_dispatch_max_bytes",
         "ws_max_queued_messages",
         "ws_max_queued_bytes",
         "ws_max_subscriptions",
@@ -374,9 +380,10 @@ impl Config {
             || self.ws_max_connections == 0
             || self.ws_ping_interval_ms == 0
             || self.stream_eviction_interval_ms == 0
+            || self.live_dispatch_max_bytes == 0
         {
             return Err(ConfigError::Invalid(
-                "ws_max_queued_messages, ws_max_queued_bytes, ws_max_subscriptions, ws_max_connections, ws_ping_interval_ms and stream_eviction_interval_ms must be at least 1".into(),
+                "ws_max_queued_messages, ws_max_queued_bytes, ws_max_subscriptions, ws_max_connections, ws_ping_interval_ms, stream_eviction_interval_ms and live_dispatch_max_bytes must be at least 1".into(),
             ));
         }
         if self.http_read_timeout_ms == 0 {

@@ -170,6 +170,7 @@ impl Engine {
             queue_messages: config.ws_max_queued_messages,
             queue_bytes: config.ws_max_queued_bytes,
             max_subscriptions: config.ws_max_subscriptions,
+            max_dispatch_bytes: config.live_dispatch_max_bytes,
         })?;
         let users_def = Arc::new(users_table_def()?);
         let users = Arc::new(Self::runtime(

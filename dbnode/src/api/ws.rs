@@ -255,11 +255,26 @@ async fn write_loop(
         tracing::debug!(code = reason.code, reason = %reason.reason, "closing live connection");
         let frame = CloseFrame {
             code: reason.code,
-            reason: reason.reason.into(),
+            reason: close_reason_text(reason.reason).into(),
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+}
+
+/// A close frame is a control frame: its code and reason fit in 125 bytes, or the peer
+/// gets a protocol error instead of the code. Longer reasons are cut on a character
+/// boundary.
+fn close_reason_text(mut reason: String) -> String {
+    const MAX_REASON: usize = 123;
+    if reason.len() > MAX_REASON {
+        let mut end = MAX_REASON;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
 }
 
 /// The first-message form of authentication: `{"type":"auth","token":"..."}` within 5 s,
@@ -467,5 +482,19 @@ fn initial_query(
         )
     } else {
         format!("SELECT {} FROM {table}{filter}", columns.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::close_reason_text;
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        assert_eq!(close_reason_text("short".into()), "short");
+        let long = "é".repeat(100);
+        let cut = close_reason_text(long);
+        assert!(cut.len() <= 123 && cut.len() >= 122, "{}", cut.len());
+        assert!(cut.chars().all(|c| c == 'é'));
     }
 }

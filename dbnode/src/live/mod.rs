@@ -71,6 +71,11 @@ pub struct Connection {
     queued_bytes: AtomicUsize,
     max_queued_bytes: usize,
     close: watch::Sender<Option<CloseReason>>,
+    /// Set with the first close, before the socket task hears of it: from then on nothing
+    /// more is queued, so what the client gets is a gapless prefix of its changes and a
+    /// resume from the last `seq` it saw misses nothing (a smaller change after one that did
+    /// not fit would otherwise still fit, and go out).
+    closing: AtomicBool,
     subscriptions: Mutex<HashMap<String, Arc<Subscription>>>,
     metrics: LiveMetrics,
 }
@@ -79,6 +84,9 @@ impl Connection {
     /// Queues one message; a full queue (by messages or by bytes) closes the connection
     /// (code 4008) instead of waiting or dropping. Returns whether the message was queued.
     pub fn send(&self, text: String) -> bool {
+        if self.closing.load(Ordering::Acquire) {
+            return false;
+        }
         let bytes = text.len();
         let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
         // One message is always queued when nothing else is (a large `initial_data`).
@@ -128,6 +136,7 @@ impl Connection {
 
     /// Asks the socket task to close with `code`; the first reason wins.
     pub fn close(&self, code: u16, reason: impl Into<String>) {
+        self.closing.store(true, Ordering::Release);
         let reason = reason.into();
         self.close.send_if_modified(|current| {
             if current.is_some() {
@@ -139,7 +148,7 @@ impl Connection {
     }
 
     pub fn is_closing(&self) -> bool {
-        self.close.borrow().is_some()
+        self.closing.load(Ordering::Acquire)
     }
 
     /// The socket task took `text` off the queue.
@@ -604,6 +613,11 @@ pub struct LiveMetrics {
     pub connections: IntGauge,
     pub messages: IntCounter,
     pub slow_closed: IntCounter,
+    /// Bytes of committed changes handed to the dispatcher and not yet delivered.
+    pub dispatch_backlog_bytes: IntGauge,
+    /// Changes not evaluated because the dispatcher was over `live_dispatch_max_bytes`
+    /// behind; their subscribers were closed with 4008 instead.
+    pub dispatch_shed: IntCounter,
 }
 
 impl LiveMetrics {
@@ -622,6 +636,15 @@ impl LiveMetrics {
                 "kalamdb_ws_slow_closed_total",
                 "Connections closed because their queue overflowed (code 4008)",
             ),
+            dispatch_backlog_bytes: gauge(
+                "kalamdb_live_dispatch_backlog_bytes",
+                "Bytes of committed changes waiting for the live-query dispatcher",
+            ),
+            dispatch_shed: counter(
+                "kalamdb_live_dispatch_shed_total",
+                "Changes whose subscribers were closed (code 4008) because the dispatcher was \
+                 more than live_dispatch_max_bytes behind",
+            ),
         }
     }
 
@@ -631,6 +654,8 @@ impl LiveMetrics {
             Box::new(self.connections.clone()),
             Box::new(self.messages.clone()),
             Box::new(self.slow_closed.clone()),
+            Box::new(self.dispatch_backlog_bytes.clone()),
+            Box::new(self.dispatch_shed.clone()),
         ]
     }
 }
@@ -645,6 +670,9 @@ pub struct LiveSettings {
     pub queue_bytes: usize,
     /// Subscriptions per connection (`ws_max_subscriptions`).
     pub max_subscriptions: usize,
+    /// How far the dispatcher may fall behind the commits, in bytes of changes
+    /// (`live_dispatch_max_bytes`), before it sheds instead of delivering.
+    pub max_dispatch_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -654,6 +682,9 @@ pub struct LiveHub {
     tables: RwLock<HashMap<String, Arc<Mutex<TableLive>>>>,
     registry: Mutex<BTreeMap<String, Arc<Subscription>>>,
     dispatch: mpsc::UnboundedSender<Dispatch>,
+    /// Bytes of the changes in `dispatch` and the one being delivered: what bounds the
+    /// channel, which writers never wait on.
+    backlog: Arc<AtomicUsize>,
     next_connection: AtomicU64,
     next_subscription: AtomicU64,
     pub metrics: LiveMetrics,
@@ -674,10 +705,55 @@ impl LiveHub {
     pub fn new(settings: LiveSettings) -> Result<Arc<Self>> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Dispatch>();
         let metrics = LiveMetrics::new();
-        let messages = metrics.messages.clone();
-        let dispatcher = async move {
-            while let Some(job) = rx.recv().await {
-                dispatch_or_close(&job, &messages);
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let dispatcher = {
+            let metrics = metrics.clone();
+            let backlog = backlog.clone();
+            let max = settings.max_dispatch_bytes;
+            async move {
+                let mut shedding = false;
+                while let Some(job) = rx.recv().await {
+                    // This change and every one committed after it.
+                    let waiting = backlog.load(Ordering::Acquire);
+                    if waiting > max {
+                        if !shedding {
+                            tracing::warn!(
+                                waiting_bytes = waiting,
+                                live_dispatch_max_bytes = max,
+                                "live queries fell behind the commits; closing the \
+                                 subscribers of the changes waiting (4008) until caught up"
+                            );
+                        }
+                        shedding = true;
+                        shed(&job, max, &metrics);
+                    } else {
+                        if shedding {
+                            tracing::info!("live queries caught up with the commits");
+                        }
+                        shedding = false;
+                        dispatch_or_close(&job, &metrics.messages);
+                    }
+                    let bytes = job.event.bytes;
+                    let left = backlog
+                        .fetch_sub(bytes, Ordering::AcqRel)
+                        .saturating_sub(bytes);
+                    metrics.dispatch_backlog_bytes.set(gauge_value(left));
+                    // Tests hold the dispatcher up here for `return(<ms>)`, as more
+                    // subscriptions than it can evaluate would, without blocking the thread
+                    // it runs on (FAILPOINTS=live-dispatch-stall=1*return(2000)).
+                    #[cfg(debug_assertions)]
+                    if let Some(ms) = fail::eval("live-dispatch-stall", |arg| {
+                        arg.and_then(|ms| ms.parse::<u64>().ok())
+                    })
+                    .flatten()
+                    {
+                        let stall = Duration::from_millis(ms);
+                        match tokio::runtime::Handle::try_current() {
+                            Ok(_) => tokio::time::sleep(stall).await,
+                            Err(_) => std::thread::sleep(stall),
+                        }
+                    }
+                }
             }
         };
         match tokio::runtime::Handle::try_current() {
@@ -696,6 +772,7 @@ impl LiveHub {
             tables: RwLock::new(HashMap::new()),
             registry: Mutex::new(BTreeMap::new()),
             dispatch: tx,
+            backlog,
             next_connection: AtomicU64::new(1),
             next_subscription: AtomicU64::new(1),
             metrics,
@@ -731,6 +808,7 @@ impl LiveHub {
             queued_bytes: AtomicUsize::new(0),
             max_queued_bytes: self.settings.queue_bytes.max(1),
             close,
+            closing: AtomicBool::new(false),
             subscriptions: Mutex::new(HashMap::new()),
             metrics: self.metrics.clone(),
         });
@@ -1012,8 +1090,14 @@ impl ChangeSink for LiveHub {
         let listened = state.subscriptions.contains_key(&key);
         drop(state);
         if listened {
+            let bytes = event.bytes;
+            let waiting = self.backlog.fetch_add(bytes, Ordering::AcqRel) + bytes;
+            self.metrics
+                .dispatch_backlog_bytes
+                .set(gauge_value(waiting));
             let job = Dispatch { event, table };
             if self.dispatch.send(job).is_err() {
+                self.backlog.fetch_sub(bytes, Ordering::AcqRel);
                 tracing::error!("the live-query dispatcher is gone");
             }
         }
@@ -1089,6 +1173,36 @@ fn dispatch_or_close(job: &Dispatch, messages: &IntCounter) {
     for subscription in listeners.iter() {
         close_undelivered(subscription, seq);
     }
+}
+
+/// The dispatcher is more than `max` bytes of changes behind the commits (more are committed
+/// than its subscriptions can be evaluated for): instead of evaluating this change, it
+/// closes the connections it would reach with 4008. They resume with `from_seq` from the
+/// table's log, which has the change; waiting on would let the delay of every notification
+/// and the memory held for it grow without bound, and writers never wait for subscribers.
+fn shed(job: &Dispatch, max: usize, metrics: &LiveMetrics) {
+    metrics.dispatch_shed.inc();
+    let seq = job.event.batch.seq;
+    let table = job.table.lock();
+    let Some(listeners) = table.subscriptions.get(&job.event.batch.partition.prefix()) else {
+        return;
+    };
+    for subscription in listeners.iter().filter(|s| s.reached_by(seq)) {
+        if !subscription.connection.is_closing() {
+            subscription.connection.close(
+                CLOSE_TOO_SLOW,
+                format!(
+                    "node fell behind: over {max} bytes of changes waiting; reconnect and \
+                     resume with from_seq"
+                ),
+            );
+        }
+    }
+}
+
+/// A byte count as a gauge's value (saturating; no backlog comes near `i64::MAX`).
+fn gauge_value(bytes: usize) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 /// Closes the connection of a subscription that change `seq` could not be delivered to.
@@ -1485,6 +1599,7 @@ mod tests {
             queue_messages: 100,
             queue_bytes: 100,
             max_subscriptions: 10,
+            max_dispatch_bytes: 1 << 20,
         })
         .unwrap();
         let principal = Principal {
@@ -1502,6 +1617,19 @@ mod tests {
         let reason = close.borrow().clone().expect("closed");
         assert_eq!(reason.code, CLOSE_TOO_SLOW);
         assert!(reason.reason.contains("bytes queued"), "{}", reason.reason);
+        // Room again, but nothing after a change that did not fit may reach the client:
+        // it resumes from the last change it got.
+        let taken = queue.recv().await.unwrap();
+        connection.dequeued(&taken);
+        assert!(
+            !connection.send("g".to_string()),
+            "closing: nothing more is queued"
+        );
+        assert!(
+            queue.try_recv().is_ok(),
+            "what was queued before the close stays"
+        );
+        assert!(queue.try_recv().is_err(), "and nothing after it");
 
         let (connection, _queue, close) = hub.connect(principal);
         assert!(connection.send("e".repeat(500)), "alone in the queue");

@@ -1784,6 +1784,95 @@ async fn a_delivery_that_panics_closes_its_subscribers_who_resume_without_a_gap(
     assert_eq!(row_ids(&live), [3], "{}", pretty(&live));
 }
 
+/// When more is committed than the live-query dispatcher can deliver (held up for 2 s after
+/// its first delivery here, with a failpoint), it falls behind by at most
+/// `live_dispatch_max_bytes` of changes: past that, the subscribers of the changes waiting
+/// are closed with 4008, having got a gapless prefix, and resume with `from_seq` without a
+/// gap; writers never wait, and a subscriber of other rows keeps its connection.
+#[tokio::test]
+async fn a_dispatcher_that_falls_behind_closes_the_subscribers_it_cannot_serve_in_time() {
+    let node = TestNode::start_with_options(
+        NodeOptions::default()
+            .env("FAILPOINTS", "live-dispatch-stall=1*return(2000)->off")
+            .env("KALAMDB_LIVE_DISPATCH_MAX_BYTES", "1500"),
+    )
+    .await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    let bob = token("bob", false);
+    let mut alice_ws = node.ws(&alice).await;
+    alice_ws
+        .subscribe("feed", ALL_IDS, json!({"last_rows": 1}))
+        .await;
+    alice_ws.expect_subscribed("feed").await;
+    // Where a client resumes from when it has seen no change yet.
+    let mut last_seen = seq(&alice_ws.expect_initial_data("feed").await);
+    let mut bob_ws = node.ws(&bob).await;
+    bob_ws.subscribe("feed", ALL_IDS, Value::Null).await;
+    bob_ws.expect_subscribed("feed").await;
+
+    let started = Instant::now();
+    node.exec(&alice, &insert_msg(1, "c1", "slow to deliver"))
+        .await;
+    let burst: Vec<String> = (2..=31).map(|id| insert_msg(id, "c1", "waits")).collect();
+    node.exec(&alice, &burst.join("; ")).await;
+    let wrote_in = started.elapsed();
+    assert!(
+        wrote_in < Duration::from_millis(1500),
+        "31 INSERTs took {wrote_in:?}: writers must not wait for the dispatcher (and the \
+         test needs them written while the first change is being delivered)"
+    );
+
+    let (got, close) = alice_ws.expect_close(Duration::from_secs(20)).await;
+    assert_eq!(close.code, Some(4008), "{close:?}");
+    assert!(
+        close.reason.contains("fell behind") && close.reason.contains("from_seq"),
+        "{close:?}"
+    );
+    // Usually the first change (delivered before the dispatcher was held up); none if the
+    // burst was committed before the dispatcher reached it.
+    let got_ids: Vec<i64> = got.iter().flat_map(row_ids).collect();
+    assert_eq!(
+        got_ids,
+        (1..=got_ids.len() as i64).collect::<Vec<i64>>(),
+        "a gapless prefix before the close"
+    );
+    assert!(got_ids.len() < 31, "closed, yet every change was delivered");
+    if let Some(last) = got.last() {
+        last_seen = seq(last);
+    }
+    assert!(node.metric("kalamdb_live_dispatch_shed_total").await >= 1);
+
+    // Caught up: the backlog is empty, and bob, whose rows were not waiting, still listens.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.metric("kalamdb_live_dispatch_backlog_bytes").await != 0 {
+        assert!(Instant::now() < deadline, "the backlog never drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.exec(&bob, &insert_msg(100, "c9", "bob's own")).await;
+    assert_eq!(
+        row_ids(&bob_ws.expect_change("feed", "INSERT").await),
+        [100]
+    );
+
+    let mut alice_ws = node.ws(&alice).await;
+    alice_ws
+        .subscribe("feed", ALL_IDS, json!({"from_seq": last_seen}))
+        .await;
+    alice_ws.expect_subscribed("feed").await;
+    let mut resumed = Vec::new();
+    while resumed.len() < 31 - got_ids.len() {
+        resumed.extend(row_ids(&alice_ws.expect_change("feed", "INSERT").await));
+    }
+    let missed: Vec<i64> = (got_ids.len() as i64 + 1..=31).collect();
+    assert_eq!(resumed, missed, "every change missed, once, in order");
+    node.exec(&alice, &insert_msg(32, "c1", "live again")).await;
+    assert_eq!(
+        row_ids(&alice_ws.expect_change("feed", "INSERT").await),
+        [32]
+    );
+}
+
 /// A change whose rendering for one query shape panics (a bug, e.g. in evaluating its
 /// filter; made one here with a failpoint) closes only that shape's subscribers, who resume
 /// with `from_seq`; a subscriber of the same rows with another shape gets the change.
