@@ -15,7 +15,8 @@ use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::sql::sqlparser::ast::{
-    GroupByExpr, SelectItem, SetExpr, Statement, TableFactor, WildcardAdditionalOptions,
+    Expr as SqlExpr, ExprWithAlias, GroupByExpr, SelectItem, SetExpr, Statement, TableFactor,
+    WildcardAdditionalOptions,
 };
 
 use crate::catalog::TableDef;
@@ -43,8 +44,8 @@ pub struct CompiledQuery {
     pub selected: Vec<u32>,
     /// ... and of those its WHERE reads.
     pub filtered: Vec<u32>,
-    /// The WHERE clause as SQL, for the `initial_data` query ...
-    pub where_sql: Option<String>,
+    /// The WHERE clause as the client wrote it, for the `initial_data` query ...
+    pub where_expr: Option<SqlExpr>,
     /// ... which names the table by this alias (the table name when none was given).
     pub alias: String,
     /// A `column = literal` the predicate requires (a conjunct of its top-level AND): a
@@ -290,14 +291,19 @@ pub fn compile(engine: &Engine, state: &SessionState, sql: &str) -> Result<Compi
         .map(|i| schema.field(*i).name().clone())
         .collect();
 
-    let (predicate, where_sql) = match &select.selection {
+    let (predicate, where_expr) = match &select.selection {
         None => (None, None),
         Some(expr) => {
-            let text = expr.to_string();
             let mut exact = expr.clone();
             exact_literals(&mut exact);
+            // From the tree, not its text: sqlparser prints some string literals in a form
+            // that parses back as another value.
+            let exact = ExprWithAlias {
+                expr: exact,
+                alias: None,
+            };
             let logical = state
-                .create_logical_expr(&exact.to_string(), &df_schema)
+                .create_logical_expr_from_sql_expr(exact, &df_schema)
                 .map_err(|e| invalid(format!("WHERE: {}", KalamError::from(e))))?;
             let physical = state
                 .create_physical_expr(logical, &df_schema)
@@ -308,7 +314,7 @@ pub fn compile(engine: &Engine, state: &SessionState, sql: &str) -> Result<Compi
                     "WHERE must be a boolean condition, not {data_type}"
                 )));
             }
-            (Some(physical), Some(text))
+            (Some(physical), Some(expr.clone()))
         }
     };
     let def = runtime.def();
@@ -336,7 +342,7 @@ pub fn compile(engine: &Engine, state: &SessionState, sql: &str) -> Result<Compi
         column_names,
         predicate,
         predicate_text,
-        where_sql,
+        where_expr,
         alias: qualifier,
     })
 }

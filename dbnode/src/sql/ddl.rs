@@ -135,7 +135,7 @@ fn declared_column(col: &SqlColumnDef, id: u32) -> Result<(ColumnDef, bool)> {
         match &opt.option {
             ColumnOption::NotNull => def.nullable = false,
             ColumnOption::Null => def.nullable = true,
-            ColumnOption::Default(expr) => def.default = Some(default_text(expr)),
+            ColumnOption::Default(expr) => def.default = Some(default_text(&def.name, expr)?),
             ColumnOption::PrimaryKey(_) => primary = true,
             other => {
                 return Err(bad(format!(
@@ -554,8 +554,25 @@ fn stream_option(options: &mut StreamOptions, key: &str, value: &serde_json::Val
     Ok(())
 }
 
-fn default_text(expr: &SqlExpr) -> String {
-    expr.to_string()
+/// A DEFAULT as stored: its text, parsed again for every INSERT. sqlparser prints a string
+/// literal holding `''` or `\'` in a form that parses back as another value; such a DEFAULT
+/// is refused rather than kept changed.
+fn default_text(column: &ColumnName, expr: &SqlExpr) -> Result<String> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    let text = expr.to_string();
+    let same = Parser::new(&GenericDialect {})
+        .try_with_sql(&text)
+        .and_then(|mut p| p.parse_expr())
+        .is_ok_and(|again| &again == expr);
+    if !same {
+        return Err(KalamError::InvalidTableDefinition(format!(
+            "DEFAULT of column '{column}' cannot be kept as written (a string literal with two \
+             quotes or a backslash and a quote in a row); write it another way, e.g. with \
+             CHR(39) for a quote"
+        )));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -573,6 +590,27 @@ mod tests {
             panic!("not a CREATE TABLE")
         };
         table_def(&c, |_, _| Ok(()))
+    }
+
+    /// A DEFAULT is kept as text and parsed again on every INSERT: one whose text would
+    /// parse back as another value is refused, the rest are kept as written.
+    #[test]
+    fn defaults_are_kept_only_when_their_text_means_the_same() {
+        let t =
+            def(r"CREATE USER TABLE app.m (a TEXT DEFAULT 'it''s', b TEXT DEFAULT 'x\y')").unwrap();
+        assert_eq!(t.columns[1].default.as_deref(), Some("'it''s'"));
+        assert_eq!(t.columns[2].default.as_deref(), Some(r"'x\y'"));
+        for sql in [
+            "CREATE USER TABLE app.m (a TEXT DEFAULT 'a''''b')",
+            r"CREATE USER TABLE app.m (a TEXT DEFAULT 'x\''')",
+        ] {
+            match def(sql) {
+                Err(KalamError::InvalidTableDefinition(m)) => {
+                    assert!(m.contains("DEFAULT of column 'a'"), "{m}")
+                }
+                other => panic!("{sql}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -25,7 +25,8 @@ use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
     Assignment, AssignmentTarget, Delete, Expr as SqlExpr, FromTable, Ident, Insert, ObjectName,
-    ObjectNamePart, SetExpr, Statement, TableFactor, TableObject, TableWithJoins, Update,
+    ObjectNamePart, SelectItem, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
+    Update,
 };
 use futures::StreamExt;
 use kalam_client::wire::{ColumnInfo, QueryResult, Row};
@@ -149,6 +150,48 @@ fn column_name(name: &ObjectName) -> String {
 const WRITE_ATTEMPTS: usize = 8;
 
 /// `_updated` and `_deleted` of each row of a DML read (its last two columns).
+/// A `SELECT` the node wrote (`template`: its own keywords and identifiers, no client text)
+/// with a client's expressions put in as syntax trees: `from` as its FROM, `selection` as
+/// its WHERE, and each of `extra` as `(<expr>) AS "<alias>"` from select item `extra.0` on.
+/// Never through text: sqlparser prints a string literal holding `''` or `\'` in a form
+/// that parses back as another value (or lets a `$1` value end its literal and add SQL).
+pub(crate) fn splice_select(
+    state: &SessionState,
+    template: &str,
+    from: Option<&TableWithJoins>,
+    selection: Option<&SqlExpr>,
+    extra: (usize, &[(&SqlExpr, String)]),
+) -> Result<DfStatement> {
+    let mut stmt = state.sql_to_statement(template, &datafusion::config::Dialect::Generic)?;
+    let DfStatement::Statement(parsed) = &mut stmt else {
+        return Err(KalamError::internal("a node query is not a statement"));
+    };
+    let Statement::Query(query) = parsed.as_mut() else {
+        return Err(KalamError::internal("a node query is not a query"));
+    };
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return Err(KalamError::internal("a node query is not a SELECT"));
+    };
+    let (at, items) = extra;
+    if at > select.projection.len() {
+        return Err(KalamError::internal("extra select items past the end"));
+    }
+    for (n, (expr, alias)) in items.iter().enumerate() {
+        select.projection.insert(
+            at + n,
+            SelectItem::ExprWithAlias {
+                expr: SqlExpr::Nested(Box::new((*expr).clone())),
+                alias: Ident::with_quote('"', alias),
+            },
+        );
+    }
+    if let Some(from) = from {
+        select.from = vec![from.clone()];
+    }
+    select.selection = selection.cloned();
+    Ok(stmt)
+}
+
 fn read_versions(batch: &RecordBatch) -> Result<Vec<(i64, bool)>> {
     let n = batch.num_columns();
     let (Some(updated), Some(deleted)) = (
@@ -681,7 +724,7 @@ impl Executor {
         state: &SessionState,
         def: &TableDef,
         relation: &TableWithJoins,
-        extra: &[String],
+        extra: &[&SqlExpr],
         selection: Option<&SqlExpr>,
     ) -> Result<Vec<RecordBatch>> {
         let mut select: Vec<String> = def
@@ -689,17 +732,37 @@ impl Executor {
             .iter()
             .map(|c| quoted(c.name.as_str()))
             .collect();
-        select.extend(extra.iter().cloned());
-        // The version each row was read at, for `TableStore::apply_changes`.
+        // The version each row was read at, for `TableStore::apply_changes`; `extra` goes
+        // before them.
         select.push(quoted(UPDATED_COLUMN));
         select.push(quoted(DELETED_COLUMN));
-        let filter = selection.map(|s| format!(" WHERE {s}")).unwrap_or_default();
-        let sql = format!(
-            "SELECT {} FROM {}{filter}",
-            select.join(", "),
-            relation.relation
-        );
-        self.run_text(state, &sql).await
+        let template = format!("SELECT {} FROM t", select.join(", "));
+        let extra: Vec<(&SqlExpr, String)> = extra
+            .iter()
+            .enumerate()
+            .map(|(n, e)| (*e, format!("__kalam_set_{n}")))
+            .collect();
+        let stmt = splice_select(
+            state,
+            &template,
+            Some(relation),
+            selection,
+            (def.columns.len(), &extra),
+        )?;
+        Ok(self.run(state, stmt, usize::MAX).await?.1)
+    }
+
+    /// Runs `statement` as the request's user within the result limit: a query the node
+    /// built (see [`splice_select`]).
+    pub async fn query_statement(
+        &self,
+        ctx: &Arc<RequestContext>,
+        statement: impl FnOnce(&SessionState) -> Result<DfStatement>,
+    ) -> Result<QueryResult> {
+        let state = self.state(ctx);
+        let stmt = statement(&state)?;
+        let (schema, batches) = self.run(&state, stmt, self.max_result_rows).await?;
+        output::query_result(&schema, &batches)
     }
 
     /// Every batch of a query the node wrote itself (no result-size limit).
@@ -737,7 +800,7 @@ impl Executor {
             let rt = self.runtime(target)?;
             let def = rt.def().clone();
             let targets = Self::update_targets(&def, &update.assignments)?;
-            let extra: Vec<String> = targets.iter().map(|(_, e)| e.clone()).collect();
+            let extra: Vec<&SqlExpr> = targets.iter().map(|(_, e)| *e).collect();
             let generation = rt.store.cold_generation();
             let batches = self
                 .select_targets(
@@ -787,10 +850,12 @@ impl Executor {
         Err(KalamError::WriteConflict(rt.def().id().to_string()))
     }
 
-    /// The columns an UPDATE assigns (their positions in `def`) with their SET expressions
-    /// as extra select items.
-    fn update_targets(def: &TableDef, assignments: &[Assignment]) -> Result<Vec<(usize, String)>> {
-        let mut targets: Vec<(usize, String)> = Vec::new();
+    /// The columns an UPDATE assigns (their positions in `def`) with their SET expressions.
+    fn update_targets<'a>(
+        def: &TableDef,
+        assignments: &'a [Assignment],
+    ) -> Result<Vec<(usize, &'a SqlExpr)>> {
+        let mut targets: Vec<(usize, &SqlExpr)> = Vec::new();
         for assignment in assignments {
             let AssignmentTarget::ColumnName(col) = &assignment.target else {
                 return Err(KalamError::Unsupported(
@@ -822,14 +887,7 @@ impl Executor {
                     "column '{name}' is assigned twice"
                 )));
             }
-            targets.push((
-                idx,
-                format!(
-                    "({}) AS \"__kalam_set_{}\"",
-                    assignment.value,
-                    targets.len()
-                ),
-            ));
+            targets.push((idx, &assignment.value));
         }
         Ok(targets)
     }
@@ -1221,7 +1279,7 @@ impl Executor {
                 Ok(affected(n))
             }
             Statement::Update(update) => {
-                let mut sets: Vec<(String, String)> = Vec::new();
+                let mut sets: Vec<(String, &SqlExpr)> = Vec::new();
                 for a in &update.assignments {
                     let AssignmentTarget::ColumnName(c) = &a.target else {
                         return Err(KalamError::Unsupported(
@@ -1235,20 +1293,22 @@ impl Executor {
                             clip(&name)
                         )));
                     }
-                    sets.push((name, a.value.to_string()));
+                    sets.push((name, &a.value));
                 }
-                let extra: String = sets
+                let extra: Vec<(&SqlExpr, String)> = sets
                     .iter()
                     .enumerate()
-                    .map(|(i, (_, e))| format!(", ({e}) AS \"__set_{i}\""))
+                    .map(|(i, (_, e))| (*e, format!("__set_{i}")))
                     .collect();
-                let filter = update
-                    .selection
-                    .as_ref()
-                    .map(|s| format!(" WHERE {s}"))
-                    .unwrap_or_default();
-                let sql = format!("SELECT location_name, location_type, path, credentials_ref, created_at{extra} FROM system.storage_locations{filter}");
-                let batches = self.run_text(&state, &sql).await?;
+                let stmt = splice_select(
+                    &state,
+                    "SELECT location_name, location_type, path, credentials_ref, created_at \
+                     FROM system.storage_locations",
+                    None,
+                    update.selection.as_ref(),
+                    (5, &extra),
+                )?;
+                let batches = self.run(&state, stmt, usize::MAX).await?.1;
                 let mut n = 0;
                 for batch in &batches {
                     for i in 0..batch.num_rows() {
@@ -1280,13 +1340,14 @@ impl Executor {
                 Ok(affected(n))
             }
             Statement::Delete(delete) => {
-                let filter = delete
-                    .selection
-                    .as_ref()
-                    .map(|s| format!(" WHERE {s}"))
-                    .unwrap_or_default();
-                let sql = format!("SELECT location_name FROM system.storage_locations{filter}");
-                let batches = self.run_text(&state, &sql).await?;
+                let stmt = splice_select(
+                    &state,
+                    "SELECT location_name FROM system.storage_locations",
+                    None,
+                    delete.selection.as_ref(),
+                    (1, &[]),
+                )?;
+                let batches = self.run(&state, stmt, usize::MAX).await?.1;
                 let mut n = 0;
                 for batch in &batches {
                     for i in 0..batch.num_rows() {

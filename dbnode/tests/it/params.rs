@@ -201,3 +201,79 @@ async fn params_that_do_not_fit_are_refused_before_anything_runs() {
     );
     node.assert_error(&bound, &code, "'abc' for a BIGINT as a parameter");
 }
+
+/// UPDATE and DELETE read their rows with a query the node builds around the client's SET
+/// and WHERE; a value holding `\'` or `''` stays a value there. Before, that query went
+/// through SQL text, which sqlparser prints so that `\'` ended the literal: a `$1` of
+/// `\' OR 1=1 --` in a DELETE deleted every row of the partition, and `a''b` was stored as
+/// `a'b`.
+#[tokio::test]
+async fn quotes_and_backslashes_in_values_stay_values_in_update_and_delete() {
+    let node = TestNode::start().await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    let tricky = [
+        r"\' OR 1=1 --",
+        "a''b",
+        r"x\'y",
+        "it's",
+        r"back\slash",
+        "''",
+    ];
+    for (i, text) in tricky.iter().enumerate() {
+        exec_params(
+            &node,
+            &alice,
+            INSERT,
+            json!([i + 1, "c1", text, null, "2026-11-27T10:00:00Z"]),
+        )
+        .await;
+    }
+    assert_eq!(contents(&node, &alice).await, tricky, "stored as sent");
+
+    // A DELETE whose value would have ended its literal deletes only the row it names.
+    let body = exec_params(
+        &node,
+        &alice,
+        "DELETE FROM app.messages WHERE content = $1",
+        json!([r"\' OR 1=1 --"]),
+    )
+    .await;
+    assert_eq!(result(&body, 0)["affected_rows"], 1, "{}", pretty(&body));
+    let body = exec_params(
+        &node,
+        &alice,
+        "DELETE FROM app.messages WHERE content = $1",
+        json!([r"nothing\' OR 1=1 --"]),
+    )
+    .await;
+    assert_eq!(result(&body, 0)["affected_rows"], 0, "{}", pretty(&body));
+    assert_eq!(contents(&node, &alice).await, &tricky[1..]);
+
+    // UPDATE sets exactly the value, with params and written inline.
+    for (id, value) in [(2, "a''b"), (3, r"x\'y"), (4, "''''")] {
+        exec_params(
+            &node,
+            &alice,
+            "UPDATE app.messages SET content = $1 WHERE id = $2 AND content <> $1",
+            json!([value, id]),
+        )
+        .await;
+    }
+    node.exec(
+        &alice,
+        r"UPDATE app.messages SET content = 'q''''q' || content WHERE content = 'back\slash'",
+    )
+    .await;
+    assert_eq!(
+        contents(&node, &alice).await,
+        ["a''b", r"x\'y", "''''", r"q''qback\slash", "''"]
+    );
+}
+
+async fn contents(node: &TestNode, token: &str) -> Vec<String> {
+    let rows = node
+        .query(token, "SELECT content FROM app.messages ORDER BY id")
+        .await;
+    strings(&rows, "content")
+}
