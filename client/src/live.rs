@@ -221,7 +221,13 @@ impl LiveConnection {
         // tungstenite zero-fills its whole read buffer (128 KiB by default) before every
         // read of the socket: most of a reader's CPU when frames are small and frequent.
         // 16 KiB, as the node uses, still takes a large initial_data in few reads.
-        let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+        // No frame or message size limit (tungstenite's are 16 and 64 MiB): the node sends
+        // an `initial_data` of up to `max_result_rows` rows, or one commit's change, as one
+        // frame, and a limit here would end the connection on it every time it resumed.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(16 * 1024)
+            .max_frame_size(None)
+            .max_message_size(None);
         // Nagle off: live messages are small and latency is the point.
         let handshake = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
         let socket = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {

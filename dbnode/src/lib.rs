@@ -31,6 +31,24 @@ macro_rules! panic_point {
     };
 }
 
+/// Waits at a named step for `<ms>` when `FAILPOINTS` says `<name>=return(<ms>)`, without
+/// blocking the thread it runs on (a blocked runtime worker can stall everyone's I/O): the
+/// tests' stand-in for slow work there. Compiled into debug builds only.
+macro_rules! stall_point {
+    ($name:literal) => {
+        #[cfg(debug_assertions)]
+        if let Some(ms) =
+            fail::eval($name, |arg| arg.and_then(|ms| ms.parse::<u64>().ok())).flatten()
+        {
+            let stall = std::time::Duration::from_millis(ms);
+            match tokio::runtime::Handle::try_current() {
+                Ok(_) => tokio::time::sleep(stall).await,
+                Err(_) => std::thread::sleep(stall),
+            }
+        }
+    };
+}
+
 pub mod api;
 pub mod auth;
 pub mod backup;

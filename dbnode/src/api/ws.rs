@@ -9,7 +9,7 @@
 //! hub forgets the connection's subscriptions.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,7 @@ use crate::auth::Principal;
 use crate::error::KalamError;
 use crate::live::{query, CloseReason, Connection};
 use crate::node::Node;
+use crate::sql::executor::splice_select;
 use crate::sql::provider::{partition_for, RequestContext};
 
 /// How long a connection opened without a token has to send its `auth` message.
@@ -93,10 +94,14 @@ pub async fn handle(
     response
 }
 
-/// Milliseconds since the connection opened at which the client last sent a frame.
+/// Milliseconds since the connection opened at which the client last sent a frame, and
+/// whether one of its messages is being handled now.
 struct LastSeen {
     opened: Instant,
     millis: AtomicU64,
+    /// While the reader handles a message (a subscribe reading `initial_data` may take up to
+    /// the statement timeout) it reads no pongs; the client is not idle then.
+    busy: AtomicBool,
 }
 
 impl LastSeen {
@@ -106,8 +111,18 @@ impl LastSeen {
     }
 
     fn idle(&self) -> Duration {
+        if self.busy.load(Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
         let now = self.opened.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.millis.load(Ordering::Relaxed)))
+    }
+
+    fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Relaxed);
+        if !busy {
+            self.touch();
+        }
     }
 }
 
@@ -129,6 +144,7 @@ async fn run(node: Arc<Node>, socket: WebSocket, principal: Option<Principal>) {
     let last_seen = Arc::new(LastSeen {
         opened: Instant::now(),
         millis: AtomicU64::new(0),
+        busy: AtomicBool::new(false),
     });
     let writer = tokio::spawn(
         write_loop(
@@ -174,10 +190,12 @@ async fn read_loop(
                 // A panic (a bug) while planning a subscription or its initial data must
                 // not skip `disconnect` below and leave the connection's subscriptions
                 // registered: the connection is closed and cleaned up like any other.
+                last_seen.set_busy(true);
                 let handled =
                     std::panic::AssertUnwindSafe(handle_text(node, connection, text.as_str()))
                         .catch_unwind()
                         .await;
+                last_seen.set_busy(false);
                 if handled.is_err() {
                     tracing::error!("a live-query message panicked; closing the connection");
                     connection.close(CLOSE_INTERNAL, "internal error; see the node's log");
@@ -246,11 +264,17 @@ async fn write_loop(
             }
             sink.flush().await
         };
+        // A peer that stopped reading fails the flush once it has made no progress for
+        // `http_read_timeout_ms` (the socket's write timeout); a slow one that reads on is
+        // not idle.
         tokio::select! {
             sent = burst => if sent.is_err() { break None },
             reason = close_rx.wait_for(Option::is_some) => break reason.ok().and_then(|r| r.clone()),
         }
     };
+    // However the writer ends, the reader must too (and the hub forget the connection): a
+    // socket that cannot be written any more must not keep its subscriptions registered.
+    connection.close(CLOSE_INTERNAL, "the connection's socket failed");
     if let Some(reason) = reason {
         tracing::debug!(code = reason.code, reason = %reason.reason, "closing live connection");
         let frame = CloseFrame {
@@ -415,6 +439,7 @@ async fn subscribe(
     let def = compiled.runtime.def().clone();
     let partition = partition_for(&def, &ctx);
     let initial_sql = (last_rows > 0).then(|| initial_query(&compiled, &def, last_rows));
+    let where_expr = compiled.where_expr.clone();
     let (subscription, seq) = engine.live.subscribe(
         connection,
         query_id.clone(),
@@ -427,8 +452,16 @@ async fn subscribe(
     // Tests make a subscribe panic here, once registered (FAILPOINTS=live-subscribe=panic).
     panic_point!("live-subscribe");
     if let Some(initial_sql) = initial_sql {
-        let result = executor.query_text(&ctx, &initial_sql).await;
+        // Tests make the initial read slow here (FAILPOINTS=live-initial-data=return(<ms>)).
+        stall_point!("live-initial-data");
+        let result = executor
+            .query_statement(&ctx, |state| {
+                splice_select(state, &initial_sql, None, where_expr.as_ref(), (0, &[]))
+            })
+            .await;
         match result {
+            // Ended meanwhile (KILL LIVE QUERY, unsubscribe): its client was told already.
+            Ok(_) if !subscription.is_active() => {}
             Ok(result) => {
                 let mut rows = result.rows;
                 if def.kind.has_system_columns() {
@@ -444,17 +477,23 @@ async fn subscribe(
                     seq,
                 });
             }
-            Err(e) => send_error(connection, Some(query_id.clone()), e),
+            Err(e) => {
+                // Without its initial_data the subscription is not what the client asked
+                // for: it ends, so that the client can subscribe again under the same id.
+                engine.live.unsubscribe(connection, &query_id);
+                send_error(connection, Some(query_id.clone()), e);
+            }
         }
         subscription.release();
     }
     Ok(())
 }
 
-/// The query of `initial_data`: the subscription's columns and filter, newest `last_rows`
-/// by `_updated`, ties (rows of one multi-row INSERT) broken by the primary key, which for
-/// the default `SNOWFLAKE_ID()` keys is insertion order (STREAM tables: all matching events in
-/// time order; the caller keeps the newest).
+/// The query of `initial_data` without its filter (the subscription's WHERE, spliced in as
+/// a syntax tree): the subscription's columns, newest `last_rows` by `_updated`, ties (rows
+/// of one multi-row INSERT) broken by the primary key, which for the default
+/// `SNOWFLAKE_ID()` keys is insertion order (STREAM tables: all matching events in time
+/// order; the caller keeps the newest).
 fn initial_query(
     compiled: &query::CompiledQuery,
     def: &crate::catalog::TableDef,
@@ -465,23 +504,18 @@ fn initial_query(
         .iter()
         .map(|c| format!("\"{c}\""))
         .collect();
-    let filter = compiled
-        .where_sql
-        .as_ref()
-        .map(|w| format!(" WHERE {w}"))
-        .unwrap_or_default();
     // The alias is the client's text: printed as a quoted identifier, with its quotes
     // doubled, so that it cannot end the identifier and add SQL of its own.
     let alias = Ident::with_quote('"', compiled.alias.as_str());
     let table = format!("{}.{} AS {alias}", def.namespace, def.name);
     if def.kind.has_system_columns() {
         format!(
-            "SELECT {} FROM {table}{filter} ORDER BY \"_updated\" DESC, \"{}\" DESC LIMIT {last_rows}",
+            "SELECT {} FROM {table} ORDER BY \"_updated\" DESC, \"{}\" DESC LIMIT {last_rows}",
             columns.join(", "),
             def.primary_key
         )
     } else {
-        format!("SELECT {} FROM {table}{filter}", columns.join(", "))
+        format!("SELECT {} FROM {table}", columns.join(", "))
     }
 }
 

@@ -191,11 +191,18 @@ pub struct Subscription {
     active: AtomicBool,
     /// While `initial_data` is being read, messages wait here so that the client sees
     /// `subscribed`, `initial_data`, then changes.
-    held: Mutex<Option<Vec<String>>>,
+    held: Mutex<Option<Held>>,
     /// Whether `held` may still hold messages back: false once released (under its lock,
     /// after the held messages are queued), never true again. Read without the lock by the
     /// dispatcher, which only needs to know that nothing is held any more.
     holding: AtomicBool,
+}
+
+/// Changes held back for a subscription while its `initial_data` is read.
+#[derive(Debug, Default)]
+struct Held {
+    messages: Vec<String>,
+    bytes: usize,
 }
 
 impl Subscription {
@@ -216,14 +223,21 @@ impl Subscription {
         let mut held = self.held.lock();
         match held.as_mut() {
             Some(buffer) => {
-                if buffer.len() >= self.connection.queue.max_capacity() {
-                    self.connection.metrics.slow_closed.inc();
-                    self.connection.close(
+                // The connection's queue bounds, by messages and by bytes, hold for what
+                // waits here too: it is queued as one when released.
+                let connection = &self.connection;
+                let too_many = buffer.messages.len() >= connection.queue.max_capacity()
+                    || (buffer.bytes > 0
+                        && buffer.bytes + text.len() > connection.max_queued_bytes);
+                if too_many {
+                    connection.metrics.slow_closed.inc();
+                    connection.close(
                         CLOSE_TOO_SLOW,
                         "too many changes while initial_data was read; resume with from_seq",
                     );
-                } else {
-                    buffer.push(text);
+                } else if !connection.is_closing() {
+                    buffer.bytes += text.len();
+                    buffer.messages.push(text);
                 }
             }
             None => {
@@ -236,7 +250,7 @@ impl Subscription {
     pub fn release(&self) {
         let mut held = self.held.lock();
         if let Some(buffer) = held.take() {
-            for text in buffer {
+            for text in buffer.messages {
                 if !self.connection.send(text) {
                     break;
                 }
@@ -738,21 +752,9 @@ impl LiveHub {
                         .fetch_sub(bytes, Ordering::AcqRel)
                         .saturating_sub(bytes);
                     metrics.dispatch_backlog_bytes.set(gauge_value(left));
-                    // Tests hold the dispatcher up here for `return(<ms>)`, as more
-                    // subscriptions than it can evaluate would, without blocking the thread
-                    // it runs on (FAILPOINTS=live-dispatch-stall=1*return(2000)).
-                    #[cfg(debug_assertions)]
-                    if let Some(ms) = fail::eval("live-dispatch-stall", |arg| {
-                        arg.and_then(|ms| ms.parse::<u64>().ok())
-                    })
-                    .flatten()
-                    {
-                        let stall = Duration::from_millis(ms);
-                        match tokio::runtime::Handle::try_current() {
-                            Ok(_) => tokio::time::sleep(stall).await,
-                            Err(_) => std::thread::sleep(stall),
-                        }
-                    }
+                    // Tests hold the dispatcher up here, as more subscriptions than it can
+                    // evaluate would (FAILPOINTS=live-dispatch-stall=1*return(2000)).
+                    stall_point!("live-dispatch-stall");
                 }
             }
         };
@@ -902,7 +904,7 @@ impl LiveHub {
             updated_at_micros: AtomicI64::new(now.timestamp_micros()),
             changes: AtomicU64::new(0),
             active: AtomicBool::new(true),
-            held: Mutex::new(hold.then(Vec::new)),
+            held: Mutex::new(hold.then(Held::default)),
             holding: AtomicBool::new(hold),
         });
         // `subscribed` goes straight to the queue, ahead of anything held back.

@@ -457,6 +457,34 @@ async fn a_write_completed_after_subscribed_is_always_delivered() {
     }
 }
 
+/// A filter's string literals mean what the client wrote, in `initial_data` and in changes
+/// alike, also when they hold two quotes or a backslash and a quote in a row (sqlparser
+/// prints those so that they parse back as another value; the node no longer goes through
+/// the text).
+#[tokio::test]
+async fn filters_with_doubled_quotes_and_backslashes_match_what_was_written() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    node.exec(&alice, &insert_msg(1, "c1", "a''b")).await;
+    node.exec(&alice, &insert_msg(2, "c1", "a'b")).await;
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe(
+        "quotes",
+        r"SELECT id FROM app.messages WHERE content = 'a''''b' OR content = 'x\'",
+        json!({"last_rows": 10}),
+    )
+    .await;
+    ws.expect_subscribed("quotes").await;
+    let initial = ws.expect_initial_data("quotes").await;
+    assert_eq!(row_ids(&initial), [1], "{}", pretty(&initial));
+    node.exec(&alice, &insert_msg(3, "c1", "a'b")).await;
+    node.exec(&alice, &insert_msg(4, "c1", r"x\")).await;
+    node.exec(&alice, &insert_msg(5, "c1", "a''b")).await;
+    assert_eq!(row_ids(&ws.expect_change("quotes", "INSERT").await), [4]);
+    assert_eq!(row_ids(&ws.expect_change("quotes", "INSERT").await), [5]);
+    assert!(ws.sync().await.is_empty(), "only the matching changes");
+}
+
 #[tokio::test]
 async fn non_matching_changes_are_never_sent() {
     let node = chat_node().await;
@@ -2305,6 +2333,120 @@ async fn a_slow_client_is_closed_by_the_bytes_it_has_queued() {
         "every change up to the close, in order"
     );
     assert!(ids.len() < 2000, "closed before every change was queued");
+}
+
+/// A subscription whose `initial_data` cannot be read (here DataFusion refuses the
+/// repeated column of its query) ends with the `error`: it is not left registered without
+/// the rows the client asked for, and the client can subscribe again under the same id.
+#[tokio::test]
+async fn a_subscription_whose_initial_data_fails_ends_and_frees_its_query_id() {
+    let node = chat_node().await;
+    let alice = token("alice", false);
+    let admin = admin_token();
+    node.exec(&alice, &insert_msg(1, "c1", "before")).await;
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe(
+        "twice",
+        "SELECT id, id FROM app.messages",
+        json!({"last_rows": 5}),
+    )
+    .await;
+    ws.expect_subscribed("twice").await;
+    let error = ws.expect_type("error").await;
+    assert_eq!(error["query_id"], "twice", "{}", pretty(&error));
+    assert!(node.live_queries(&admin).await.is_empty());
+    node.exec(&alice, &insert_msg(2, "c1", "not delivered"))
+        .await;
+    ws.subscribe("twice", ALL_IDS, json!({"last_rows": 5}))
+        .await;
+    ws.expect_subscribed("twice").await;
+    let initial = ws.expect_initial_data("twice").await;
+    assert_eq!(row_ids(&initial), [1, 2], "{}", pretty(&initial));
+    node.exec(&alice, &insert_msg(3, "c1", "live")).await;
+    assert_eq!(row_ids(&ws.expect_change("twice", "INSERT").await), [3]);
+    assert!(
+        ws.sync().await.is_empty(),
+        "nothing of the failed subscription"
+    );
+}
+
+/// A client whose `initial_data` takes longer than `ws_idle_timeout_ms` to read (held up
+/// 3 s here with a failpoint, the timeout 1 s) is not dropped as idle meanwhile: the node
+/// reads none of its pongs while it reads the rows, which is not the client's silence.
+#[tokio::test]
+async fn a_slow_initial_data_does_not_make_its_client_idle() {
+    let node = TestNode::start_with_options(
+        NodeOptions::default()
+            .env("FAILPOINTS", "live-initial-data=1*return(3000)->off")
+            .env("KALAMDB_WS_PING_INTERVAL_MS", "300")
+            .env("KALAMDB_WS_IDLE_TIMEOUT_MS", "1000"),
+    )
+    .await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    node.exec(&alice, &insert_msg(1, "c1", "old")).await;
+    let mut ws = node.ws(&alice).await;
+    let started = Instant::now();
+    ws.subscribe("slow", ALL_IDS, json!({"last_rows": 5})).await;
+    ws.expect_subscribed("slow").await;
+    let initial = ws.expect_initial_data("slow").await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "the failpoint did not hold the read up"
+    );
+    assert_eq!(row_ids(&initial), [1], "{}", pretty(&initial));
+    node.exec(&alice, &insert_msg(2, "c1", "new")).await;
+    assert_eq!(row_ids(&ws.expect_change("slow", "INSERT").await), [2]);
+}
+
+/// A connection whose socket cannot be written any more (its client stopped reading, and
+/// the write made no progress for `http_read_timeout_ms`, 1 s here) is closed and forgotten:
+/// its subscription leaves `system.live_queries` instead of staying registered, with its
+/// changes dropped, until the node restarts.
+#[tokio::test]
+async fn a_connection_whose_socket_stops_taking_writes_is_forgotten() {
+    let node = TestNode::start_with_options(
+        NodeOptions::default()
+            .env("KALAMDB_HTTP_READ_TIMEOUT_MS", "1000")
+            .env("KALAMDB_WS_PING_INTERVAL_MS", "1000")
+            .env("KALAMDB_WS_IDLE_TIMEOUT_MS", "600000"),
+    )
+    .await;
+    node.admin("CREATE NAMESPACE app").await;
+    node.admin("CREATE SHARED TABLE app.blobs (id BIGINT PRIMARY KEY, body TEXT)")
+        .await;
+    let alice = token("alice", false);
+    let admin = admin_token();
+    let mut stuck = node
+        .ws_try_connect_with(WsAuth::Header(alice.clone()), Some(4096))
+        .await
+        .unwrap_or_else(|e| panic!("connecting: {e}"));
+    stuck
+        .subscribe("all", "SELECT id, body FROM app.blobs", Value::Null)
+        .await;
+    let live_id = stuck.expect_subscribed("all").await;
+    stuck.pause_reading();
+    // 16 MB of changes: more than the socket buffers take, far under the queue's bounds.
+    let body = "x".repeat(16 * 1024);
+    for first in (1..=1000i64).step_by(20) {
+        let statements: Vec<String> = (first..first + 20)
+            .map(|id| format!("INSERT INTO app.blobs (id, body) VALUES ({id}, '{body}')"))
+            .collect();
+        node.exec(&alice, &statements.join("; ")).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = node.live_queries(&admin).await;
+        if !rows.iter().any(|r| r["live_id"] == live_id.as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subscription of a socket that takes no writes is still registered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(node.metric("kalamdb_ws_connections").await, 0);
 }
 
 #[tokio::test]
