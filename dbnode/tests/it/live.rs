@@ -2449,6 +2449,44 @@ async fn a_connection_whose_socket_stops_taking_writes_is_forgotten() {
     assert_eq!(node.metric("kalamdb_ws_connections").await, 0);
 }
 
+/// Changes held back while a subscription's `initial_data` is read count against the
+/// connection's byte bound like queued ones: 40 changes of 16 KiB against 256 KiB close it
+/// with 4008 during the read (held up 2 s here with a failpoint), instead of piling up in
+/// memory first.
+#[tokio::test]
+async fn changes_held_during_initial_data_are_bounded_by_bytes() {
+    let node = TestNode::start_with_options(
+        NodeOptions::default()
+            .env("FAILPOINTS", "live-initial-data=1*return(2000)->off")
+            .env("KALAMDB_WS_MAX_QUEUED_BYTES", "262144"),
+    )
+    .await;
+    node.admin("CREATE NAMESPACE app").await;
+    node.admin("CREATE SHARED TABLE app.blobs (id BIGINT PRIMARY KEY, body TEXT)")
+        .await;
+    let alice = token("alice", false);
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe(
+        "all",
+        "SELECT id, body FROM app.blobs",
+        json!({"last_rows": 1}),
+    )
+    .await;
+    ws.expect_subscribed("all").await;
+    let body = "x".repeat(16 * 1024);
+    let statements: Vec<String> = (1..=40)
+        .map(|id| format!("INSERT INTO app.blobs (id, body) VALUES ({id}, '{body}')"))
+        .collect();
+    node.exec(&alice, &statements.join("; ")).await;
+    let (got, close) = ws.expect_close(Duration::from_secs(20)).await;
+    assert_eq!(close.code, Some(4008), "{close:?}");
+    assert!(close.reason.contains("initial_data"), "{close:?}");
+    assert!(
+        got.iter().all(|m| m["type"] != "change"),
+        "no change before initial_data: {got:?}"
+    );
+}
+
 #[tokio::test]
 async fn invalid_frames_get_invalid_query_and_the_connection_stays_open() {
     let node = chat_node().await;
