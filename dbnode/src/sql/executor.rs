@@ -592,11 +592,24 @@ impl Executor {
         Ok(())
     }
 
-    fn check_writable(ctx: &RequestContext, rt: &TableRuntime) -> Result<()> {
-        if rt.def().namespace.as_str() == SYSTEM_NAMESPACE {
+    /// The table an INSERT, UPDATE or DELETE writes. Writes to `system.*` are for admins
+    /// (403 for anyone else, API.md), and only `system.users` (and `storage_locations`,
+    /// handled before) takes them: the other system tables show the node's state.
+    fn writable_runtime(
+        &self,
+        ctx: &RequestContext,
+        name: &ObjectName,
+    ) -> Result<Arc<TableRuntime>> {
+        let id = table_id_from_object_name(name)?;
+        if id.namespace.as_str() == SYSTEM_NAMESPACE {
             admin_only(ctx, "writing system tables")?;
+            if self.engine.table(&id).is_none() && system_tables::ALL.contains(&id.table.as_str()) {
+                return Err(KalamError::Unsupported(format!(
+                    "{id} is read-only: it shows the node's state"
+                )));
+            }
         }
-        Ok(())
+        self.runtime(name)
     }
 
     async fn insert(&self, ctx: &Arc<RequestContext>, mut insert: Insert) -> Result<QueryResult> {
@@ -627,8 +640,7 @@ impl Executor {
                 "INSERT INTO a table function is not supported".into(),
             ));
         };
-        let rt = self.runtime(name)?;
-        Self::check_writable(ctx, &rt)?;
+        let rt = self.writable_runtime(ctx, name)?;
         let def = rt.def();
         for col in &insert.columns {
             let name = column_name(col);
@@ -788,8 +800,7 @@ impl Executor {
             ));
         }
         let target = Self::dml_target(&update.table)?;
-        let rt = self.runtime(target)?;
-        Self::check_writable(ctx, &rt)?;
+        let rt = self.writable_runtime(ctx, target)?;
         Self::check_changeable(&rt)?;
         let partition = partition_for(rt.def(), ctx);
         let lock = rt.store.dml_lock(&partition);
@@ -915,8 +926,7 @@ impl Executor {
             ));
         };
         let target = Self::dml_target(relation)?;
-        let rt = self.runtime(target)?;
-        Self::check_writable(ctx, &rt)?;
+        let rt = self.writable_runtime(ctx, target)?;
         Self::check_changeable(&rt)?;
         let partition = partition_for(rt.def(), ctx);
         let lock = rt.store.dml_lock(&partition);

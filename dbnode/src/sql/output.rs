@@ -101,11 +101,20 @@ fn float(f: f64) -> Json {
         .unwrap_or_else(|| Json::String(f.to_string()))
 }
 
-fn timestamp(micros: i64) -> Json {
-    match DateTime::from_timestamp_micros(micros) {
-        Some(t) => Json::String(t.to_rfc3339_opts(SecondsFormat::Micros, true)),
-        None => Json::Null,
-    }
+/// A time beyond what RFC 3339 text can show (chrono's years -262143 to 262142): an error,
+/// never a `null` that would read as a missing value.
+fn out_of_range(what: &str) -> KalamError {
+    KalamError::NumericOutOfRange(format!(
+        "a {what} in the result is outside the range results can show (years -262143 to 262142)"
+    ))
+}
+
+/// Microseconds since the epoch as RFC 3339 text (`None`: converting to them overflowed).
+fn timestamp(micros: Option<i64>) -> Result<Json> {
+    micros
+        .and_then(DateTime::from_timestamp_micros)
+        .map(|t| Json::String(t.to_rfc3339_opts(SecondsFormat::Micros, true)))
+        .ok_or_else(|| out_of_range("timestamp"))
 }
 
 impl<'a> Encoder<'a> {
@@ -189,26 +198,29 @@ impl<'a> Encoder<'a> {
                 let days = a.as_primitive::<Date32Type>().value(i);
                 NaiveDate::from_epoch_days(days)
                     .map(|d| Json::String(d.to_string()))
-                    .unwrap_or(Json::Null)
+                    .ok_or_else(|| out_of_range("date"))?
             }
             DataType::Date64 => {
-                timestamp(a.as_primitive::<Date64Type>().value(i).saturating_mul(1000))
+                timestamp(a.as_primitive::<Date64Type>().value(i).checked_mul(1000))?
             }
             DataType::Timestamp(unit, _) => timestamp(match unit {
                 TimeUnit::Second => a
                     .as_primitive::<TimestampSecondType>()
                     .value(i)
-                    .saturating_mul(1_000_000),
+                    .checked_mul(1_000_000),
                 TimeUnit::Millisecond => a
                     .as_primitive::<TimestampMillisecondType>()
                     .value(i)
-                    .saturating_mul(1000),
-                TimeUnit::Microsecond => a.as_primitive::<TimestampMicrosecondType>().value(i),
-                TimeUnit::Nanosecond => a
-                    .as_primitive::<TimestampNanosecondType>()
-                    .value(i)
-                    .div_euclid(1000),
-            }),
+                    .checked_mul(1000),
+                TimeUnit::Microsecond => {
+                    Some(a.as_primitive::<TimestampMicrosecondType>().value(i))
+                }
+                TimeUnit::Nanosecond => Some(
+                    a.as_primitive::<TimestampNanosecondType>()
+                        .value(i)
+                        .div_euclid(1000),
+                ),
+            })?,
             _ => Json::Null,
         })
     }

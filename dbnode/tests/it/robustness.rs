@@ -119,6 +119,33 @@ async fn request_size_limit_is_configurable() {
     node.assert_still_serving().await;
 }
 
+/// A time or date a result cannot show as RFC 3339 text (beyond chrono's years -262143 to
+/// 262142) is an error naming it, never a `null` that would read as a missing value; times
+/// within the range still answer.
+#[tokio::test]
+async fn times_beyond_what_results_can_show_are_errors_not_nulls() {
+    let node = TestNode::start().await;
+    let admin = admin_token();
+    for sql in [
+        "SELECT to_timestamp_micros(9223372036854775807) AS t",
+        "SELECT to_timestamp_seconds(9223372036854775807) AS t",
+        "SELECT CAST(2147483647 AS DATE) AS d",
+    ] {
+        let error = node.expect_error(&admin, sql, "NUMERIC_OUT_OF_RANGE").await;
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("outside the range"),
+            "{sql}: {error}"
+        );
+    }
+    let rows = node
+        .query(&admin, "SELECT to_timestamp_micros(0) AS t")
+        .await;
+    assert_eq!(rows, [json!({"t": "1970-01-01T00:00:00.000000Z"})]);
+}
+
 #[tokio::test]
 async fn unicode_and_nul_characters_round_trip() {
     let node = TestNode::start().await;

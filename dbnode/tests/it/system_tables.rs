@@ -140,6 +140,39 @@ async fn user_tokens_cannot_write_system_users() {
     );
 }
 
+/// The system tables that show the node's state take no writes: a user token gets 403 as
+/// for any system table (API.md), an admin `UNSUPPORTED_STATEMENT` (not "does not exist",
+/// which they answer SELECTs as).
+#[tokio::test]
+async fn system_tables_of_the_nodes_state_are_read_only() {
+    let node = TestNode::start().await;
+    let admin = admin_token();
+    let alice = token("alice", false);
+    for table in ["jobs", "live_queries", "namespaces", "tables"] {
+        for sql in [
+            format!("DELETE FROM system.{table}"),
+            format!("UPDATE system.{table} SET node = 'x'"),
+            format!("INSERT INTO system.{table} (node) VALUES ('x')"),
+        ] {
+            node.expect_error(&alice, &sql, "FORBIDDEN").await;
+            let error = node
+                .expect_error(&admin, &sql, "UNSUPPORTED_STATEMENT")
+                .await;
+            assert!(
+                error["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("read-only"),
+                "{sql}: {error}"
+            );
+        }
+    }
+    for token in [&alice, &admin] {
+        node.expect_error(token, "DELETE FROM system.nope", "TABLE_NOT_FOUND")
+            .await;
+    }
+}
+
 #[tokio::test]
 async fn system_tables_expose_their_documented_columns() {
     let node = TestNode::start().await;
