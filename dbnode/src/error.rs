@@ -255,22 +255,16 @@ impl From<DataFusionError> for KalamError {
             }
             DataFusionError::Shared(inner) => match std::sync::Arc::try_unwrap(inner) {
                 Ok(e) => KalamError::from(e),
-                // Still shared (one error reported by several partitions): one of ours is
-                // copied out, so its code survives.
-                Err(shared) => match shared.find_root() {
-                    DataFusionError::External(inner) => match inner.downcast_ref::<KalamError>() {
-                        Some(ours) => ours.clone(),
-                        None => KalamError::SqlPlan(clean_df_message(&shared.to_string())),
-                    },
-                    DataFusionError::ArrowError(e, _) => from_arrow(e).unwrap_or_else(|| {
-                        KalamError::SqlPlan(clean_df_message(&shared.to_string()))
-                    }),
-                    _ => KalamError::SqlPlan(clean_df_message(&shared.to_string())),
-                },
+                Err(shared) => from_shared(&shared),
             },
+            // Several errors at once: the first decides, as it would alone.
+            DataFusionError::Collection(mut errors) if !errors.is_empty() => {
+                KalamError::from(errors.swap_remove(0))
+            }
             DataFusionError::SQL(e, _) => KalamError::SqlParse(clean_df_message(&e.to_string())),
             DataFusionError::IoError(e) => KalamError::Internal(e.to_string()),
             DataFusionError::ObjectStore(e) => KalamError::Internal(e.to_string()),
+            DataFusionError::ParquetError(e) => KalamError::Internal(e.to_string()),
             DataFusionError::ResourcesExhausted(m) => KalamError::ResourcesExhausted(clip(&m)),
             DataFusionError::Internal(m) => KalamError::Internal(m),
             DataFusionError::ExecutionJoin(e) => KalamError::Internal(e.to_string()),
@@ -294,6 +288,28 @@ impl From<DataFusionError> for KalamError {
             }
             other => KalamError::SqlPlan(clean_df_message(&other.to_string())),
         }
+    }
+}
+
+/// An error still shared (one error reported by several partitions, e.g. a hash join's build
+/// side): its root decides, with the codes the owned error would get, so that a join over the
+/// memory limit is 413 as a sort is, and a storage failure stays internal (its text, with
+/// object paths, never reaches the client).
+fn from_shared(shared: &DataFusionError) -> KalamError {
+    let plan = || KalamError::SqlPlan(clean_df_message(&shared.to_string()));
+    match shared.find_root() {
+        DataFusionError::External(inner) => match inner.downcast_ref::<KalamError>() {
+            Some(ours) => ours.clone(),
+            None => KalamError::Internal(inner.to_string()),
+        },
+        DataFusionError::ArrowError(e, _) => from_arrow(e).unwrap_or_else(plan),
+        DataFusionError::ResourcesExhausted(m) => KalamError::ResourcesExhausted(clip(m)),
+        DataFusionError::IoError(_)
+        | DataFusionError::ObjectStore(_)
+        | DataFusionError::ParquetError(_)
+        | DataFusionError::Internal(_)
+        | DataFusionError::ExecutionJoin(_) => KalamError::Internal(shared.to_string()),
+        _ => plan(),
     }
 }
 
@@ -337,5 +353,32 @@ mod tests {
         let df = KalamError::Forbidden("no".into()).into_datafusion();
         let back = KalamError::from(DataFusionError::Context("sink".into(), Box::new(df)));
         assert_eq!(back.code(), ErrorCode::Forbidden);
+    }
+
+    /// One error reported by several partitions (still shared when it reaches us, as a hash
+    /// join's build side reports it) gets the code the error would get alone.
+    #[test]
+    fn shared_errors_get_the_codes_of_their_root() {
+        let shared = |e: DataFusionError| {
+            let e = std::sync::Arc::new(e);
+            let keep = e.clone();
+            (KalamError::from(DataFusionError::Shared(e)), keep)
+        };
+        let (memory, _keep) = shared(DataFusionError::ResourcesExhausted("join".into()));
+        assert_eq!(memory.code(), ErrorCode::ResourcesExhausted);
+        let io = std::io::Error::other("/data/storage/app/t/part-1.parquet: gone");
+        let (storage, _keep) = shared(DataFusionError::IoError(io));
+        let api = storage.to_api(None);
+        assert_eq!(api.code, ErrorCode::InternalError);
+        assert!(!api.message.contains("/data"), "{}", api.message);
+        let (ours, _keep) = shared(KalamError::DivisionByZero.into_datafusion());
+        assert_eq!(ours.code(), ErrorCode::DivisionByZero);
+        let (plan, _keep) = shared(DataFusionError::Plan("no such column".into()));
+        assert_eq!(plan.code(), ErrorCode::SqlPlanError);
+        let collected = KalamError::from(DataFusionError::Collection(vec![
+            DataFusionError::ResourcesExhausted("first".into()),
+            DataFusionError::Plan("second".into()),
+        ]));
+        assert_eq!(collected.code(), ErrorCode::ResourcesExhausted);
     }
 }

@@ -12,7 +12,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
 use crate::auth::parse_duration;
 use crate::catalog::{FlushPolicy, LocationSpec, TableKind};
@@ -193,7 +193,7 @@ pub fn parse_expr_text(text: &str) -> Option<SqlExpr> {
 pub fn parse_statements(sql: &str) -> (Vec<KalamStatement>, Option<KalamError>) {
     let mut parser = match node_parser(sql) {
         Ok(p) => p,
-        Err(e) => return (Vec::new(), Some(e)),
+        Err(e) => return (statements_before_bad_token(sql), Some(e)),
     };
     let mut out = Vec::new();
     loop {
@@ -227,6 +227,47 @@ pub fn parse_statements(sql: &str) -> (Vec<KalamStatement>, Option<KalamError>) 
         );
     }
     (out, None)
+}
+
+/// The statements a request holds before the one its tokenizer error is in (a string left
+/// open, say), parsed alone: they run, and the error names the statement after them, as a
+/// parse error does. None when the text does not tokenize up to there either.
+fn statements_before_bad_token(sql: &str) -> Vec<KalamStatement> {
+    static DIALECT: GenericDialect = GenericDialect {};
+    let Err(error) = Tokenizer::new(&DIALECT, sql).tokenize_with_location() else {
+        return Vec::new();
+    };
+    let Some(at) = byte_offset(sql, error.location) else {
+        return Vec::new();
+    };
+    let Ok(before) = Tokenizer::new(&DIALECT, &sql[..at]).tokenize_with_location() else {
+        return Vec::new();
+    };
+    let Some(end) = before
+        .iter()
+        .rev()
+        .find(|t| t.token == Token::SemiColon)
+        .and_then(|t| byte_offset(sql, t.span.end))
+    else {
+        return Vec::new();
+    };
+    match parse_statements(&sql[..end]) {
+        (statements, None) => statements,
+        (_, Some(_)) => Vec::new(),
+    }
+}
+
+/// The byte offset of a tokenizer location (1-based line and column, columns in chars).
+fn byte_offset(sql: &str, at: Location) -> Option<usize> {
+    let line = usize::try_from(at.line).ok()?.checked_sub(1)?;
+    let column = usize::try_from(at.column).ok()?.checked_sub(1)?;
+    let start: usize = sql.split_inclusive('\n').take(line).map(str::len).sum();
+    let rest = sql.get(start..)?;
+    match rest.char_indices().nth(column) {
+        Some((i, _)) => Some(start + i),
+        None if rest.chars().count() == column => Some(sql.len()),
+        None => None,
+    }
 }
 
 /// Most operators one request may hold. `a OR b OR ...` parses in a loop, not by recursion,

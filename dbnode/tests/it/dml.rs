@@ -625,6 +625,19 @@ async fn multi_statement_requests_run_in_order_and_stop_at_the_first_error() {
         .await;
     assert_eq!(err["statement_index"], json!(0), "{err}");
     assert_eq!(ids(&node.query(&admin, all_ids).await), [1, 2, 4, 5]);
+
+    // A statement that does not even tokenize (a string left open) is named like one that
+    // does not parse: the statements before it run.
+    let err = node
+        .expect_error(
+            &admin,
+            "INSERT INTO app.items (id, name) VALUES (8, 'eight');\n\
+             INSERT INTO app.items (id, name) VALUES (9, 'né;uf'); SELECT 'oops",
+            "SQL_PARSE_ERROR",
+        )
+        .await;
+    assert_eq!(err["statement_index"], json!(2), "{err}");
+    assert_eq!(ids(&node.query(&admin, all_ids).await), [1, 2, 4, 5, 8, 9]);
 }
 
 #[tokio::test]

@@ -277,3 +277,31 @@ async fn contents(node: &TestNode, token: &str) -> Vec<String> {
         .await;
     strings(&rows, "content")
 }
+
+/// JSON numbers in `params` are read as JSON parsers read them (integers of up to 64 bits
+/// exactly, others as doubles), so a DECIMAL with more digits than a double holds travels
+/// as a string, which casts to the column exactly, as the same string literal would.
+#[tokio::test]
+async fn decimals_beyond_a_double_travel_exactly_as_strings() {
+    let node = TestNode::start().await;
+    node.admin("CREATE NAMESPACE app").await;
+    node.admin("CREATE USER TABLE app.wallets (id BIGINT PRIMARY KEY, amount DECIMAL(38,18))")
+        .await;
+    let alice = token("alice", false);
+    let insert = "INSERT INTO app.wallets (id, amount) VALUES ($1, $2)";
+    exec_params(&node, &alice, insert, json!([1, "1.123456789012345678"])).await;
+    exec_params(&node, &alice, insert, json!([9223372036854775807i64, 2.5])).await;
+    let rows = node
+        .query(
+            &alice,
+            "SELECT id, CAST(amount AS TEXT) AS amount FROM app.wallets ORDER BY id",
+        )
+        .await;
+    assert_eq!(
+        rows,
+        [
+            json!({"id": 1, "amount": "1.123456789012345678"}),
+            json!({"id": 9223372036854775807i64, "amount": "2.500000000000000000"}),
+        ]
+    );
+}
