@@ -246,6 +246,47 @@ impl Subscription {
         }
     }
 
+    /// Renders the `from_seq` replay and puts it ahead of the live changes held meanwhile
+    /// (all of them committed after the replay's); returns the messages it stands for.
+    fn replay(&self, events: &[Arc<ChangeEvent>], now: i64) -> u64 {
+        let mut messages = Vec::new();
+        let mut bytes = 0;
+        for event in events {
+            if self.connection.is_closing() || !self.is_active() {
+                return 0;
+            }
+            for part in render(event, &self.query) {
+                let text = change_message(&self.quoted.envelope(), &part, event.batch.seq);
+                bytes += text.len();
+                messages.push(text);
+            }
+        }
+        let count = messages.len() as u64;
+        let mut held = self.held.lock();
+        let Some(buffer) = held.as_mut() else {
+            return 0;
+        };
+        let connection = &self.connection;
+        let total = messages.len() + buffer.messages.len();
+        if total > connection.queue.max_capacity()
+            || (total > 1 && bytes + buffer.bytes > connection.max_queued_bytes)
+        {
+            connection.metrics.slow_closed.inc();
+            connection.close(
+                CLOSE_TOO_SLOW,
+                "the changes since from_seq do not fit the connection's queue; resume from a \
+                 later seq or refetch with last_rows",
+            );
+            return 0;
+        }
+        buffer.bytes += bytes;
+        buffer.messages.splice(0..0, messages);
+        if count > 0 {
+            self.counted(count, now);
+        }
+        count
+    }
+
     /// Sends what was held back while `initial_data` was read, then delivers directly.
     pub fn release(&self) {
         let mut held = self.held.lock();
@@ -849,7 +890,10 @@ impl LiveHub {
         partition: Partition,
     ) -> Result<(Arc<Subscription>, u64)> {
         let from_seq = options.from_seq;
-        let hold = options.last_rows.is_some_and(|n| n > 0);
+        // Changes wait while `initial_data` is read (the caller releases them) and while a
+        // `from_seq` replay is rendered (released here): live ones must follow both.
+        let initial_data = options.last_rows.is_some_and(|n| n > 0);
+        let hold = initial_data || from_seq.is_some();
         let group = options.group == Some(true);
         let def = query.runtime.def().clone();
         let live_id = format!(
@@ -912,17 +956,18 @@ impl LiveHub {
             query_id: query_id.clone(),
             live_id: live_id.clone(),
         });
-        if let Some(from) = from_seq {
-            let now = now.timestamp_micros();
-            let mut replayed = 0;
-            for event in state.log.iter().filter(|e| e.batch.seq > from) {
-                if event.batch.partition == partition {
-                    let rendered = render(event, &subscription.query);
-                    replayed += send(event, &subscription, &rendered, now);
-                }
-            }
-            self.metrics.messages.inc_by(replayed);
-        }
+        // Only the events are taken under the lock, which every commit of the table waits
+        // for; rendering them (up to `live_log_max_bytes` of them, for each subscription of
+        // a request) happens after it.
+        let replay: Vec<Arc<ChangeEvent>> = match from_seq {
+            Some(from) => state
+                .log
+                .iter()
+                .filter(|e| e.batch.seq > from && e.batch.partition == partition)
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
         let key = partition.prefix();
         state
             .subscriptions
@@ -934,6 +979,13 @@ impl LiveHub {
         drop(subs);
         self.registry.lock().insert(live_id, subscription.clone());
         self.metrics.subscriptions.inc();
+        if from_seq.is_some() {
+            let replayed = subscription.replay(&replay, now.timestamp_micros());
+            self.metrics.messages.inc_by(replayed);
+            if !initial_data {
+                subscription.release();
+            }
+        }
         Ok((subscription, start_seq))
     }
 

@@ -2487,6 +2487,71 @@ async fn changes_held_during_initial_data_are_bounded_by_bytes() {
     );
 }
 
+/// A resume whose missed changes do not fit the connection's queue
+/// (`ws_max_queued_messages`, 50 here) is closed with 4008 and a reason that says what to do,
+/// before any of them is sent; one that fits gets them all, then live changes, with writes
+/// going on while it is rendered.
+#[tokio::test]
+async fn a_resume_that_does_not_fit_the_queue_is_told_so() {
+    let node = TestNode::start_with_options(
+        NodeOptions::default().env("KALAMDB_WS_MAX_QUEUED_MESSAGES", "50"),
+    )
+    .await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe("feed", ALL_IDS, json!({"last_rows": 1})).await;
+    ws.expect_subscribed("feed").await;
+    let start = seq(&ws.expect_initial_data("feed").await);
+    ws.close().await;
+    let statements: Vec<String> = (1..=60).map(|i| insert_msg(i, "c1", "missed")).collect();
+    node.exec(&alice, &statements.join("; ")).await;
+
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe("feed", ALL_IDS, json!({"from_seq": start}))
+        .await;
+    let (got, close) = ws.expect_close(Duration::from_secs(10)).await;
+    assert_eq!(close.code, Some(4008), "{close:?}");
+    assert!(close.reason.contains("from_seq"), "{close:?}");
+    assert!(
+        got.iter().all(|m| m["type"] != "change"),
+        "no change of a replay that does not fit: {got:?}"
+    );
+
+    // From 20 changes later: 40 missed, which fit, then the live ones.
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe("feed", ALL_IDS, json!({"from_seq": start + 20}))
+        .await;
+    ws.expect_subscribed("feed").await;
+    let writer = {
+        let alice = alice.clone();
+        let url = node.url().to_string();
+        let http = node.http().clone();
+        tokio::spawn(async move {
+            for i in 61..=70 {
+                let resp = http
+                    .post(format!("{url}/api/sql"))
+                    .bearer_auth(&alice)
+                    .json(&json!({"sql": insert_msg(i, "c1", "live")}))
+                    .send()
+                    .await
+                    .expect("a write");
+                assert!(resp.status().is_success());
+            }
+        })
+    };
+    let mut ids = Vec::new();
+    while ids.len() < 50 {
+        ids.extend(row_ids(&ws.expect_change("feed", "INSERT").await));
+    }
+    writer.await.expect("the writer");
+    assert_eq!(
+        ids,
+        (21..=70).collect::<Vec<i64>>(),
+        "replay, then live, in order"
+    );
+}
+
 #[tokio::test]
 async fn invalid_frames_get_invalid_query_and_the_connection_stays_open() {
     let node = chat_node().await;
