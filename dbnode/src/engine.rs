@@ -273,13 +273,17 @@ impl Engine {
             Some(s) => s.clone(),
             None => crate::cold::location::local_storage(cold.storage_dir(), &def.id(), def.kind),
         };
-        let sink = sink.map(|hub| hub as Arc<dyn ChangeSink>);
+        let hub = sink;
+        let sink = hub.clone().map(|hub| hub as Arc<dyn ChangeSink>);
         let store = Arc::new(TableStore::open(
             storage.clone(),
             def.clone(),
             validator,
             sink,
         )?);
+        if let Some(hub) = hub {
+            hub.track(&def, store.last_seq());
+        }
         Self::runtime_of(store, def, location, planner)
     }
 
@@ -368,34 +372,40 @@ impl Engine {
     /// Past the commit point the table is gone for SQL whatever else fails: a column family
     /// that cannot be dropped now is dropped at the next start.
     pub fn drop_table(&self, id: &TableId) -> Result<DroppedTable> {
-        if let Some(def) = self.catalog.table(id) {
-            let users = self.live.table_users(&def);
-            if !users.is_empty() {
-                return Err(KalamError::TableInUse {
-                    what: format!("table {id}"),
-                    live_ids: users,
-                });
-            }
-        }
         let storage_dir = self.cold.storage_dir().to_path_buf();
-        let (def, purge) = self.catalog.drop_table(id, |def| {
-            // STREAM tables are never flushed: they have no files.
-            if !def.kind.has_system_columns() {
-                return None;
-            }
-            let storage = def.storage.clone().unwrap_or_else(|| {
-                crate::cold::location::local_storage(&storage_dir, &def.id(), def.kind)
-            });
-            Some(PendingPurge {
-                namespace: def.namespace.clone(),
-                table: def.name.clone(),
-                kind: def.kind,
-                uid: def.uid.clone(),
-                cf: def.cf_name(),
-                storage,
-                dropped_at: chrono::Utc::now(),
+        let commit = || {
+            self.catalog.drop_table(id, |def| {
+                // STREAM tables are never flushed: they have no files.
+                if !def.kind.has_system_columns() {
+                    return None;
+                }
+                let storage = def.storage.clone().unwrap_or_else(|| {
+                    crate::cold::location::local_storage(&storage_dir, &def.id(), def.kind)
+                });
+                Some(PendingPurge {
+                    namespace: def.namespace.clone(),
+                    table: def.name.clone(),
+                    kind: def.kind,
+                    uid: def.uid.clone(),
+                    cf: def.cf_name(),
+                    storage,
+                    dropped_at: chrono::Utc::now(),
+                })
             })
-        })?;
+        };
+        // Checked and committed under the lock subscriptions register under: none can
+        // register between the check and the drop (it would hear nothing, ever).
+        let (def, purge) = match self.catalog.table(id) {
+            Some(def) => {
+                let last_seq = self
+                    .tables
+                    .read()
+                    .get(id)
+                    .map_or(0, |rt| rt.store.last_seq());
+                self.live.while_table_unused(&def, last_seq, commit)?
+            }
+            None => commit()?,
+        };
         let removed = {
             let mut tables = self.tables.write();
             let same = tables.get(id).is_some_and(|rt| rt.def().uid == def.uid);

@@ -440,6 +440,9 @@ async fn subscribe(
     let partition = partition_for(&def, &ctx);
     let initial_sql = (last_rows > 0).then(|| initial_query(&compiled, &def, last_rows));
     let where_expr = compiled.where_expr.clone();
+    // Tests hold a subscribe up between its planning and its registration here
+    // (FAILPOINTS=live-before-register=return(<ms>)).
+    stall_point!("live-before-register");
     let (subscription, seq) = engine.live.subscribe(
         connection,
         query_id.clone(),

@@ -472,6 +472,8 @@ struct TableLive {
     last_seq: u64,
     /// Partition prefix -> its subscriptions.
     subscriptions: HashMap<Vec<u8>, Listeners>,
+    /// DROP TABLE committed: nothing registers any more.
+    dropped: bool,
 }
 
 /// A partition's subscriptions, indexed by their equality guard (`column = literal`), so a
@@ -909,8 +911,17 @@ impl LiveHub {
                 limit: self.settings.max_subscriptions,
             });
         }
+        // A DROP TABLE committed meanwhile: before the hub forgot the table (it marks the
+        // state under this lock) or after (the store is marked by then).
+        let gone = || KalamError::TableNotFound(def.id().to_string());
+        if query.runtime.store.is_dropped() {
+            return Err(gone());
+        }
         let table = self.table_state(&def, query.runtime.store.last_seq());
         let mut state = table.lock();
+        if state.dropped || query.runtime.store.is_dropped() {
+            return Err(gone());
+        }
         // An ALTER commits under this lock too: either it saw this subscription, or it has
         // committed and the query must still fit the table.
         let current = query.runtime.store.def();
@@ -1069,14 +1080,43 @@ impl LiveHub {
         self.registry.lock().values().cloned().collect()
     }
 
-    /// Live ids of the subscriptions on a table (DROP TABLE refuses while there are any).
-    pub fn table_users(&self, def: &TableDef) -> Vec<String> {
-        self.registry
-            .lock()
+    /// Starts keeping the live state of a table as its store opens, from its last commit: a
+    /// first subscription must not take its start from the store, whose sequence moves
+    /// before the commit reaches the hub (it would skip that commit).
+    pub fn track(&self, def: &TableDef, last_seq: u64) {
+        self.table_state(def, last_seq);
+    }
+
+    /// Runs `commit` (DROP TABLE's catalog commit) unless subscriptions use the table, which
+    /// is `TableInUse` listing their live ids; none can register meanwhile (this holds the
+    /// lock registration takes), nor after a commit that succeeded.
+    pub fn while_table_unused<T>(
+        &self,
+        def: &TableDef,
+        last_seq: u64,
+        commit: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let table = self.table_state(def, last_seq);
+        let mut state = table.lock();
+        let mut users: Vec<String> = state
+            .subscriptions
             .values()
-            .filter(|s| s.table_uid == def.uid)
+            .flat_map(|list| list.iter())
+            .filter(|s| s.is_active())
             .map(|s| s.live_id.clone())
-            .collect()
+            .collect();
+        if !users.is_empty() {
+            users.sort();
+            return Err(KalamError::TableInUse {
+                what: format!("table {}", def.id()),
+                live_ids: users,
+            });
+        }
+        let out = commit();
+        if out.is_ok() {
+            state.dropped = true;
+        }
+        out
     }
 
     /// Runs `commit` (an ALTER TABLE's catalog commit) unless a subscription of the table

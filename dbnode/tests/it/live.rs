@@ -2552,6 +2552,26 @@ async fn a_resume_that_does_not_fit_the_queue_is_told_so() {
     );
 }
 
+/// A DROP TABLE that commits while a subscription to the table is being set up (held up
+/// between its planning and its registration here, with a failpoint) wins: the subscription
+/// gets `TABLE_NOT_FOUND` instead of a `subscribed` to a table that will never change.
+#[tokio::test]
+async fn a_subscription_racing_drop_table_is_refused_not_left_deaf() {
+    let node = TestNode::start_with_options(
+        NodeOptions::default().env("FAILPOINTS", "live-before-register=1*return(1500)->off"),
+    )
+    .await;
+    node.create_chat_schema().await;
+    let alice = token("alice", false);
+    let admin = admin_token();
+    let mut ws = node.ws(&alice).await;
+    ws.subscribe("feed", ALL_IDS, Value::Null).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.admin("DROP TABLE app.messages").await;
+    ws.expect_error(Some("feed"), "TABLE_NOT_FOUND").await;
+    assert!(node.live_queries(&admin).await.is_empty());
+}
+
 #[tokio::test]
 async fn invalid_frames_get_invalid_query_and_the_connection_stays_open() {
     let node = chat_node().await;
