@@ -583,15 +583,16 @@ for _res in ("kalamclusters", "kalamnamespaces", "storagelocations"):
     WANT_CLUSTER_RULES[(GROUP, _res)] = {"get", "list", "watch", "patch", "update"}
     WANT_CLUSTER_RULES[(GROUP, f"{_res}/status")] = {"patch", "update"}
     WANT_CLUSTER_RULES[(GROUP, f"{_res}/finalizers")] = {"update"}
-_OWNED = {"get", "list", "watch", "create", "patch", "update", "delete"}
+# Server-side apply creates and patches what a cluster owns; owner references delete it.
+_OWNED = {"get", "list", "watch", "create", "patch"}
 WANT_CLUSTER_RULES.update({
     ("apps", "statefulsets"): _OWNED,
     ("", "services"): _OWNED,
     ("", "configmaps"): _OWNED,
     ("", "secrets"): _OWNED,
-    ("policy", "poddisruptionbudgets"): _OWNED,
+    # A PodDisruptionBudget no longer wanted is deleted by the operator.
+    ("policy", "poddisruptionbudgets"): _OWNED | {"delete"},
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "patch"},
-    ("", "pods"): {"get", "list", "watch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "events"): {"create", "patch"},
 })

@@ -902,7 +902,7 @@ fn backup_table(
             };
             let digest = tokio.block_on(copy_object(
                 store,
-                &ObjectPath::from(seg.path.as_str()),
+                &crate::cold::recorded_path(&seg.path),
                 &target.store,
                 &target.path(&rel),
                 &read_error,
@@ -1080,7 +1080,7 @@ struct FileKeys {
 impl FileKeys {
     async fn open(store: &Arc<dyn ObjectStore>, path: &str, pk: &str) -> Result<Self> {
         #[allow(deprecated)] // its replacement (a hand-written AsyncFileReader) is more code
-        let reader = ParquetObjectReader::new(store.clone(), ObjectPath::from(path));
+        let reader = ParquetObjectReader::new(store.clone(), crate::cold::recorded_path(path));
         let builder = ParquetRecordBatchStreamBuilder::new(reader)
             .await
             .map_err(KalamError::storage)?;
@@ -1600,7 +1600,7 @@ fn restore_table(
                 let entry = files
                     .get(seg.file.as_str())
                     .ok_or_else(|| corrupt(&seg.file, "manifest.json does not list it"))?;
-                let name = ObjectPath::from(seg.segment.path.as_str())
+                let name = crate::cold::recorded_path(&seg.segment.path)
                     .filename()
                     .unwrap_or("segment.parquet")
                     .to_string();

@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
 use parking_lot::Mutex;
 use serde_json::json;
@@ -90,7 +89,7 @@ pub(crate) fn remove_uncommitted(
     for (key, _) in storage.meta_scan_prefix(prefix.as_bytes())? {
         let path =
             String::from_utf8_lossy(key.get(prefix.len()..).unwrap_or_default()).into_owned();
-        match tokio.block_on(store.delete(&ObjectPath::from(path.as_str()))) {
+        match tokio.block_on(store.delete(&crate::cold::recorded_path(&path))) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(KalamError::LocationUnreachable(e.to_string())),
         }
@@ -418,9 +417,8 @@ fn flush_steps(
         let (segment, keys) = tokio.block_on(o.writer.finish())?;
         crash_point!("flush-after-file");
         let mut segments: Vec<Segment> = cold.segments(&cf, &o.partition).as_ref().clone();
-        progress.rows += segment.rows;
-        progress.files += 1;
-        progress.bytes += segment.bytes;
+        // Counted once committed: a failed job reports what it flushed, not what it wrote.
+        let (rows, bytes) = (segment.rows, segment.bytes);
         let path = segment.path.clone();
         segments.push(segment);
         let meta_ops = vec![
@@ -434,6 +432,9 @@ fn flush_steps(
         let removed = rt.store.commit_flush(&keys, snapshot_seq, &meta_ops, || {
             cold.publish(&cf, &o.partition, publish_segments)
         })?;
+        progress.rows += rows;
+        progress.files += 1;
+        progress.bytes += bytes;
         progress.hot_rows_removed += removed as u64;
         job.trace(format!("committed {path} ({} rows)", keys.len()));
         job.progress(progress.json());

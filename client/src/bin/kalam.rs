@@ -2,7 +2,8 @@
 //!
 //! Argument parsing and printing only; talking to the node and rendering results live in the
 //! `kalam_client` library. Exit codes: 0 success, 1 the node answered with an error,
-//! 2 the node could not be reached (or did not answer like a KalamDB node).
+//! 2 the node could not be reached (or did not answer like a KalamDB node), 64 the command
+//! line is wrong (BSD's `EX_USAGE`; clap's own 2 would read as "unreachable").
 //!
 //! `kalam subscribe` prints live messages until Ctrl-C (exit 0) or until the node closes the
 //! connection: exit 0 on a normal close, 1 on an `error` message or a close for a reason
@@ -72,10 +73,22 @@ enum Command {
 
 const EXIT_API_ERROR: u8 = 1;
 const EXIT_UNREACHABLE: u8 = 2;
+const EXIT_USAGE: u8 = 64;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `--help` and `--version` are not errors: printed, exit 0.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let client = match KalamClient::new(cli.url.as_str()) {
         Ok(client) => client,
         Err(e) => {

@@ -434,6 +434,9 @@ impl Catalog {
                     return Err(KalamError::StorageLocationNotFound(name.to_string()));
                 }
             }
+            if let Some(storage) = &t.storage {
+                self.check_files_apart(storage)?;
+            }
         }
         let dir = self.ns_dir(&def.name);
         if exists(&dir)? {
@@ -524,6 +527,27 @@ impl Catalog {
     }
 
     /// Tables of one namespace, or of all, ordered by namespace then name.
+    /// Refuses a table stored at `storage` when a live table's files could have the same
+    /// paths: every table names its files `batch-{from}-{to}.parquet` from its own sequence,
+    /// so two tables in one directory (an explicit LOCATION without the table in it, or a
+    /// namespace restored under another name) would overwrite and read each other's files.
+    fn check_files_apart(&self, storage: &TableStorage) -> Result<()> {
+        let state = self.state.read();
+        let other = state.values().flat_map(|e| e.tables.values()).find(|t| {
+            t.storage
+                .as_ref()
+                .is_some_and(|s| crate::cold::location::may_share_files(s, storage))
+        });
+        match other {
+            Some(t) => Err(KalamError::InvalidTableDefinition(format!(
+                "LOCATION would put this table's files where table {}'s are; give each table a \
+                 directory of its own (e.g. with the table's name in the path)",
+                t.id()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub fn tables(&self, ns: Option<&NamespaceId>) -> Vec<Arc<TableDef>> {
         let state = self.state.read();
         state
@@ -579,6 +603,9 @@ impl Catalog {
                     p.table_id()
                 )));
             }
+        }
+        if let Some(storage) = &def.storage {
+            self.check_files_apart(storage)?;
         }
         let dir = self.table_dir(&def.id());
         if dir.exists() {

@@ -117,6 +117,14 @@ pub struct Deleted {
     pub missing: u64,
 }
 
+/// The object path of a file the node recorded (a segment's `path`, a journal entry: the
+/// `Path` it wrote, as text), parsed back as it is. `Path::from` would encode it again, and
+/// under a location prefix holding `~`, `%`, `#`, ... it would name another object than the
+/// one written: the flushed rows would be unreadable.
+pub fn recorded_path(text: &str) -> ObjectPath {
+    ObjectPath::parse(text).unwrap_or_else(|_| ObjectPath::from(text))
+}
+
 /// Deletes files of a table's store, given as (object path, recorded size). S3 deletes them
 /// in bulk requests of up to 1,000 keys. A file that is already gone counts as `missing`;
 /// any other failure is returned after every file was tried, with what was deleted.
@@ -127,8 +135,7 @@ pub async fn delete_files(
     let mut sizes: HashMap<String, u64> = HashMap::with_capacity(files.len());
     let mut paths: Vec<object_store::Result<ObjectPath>> = Vec::with_capacity(files.len());
     for (path, size) in files {
-        // Segment paths are the `Path`s the flush wrote, as strings: parse them back as is.
-        let path = ObjectPath::parse(path).unwrap_or_else(|_| ObjectPath::from(path.as_str()));
+        let path = recorded_path(path);
         sizes.insert(path.to_string(), size.unwrap_or(0));
         paths.push(Ok(path));
     }

@@ -407,7 +407,7 @@ pub async fn scan_versions(
     mut f: impl FnMut(Vec<u8>, u64, i64, bool),
 ) -> Result<()> {
     #[allow(deprecated)] // its replacement (a hand-written AsyncFileReader) is more code
-    let reader = ParquetObjectReader::new(store.clone(), ObjectPath::from(segment.path.as_str()));
+    let reader = ParquetObjectReader::new(store.clone(), super::recorded_path(&segment.path));
     let builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
         .map_err(KalamError::storage)?;
@@ -445,7 +445,7 @@ pub async fn read_segment(
     segment: &Segment,
     schema: &SchemaRef,
 ) -> Result<Vec<RecordBatch>> {
-    let path = ObjectPath::from(segment.path.as_str());
+    let path = super::recorded_path(&segment.path);
     let unreachable =
         |e: object_store::Error| KalamError::LocationUnreachable(format!("reading {path}: {e}"));
     // A range read is one blocking call on a filesystem (a plain GET is two: open, then read).
@@ -476,7 +476,7 @@ pub async fn rewrite_segment(
     note_memory: impl Fn(usize),
 ) -> Result<(Segment, u64)> {
     #[allow(deprecated)] // as in `scan_versions`
-    let reader = ParquetObjectReader::new(store.clone(), ObjectPath::from(source.path.as_str()));
+    let reader = ParquetObjectReader::new(store.clone(), super::recorded_path(&source.path));
     let builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
         .map_err(KalamError::storage)?;

@@ -31,7 +31,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::json;
 
@@ -613,7 +612,7 @@ impl Cleaner {
             }
             let path =
                 String::from_utf8_lossy(key.get(prefix.len()..).unwrap_or_default()).into_owned();
-            match tokio.block_on(store.delete(&ObjectPath::from(path.as_str()))) {
+            match tokio.block_on(store.delete(&crate::cold::recorded_path(&path))) {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(KalamError::LocationUnreachable(e.to_string())),
             }

@@ -595,7 +595,17 @@ impl KalamTableProvider {
         }
         let groups = files
             .iter()
-            .map(|f| FileGroup::new(vec![PartitionedFile::new(f.path.clone(), f.bytes)]))
+            .map(|f| {
+                // Not `PartitionedFile::new`, which would encode the recorded path again.
+                let file = PartitionedFile::from(object_store::ObjectMeta {
+                    location: crate::cold::recorded_path(&f.path),
+                    last_modified: chrono::DateTime::UNIX_EPOCH,
+                    size: f.bytes,
+                    e_tag: None,
+                    version: None,
+                });
+                FileGroup::new(vec![file])
+            })
             .collect();
         // An upper bound of the rows the scan returns, from the manifest: DataFusion then
         // reads a few thousand rows on one thread instead of handing them to another.

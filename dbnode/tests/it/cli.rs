@@ -1,5 +1,6 @@
 //! The `kalam` CLI (crate `kalam-client`) against a real node: aligned tables, `--json`,
-//! `KALAM_TOKEN`, errors on stderr with exit code 1, an unreachable node with exit code 2;
+//! `KALAM_TOKEN`, errors on stderr with exit code 1, an unreachable node with exit code 2,
+//! a wrong command line with 64;
 //! `kalam subscribe` printing initial data and changes as they arrive, ending with exit
 //! code 1 on an `error` (KILL LIVE QUERY, a refused query) and 0 on Ctrl-C.
 //! The binary is built by `cargo test --workspace` next to `kalamdb`.
@@ -98,6 +99,18 @@ async fn kalam_sql_prints_tables_json_and_errors() {
         "unreachable node: {}",
         text(&out.stderr)
     );
+
+    // A wrong command line is told apart from an unreachable node; help is not an error.
+    let out = kalam(node.url(), Some(&alice), &["sql", "SELECT 1", "--bogus"]).await;
+    assert_eq!(out.status.code(), Some(64), "usage: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--bogus"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = kalam(node.url(), None, &["--help"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Usage"), "{}", text(&out.stdout));
 }
 
 /// A running `kalam subscribe` whose stdout is read line by line.

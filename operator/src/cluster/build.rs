@@ -220,7 +220,7 @@ pub fn credentials_volume(credentials: &[Credentials]) -> Volume {
         .iter()
         .flat_map(|c| {
             [
-                project(c, &["access_key_id", "secret_access_key"], false),
+                project(c, &REQUIRED_CREDENTIAL_KEYS, false),
                 project(c, &["region", "endpoint"], true),
             ]
         })
@@ -234,6 +234,10 @@ pub fn credentials_volume(credentials: &[Credentials]) -> Volume {
         ..Default::default()
     }
 }
+
+/// The keys of a credentials Secret the projection requires (`region` and `endpoint` are
+/// optional).
+pub const REQUIRED_CREDENTIAL_KEYS: [&str; 2] = ["access_key_id", "secret_access_key"];
 
 /// sha256 of what the pods read at start (server.toml and the credential projection): a
 /// change rolls the pods.

@@ -175,7 +175,8 @@ async fn apply(cluster: &KalamCluster, ctx: &Context) -> Result<Action> {
     // Fetch what the plan depends on.
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
     let existing = statefulsets.get_opt(&name).await?;
-    let plan = validate::validate(&cluster.spec)
+    let plan = validate::name(&name)
+        .and_then(|()| validate::validate(&cluster.spec))
         .and_then(|()| validate::storage_plan(&cluster.spec.storage, existing.as_ref()));
     let plan = match plan {
         Ok(p) => p,
@@ -213,12 +214,45 @@ async fn apply(cluster: &KalamCluster, ctx: &Context) -> Result<Action> {
         }
     }
 
-    // Grow the volumes before recording the new size.
+    // A credential set is projected only when its Secret holds the keys the projection
+    // requires: one that does not would keep every pod from starting (the projection is not
+    // optional, or the node would start without credentials it needs), so it is left out and
+    // the cluster says which, and the StorageLocation can still be fixed or deleted.
     let mut problem = None;
+    let mut missing = Vec::new();
+    let mut projected = Vec::with_capacity(inputs.credentials.len());
+    for c in std::mem::take(&mut inputs.credentials) {
+        let found = secrets.get_opt(&c.secret).await?;
+        let complete = found.is_some_and(|s| {
+            build::REQUIRED_CREDENTIAL_KEYS
+                .iter()
+                .all(|k| secret_value(&s, k).is_some())
+        });
+        if complete {
+            projected.push(c);
+        } else {
+            missing.push(format!("{} (Secret {})", c.location, c.secret));
+        }
+    }
+    inputs.credentials = projected;
+    if !missing.is_empty() {
+        problem = Some(Invalid::new(
+            "CredentialsSecretMissing",
+            format!(
+                "not projected, their Secret is missing or lacks {}: {}",
+                build::REQUIRED_CREDENTIAL_KEYS.join(" or "),
+                missing.join(", ")
+            ),
+        ));
+    }
+
+    // Grow the volumes before recording the new size.
     if plan.grow_volumes {
         match grow_volumes(&client, &inputs, &plan.target).await? {
             None => inputs.applied_size = plan.target.clone(),
-            Some(failure) => problem = Some(Invalid::new("VolumeExpansionFailed", failure)),
+            Some(failure) => {
+                problem = problem.or(Some(Invalid::new("VolumeExpansionFailed", failure)))
+            }
         }
     } else {
         inputs.applied_size = plan.target.clone();

@@ -26,6 +26,34 @@ pub const STORAGE_SIZE_ANNOTATION: &str = "kalamdb.io/storage-size";
 /// Name of the volume claim template (PVCs are `data-<cluster>-<i>`).
 pub const DATA_VOLUME: &str = "data";
 
+/// Longest KalamCluster name: its StatefulSet's pods carry the label
+/// `controller-revision-hash: <name>-<10 characters>`, which must fit a label value's 63.
+pub const MAX_CLUSTER_NAME_LEN: usize = 52;
+
+/// Checks a KalamCluster's name: it names a Service (`<name>-headless`) and a StatefulSet,
+/// so it must be a DNS-1035 label, short enough for the names and labels made from it.
+/// Refused here, it is a status the user can read instead of an apply the API server
+/// refuses on every retry.
+pub fn name(name: &str) -> Result<(), Invalid> {
+    let label = name.len() <= MAX_CLUSTER_NAME_LEN
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if label {
+        return Ok(());
+    }
+    Err(Invalid::new(
+        "InvalidSpec",
+        format!(
+            "the KalamCluster name '{name}' must be lower-case letters, digits and '-', start \
+             with a letter, end with a letter or digit, and be at most {MAX_CLUSTER_NAME_LEN} \
+             characters (it names the StatefulSet and its Services)"
+        ),
+    ))
+}
+
 /// Checks what the schema cannot: owned and non-scalar config keys, the storage size.
 pub fn validate(spec: &KalamClusterSpec) -> Result<(), Invalid> {
     let invalid = |m: String| Err(Invalid::new("InvalidSpec", m));
@@ -254,6 +282,24 @@ mod tests {
             }
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn cluster_names_fit_the_objects_made_from_them() {
+        for ok in ["kc", "chat-prod", "a1", &"a".repeat(MAX_CLUSTER_NAME_LEN)] {
+            assert!(name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "my.cluster",
+            "-kc",
+            "kc-",
+            "1kc",
+            "Kc",
+            "k_c",
+            &"a".repeat(MAX_CLUSTER_NAME_LEN + 1),
+        ] {
+            assert_eq!(name(bad).unwrap_err().reason, "InvalidSpec", "{bad}");
+        }
     }
 
     #[test]

@@ -82,6 +82,18 @@ fn children(sts: Exchange) -> Vec<Exchange> {
     ]
 }
 
+const S3_CREDS: &str = "/api/v1/namespaces/default/secrets/s3-creds";
+
+/// The Secret `s3-creds` holding `keys` (each with a value).
+fn s3_creds(keys: &[&str]) -> Value {
+    let data: serde_json::Map<String, Value> = keys
+        .iter()
+        .map(|k| (k.to_string(), json!("dmFsdWU=")))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": "s3-creds", "namespace": NS}, "data": data})
+}
+
 fn no_locations() -> Exchange {
     Exchange::get(LOCATIONS_PATH).reply(200, list("StorageLocation", vec![]))
 }
@@ -112,6 +124,7 @@ async fn a_new_cluster_gets_its_objects_and_a_generated_secret() {
         Exchange::get(SECRET_PATH).not_found(),
         Exchange::get(LOCATIONS_PATH).reply(200, list("StorageLocation", vec![location])),
         Exchange::post(SECRETS).echo(),
+        Exchange::get(S3_CREDS).reply(200, s3_creds(&["access_key_id", "secret_access_key"])),
     ];
     // Just created: the StatefulSet controller has not reported anything yet.
     script.extend(children(Exchange::patch(STS).echo()));
@@ -380,4 +393,57 @@ async fn a_missing_referenced_secret_or_a_bad_config_is_degraded() {
         .as_str()
         .unwrap_or_default();
     assert!(message.contains("config.data_dir"), "{message}");
+}
+
+/// A StorageLocation whose credentials Secret is missing, or lacks a key the projection
+/// requires, is left out of the pods' credentials (a projection of it would keep every pod
+/// from starting) and the cluster is Degraded naming it; the rest is applied as usual.
+#[tokio::test]
+async fn credentials_whose_secret_is_missing_are_not_projected_and_said_so() {
+    let (client, mut api) = api_server();
+    let ctx = context(client, "http://127.0.0.1:9");
+    let cluster = new_cluster(json!({}));
+    let location = object(
+        "StorageLocation",
+        "cold",
+        "2026-01-01T00:00:00Z",
+        None,
+        json!({
+        "clusterRef": {"name": "kc"}, "type": "s3", "path": "s3://bucket/cold",
+        "credentialsSecretRef": {"name": "s3-creds"}}),
+    );
+    for secret in [
+        Exchange::get(S3_CREDS).not_found(),
+        Exchange::get(S3_CREDS).reply(200, s3_creds(&["access_key_id"])),
+    ] {
+        let mut script = vec![
+            Exchange::get(STS).not_found(),
+            Exchange::get(SECRET_PATH).reply(200, jwt_secret()),
+            Exchange::get(LOCATIONS_PATH)
+                .reply(200, list("StorageLocation", vec![location.clone()])),
+            secret,
+        ];
+        script.extend(children(Exchange::patch(STS).echo()));
+        script.push(Exchange::patch(PDB).echo());
+        script.push(status_patch(CLUSTER_PATH, &cluster));
+        let (action, seen) = reconcile_with(&mut api, &ctx, &cluster, script).await;
+        action.unwrap();
+        let sts: StatefulSet = parse(seen.body(&Method::PATCH, STS));
+        let volumes =
+            serde_json::to_value(sts.spec.expect("spec").template.spec.expect("pod").volumes)
+                .unwrap();
+        assert!(
+            !volumes.to_string().contains("s3-creds"),
+            "not projected: {volumes}"
+        );
+        let body = seen.status_patch();
+        assert_eq!(
+            cond(body, "Degraded"),
+            pair("True", "CredentialsSecretMissing")
+        );
+        let message = condition(body, "Degraded")["message"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(message.contains("cold (Secret s3-creds)"), "{message}");
+    }
 }
