@@ -415,6 +415,7 @@ fn flush_steps(
     // Finishes the open file and commits it; `last_of_partition` marks a partition change.
     let commit = |o: Open, snapshot_seq: u64, progress: &mut Progress| -> Result<()> {
         let (segment, keys) = tokio.block_on(o.writer.finish())?;
+        crate::cold::location::sync_written(&rt.location, &segment.path)?;
         crash_point!("flush-after-file");
         let mut segments: Vec<Segment> = cold.segments(&cf, &o.partition).as_ref().clone();
         // Counted once committed: a failed job reports what it flushed, not what it wrote.

@@ -436,6 +436,9 @@ impl Catalog {
             }
             if let Some(storage) = &t.storage {
                 self.check_files_apart(storage)?;
+                // A restored table names its next files from the backup's sequence on, as
+                // the dropped original did after the backup: a purge of those must finish.
+                self.check_no_purge_in_the_way(storage)?;
             }
         }
         let dir = self.ns_dir(&def.name);
@@ -527,6 +530,23 @@ impl Catalog {
     }
 
     /// Tables of one namespace, or of all, ordered by namespace then name.
+    /// Refuses a table stored at `storage` while a dropped table's files that could have the
+    /// same paths are still being removed: the purge deletes by path.
+    fn check_no_purge_in_the_way(&self, storage: &TableStorage) -> Result<()> {
+        let purges = self.purges.read();
+        match purges
+            .values()
+            .find(|p| crate::cold::location::may_share_files(&p.storage, storage))
+        {
+            Some(p) => Err(KalamError::LocationUnreachable(format!(
+                "the files of the dropped table {} are still being removed from this location; \
+                 see its cleanup job in system.jobs and try again once it completed",
+                p.table_id()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Refuses a table stored at `storage` when a live table's files could have the same
     /// paths: every table names its files `batch-{from}-{to}.parquet` from its own sequence,
     /// so two tables in one directory (an explicit LOCATION without the table in it, or a
@@ -592,17 +612,7 @@ impl Catalog {
         // same paths (`batch-{from}-{to}.parquet` restarts at 1), which the purge would then
         // delete. The caller lets pending purges finish first; this catches a race with it.
         if let Some(storage) = &def.storage {
-            let purges = self.purges.read();
-            if let Some(p) = purges
-                .values()
-                .find(|p| crate::cold::location::may_share_files(&p.storage, storage))
-            {
-                return Err(KalamError::LocationUnreachable(format!(
-                    "the files of the dropped table {} are still being removed from this location; \
-                     see its cleanup job in system.jobs and try again once it completed",
-                    p.table_id()
-                )));
-            }
+            self.check_no_purge_in_the_way(storage)?;
         }
         if let Some(storage) = &def.storage {
             self.check_files_apart(storage)?;

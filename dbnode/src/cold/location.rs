@@ -191,6 +191,33 @@ pub fn resolve(
     }
 }
 
+/// Makes a file written on a filesystem location durable (the file, then its directory's
+/// entry for it): object_store's `LocalFileSystem` writes and renames without an fsync, and
+/// a flush deletes the hot rows the file holds right after (with an fsynced commit under
+/// `sync_writes`). Nothing to do on S3, whose PUT is durable when it answers.
+pub fn sync_written(storage: &TableStorage, recorded: &str) -> Result<()> {
+    if storage.kind != LocationKind::Filesystem {
+        return Ok(());
+    }
+    let failed = |e: std::io::Error| {
+        KalamError::LocationUnreachable(format!("cannot sync a flushed file: {}", e.kind()))
+    };
+    let fs = LocalFileSystem::new_with_prefix(&storage.root)
+        .map_err(|e| KalamError::LocationUnreachable(e.to_string()))?;
+    let path = fs
+        .path_to_filesystem(&super::recorded_path(recorded))
+        .map_err(KalamError::storage)?;
+    std::fs::File::open(&path)
+        .and_then(|f| f.sync_all())
+        .map_err(failed)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(failed)?;
+    }
+    Ok(())
+}
+
 /// A template such as `app/m/${user_id}` as an object path; the user id is one segment.
 pub fn expand_template(template: &str, user: Option<&str>) -> ObjectPath {
     let parts = template

@@ -428,6 +428,17 @@ impl Executor {
             }
             KalamStatement::RestoreNamespace { name, url, options } => {
                 admin_only(ctx, "RESTORE NAMESPACE")?;
+                // The dropped tables of a namespace of this name may still be being removed
+                // where the restored ones' files go: that removal finishes first, as for
+                // CREATE TABLE (the catalog refuses the restore while one is in the way).
+                let in_the_way: Vec<_> = catalog
+                    .pending_purges()
+                    .into_iter()
+                    .filter(|p| p.namespace == name)
+                    .collect();
+                for purge in in_the_way {
+                    self.purger.clear_way(&purge.storage).await?;
+                }
                 let job = backup::restore(
                     self.engine.clone(),
                     self.base.clone(),
