@@ -81,6 +81,54 @@ async fn the_server_validates_defaults_and_accepts_the_examples() {
     }
 }
 
+/// Which database object and cluster a KalamNamespace or StorageLocation stands for never
+/// changes (the operator would leave the old one behind): the API server refuses a changed
+/// `spec.name` or `spec.clusterRef`, and takes every other change.
+#[tokio::test]
+async fn the_server_refuses_a_changed_name_or_cluster() {
+    let (client, ns) = setup("e2e-immutable").await;
+    let location = |spec: Value| {
+        json!({"apiVersion": "kalamdb.io/v1alpha1", "kind": "StorageLocation",
+               "metadata": {"name": "archive"}, "spec": spec})
+    };
+    let base = json!({"clusterRef": {"name": "chat"}, "name": "archive", "type": "s3",
+                      "path": "s3://bucket/a"});
+    for (kind, obj) in [
+        (
+            "KalamNamespace",
+            namespace_obj(
+                "app",
+                json!({"clusterRef": {"name": "chat"}, "name": "app"}),
+            ),
+        ),
+        ("StorageLocation", location(base.clone())),
+    ] {
+        apply(&client, &ns, &obj, false)
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        for (field, value) in [
+            ("name", json!("other")),
+            ("clusterRef", json!({"name": "other"})),
+        ] {
+            let mut changed = obj.clone();
+            changed["spec"][field] = value;
+            let err = apply(&client, &ns, &changed, true)
+                .await
+                .expect_err(&format!("{kind}: a changed {field} was accepted"));
+            assert_eq!(api_code(&err), 422, "{kind} {field}: {err}");
+            assert!(
+                err.to_string().contains("cannot change"),
+                "{kind} {field}: {err}"
+            );
+        }
+    }
+    let mut moved = location(base);
+    moved["spec"]["path"] = json!("s3://bucket/b");
+    apply(&client, &ns, &moved, true)
+        .await
+        .expect("other fields still change");
+}
+
 /// `kubectl get kalamnamespaces` and `kubectl get kalamclusters` show the printer columns.
 #[tokio::test]
 async fn printer_columns_render() {

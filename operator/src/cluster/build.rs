@@ -66,6 +66,9 @@ pub struct Inputs<'a> {
     pub credentials: Vec<Credentials>,
     /// The claim template (the existing one once the StatefulSet exists).
     pub storage: StorageTemplate,
+    /// sha256 (hex) of the JWT secret's value, empty while unknown: in the config hash, never
+    /// the value itself.
+    pub jwt_digest: String,
     /// The volume size recorded as applied on the StatefulSet.
     pub applied_size: String,
 }
@@ -85,7 +88,7 @@ pub struct Desired {
 pub fn desired(inputs: &Inputs) -> Result<Desired, Invalid> {
     let toml = server_toml(inputs.cluster)?;
     let credentials = credentials_volume(&inputs.credentials);
-    let hash = config_hash(&toml, &credentials);
+    let hash = config_hash(&toml, &credentials, &inputs.jwt_digest);
     Ok(Desired {
         config_map: config_map(inputs, toml),
         headless: headless_service(inputs),
@@ -241,12 +244,19 @@ pub const REQUIRED_CREDENTIAL_KEYS: [&str; 2] = ["access_key_id", "secret_access
 
 /// sha256 of what the pods read at start (server.toml and the credential projection): a
 /// change rolls the pods.
-pub fn config_hash(toml: &str, credentials: &Volume) -> String {
+pub fn config_hash(toml: &str, credentials: &Volume, jwt_digest: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(toml.as_bytes());
     hasher.update(b"\n");
     hasher.update(serde_json::to_vec(credentials).unwrap_or_default());
+    hasher.update(b"\n");
+    hasher.update(jwt_digest.as_bytes());
     format!("{:x}", hasher.finalize())
+}
+
+/// sha256 of `bytes` as hex.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 pub fn config_map(inputs: &Inputs, toml: String) -> ConfigMap {
@@ -551,6 +561,7 @@ mod tests {
             credentials,
             storage: plan.template,
             applied_size: plan.applied,
+            jwt_digest: String::new(),
         }
     }
 
@@ -782,7 +793,7 @@ mod tests {
     }
 
     #[test]
-    fn the_config_hash_changes_with_config_and_credentials_only() {
+    fn the_config_hash_changes_with_config_credentials_and_the_jwt_secret_only() {
         let hash = |c: &KalamCluster, creds: Vec<Credentials>| {
             let d = desired(&inputs(c, creds)).unwrap();
             v(&d.stateful_set)["spec"]["template"]["metadata"]["annotations"]
@@ -806,6 +817,15 @@ mod tests {
             secret: "s".into(),
         }];
         assert_ne!(h, hash(&base, creds));
+        // A rotated JWT secret rolls the pods, which read it when they start.
+        let mut rotated = inputs(&base, vec![]);
+        rotated.jwt_digest = digest(b"new secret");
+        let d = desired(&rotated).unwrap();
+        assert_ne!(
+            h,
+            v(&d.stateful_set)["spec"]["template"]["metadata"]["annotations"]
+                ["kalamdb.io/config-hash"]
+        );
     }
 
     #[test]

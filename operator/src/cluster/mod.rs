@@ -196,13 +196,20 @@ async fn apply(cluster: &KalamCluster, ctx: &Context) -> Result<Action> {
         jwt: (jwt_name.clone(), jwt_key.clone()),
         storage: plan.template.clone(),
         applied_size: plan.applied.clone(),
+        jwt_digest: String::new(),
     };
 
-    // The JWT Secret: referenced and present, or generated once.
+    // The JWT Secret: referenced and present, or generated once. Its digest is part of the
+    // pods' config hash: the pods read the secret when they start, so a rotated Secret rolls
+    // them (at the next reconcile; the operator's own tokens use the new value at once).
     match secret {
-        Some(s) if secret_value(&s, &jwt_key).is_some() => {}
+        Some(s) if secret_value(&s, &jwt_key).is_some() => {
+            inputs.jwt_digest = build::digest(&secret_value(&s, &jwt_key).unwrap_or_default());
+        }
         None if cluster.generates_jwt_secret() => {
-            create_jwt_secret(ctx, &secrets, &inputs).await?;
+            if let Some(value) = create_jwt_secret(ctx, &secrets, &inputs).await? {
+                inputs.jwt_digest = build::digest(value.as_bytes());
+            }
         }
         found => {
             let why = match found {
@@ -315,12 +322,15 @@ fn random_secret() -> String {
     raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Creates the generated JWT Secret; returns its value, or `None` when another operator
+/// created it meanwhile (read at the next reconcile).
 async fn create_jwt_secret(
     ctx: &Context,
     secrets: &Api<Secret>,
     inputs: &Inputs<'_>,
-) -> Result<()> {
-    let secret = build::jwt_secret(inputs, random_secret());
+) -> Result<Option<String>> {
+    let value = random_secret();
+    let secret = build::jwt_secret(inputs, value.clone());
     match secrets.create(&PostParams::default(), &secret).await {
         Ok(_) => {
             tracing::info!(secret = %inputs.jwt.0, "created the JWT Secret");
@@ -335,10 +345,10 @@ async fn create_jwt_secret(
                 secondary: None,
             };
             ctx.publish(event, &inputs.cluster.object_ref(&())).await;
-            Ok(())
+            Ok(Some(value))
         }
         // Created meanwhile (by the previous leader): it is never replaced.
-        Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

@@ -38,6 +38,14 @@ use super::{ClusterRef, DeletionPolicy, SecretRef, IDENTIFIER_PATTERN};
     )
 )]
 #[serde(rename_all = "camelCase")]
+// Which database object and cluster it is never changes: the operator would not drop the
+// old one, and the projected credentials would move from under its tables.
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.clusterRef == oldSelf.clusterRef",
+     "message": "clusterRef cannot change: create another object (the old one would be left behind)"},
+    {"rule": "has(self.name) == has(oldSelf.name) && (!has(self.name) || self.name == oldSelf.name)",
+     "message": "name cannot change: create another object (the old one would be left behind)"}
+]))]
 pub struct StorageLocationSpec {
     /// The KalamCluster (same Kubernetes namespace) whose nodes get the location.
     pub cluster_ref: ClusterRef,

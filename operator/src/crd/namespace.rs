@@ -37,6 +37,14 @@ use super::{scalar_map_schema, ClusterRef, DeletionPolicy, ScalarMap, IDENTIFIER
     )
 )]
 #[serde(rename_all = "camelCase")]
+// Which database object and cluster it is never changes: the operator would not drop the
+// old one, and would leave it behind (for a location, with its tables' credentials).
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.clusterRef == oldSelf.clusterRef",
+     "message": "clusterRef cannot change: create another object (the old one would be left behind)"},
+    {"rule": "has(self.name) == has(oldSelf.name) && (!has(self.name) || self.name == oldSelf.name)",
+     "message": "name cannot change: create another object (the old one would be left behind)"}
+]))]
 pub struct KalamNamespaceSpec {
     /// The KalamCluster (same Kubernetes namespace) that holds the database namespace.
     pub cluster_ref: ClusterRef,
