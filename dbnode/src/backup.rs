@@ -278,23 +278,15 @@ fn open_target(engine: &Engine, url: &str, options: &OptionList, create: bool) -
         let credentials_ref = match credentials_ref {
             Some(name) => Some(name),
             None => {
-                let covering = engine
-                    .catalog
-                    .locations()
-                    .into_iter()
-                    .filter(|l| {
-                        let path = l.path.trim_end_matches('/');
-                        l.kind == LocationKind::S3
-                            && (url == path || url.starts_with(&format!("{path}/")))
-                    })
-                    .max_by_key(|l| l.path.len())
-                    .ok_or_else(|| {
-                        KalamError::StorageLocationNotFound(format!(
+                let covering =
+                    crate::cold::location::covering_s3_location(engine.catalog.locations(), url)
+                        .ok_or_else(|| {
+                            KalamError::StorageLocationNotFound(format!(
                             "no storage location covers '{}'; add one to system.storage_locations \
                              or give WITH (credentials_ref = '<name>')",
                             clip(url)
                         ))
-                    })?;
+                        })?;
                 covering.credentials_ref
             }
         };
@@ -1630,6 +1622,8 @@ fn restore_table(
                         "its size differs from its segment entry in manifest.json",
                     ));
                 }
+                // Durable before the catalog commit makes the table read it.
+                crate::cold::location::sync_written(&storage, &dest.to_string())?;
                 segments.push(Segment {
                     path: dest.to_string(),
                     ..seg.segment.clone()

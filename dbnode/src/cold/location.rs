@@ -144,19 +144,12 @@ pub fn resolve(
         LocationSpec::Path(path) if path.starts_with("s3://") => {
             let (root, rest) = split_s3(path)?;
             // Credentials come from the registered location that covers this URL.
-            let row = catalog
-                .locations()
-                .into_iter()
-                .filter(|l| {
-                    l.kind == LocationKind::S3 && path.starts_with(l.path.trim_end_matches('/'))
-                })
-                .max_by_key(|l| l.path.len())
-                .ok_or_else(|| {
-                    KalamError::StorageLocationNotFound(format!(
-                        "no storage location covers '{}'; add one to system.storage_locations",
-                        clip(path)
-                    ))
-                })?;
+            let row = covering_s3_location(catalog.locations(), path).ok_or_else(|| {
+                KalamError::StorageLocationNotFound(format!(
+                    "no storage location covers '{}'; add one to system.storage_locations",
+                    clip(path)
+                ))
+            })?;
             Ok(TableStorage {
                 location_name: Some(row.name),
                 kind: LocationKind::S3,
@@ -216,6 +209,22 @@ pub fn sync_written(storage: &TableStorage, recorded: &str) -> Result<()> {
             .map_err(failed)?;
     }
     Ok(())
+}
+
+/// The registered S3 location whose path covers `url` (the same, or a parent of it at a `/`;
+/// the longest when several do): it supplies the credentials of an `s3://` LOCATION or
+/// backup URL. `s3://b/a` does not cover `s3://b/ab/...`.
+pub fn covering_s3_location(
+    locations: Vec<StorageLocationDef>,
+    url: &str,
+) -> Option<StorageLocationDef> {
+    locations
+        .into_iter()
+        .filter(|l| {
+            let path = l.path.trim_end_matches('/');
+            l.kind == LocationKind::S3 && (url == path || url.starts_with(&format!("{path}/")))
+        })
+        .max_by_key(|l| l.path.len())
 }
 
 /// A template such as `app/m/${user_id}` as an object path; the user id is one segment.
@@ -440,6 +449,31 @@ pub async fn probe(def: &StorageLocationDef, credentials_dir: &Path) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A location covers its own path and what is below it at a `/`, never a sibling that
+    /// shares a prefix (which would get another location's credentials and usage count).
+    #[test]
+    fn s3_locations_cover_their_path_and_below_only() {
+        let location = |name: &str, path: &str| StorageLocationDef {
+            name: name.into(),
+            kind: LocationKind::S3,
+            path: path.into(),
+            credentials_ref: Some(name.into()),
+            created_at: chrono::Utc::now(),
+        };
+        let all = || {
+            vec![
+                location("a", "s3://b/a"),
+                location("deep", "s3://b/a/deep/"),
+            ]
+        };
+        let name = |url: &str| covering_s3_location(all(), url).map(|l| l.name);
+        assert_eq!(name("s3://b/a"), Some("a".into()));
+        assert_eq!(name("s3://b/a/t/${user_id}/"), Some("a".into()));
+        assert_eq!(name("s3://b/a/deep/t/"), Some("deep".into()), "the longest");
+        assert_eq!(name("s3://b/ab/t/"), None, "a sibling with the same prefix");
+        assert_eq!(name("s3://b/"), None);
+    }
 
     fn storage(kind: LocationKind, root: &str, template: &str) -> TableStorage {
         TableStorage {

@@ -502,6 +502,8 @@ impl Cleaner {
                     seg.path, seg.rows
                 )));
             }
+            // Durable before the commit replaces the original with it.
+            crate::cold::location::sync_written(&ctx.rt.location, &copy.path)?;
             cold_bytes = cold_bytes.saturating_sub(copy.bytes as i64);
             ctx.job.trace(format!(
                 "rewrote {} without {n} row(s) as {} ({} rows)",
