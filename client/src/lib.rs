@@ -11,6 +11,8 @@
 //!   serves its connections with it too.
 //! - [`table`]: psql-style text rendering of results and errors, for people.
 //! - [`token`]: the JWT claims of `API.md` §2 and HS256 minting, shared with the node.
+//! - [`server_config`]: the keys of a node's `server.toml`, shared with the node and the
+//!   operator.
 //! - the `kalam` binary (`src/bin/kalam.rs`): a command-line client built on the above.
 //!
 //! The crate deliberately has no storage or query-engine dependencies (no RocksDB, no
@@ -21,6 +23,7 @@ pub mod client;
 mod http;
 pub mod live;
 pub mod live_wire;
+pub mod server_config;
 pub mod table;
 pub mod task;
 pub mod token;

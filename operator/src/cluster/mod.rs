@@ -37,6 +37,8 @@ use validate::{parse_quantity, DATA_VOLUME};
 
 /// Label of this controller in metrics and logs.
 pub const CONTROLLER: &str = "cluster";
+/// The shortest JWT secret a node accepts (`jwt_secret`, docs/configuration.md).
+const MIN_JWT_SECRET_BYTES: usize = 16;
 /// Look again soon while pods start, roll or something is wrong.
 const SETTLING: Duration = Duration::from_secs(15);
 
@@ -203,6 +205,17 @@ async fn apply(cluster: &KalamCluster, ctx: &Context) -> Result<Action> {
     // pods' config hash: the pods read the secret when they start, so a rotated Secret rolls
     // them (at the next reconcile; the operator's own tokens use the new value at once).
     match secret {
+        // The node refuses a secret shorter than this, and would not start.
+        Some(s) if secret_value(&s, &jwt_key).is_some_and(|v| v.len() < MIN_JWT_SECRET_BYTES) => {
+            let problem = Invalid::new(
+                "JwtSecretMissing",
+                format!(
+                    "Secret {jwt_name} key {jwt_key} holds fewer than {MIN_JWT_SECRET_BYTES} \
+                     bytes, which the nodes refuse"
+                ),
+            );
+            return finish(ctx, cluster, existing.as_ref(), Some(problem), false).await;
+        }
         Some(s) if secret_value(&s, &jwt_key).is_some() => {
             inputs.jwt_digest = build::digest(&secret_value(&s, &jwt_key).unwrap_or_default());
         }

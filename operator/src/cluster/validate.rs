@@ -91,6 +91,12 @@ pub fn validate(spec: &KalamClusterSpec) -> Result<(), Invalid> {
                 "config.{key} is set by the operator and cannot be overridden"
             ));
         }
+        // The node refuses a key it does not know, and would not start.
+        if !kalam_client::server_config::KEYS.contains(&key.as_str()) {
+            return invalid(format!(
+                "config.{key} is not a setting of the node (see its configuration reference)"
+            ));
+        }
         if !is_scalar(value) {
             return invalid(format!(
                 "config.{key} must be a string, a number or a boolean"
@@ -282,6 +288,14 @@ mod tests {
             }
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn config_keys_the_node_does_not_know_are_refused() {
+        let e = validate(&spec(json!({"config": {"sync_write": true}}))).unwrap_err();
+        assert_eq!(e.reason, "InvalidSpec");
+        assert!(e.message.contains("config.sync_write"), "{}", e.message);
+        assert!(validate(&spec(json!({"config": {"statement_timeout_ms": 5000}}))).is_ok());
     }
 
     #[test]

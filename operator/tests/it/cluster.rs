@@ -380,6 +380,29 @@ async fn a_missing_referenced_secret_or_a_bad_config_is_degraded() {
     );
     assert_eq!(seen.status_patch()["status"]["phase"], "Degraded");
 
+    // A referenced secret shorter than the nodes accept.
+    let cluster = new_cluster(json!({"jwtSecretRef": {"name": "mine"}}));
+    let short = json!({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": "mine", "namespace": NS},
+                       "data": {"jwt_secret": "c2hvcnQ="}});
+    let script = vec![
+        Exchange::get(STS).not_found(),
+        Exchange::get("/api/v1/namespaces/default/secrets/mine").reply(200, short),
+        no_locations(),
+        status_patch(CLUSTER_PATH, &cluster),
+    ];
+    let (action, seen) = reconcile_with(&mut api, &ctx, &cluster, script).await;
+    action.unwrap();
+    assert_eq!(
+        cond(seen.status_patch(), "Degraded"),
+        pair("True", "JwtSecretMissing")
+    );
+    let message = condition(seen.status_patch(), "Degraded")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains("16 bytes"), "{message}");
+
     let cluster = new_cluster(json!({"config": {"data_dir": "/elsewhere"}}));
     let script = vec![
         Exchange::get(STS).not_found(),
