@@ -645,6 +645,30 @@ impl Plan {
 }
 
 impl TableLive {
+    /// `TableInUse` naming `what` and the live ids of the active subscriptions for which
+    /// `uses` holds, when there are any.
+    fn refuse_if_used(
+        &self,
+        what: impl FnOnce() -> String,
+        uses: impl Fn(&Subscription) -> bool,
+    ) -> Result<()> {
+        let mut users: Vec<String> = self
+            .subscriptions
+            .values()
+            .flat_map(|list| list.iter())
+            .filter(|s| s.is_active() && uses(s))
+            .map(|s| s.live_id.clone())
+            .collect();
+        if users.is_empty() {
+            return Ok(());
+        }
+        users.sort();
+        Err(KalamError::TableInUse {
+            what: what(),
+            live_ids: users,
+        })
+    }
+
     fn evict(&mut self, retention: Duration, max_bytes: usize) {
         while let Some(front) = self.log.front() {
             if self.log_bytes <= max_bytes && front.at.elapsed() <= retention {
@@ -1098,20 +1122,7 @@ impl LiveHub {
     ) -> Result<T> {
         let table = self.table_state(def, last_seq);
         let mut state = table.lock();
-        let mut users: Vec<String> = state
-            .subscriptions
-            .values()
-            .flat_map(|list| list.iter())
-            .filter(|s| s.is_active())
-            .map(|s| s.live_id.clone())
-            .collect();
-        if !users.is_empty() {
-            users.sort();
-            return Err(KalamError::TableInUse {
-                what: format!("table {}", def.id()),
-                live_ids: users,
-            });
-        }
+        state.refuse_if_used(|| format!("table {}", def.id()), |_| true)?;
         let out = commit();
         if out.is_ok() {
             state.dropped = true;
@@ -1138,20 +1149,10 @@ impl LiveHub {
         };
         let table = self.table_state(def, last_seq);
         let state = table.lock();
-        let mut users: Vec<String> = state
-            .subscriptions
-            .values()
-            .flat_map(|list| list.iter())
-            .filter(|s| s.is_active() && s.query.uses(id, usage))
-            .map(|s| s.live_id.clone())
-            .collect();
-        if !users.is_empty() {
-            users.sort();
-            return Err(KalamError::TableInUse {
-                what: format!("column {column} of {}", def.id()),
-                live_ids: users,
-            });
-        }
+        state.refuse_if_used(
+            || format!("column {column} of {}", def.id()),
+            |s| s.query.uses(id, usage),
+        )?;
         let out = commit();
         drop(state);
         out

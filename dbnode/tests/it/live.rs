@@ -2512,7 +2512,10 @@ async fn a_resume_that_does_not_fit_the_queue_is_told_so() {
         .await;
     let (got, close) = ws.expect_close(Duration::from_secs(10)).await;
     assert_eq!(close.code, Some(4008), "{close:?}");
-    assert!(close.reason.contains("from_seq"), "{close:?}");
+    assert!(
+        close.reason.contains("do not fit") && close.reason.contains("last_rows"),
+        "{close:?}"
+    );
     assert!(
         got.iter().all(|m| m["type"] != "change"),
         "no change of a replay that does not fit: {got:?}"

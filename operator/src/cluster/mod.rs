@@ -204,9 +204,10 @@ async fn apply(cluster: &KalamCluster, ctx: &Context) -> Result<Action> {
     // The JWT Secret: referenced and present, or generated once. Its digest is part of the
     // pods' config hash: the pods read the secret when they start, so a rotated Secret rolls
     // them (at the next reconcile; the operator's own tokens use the new value at once).
-    match secret {
+    let jwt_value = secret.as_ref().and_then(|s| secret_value(s, &jwt_key));
+    match (&secret, jwt_value) {
         // The node refuses a secret shorter than this, and would not start.
-        Some(s) if secret_value(&s, &jwt_key).is_some_and(|v| v.len() < MIN_JWT_SECRET_BYTES) => {
+        (_, Some(v)) if v.len() < MIN_JWT_SECRET_BYTES => {
             let problem = Invalid::new(
                 "JwtSecretMissing",
                 format!(
@@ -216,15 +217,13 @@ async fn apply(cluster: &KalamCluster, ctx: &Context) -> Result<Action> {
             );
             return finish(ctx, cluster, existing.as_ref(), Some(problem), false).await;
         }
-        Some(s) if secret_value(&s, &jwt_key).is_some() => {
-            inputs.jwt_digest = build::digest(&secret_value(&s, &jwt_key).unwrap_or_default());
-        }
-        None if cluster.generates_jwt_secret() => {
+        (_, Some(v)) => inputs.jwt_digest = build::digest(&v),
+        (None, None) if cluster.generates_jwt_secret() => {
             if let Some(value) = create_jwt_secret(ctx, &secrets, &inputs).await? {
                 inputs.jwt_digest = build::digest(value.as_bytes());
             }
         }
-        found => {
+        (found, None) => {
             let why = match found {
                 Some(_) => format!("Secret {jwt_name} has no non-empty key {jwt_key}"),
                 None => format!("Secret {jwt_name} (spec.jwtSecretRef) does not exist"),
